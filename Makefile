@@ -1,0 +1,50 @@
+# Two commands for users: `make demo` and `make test`. `make check` for developers.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+DEB_PKGS := mosquitto mosquitto-clients influxdb victoria-metrics socat mbpoll
+DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll
+PYTEST_ARGS ?=
+
+.PHONY: demo test check bench venv deps-system clean
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test,forecast]'
+	@touch $@
+
+venv: $(VENV)/.installed
+
+demo: venv
+	$(VENV)/bin/gia demo $(DEMO_ARGS)
+
+# Installs the real servers the tests talk to (Debian packages) when they are missing.
+deps-system:
+	@missing=""; for b in $(DEB_BINS); do command -v $$b >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin" command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "missing test servers:$$missing"; \
+	  if [ "$$(id -u)" = "0" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PKGS); \
+	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
+	    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEB_PKGS); \
+	  else \
+	    echo "run as root: apt-get install -y $(DEB_PKGS)"; \
+	    if [ -n "$$CI" ]; then exit 1; fi; \
+	  fi; \
+	fi
+
+test: deps-system venv
+	PATH="$$PATH:/usr/sbin" $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+check: venv
+	$(VENV)/bin/ruff format --check gateway drivers forecasting tests bench
+	$(VENV)/bin/ruff check gateway drivers forecasting tests bench
+	$(VENV)/bin/mypy
+
+bench: venv
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,171 @@
+"""The one data model every layer shares: `Sample`, `Quality` and the quantity table.
+
+It lives in `drivers/` because drivers are the lowest layer (they produce samples) and must not import
+`gateway/`; the gateway, the sinks, forecasting and certification all read the same type.
+
+Units and signs are written once, here:
+
+* Power is in W. At a grid meter, positive power means *importing* from the grid (OpenEMS convention:
+  "positive: buy from grid"); a generator's power is positive when producing; a battery's `power_w` is
+  positive when *discharging* (it then acts like a generator).
+* Energy registers (`energy_import_wh`, `energy_export_wh`) are cumulative counters in integer Wh. A
+  monthly total is the advance of such a register between two boundary readings, never an integral of
+  power (see gateway/certification).
+* Timestamps are timezone-aware UTC datetimes; every interface prints them ISO 8601 with `Z`.
+* Every value carries a `Quality`. A value that could not be read sensibly is kept as `invalid` with
+  `value=None`, never silently replaced by a plausible number.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Final
+
+
+class Quality(StrEnum):
+    """How far a value can be trusted, ordered from best to worst."""
+
+    GOOD = "good"
+    ESTIMATED = "estimated"
+    STALE = "stale"
+    INVALID = "invalid"
+
+    @property
+    def rank(self) -> int:
+        return _QUALITY_RANK[self]
+
+    @staticmethod
+    def worst(qualities: list[Quality] | tuple[Quality, ...]) -> Quality:
+        """The least trustworthy of several qualities (a device state is as good as its worst value)."""
+        if not qualities:
+            return Quality.GOOD
+        return max(qualities, key=lambda q: q.rank)
+
+
+_QUALITY_RANK: Final = {Quality.GOOD: 0, Quality.ESTIMATED: 1, Quality.STALE: 2, Quality.INVALID: 3}
+
+
+class QuantityKind(StrEnum):
+    """What a quantity is, which decides how it is stored, retained and aggregated."""
+
+    INSTANT = "instant"  # a sampled value: power, voltage, wind speed
+    COUNTER = "counter"  # a cumulative register (integer Wh): kept for certification
+    STATE = "state"  # an enumerated status code
+
+
+@dataclass(frozen=True, slots=True)
+class QuantitySpec:
+    name: str
+    unit: str
+    kind: QuantityKind
+    description: str
+
+
+def _q(name: str, unit: str, kind: QuantityKind, description: str) -> QuantitySpec:
+    return QuantitySpec(name=name, unit=unit, kind=kind, description=description)
+
+
+_I, _C, _S = QuantityKind.INSTANT, QuantityKind.COUNTER, QuantityKind.STATE
+
+#: Canonical quantities. Add new names in the same style (`<what>[_<phase>]_<unit>`) when a device needs
+#: them; the unit suffix is the SI unit the value is in.
+QUANTITIES: Final[dict[str, QuantitySpec]] = {
+    q.name: q
+    for q in [
+        _q("power_w", "W", _I, "total active power; grid meter: + import; battery: + discharge"),
+        _q("power_l1_w", "W", _I, "active power phase L1"),
+        _q("power_l2_w", "W", _I, "active power phase L2"),
+        _q("power_l3_w", "W", _I, "active power phase L3"),
+        _q("voltage_l1_v", "V", _I, "phase-to-neutral voltage L1"),
+        _q("voltage_l2_v", "V", _I, "phase-to-neutral voltage L2"),
+        _q("voltage_l3_v", "V", _I, "phase-to-neutral voltage L3"),
+        _q("current_l1_a", "A", _I, "current L1"),
+        _q("current_l2_a", "A", _I, "current L2"),
+        _q("current_l3_a", "A", _I, "current L3"),
+        _q("frequency_hz", "Hz", _I, "grid frequency"),
+        _q("reactive_power_var", "var", _I, "total reactive power"),
+        _q("apparent_power_va", "VA", _I, "total apparent power"),
+        _q("power_factor", "1", _I, "total power factor"),
+        _q("energy_import_wh", "Wh", _C, "cumulative imported (grid meter) or consumed energy"),
+        _q("energy_export_wh", "Wh", _C, "cumulative exported or produced energy"),
+        _q("dc_power_w", "W", _I, "DC power (inverter input)"),
+        _q("wind_speed_ms", "m/s", _I, "wind speed at hub height"),
+        _q("wind_direction_deg", "deg", _I, "wind direction, degrees from north"),
+        _q("rotor_speed_rpm", "rpm", _I, "rotor speed"),
+        _q("soc_pct", "%", _I, "battery state of charge"),
+        _q("temperature_c", "degC", _I, "temperature"),
+        _q("status", "", _S, "device operating state code"),
+    ]
+}
+
+
+def quantity(name: str) -> QuantitySpec:
+    """Look a quantity up; unknown names are a configuration error, not a silent new series."""
+    try:
+        return QUANTITIES[name]
+    except KeyError:
+        raise KeyError(f"unknown quantity {name!r}; known: {', '.join(sorted(QUANTITIES))}") from None
+
+
+def is_counter(name: str) -> bool:
+    spec = QUANTITIES.get(name)
+    return spec is not None and spec.kind is QuantityKind.COUNTER
+
+
+Value = float | int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One reading of one quantity of one device at one instant.
+
+    `value` is an int for counters (Wh) and status codes, a float otherwise, and `None` only when the
+    quality is `invalid`. `ts` is timezone-aware UTC.
+    """
+
+    device: str
+    quantity: str
+    value: Value
+    unit: str
+    ts: datetime
+    quality: Quality = Quality.GOOD
+
+    def __post_init__(self) -> None:
+        if self.ts.tzinfo is None or self.ts.utcoffset() != UTC.utcoffset(None):
+            raise ValueError(f"Sample.ts must be UTC-aware, got {self.ts!r}")
+        if self.value is None and self.quality is not Quality.INVALID:
+            raise ValueError("a Sample without a value must be marked invalid")
+        if isinstance(self.value, float) and not math.isfinite(self.value):
+            raise ValueError("non-finite values must be stored as value=None, quality=invalid")
+
+    @property
+    def ts_ms(self) -> int:
+        return to_ms(self.ts)
+
+
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_ms(ts: datetime) -> int:
+    """Milliseconds since the epoch (exact integer arithmetic): the ledger's and the sinks' time unit."""
+    return (ts - _EPOCH) // timedelta(milliseconds=1)
+
+
+def from_ms(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms // 1000, UTC).replace(microsecond=(ms % 1000) * 1000)
+
+
+def iso_utc(ts: datetime) -> str:
+    """ISO 8601 UTC with a `Z`, milliseconds only when present, as every interface prints time."""
+    ts = ts.astimezone(UTC)
+    if ts.microsecond:
+        return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
+    return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def invalid(device: str, quantity_name: str, ts: datetime) -> Sample:
+    """A placeholder for a value that was not readable: kept so gaps are visible, never a number."""
+    return Sample(device, quantity_name, None, quantity(quantity_name).unit, ts, Quality.INVALID)

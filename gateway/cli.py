@@ -1,0 +1,34 @@
+"""`gia`: the command line. Commands import their heavy modules lazily so `gia --help` is instant on a Pi.
+
+Command groups live beside what they drive and register themselves here:
+`gateway/cli_agent.py` (run, demo, check-config, backup, restore), `gateway/cli_devices.py` (scan, sim,
+read), `gateway/certification/cli.py` (report, evidence, verify, area-report, keys) and
+`forecasting/cli.py` (forecast ...).
+"""
+
+from __future__ import annotations
+
+import typer
+
+from forecasting import cli as forecast_cli
+from gateway import cli_agent, cli_devices
+from gateway.certification import cli as cert_cli
+
+
+def build_app() -> typer.Typer:
+    app = typer.Typer(
+        name="gia",
+        help="GIA Gateway: energy monitoring, forecasting and verified monthly figures for green industrial areas.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+    cli_agent.register(app)
+    cli_devices.register(app)
+    cert_cli.register(app)
+    forecast_cli.register(app)
+    return app
+
+
+def main() -> None:
+    build_app()()

@@ -1,0 +1,382 @@
+"""The durable local ledger: every reading is committed here before anything forwards it.
+
+Why SQLite in WAL mode with `synchronous=FULL`: a committed transaction survives a killed process *and*
+a power cut (the WAL is fsynced at commit), readers never block the writer, and the file is one
+portable artefact a backup can copy consistently. Commits are batched by the caller (see
+`writer.LedgerWriter`) so that an SD card sees one fsync per batch, not one per sample.
+
+Tamper evidence: every entry carries a chain hash
+
+    hash_n = SHA-256(hash_{n-1} || JCS(entry_n))
+
+where JCS is the RFC 8785 canonical JSON of the entry (`seq`, `ts`, `device`, `quantity`, `value`,
+`unit`, `quality`) and hash_0 is 32 zero bytes. Changing, deleting or reordering any kept entry breaks
+every later hash. Retention prunes the *payload* of old instant readings but keeps their seq and chain
+hash, so the chain over the entries that remain (energy registers, kept for certification) still
+verifies from the first entry.
+
+Sequence numbers are SQLite rowids of an `INTEGER PRIMARY KEY` that is never reused (`AUTOINCREMENT`
+is unnecessary: rows are never deleted from the top, only pruned in place).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import rfc8785
+
+from drivers.model import Quality, Sample, Value, from_ms, is_counter, to_ms
+
+GENESIS: Final = bytes(32)
+SCHEMA_VERSION: Final = 1
+
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS readings (
+    seq      INTEGER PRIMARY KEY,
+    ts_ms    INTEGER,
+    device   TEXT,
+    quantity TEXT,
+    value    ANY,
+    unit     TEXT,
+    quality  TEXT,
+    counter  INTEGER NOT NULL DEFAULT 0,
+    pruned   INTEGER NOT NULL DEFAULT 0,
+    hash     BLOB NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS readings_series ON readings (device, quantity, ts_ms) WHERE pruned = 0;
+CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts_ms);
+CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS events (
+    id       INTEGER PRIMARY KEY,
+    ts_ms    INTEGER NOT NULL,
+    kind     TEXT NOT NULL,
+    device   TEXT,
+    detail   TEXT NOT NULL
+) STRICT;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A committed ledger entry. `value` etc. are None only for pruned entries (`pruned=True`)."""
+
+    seq: int
+    ts_ms: int
+    device: str
+    quantity: str
+    value: Value
+    unit: str
+    quality: Quality
+    hash: bytes
+    pruned: bool = False
+
+    def to_sample(self) -> Sample:
+        return Sample(self.device, self.quantity, self.value, self.unit, from_ms(self.ts_ms), self.quality)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    id: int
+    ts_ms: int
+    kind: str
+    device: str | None
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChainCheck:
+    ok: bool
+    entries: int
+    head_seq: int
+    head_hash: bytes
+    problem: str | None = None
+
+
+def canonical_entry(seq: int, ts_ms: int, device: str, quantity: str, value: Value, unit: str, quality: str) -> bytes:
+    """RFC 8785 bytes of one entry: what the chain hashes and what the evidence bundle re-hashes."""
+    return rfc8785.dumps(
+        {
+            "seq": seq,
+            "ts": ts_ms,
+            "device": device,
+            "quantity": quantity,
+            "value": value,
+            "unit": unit,
+            "quality": quality,
+        }
+    )
+
+
+def chain_hash(prev: bytes, canonical: bytes) -> bytes:
+    return hashlib.sha256(prev + canonical).digest()
+
+
+class LedgerError(Exception):
+    """The ledger file is unusable (corrupt, wrong schema, chain broken): the message says what to do."""
+
+
+class Ledger:
+    """Synchronous SQLite ledger. Not thread-safe: one owner thread (see `writer.LedgerWriter`)."""
+
+    def __init__(self, path: Path | str, *, synchronous: str = "FULL", readonly: bool = False) -> None:
+        self.path = Path(path)
+        if readonly:
+            uri = f"file:{self.path}?mode=ro"
+            self._db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            if not readonly:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute(f"PRAGMA synchronous = {synchronous}")
+                self._db.executescript(_SCHEMA)
+                self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise LedgerError(
+                f"{self.path}: not a usable ledger ({exc}); restore it with 'gia restore' or move it aside"
+            ) from None
+        self._head_seq, self._head_hash = self._load_head()
+
+    # -- schema -------------------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is None:
+            self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+            return
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            raise LedgerError(
+                f"{self.path}: ledger schema {version} is newer than this gateway ({SCHEMA_VERSION}); "
+                "upgrade the gateway"
+            )
+
+    def _load_head(self) -> tuple[int, bytes]:
+        row = self._db.execute("SELECT seq, hash FROM readings ORDER BY seq DESC LIMIT 1").fetchone()
+        if row is None:
+            return 0, GENESIS
+        return int(row[0]), bytes(row[1])
+
+    def close(self) -> None:
+        self._db.close()
+
+    # -- writing ------------------------------------------------------------------------------------
+    @property
+    def head(self) -> tuple[int, bytes]:
+        """(seq, chain hash) of the last committed entry; (0, GENESIS) when empty."""
+        return self._head_seq, self._head_hash
+
+    def append(self, samples: Iterable[Sample]) -> int:
+        """Append and commit in one transaction; returns the new head seq. All or nothing."""
+        seq, prev = self._head_seq, self._head_hash
+        rows = []
+        for s in samples:
+            seq += 1
+            ts_ms = to_ms(s.ts)
+            prev = chain_hash(prev, canonical_entry(seq, ts_ms, s.device, s.quantity, s.value, s.unit, s.quality.value))
+            rows.append(
+                (
+                    seq,
+                    ts_ms,
+                    s.device,
+                    s.quantity,
+                    s.value,
+                    s.unit,
+                    s.quality.value,
+                    int(is_counter(s.quantity)),
+                    prev,
+                )
+            )
+        if not rows:
+            return self._head_seq
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO readings (seq, ts_ms, device, quantity, value, unit, quality, counter, hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        self._head_seq, self._head_hash = seq, prev
+        return seq
+
+    def record_event(self, kind: str, detail: str, *, ts_ms: int, device: str | None = None) -> int:
+        """Record something certification must see (clock jump, meter replacement, reset)."""
+        cur = self._db.execute(
+            "INSERT INTO events (ts_ms, kind, device, detail) VALUES (?, ?, ?, ?)",
+            (ts_ms, kind, device, detail),
+        )
+        return int(cur.lastrowid or 0)
+
+    def events(self, *, kind: str | None = None, since_ms: int | None = None) -> list[Event]:
+        sql = "SELECT id, ts_ms, kind, device, detail FROM events WHERE 1=1"
+        args: list[str | int] = []
+        if kind is not None:
+            sql += " AND kind = ?"
+            args.append(kind)
+        if since_ms is not None:
+            sql += " AND ts_ms >= ?"
+            args.append(since_ms)
+        return [Event(*row) for row in self._db.execute(sql + " ORDER BY id", args)]
+
+    # -- cursors ------------------------------------------------------------------------------------
+    def cursor(self, name: str) -> int:
+        row = self._db.execute("SELECT seq FROM cursors WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_cursor(self, name: str, seq: int, *, now_ms: int) -> None:
+        if seq > self._head_seq:
+            raise ValueError(f"cursor {name} beyond head ({seq} > {self._head_seq})")
+        self._db.execute(
+            "INSERT INTO cursors (name, seq, updated_ms) VALUES (?, ?, ?)"
+            " ON CONFLICT(name) DO UPDATE SET seq = excluded.seq, updated_ms = excluded.updated_ms",
+            (name, seq, now_ms),
+        )
+
+    def cursors(self) -> dict[str, int]:
+        return {name: int(seq) for name, seq in self._db.execute("SELECT name, seq FROM cursors")}
+
+    # -- reading ------------------------------------------------------------------------------------
+    _COLS: Final = "seq, ts_ms, device, quantity, value, unit, quality, hash, pruned"
+
+    @staticmethod
+    def _entry(row: Sequence[Any]) -> Entry:
+        seq, ts_ms, device, quantity, value, unit, quality, h, pruned = row
+        return Entry(
+            seq=int(seq),
+            ts_ms=int(ts_ms) if ts_ms is not None else 0,
+            device=str(device or ""),
+            quantity=str(quantity or ""),
+            value=value,
+            unit=str(unit or ""),
+            quality=Quality(quality) if quality else Quality.INVALID,
+            hash=bytes(h),
+            pruned=bool(pruned),
+        )
+
+    def read_after(self, seq: int, limit: int = 1000) -> list[Entry]:
+        """Entries with seq > `seq`, oldest first, pruned ones skipped (a sink never forwards a hole)."""
+        rows = self._db.execute(
+            f"SELECT {self._COLS} FROM readings WHERE seq > ? AND pruned = 0 ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [self._entry(r) for r in rows]
+
+    def series(self, device: str, quantity: str, start_ms: int, end_ms: int) -> list[Entry]:
+        """Kept entries of one series with start_ms <= ts < end_ms, in time order."""
+        rows = self._db.execute(
+            f"SELECT {self._COLS} FROM readings WHERE device = ? AND quantity = ? AND ts_ms >= ? AND ts_ms < ?"
+            " AND pruned = 0 ORDER BY ts_ms, seq",
+            (device, quantity, start_ms, end_ms),
+        )
+        return [self._entry(r) for r in rows]
+
+    def last_before(self, device: str, quantity: str, ts_ms: int) -> Entry | None:
+        row = self._db.execute(
+            f"SELECT {self._COLS} FROM readings WHERE device = ? AND quantity = ? AND ts_ms < ? AND pruned = 0"
+            " ORDER BY ts_ms DESC, seq DESC LIMIT 1",
+            (device, quantity, ts_ms),
+        ).fetchone()
+        return self._entry(row) if row else None
+
+    def first_at_or_after(self, device: str, quantity: str, ts_ms: int) -> Entry | None:
+        row = self._db.execute(
+            f"SELECT {self._COLS} FROM readings WHERE device = ? AND quantity = ? AND ts_ms >= ? AND pruned = 0"
+            " ORDER BY ts_ms, seq LIMIT 1",
+            (device, quantity, ts_ms),
+        ).fetchone()
+        return self._entry(row) if row else None
+
+    def iter_all(self, start_seq: int = 1, end_seq: int | None = None, batch: int = 10_000) -> Iterator[Entry]:
+        """Every entry including pruned ones, in seq order: what chain verification walks."""
+        seq = start_seq - 1
+        while True:
+            rows = self._db.execute(
+                f"SELECT {self._COLS} FROM readings WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (seq, end_seq if end_seq is not None else self._head_seq, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for r in rows:
+                yield self._entry(r)
+            seq = int(rows[-1][0])
+
+    def hash_at(self, seq: int) -> bytes:
+        if seq == 0:
+            return GENESIS
+        row = self._db.execute("SELECT hash FROM readings WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise KeyError(seq)
+        return bytes(row[0])
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
+
+    # -- integrity ----------------------------------------------------------------------------------
+    def verify(self, start_seq: int = 1, end_seq: int | None = None) -> ChainCheck:
+        """Re-walk the chain. Pruned entries are taken on their stored hash; kept ones are recomputed."""
+        prev = self.hash_at(start_seq - 1) if start_seq > 1 else GENESIS
+        expected_seq = start_seq
+        n = 0
+        for e in self.iter_all(start_seq, end_seq):
+            if e.seq != expected_seq:
+                return ChainCheck(False, n, e.seq, prev, f"entry {expected_seq} is missing (next is {e.seq})")
+            if not e.pruned:
+                h = chain_hash(
+                    prev,
+                    canonical_entry(e.seq, e.ts_ms, e.device, e.quantity, e.value, e.unit, e.quality.value),
+                )
+                if h != e.hash:
+                    return ChainCheck(False, n, e.seq, prev, f"entry {e.seq} does not match its chain hash")
+            prev = e.hash
+            expected_seq += 1
+            n += 1
+        return ChainCheck(True, n, expected_seq - 1, prev)
+
+    # -- retention ----------------------------------------------------------------------------------
+    def prune(self, *, instant_before_ms: int, counter_before_ms: int, forwarded_seq: int) -> int:
+        """Drop payloads of old readings that every sink has forwarded; keep their seq and hash.
+
+        Energy-register (counter) readings live longer (`counter_before_ms` is older) because monthly
+        certification is computed from them. Returns the number of entries pruned.
+        """
+        cur = self._db.execute(
+            "UPDATE readings SET ts_ms = NULL, device = NULL, quantity = NULL, value = NULL, unit = NULL,"
+            " quality = NULL, pruned = 1 WHERE pruned = 0 AND seq <= ? AND"
+            " ((counter = 0 AND ts_ms < ?) OR (counter = 1 AND ts_ms < ?))",
+            (forwarded_seq, instant_before_ms, counter_before_ms),
+        )
+        return cur.rowcount
+
+    def prune_instant_now(self, *, forwarded_seq: int, keep_after_ms: int) -> int:
+        """Disk-pressure relief: prune forwarded instant readings older than `keep_after_ms` now."""
+        cur = self._db.execute(
+            "UPDATE readings SET ts_ms = NULL, device = NULL, quantity = NULL, value = NULL, unit = NULL,"
+            " quality = NULL, pruned = 1 WHERE pruned = 0 AND counter = 0 AND seq <= ? AND ts_ms < ?",
+            (forwarded_seq, keep_after_ms),
+        )
+        return cur.rowcount
+
+    def backup(self, dest: Path | str) -> None:
+        """A consistent copy while the agent writes (SQLite online backup API)."""
+        dest = Path(dest)
+        tmp = dest.with_suffix(dest.suffix + ".tmp")
+        target = sqlite3.connect(tmp)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+        shutil.move(tmp, dest)

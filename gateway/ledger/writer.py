@@ -1,0 +1,108 @@
+"""The ledger's async face: one owner thread, batched commits, and a notification for consumers.
+
+SQLite calls block (an fsync on an SD card can take tens of milliseconds), so every ledger call runs on
+one dedicated thread that owns the connection; the event loop only awaits. Samples are queued and
+committed in batches every `commit_interval_s` (or sooner when `max_batch` is reached): one fsync per
+batch keeps SD-card wear low, and nothing downstream sees a sample before its batch is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from drivers.model import Sample
+from gateway.ledger.store import Ledger
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class LedgerWriter:
+    """Owns the `Ledger` and its thread. Consumers `wait_beyond(seq)` to learn of new commits."""
+
+    def __init__(self, ledger: Ledger, *, commit_interval_s: float, max_batch: int, max_queue: int) -> None:
+        self._ledger = ledger
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        self._commit_interval_s = commit_interval_s
+        self._max_batch = max_batch
+        self._queue: asyncio.Queue[Sample] = asyncio.Queue(maxsize=max_queue)
+        self._committed = asyncio.Condition()
+        self.head_seq = ledger.head[0]
+        self.committed_samples = 0
+        self.commit_failures = 0
+        self.queue_full_waits = 0
+
+    async def call(self, fn: Callable[[Ledger], T]) -> T:
+        """Run `fn(ledger)` on the ledger's thread (the only thread that may touch the connection)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, self._ledger)
+
+    async def submit(self, samples: Iterable[Sample]) -> None:
+        """Queue samples for the next commit. Waits (back-pressure) rather than drop when full."""
+        for s in samples:
+            if self._queue.full():
+                self.queue_full_waits += 1
+            await self._queue.put(s)
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    async def run(self) -> None:
+        """Commit loop: a supervised task. On shutdown it drains the queue and commits what it holds."""
+        try:
+            while True:
+                first = await self._queue.get()
+                batch = [first]
+                deadline = asyncio.get_running_loop().time() + self._commit_interval_s
+                while len(batch) < self._max_batch:
+                    timeout = deadline - asyncio.get_running_loop().time()
+                    if timeout <= 0:
+                        break
+                    try:
+                        batch.append(await asyncio.wait_for(self._queue.get(), timeout))
+                    except TimeoutError:
+                        break
+                await self._commit(batch)
+        except asyncio.CancelledError:
+            await asyncio.shield(self.flush())
+            raise
+
+    async def flush(self) -> None:
+        """Commit everything queued now (shutdown path)."""
+        batch: list[Sample] = []
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        if batch:
+            await self._commit(batch)
+
+    async def _commit(self, batch: list[Sample]) -> None:
+        while True:
+            try:
+                head = await self.call(lambda led: led.append(batch))
+                break
+            except Exception as exc:  # disk full, locked: retry, never drop a reading silently
+                self.commit_failures += 1
+                log.error("ledger commit of %d samples failed (%s); retrying in 1 s", len(batch), exc)
+                await asyncio.sleep(1.0)
+        self.committed_samples += len(batch)
+        async with self._committed:
+            self.head_seq = head
+            self._committed.notify_all()
+
+    async def wait_beyond(self, seq: int, max_wait_s: float) -> int:
+        """Wait until the committed head passes `seq` (or `max_wait_s` elapses); returns the head."""
+        async with self._committed:
+            if self.head_seq <= seq:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._committed.wait_for(lambda: self.head_seq > seq), max_wait_s)
+            return self.head_seq
+
+    def close(self) -> None:
+        self._executor.submit(self._ledger.close).result()
+        self._executor.shutdown(wait=True)

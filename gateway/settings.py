@@ -1,0 +1,546 @@
+"""The one settings model: gia.yaml + `GIA_` environment variables (+ secret files), validated at start.
+
+Precedence, highest first: environment (`GIA_MQTT__PASSWORD`, nested with `__`), secret files (in
+`$CREDENTIALS_DIRECTORY` as systemd's LoadCredential= provides them, or the directory in `GIA_SECRETS_DIR`),
+then the YAML file. Secrets are `SecretStr` so they never show up in logs or `check-config` output;
+each secret can also be given as a `*_file` path.
+
+`load_settings` raises `ConfigError` holding *every* problem found (schema and cross-references, device
+maps included) as `Problem(path, message, fix)`: one line each, no traceback. The agent refuses to start
+on any of them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from drivers.config import DeviceConfig, ModbusDeviceConfig
+from forecasting.config import ForecastingConfig
+from gateway.certification.config import CertificationConfig
+from gateway.flexibility.config import FlexibilityConfig
+
+DEFAULT_CONFIG_PATHS = (Path("gia.yaml"), Path("/etc/gia/gia.yaml"))
+
+
+class Location(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    latitude: float = Field(ge=-90, le=90, description="decimal degrees, -90..90")
+    longitude: float = Field(ge=-180, le=180, description="decimal degrees, -180..180")
+
+
+class SiteConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="lowercase id, e.g. 'riga-north'")
+    name: str = Field(default="", description="a human-readable site name")
+    area: str | None = Field(default=None, description="the industrial area this site belongs to")
+    timezone: str = Field(default="UTC", description="an IANA time zone such as Europe/Riga")
+    location: Location | None = Field(default=None, description="latitude/longitude, for PV and weather")
+
+    @field_validator("timezone")
+    @classmethod
+    def _tz(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {v!r}; use an IANA name such as Europe/Riga") from None
+        return v
+
+
+class LedgerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path | None = Field(default=None, description="ledger file; default <data_dir>/ledger.db")
+    commit_interval_s: float = Field(default=1.0, gt=0, le=60, description="seconds between batched commits")
+    max_batch: int = Field(default=5000, ge=1, description="commit early when this many samples are queued")
+    max_queue: int = Field(default=100_000, ge=100, description="samples held in memory before back-pressure")
+    retention_days: float = Field(default=30, gt=0, description="days to keep forwarded instant readings")
+    counter_retention_days: float = Field(
+        default=400, ge=400, description="days to keep energy-register readings (>= 400: certification)"
+    )
+    synchronous: Literal["FULL", "NORMAL"] = Field(
+        default="FULL", description="FULL survives power cuts; NORMAL only process crashes"
+    )
+
+
+def _secret(value: SecretStr | None, file: Path | None) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        return file.read_text().strip()
+    return None
+
+
+def _check_url(v: str, schemes: Sequence[str], example: str) -> str:
+    parts = urlsplit(v)
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"{v!r} is not a {'/'.join(schemes)} URL; write e.g. {example}")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"{v!r}: port must be 1..65535") from None
+    return v
+
+
+class InfluxConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="http(s)://HOST:8086 of InfluxDB")
+    api: Literal["v2", "v1"] = Field(default="v2", description="v2 (token/org/bucket: 2.x, 3.x, Cloud) or v1 (db)")
+    token: SecretStr | None = Field(default=None, description="API token (v2); or set GIA_INFLUXDB__TOKEN")
+    token_file: Path | None = Field(default=None, description="file holding the API token (v2)")
+    org: str | None = Field(default=None, description="organisation (v2)")
+    bucket: str | None = Field(default=None, description="bucket (v2)")
+    database: str | None = Field(default=None, description="database (v1)")
+    retention_policy: str | None = Field(default=None, description="retention policy (v1), default the db's")
+    username: str | None = Field(default=None, description="user (v1)")
+    password: SecretStr | None = Field(default=None, description="password (v1); or GIA_INFLUXDB__PASSWORD")
+    password_file: Path | None = None
+    batch_size: int = Field(default=5000, ge=1, le=100_000, description="points per write request")
+    timeout_s: float = Field(default=10.0, gt=0, description="seconds per write request")
+    verify_tls: bool = Field(default=True, description="verify the server certificate (https)")
+    ca_file: Path | None = Field(default=None, description="CA bundle for a private server certificate")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v, ("http", "https"), "http://127.0.0.1:8086")
+
+    @model_validator(mode="after")
+    def _flavour_fields(self) -> InfluxConfig:
+        if self.api == "v2":
+            missing = [n for n in ("org", "bucket") if getattr(self, n) is None]
+            if self.token is None and self.token_file is None:
+                missing.insert(0, "token")
+            if missing:
+                raise ValueError(
+                    f"InfluxDB v2 needs {', '.join(missing)}; set them (token via GIA_INFLUXDB__TOKEN)"
+                    " or use api: v1 with database"
+                )
+        elif self.database is None:
+            raise ValueError("InfluxDB v1 needs 'database'")
+        return self
+
+    def token_value(self) -> str | None:
+        return _secret(self.token, self.token_file)
+
+    def password_value(self) -> str | None:
+        return _secret(self.password, self.password_file)
+
+
+class MqttTls(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ca_file: Path | None = Field(default=None, description="CA certificate to verify the broker")
+    cert_file: Path | None = Field(default=None, description="client certificate (mutual TLS)")
+    key_file: Path | None = Field(default=None, description="client key (mutual TLS)")
+    insecure: bool = Field(default=False, description="skip broker hostname verification (testing only)")
+
+
+class MqttConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(description="mqtt://HOST:1883 or mqtts://HOST:8883")
+    username: str | None = Field(default=None, description="broker user")
+    password: SecretStr | None = Field(default=None, description="broker password; or GIA_MQTT__PASSWORD")
+    password_file: Path | None = None
+    tls: MqttTls | None = Field(default=None, description="TLS settings; mqtts:// enables TLS with system CAs")
+    prefix: str = Field(default="gia/{site}", description="topic prefix; {site} is replaced by the site id")
+    qos: Literal[0, 1, 2] = Field(default=1, description="0, 1 or 2")
+    client_id: str | None = Field(default=None, description="MQTT client id; default gia-<site>")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    timeout_s: float = Field(default=10.0, gt=0, description="seconds to connect or publish")
+    homeassistant_discovery: bool = Field(default=False, description="publish Home Assistant discovery configs")
+    discovery_prefix: str = Field(default="homeassistant")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        return _check_url(v, ("mqtt", "mqtts"), "mqtt://127.0.0.1:1883")
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, v: str) -> str:
+        if not v or any(c in v for c in "#+") or v.startswith("/") or v.endswith("/"):
+            raise ValueError(f"{v!r}: a topic prefix has no wildcards (#, +) and no leading/trailing '/'")
+        return v
+
+    def password_value(self) -> str | None:
+        return _secret(self.password, self.password_file)
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls is not None or urlsplit(self.url).scheme == "mqtts"
+
+
+Role = Literal["viewer", "certifier", "admin"]
+
+
+class ApiToken(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="who holds the token (shown in logs instead of the token)")
+    token: SecretStr | None = Field(default=None, description="the bearer token; at least 32 characters")
+    token_file: Path | None = Field(default=None, description="file holding the token")
+    roles: list[Role] = Field(min_length=1, description="viewer, certifier and/or admin")
+    sites: list[str] = Field(default_factory=lambda: ["*"], description="site ids this token may read, or '*'")
+
+    @model_validator(mode="after")
+    def _has_token(self) -> ApiToken:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("set exactly one of 'token' or 'token_file'")
+        if self.token is not None and len(self.token.get_secret_value()) < 32:
+            raise ValueError("token too short (< 32 characters); generate one: openssl rand -hex 32")
+        return self
+
+    def value(self) -> str:
+        v = _secret(self.token, self.token_file)
+        assert v is not None
+        return v
+
+
+class HttpConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = True
+    listen: str = Field(default="127.0.0.1:8080", description="HOST:PORT to serve the web page and API on")
+    tls_cert_file: Path | None = Field(default=None, description="PEM certificate to serve HTTPS")
+    tls_key_file: Path | None = Field(default=None, description="PEM key to serve HTTPS")
+    tokens: list[ApiToken] = Field(default_factory=list, description="bearer tokens with roles")
+    anonymous_viewer_on_loopback: bool = Field(
+        default=False, description="let clients on 127.0.0.1/::1 view the page and live API without a token"
+    )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not host:
+            raise ValueError(f"{v!r}: write HOST:PORT, e.g. 127.0.0.1:8080")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"{v!r}: port must be 1..65535")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            if host != "localhost":
+                raise ValueError(f"{v!r}: host must be an IP address or localhost") from None
+        return v
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HttpConfig:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        return self
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Build it with `load_settings`, not directly."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="GIA_", env_nested_delimiter="__", extra="forbid", case_sensitive=False
+    )
+
+    site: SiteConfig = Field(description="the site: id, name, area, timezone, location")
+    data_dir: Path = Field(default=Path("/var/lib/gia"), description="where the ledger, keys and models live")
+    devices: list[DeviceConfig] = Field(default_factory=list, description="the devices to poll")
+    ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    influxdb: InfluxConfig | None = Field(default=None, description="InfluxDB sink; omit to disable")
+    mqtt: MqttConfig | None = Field(default=None, description="MQTT sink; omit to disable")
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    forecasting: ForecastingConfig = Field(default_factory=ForecastingConfig)
+    flexibility: FlexibilityConfig = Field(default_factory=FlexibilityConfig)
+    certification: CertificationConfig = Field(default_factory=CertificationConfig)
+    log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment beats secret files beats the YAML file (passed as init kwargs by load_settings).
+        return (env_settings, file_secret_settings, init_settings)
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.ledger.path if self.ledger.path is not None else self.data_dir / "ledger.db"
+
+    def device(self, device_id: str) -> DeviceConfig:
+        for d in self.devices:
+            if d.id == device_id:
+                return d
+        raise KeyError(device_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    path: str
+    message: str
+    fix: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" + (f" — fix: {self.fix}" if self.fix else "")
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[Problem], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        super().__init__("\n".join(str(p) for p in problems))
+
+
+def find_config(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    for candidate in DEFAULT_CONFIG_PATHS:
+        if candidate.exists():
+            return candidate
+    return DEFAULT_CONFIG_PATHS[0]
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("modbus", "mqtt", "function-after", "function-before") or "[" in str(part):
+            continue  # pydantic's union-branch names: not part of the user's path
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _fix_for(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """The field's description is its fix: walk the models along the error path to find it."""
+    current: Any = model
+    description = ""
+    for part in loc:
+        if isinstance(part, int) or current is None:
+            continue
+        fields = getattr(current, "model_fields", None)
+        if fields is None:
+            if part == "modbus":
+                current = ModbusDeviceConfig
+            continue
+        info = fields.get(part)
+        if info is None:
+            if part in ("modbus", "mqtt"):
+                from drivers.config import MqttDeviceConfig
+
+                current = ModbusDeviceConfig if part == "modbus" else MqttDeviceConfig
+            continue
+        description = info.description or ""
+        current = _model_of(info.annotation)
+    return description
+
+
+def _model_of(annotation: Any) -> Any:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _problems_from_validation(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field (misspelt, or in the wrong section)"
+            fix = "remove it or check its spelling against deploy/gia.example.yaml"
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+            fix = _fix_for(Settings, loc)
+        else:
+            fix = _fix_for(Settings, loc)
+        problems.append(Problem(_loc(loc), msg, fix))
+    return problems
+
+
+#: Checks that need the whole configuration (cross-references). Each returns problems, never raises.
+CrossCheck = Callable[[Settings, Path], list[Problem]]
+
+
+def _check_devices(settings: Settings, base: Path) -> list[Problem]:
+    problems: list[Problem] = []
+    seen: dict[str, int] = {}
+    channel_ids: dict[str, str] = {}
+    for i, dev in enumerate(settings.devices):
+        if dev.id in seen:
+            problems.append(
+                Problem(
+                    f"devices[{i}].id",
+                    f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])",
+                    "give every device its own id",
+                )
+            )
+        seen.setdefault(dev.id, i)
+        for j, ch in enumerate(dev.channels):
+            cid = ch.id or f"{dev.id}.{ch.role}"
+            if cid in channel_ids:
+                problems.append(
+                    Problem(
+                        f"devices[{i}].channels[{j}]",
+                        f"duplicate channel id {cid!r}",
+                        "set a distinct 'id' on one of the channels",
+                    )
+                )
+            channel_ids[cid] = dev.id
+        if isinstance(dev, ModbusDeviceConfig) and dev.map is not None:
+            from drivers.maps import MapError, load_map
+
+            try:
+                load_map(dev.map, base_dir=base)
+            except MapError as exc:
+                problems.append(
+                    Problem(
+                        f"devices[{i}].map",
+                        str(exc),
+                        "use a bundled map name (gia sim --list) or a valid map file",
+                    )
+                )
+    return problems
+
+
+def _check_secrets(settings: Settings, base: Path) -> list[Problem]:
+    problems: list[Problem] = []
+    files: list[tuple[str, Path | None]] = []
+    if settings.influxdb is not None:
+        files += [
+            ("influxdb.token_file", settings.influxdb.token_file),
+            ("influxdb.password_file", settings.influxdb.password_file),
+        ]
+    if settings.mqtt is not None:
+        files.append(("mqtt.password_file", settings.mqtt.password_file))
+        if settings.mqtt.tls is not None:
+            files += [
+                ("mqtt.tls.ca_file", settings.mqtt.tls.ca_file),
+                ("mqtt.tls.cert_file", settings.mqtt.tls.cert_file),
+                ("mqtt.tls.key_file", settings.mqtt.tls.key_file),
+            ]
+        if settings.mqtt.username and settings.mqtt.password_value() is None:
+            problems.append(
+                Problem(
+                    "mqtt.password",
+                    f"user {settings.mqtt.username!r} has no password",
+                    "set GIA_MQTT__PASSWORD or mqtt.password_file",
+                )
+            )
+    files += [
+        ("http.tls_cert_file", settings.http.tls_cert_file),
+        ("http.tls_key_file", settings.http.tls_key_file),
+    ]
+    files += [(f"http.tokens[{i}].token_file", t.token_file) for i, t in enumerate(settings.http.tokens)]
+    for path, f in files:
+        if f is not None and not f.is_file():
+            problems.append(Problem(path, f"file {str(f)!r} does not exist", "create it or correct the path"))
+    if settings.http.enabled and not settings.http.tokens and not settings.http.anonymous_viewer_on_loopback:
+        problems.append(
+            Problem(
+                "http.tokens",
+                "the HTTP API has no tokens, so nobody can use it",
+                "add a token (openssl rand -hex 32) with roles, or set http.enabled: false",
+            )
+        )
+    host = settings.http.host
+    if settings.http.anonymous_viewer_on_loopback and host not in ("127.0.0.1", "::1", "localhost"):
+        problems.append(
+            Problem(
+                "http.anonymous_viewer_on_loopback",
+                f"only allowed when listening on loopback, not {host}",
+                "listen on 127.0.0.1 or remove anonymous_viewer_on_loopback",
+            )
+        )
+    return problems
+
+
+CROSS_CHECKS: list[CrossCheck] = [_check_devices, _check_secrets]
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    """Relative paths in the file are relative to the file, not to wherever the agent was started."""
+    if isinstance(raw.get("data_dir"), str) and not os.path.isabs(raw["data_dir"]):
+        raw["data_dir"] = str(base / raw["data_dir"])
+
+
+def load_settings(path: Path | None = None, *, extra_checks: Sequence[CrossCheck] = ()) -> Settings:
+    """Read and validate the configuration; raise ConfigError with every problem found."""
+    cfg_path = find_config(path)
+    if not cfg_path.exists():
+        raise ConfigError(
+            [
+                Problem(
+                    str(cfg_path),
+                    "configuration file not found",
+                    "pass --config FILE or copy deploy/gia.example.yaml to /etc/gia/gia.yaml",
+                )
+            ]
+        )
+    try:
+        raw = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
+        raise ConfigError(
+            [
+                Problem(
+                    f"{cfg_path} ({where})",
+                    f"not valid YAML: {getattr(exc, 'problem', exc)}",
+                    "check indentation and quoting at that line",
+                )
+            ]
+        ) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            [
+                Problem(
+                    str(cfg_path),
+                    "the file must be a YAML mapping (site:, devices:, ...)",
+                    "start from deploy/gia.example.yaml",
+                )
+            ]
+        )
+    base = cfg_path.resolve().parent
+    _resolve_paths(raw, base)
+    secrets_dir = os.environ.get("GIA_SECRETS_DIR") or os.environ.get("CREDENTIALS_DIRECTORY")
+    try:
+        settings = Settings(**raw, _secrets_dir=secrets_dir)
+    except ValidationError as exc:
+        raise ConfigError(_problems_from_validation(exc), str(cfg_path)) from None
+    problems = [p for check in [*CROSS_CHECKS, *extra_checks] for p in check(settings, base)]
+    if problems:
+        raise ConfigError(problems, str(cfg_path))
+    return settings
