@@ -117,6 +117,9 @@ def is_counter(name: str) -> bool:
 
 Value = float | int | None
 
+#: Largest integer that every JSON consumer (and RFC 8785 canonical JSON) represents exactly.
+MAX_SAFE_INT: Final = 2**53 - 1
+
 
 @dataclass(frozen=True, slots=True)
 class Sample:
@@ -140,6 +143,9 @@ class Sample:
             raise ValueError("a Sample without a value must be marked invalid")
         if isinstance(self.value, float) and not math.isfinite(self.value):
             raise ValueError("non-finite values must be stored as value=None, quality=invalid")
+        if isinstance(self.value, int) and not -MAX_SAFE_INT <= self.value <= MAX_SAFE_INT:
+            # Beyond 2**53 JSON consumers (and RFC 8785, which signs the ledger) lose integer exactness.
+            raise ValueError(f"integer {self.value} is outside the exact JSON range; flag it invalid")
 
     @property
     def ts_ms(self) -> int:

@@ -329,11 +329,13 @@ def find_config(explicit: Path | None) -> Path:
 
 def _loc(loc: tuple[int | str, ...]) -> str:
     out = ""
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif part in ("modbus", "mqtt", "function-after", "function-before") or "[" in str(part):
-            continue  # pydantic's union-branch names: not part of the user's path
+        elif i > 0 and isinstance(loc[i - 1], int) and part in ("modbus", "mqtt") and loc[0] == "devices":
+            continue  # the discriminated union's branch name: not part of the user's path
+        elif part in ("function-after", "function-before") or "[" in str(part):
+            continue
         else:
             out += ("." if out else "") + str(part)
     return out or "(top level)"
@@ -394,22 +396,32 @@ def _problems_from_validation(exc: ValidationError) -> list[Problem]:
 CrossCheck = Callable[[Settings, Path], list[Problem]]
 
 
-def _check_devices(settings: Settings, base: Path) -> list[Problem]:
+def _check_devices_raw(raw: dict[str, Any], base: Path) -> list[Problem]:
+    """Device checks that work on the raw file, so they are reported even when other fields are wrong."""
     problems: list[Problem] = []
+    devices = raw.get("devices")
+    if not isinstance(devices, list):
+        return problems
     seen: dict[str, int] = {}
     channel_ids: dict[str, str] = {}
-    for i, dev in enumerate(settings.devices):
-        if dev.id in seen:
-            problems.append(
-                Problem(
-                    f"devices[{i}].id",
-                    f"duplicate device id {dev.id!r} (also devices[{seen[dev.id]}])",
-                    "give every device its own id",
+    for i, dev in enumerate(devices):
+        if not isinstance(dev, dict):
+            continue
+        dev_id = dev.get("id")
+        if isinstance(dev_id, str):
+            if dev_id in seen:
+                problems.append(
+                    Problem(
+                        f"devices[{i}].id",
+                        f"duplicate device id {dev_id!r} (also devices[{seen[dev_id]}])",
+                        "give every device its own id",
+                    )
                 )
-            )
-        seen.setdefault(dev.id, i)
-        for j, ch in enumerate(dev.channels):
-            cid = ch.id or f"{dev.id}.{ch.role}"
+            seen.setdefault(dev_id, i)
+        for j, ch in enumerate(dev.get("channels") or []):
+            if not isinstance(ch, dict):
+                continue
+            cid = ch.get("id") or f"{dev_id}.{ch.get('role')}"
             if cid in channel_ids:
                 problems.append(
                     Problem(
@@ -418,18 +430,19 @@ def _check_devices(settings: Settings, base: Path) -> list[Problem]:
                         "set a distinct 'id' on one of the channels",
                     )
                 )
-            channel_ids[cid] = dev.id
-        if isinstance(dev, ModbusDeviceConfig) and dev.map is not None:
+            channel_ids[cid] = str(dev_id)
+        map_name = dev.get("map")
+        if isinstance(map_name, str) and dev.get("driver", "modbus") == "modbus":
             from drivers.maps import MapError, load_map
 
             try:
-                load_map(dev.map, base_dir=base)
+                load_map(map_name, base_dir=base)
             except MapError as exc:
                 problems.append(
                     Problem(
                         f"devices[{i}].map",
                         str(exc),
-                        "use a bundled map name (gia sim --list) or a valid map file",
+                        "use a bundled map name (see 'gia sim --list') or a valid map file",
                     )
                 )
     return problems
@@ -487,7 +500,7 @@ def _check_secrets(settings: Settings, base: Path) -> list[Problem]:
     return problems
 
 
-CROSS_CHECKS: list[CrossCheck] = [_check_devices, _check_secrets]
+CROSS_CHECKS: list[CrossCheck] = [_check_secrets]
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
@@ -536,11 +549,15 @@ def load_settings(path: Path | None = None, *, extra_checks: Sequence[CrossCheck
     base = cfg_path.resolve().parent
     _resolve_paths(raw, base)
     secrets_dir = os.environ.get("GIA_SECRETS_DIR") or os.environ.get("CREDENTIALS_DIRECTORY")
+    raw_problems = _check_devices_raw(raw, base)
     try:
         settings = Settings(**raw, _secrets_dir=secrets_dir)
     except ValidationError as exc:
-        raise ConfigError(_problems_from_validation(exc), str(cfg_path)) from None
-    problems = [p for check in [*CROSS_CHECKS, *extra_checks] for p in check(settings, base)]
+        schema_problems = _problems_from_validation(exc)
+        known = {(p.path, p.message) for p in schema_problems}
+        extra = [p for p in raw_problems if (p.path, p.message) not in known]
+        raise ConfigError(schema_problems + extra, str(cfg_path)) from None
+    problems = raw_problems + [p for check in [*CROSS_CHECKS, *extra_checks] for p in check(settings, base)]
     if problems:
         raise ConfigError(problems, str(cfg_path))
     return settings

@@ -1,0 +1,257 @@
+"""The composition root: the one place that wires drivers, ledger, sinks, services and the HTTP API.
+
+Everything the agent runs is a named part under one `Supervisor` (one TaskGroup): the ledger writer,
+a poller per device, a forwarder per sink, retention, the HTTP server, and whatever the caller adds
+(the demo adds its simulated devices). Nothing here is global; two agents can run in one process.
+
+Data path: poller -> LiveState (latency) and LedgerWriter (commit) -> Forwarder(sink) per sink.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+from drivers.model import to_ms
+from gateway import __version__
+from gateway.api.app import ApiServices, create_app
+from gateway.api.auth import Authenticator, Principal, TokenEntry
+from gateway.clock import Clock, WallClock
+from gateway.forwarder import Forwarder
+from gateway.ledger.store import Ledger
+from gateway.ledger.writer import LedgerWriter
+from gateway.live import LiveState
+from gateway.poller import DevicePoller
+from gateway.settings import Settings
+from gateway.sinks.base import Sink
+from gateway.sinks.mqtt import MqttSink, RetainedOutbox
+from gateway.supervisor import PartState, Supervisor
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the agent owns shutdown."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):  # type: ignore[no-untyped-def]
+        yield
+
+
+@dataclass
+class Agent:
+    settings: Settings
+    base_dir: Path = field(default_factory=Path.cwd)
+    clock: Clock = field(default_factory=WallClock)
+    extra_parts: dict[str, Callable[[], Awaitable[None]]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.supervisor = Supervisor()
+        self.outbox = RetainedOutbox()
+        self.forwarders: list[Forwarder] = []
+        self.started_monotonic = time.monotonic()
+        self.http_server: _EmbeddedServer | None = None
+        self.ready = asyncio.Event()
+        self.writer: LedgerWriter | None = None
+        self.live = LiveState()
+        self._stopping = False
+
+    # -- health ---------------------------------------------------------------------------------------
+    def health(self) -> dict[str, Any]:
+        reasons: list[str] = []
+        parts = {}
+        for name, h in self.supervisor.health().items():
+            parts[name] = {"state": h.state.value, "restarts": h.restarts, "last_error": h.last_error}
+            if h.state is PartState.RESTARTING:
+                reasons.append(f"part {name} is restarting after: {h.last_error}")
+        devices = {d: s.as_json()["state"] for d, s in self.live.devices.items()}
+        reasons += [f"device {d} is offline" for d, st in devices.items() if st == "offline"]
+        sinks = {}
+        head = self.writer.head_seq if self.writer else 0
+        for fw in self.forwarders:
+            fh = fw.health
+            sinks[fw.name] = {
+                "connected": fh.connected,
+                "cursor": fh.cursor,
+                "lag": head - fh.cursor,
+                "forwarded": fh.forwarded,
+                "rejected_entries": fh.rejected_entries,
+                "last_error": fh.last_error,
+            }
+            if not fh.connected and fh.last_error:
+                reasons.append(f"sink {fw.name} is disconnected: {fh.last_error}")
+        ledger: dict[str, Any] = {"head_seq": head}
+        if self.writer:
+            ledger.update(pending=self.writer.pending, commit_failures=self.writer.commit_failures)
+        return {
+            "status": "ok" if not reasons else "degraded",
+            "reasons": reasons,
+            "site": self.settings.site.id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_monotonic, 1),
+            "devices": devices,
+            "parts": parts,
+            "ledger": ledger,
+            "sinks": sinks,
+        }
+
+    # -- wiring ---------------------------------------------------------------------------------------
+    def _authenticator(self) -> Authenticator:
+        tokens = [
+            TokenEntry(t.value().encode(), Principal(t.name, frozenset(t.roles), frozenset(t.sites)))
+            for t in self.settings.http.tokens
+        ]
+        return Authenticator(tokens, anonymous_viewer_on_loopback=self.settings.http.anonymous_viewer_on_loopback)
+
+    def api_services(self) -> ApiServices:
+        return ApiServices(site=self.settings.site.id, live=self.live, auth=self._authenticator(), health=self.health)
+
+    async def _serve_http(self) -> None:
+        cfg = self.settings.http
+        config = uvicorn.Config(
+            create_app(self.api_services()),
+            host=cfg.host,
+            port=cfg.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            ssl_certfile=str(cfg.tls_cert_file) if cfg.tls_cert_file else None,
+            ssl_keyfile=str(cfg.tls_key_file) if cfg.tls_key_file else None,
+            timeout_graceful_shutdown=2,
+        )
+        server = self.http_server = _EmbeddedServer(config)
+        task = asyncio.ensure_future(server.serve())
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Let uvicorn close its sockets and streams itself, within a bound.
+            server.should_exit = True
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(task, 3.0)
+            raise
+        finally:
+            self.http_server = None
+        if not self._stopping:
+            raise RuntimeError(f"HTTP server on {cfg.listen} stopped (is the port in use?)")
+
+    async def _retention(self, writer: LedgerWriter) -> None:
+        cfg = self.settings.ledger
+        while True:
+            now_ms = to_ms(self.clock.now())
+            cursors = await writer.call(Ledger.cursors)
+            names = [fw.name for fw in self.forwarders]
+            forwarded = min((cursors.get(n, 0) for n in names), default=writer.head_seq)
+            pruned = await writer.call(
+                partial(
+                    Ledger.prune,
+                    instant_before_ms=now_ms - int(cfg.retention_days * DAY_MS),
+                    counter_before_ms=now_ms - int(cfg.counter_retention_days * DAY_MS),
+                    forwarded_seq=forwarded,
+                )
+            )
+            if pruned:
+                log.info("retention: pruned the payload of %d forwarded readings", pruned)
+            await asyncio.sleep(3600)
+
+    def _sinks(self, writer: LedgerWriter, device_classes: dict[str, str]) -> None:
+        s = self.settings
+        if s.influxdb is not None:
+            from gateway.sinks.influx import InfluxSink
+
+            influx_cfg = s.influxdb
+
+            def influx_factory() -> Sink:
+                return InfluxSink(influx_cfg, site=s.site.id, device_classes=device_classes)
+
+            self.forwarders.append(
+                Forwarder(sink_factory=influx_factory, name="influxdb", writer=writer, clock=self.clock)
+            )
+        if s.mqtt is not None:
+            mqtt_cfg = s.mqtt
+
+            def mqtt_factory() -> Sink:
+                return MqttSink(mqtt_cfg, site=s.site.id, live=self.live, outbox=self.outbox)
+
+            async def live_side(sink: Sink) -> None:
+                assert isinstance(sink, MqttSink)
+                await sink.live_publisher(sink)
+
+            self.forwarders.append(
+                Forwarder(
+                    sink_factory=mqtt_factory, name="mqtt", writer=writer, clock=self.clock, side_tasks=[live_side]
+                )
+            )
+
+    async def run(self) -> None:
+        """Run until cancelled; on cancellation every part stops and queued readings are committed."""
+        from drivers.factory import create_driver, device_class_of
+        from drivers.modbus.bus import BusPool
+
+        s = self.settings
+        self._stopping = False
+        ledger = await asyncio.to_thread(Ledger, s.ledger_path, synchronous=s.ledger.synchronous)
+        writer = LedgerWriter(
+            ledger,
+            commit_interval_s=s.ledger.commit_interval_s,
+            max_batch=s.ledger.max_batch,
+            max_queue=s.ledger.max_queue,
+        )
+        self.writer = writer
+        device_classes = {d.id: device_class_of(d, base_dir=self.base_dir) for d in s.devices}
+        self.live = LiveState.for_devices(device_classes)
+        try:
+            async with BusPool() as pool:
+                self.supervisor.add("ledger", writer.run)
+                for dev in s.devices:
+                    dev_cfg = dev
+
+                    def factory(cfg: Any = dev_cfg) -> Any:
+                        return create_driver(cfg, pool=pool, base_dir=self.base_dir)
+
+                    poller = DevicePoller(
+                        device_id=dev.id,
+                        driver_factory=factory,
+                        interval_s=dev.poll_interval_s,
+                        timeout_s=getattr(dev, "timeout_s", dev.poll_interval_s),
+                        clock=self.clock,
+                        live=self.live,
+                        on_samples=writer.submit,
+                    )
+                    self.supervisor.add(f"device:{dev.id}", poller.run)
+                self._sinks(writer, device_classes)
+                for fw in self.forwarders:
+                    self.supervisor.add(f"sink:{fw.name}", fw.run)
+                self.supervisor.add("retention", lambda: self._retention(writer))
+                if s.http.enabled:
+                    self.supervisor.add("http", self._serve_http)
+                for name, part in self.extra_parts.items():
+                    self.supervisor.add(name, part)
+                self.ready.set()
+                log.info(
+                    "agent for site %s running: %d devices, sinks: %s",
+                    s.site.id,
+                    len(s.devices),
+                    ", ".join(fw.name for fw in self.forwarders) or "none",
+                )
+                try:
+                    await self.supervisor.run()
+                finally:
+                    self._stopping = True
+        finally:
+            await asyncio.to_thread(writer.close)
+
+    def request_http_stop(self) -> None:
+        self._stopping = True
+        if self.http_server is not None:
+            self.http_server.should_exit = True

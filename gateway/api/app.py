@@ -1,0 +1,237 @@
+"""`create_app(services)`: the HTTP API and web page as a FastAPI app, with nothing global.
+
+FastAPI because the contract requires `/openapi.json` (certifiers and schemathesis read it) and request
+validation with clear errors; every error leaves as JSON `{"error": ..., "detail": ...}`. Blocking work
+(report generation reads SQLite, PDF rendering) runs in a worker thread, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from drivers.model import QUANTITIES, iso_utc
+from gateway import __version__
+from gateway.api.auth import ApiError, Authenticator, Principal, Role
+from gateway.live import LiveEvent, LiveState
+
+MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class ReportProvider(Protocol):
+    """What the certification layer offers the API (see gateway/certification/service.py)."""
+
+    def report(self, site: str, month: str, fmt: str) -> tuple[bytes, str]: ...
+
+    def evidence_zip(self, site: str, month: str) -> bytes: ...
+
+    def public_keys(self) -> list[dict[str, str]]: ...
+
+
+@dataclass
+class ApiServices:
+    site: str
+    live: LiveState
+    auth: Authenticator
+    health: Callable[[], dict[str, Any]]
+    reports: ReportProvider | None = None
+    forecast: Callable[[str], dict[str, Any] | None] = field(default=lambda _t: None)
+    flexibility: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
+    #: Report errors the provider raises, mapped to (status, error code): filled by the agent.
+    report_errors: dict[type[Exception], tuple[int, str]] = field(default_factory=dict)
+
+
+def _error(status: int, error: str, detail: Any = "") -> JSONResponse:
+    return JSONResponse({"error": error, "detail": detail}, status_code=status)
+
+
+def _sample_json(s: Any) -> dict[str, Any]:
+    return {"value": s.value, "unit": s.unit, "quality": s.quality.value, "ts": iso_utc(s.ts)}
+
+
+def live_snapshot(live: LiveState) -> dict[str, Any]:
+    devices: dict[str, Any] = {}
+    for dev_id, status in live.devices.items():
+        devices[dev_id] = {**status.as_json(), "values": {}}
+    for (dev_id, quantity), s in sorted(live.values.items()):
+        if dev_id in devices:
+            devices[dev_id]["values"][quantity] = _sample_json(s)
+    return {"devices": devices}
+
+
+def _event_json(event: LiveEvent) -> dict[str, Any]:
+    if event.kind == "availability":
+        return {"device": event.device, "state": "online" if event.online else "offline"}
+    return {"device": event.device, "values": {s.quantity: _sample_json(s) for s in event.samples}}
+
+
+def create_app(services: ApiServices) -> FastAPI:
+    app = FastAPI(
+        title="GIA Gateway",
+        version=__version__,
+        description="Live energy data, forecasts, flexibility signals and signed monthly reports of one site.",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    def need(role: Role) -> Callable[[Request], Principal]:
+        def dependency(request: Request) -> Principal:
+            return services.auth.authenticate(request, role)
+
+        return dependency
+
+    Viewer = Annotated[Principal, Depends(need("viewer"))]
+    Certifier = Annotated[Principal, Depends(need("certifier"))]
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        resp = _error(exc.status_code, exc.error, exc.detail)
+        if headers:
+            resp.headers.update(headers)
+        return resp
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(
+            exc.status_code, {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "error"), exc.detail
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail = [{"field": ".".join(str(p) for p in e["loc"]), "problem": e["msg"]} for e in exc.errors()]
+        return _error(400, "bad_request", detail)
+
+    @app.get("/healthz", tags=["health"], summary="200 when healthy, 503 with reasons otherwise")
+    async def healthz() -> JSONResponse:
+        report = services.health()
+        return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(request: Request, token: str | None = None) -> Response:
+        if token is not None:
+            # Exchange a token in the URL (bookmarkable for a wall screen) for a cookie, then drop it
+            # from the address bar so it does not linger in history.
+            resp = RedirectResponse("/", status_code=303)
+            resp.set_cookie("gia_token", token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+            return resp
+        services.auth.authenticate(request, "viewer")
+        page = resources.files("gateway.api").joinpath("static/index.html").read_text()
+        return HTMLResponse(page)
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> Response:
+        if not re.fullmatch(r"[a-z0-9_.-]+\.(js|css|svg|txt)", name) or ".." in name:
+            raise ApiError(404, "not_found", name)
+        path = resources.files("gateway.api").joinpath("static").joinpath(name)
+        if not path.is_file():
+            raise ApiError(404, "not_found", name)
+        media = {"js": "text/javascript", "css": "text/css", "svg": "image/svg+xml", "txt": "text/plain"}
+        return Response(
+            path.read_bytes(), media_type=media[name.rsplit(".", 1)[1]], headers={"Cache-Control": "max-age=3600"}
+        )
+
+    @app.get("/api/v1/live", tags=["live"], summary="Latest value and quality of every quantity")
+    async def live(_p: Viewer) -> dict[str, Any]:
+        return {"site": services.site, **live_snapshot(services.live)}
+
+    @app.get("/api/v1/live/stream", tags=["live"], summary="Live values as server-sent events")
+    async def live_stream(request: Request, _p: Viewer) -> StreamingResponse:
+        async def events() -> AsyncIterator[bytes]:
+            sub = services.live.subscribe(maxsize=1000)
+            try:
+                snap = json.dumps({"site": services.site, **live_snapshot(services.live)})
+                yield f"event: snapshot\ndata: {snap}\n\n".encode()
+                while not await request.is_disconnected():
+                    try:
+                        event = await asyncio.wait_for(sub.get(), 15.0)
+                    except TimeoutError:
+                        yield b": keep-alive\n\n"
+                        continue
+                    yield f"event: {event.kind}\ndata: {json.dumps(_event_json(event))}\n\n".encode()
+            finally:
+                services.live.unsubscribe(sub)
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
+
+    @app.get("/api/v1/devices", tags=["live"], summary="Devices, state, last reading, error counts")
+    async def devices(_p: Viewer) -> dict[str, Any]:
+        return {"devices": [s.as_json() for s in services.live.devices.values()]}
+
+    @app.get("/api/v1/quantities", tags=["live"], summary="Canonical quantities and their units")
+    async def quantities(_p: Viewer) -> dict[str, Any]:
+        return {"quantities": {q.name: {"unit": q.unit, "kind": q.kind.value} for q in QUANTITIES.values()}}
+
+    @app.get("/api/v1/forecasts/{target}", tags=["forecasts"], summary="Current forecast of a target")
+    async def forecast(target: Literal["load", "wind", "pv"], _p: Viewer) -> dict[str, Any]:
+        found = services.forecast(target)
+        if found is None:
+            raise ApiError(404, "no_forecast", f"no {target} forecast yet (forecasting disabled or still training)")
+        return found
+
+    @app.get("/api/v1/flexibility", tags=["flexibility"], summary="Current flexibility signal")
+    async def flexibility(_p: Viewer) -> dict[str, Any]:
+        found = services.flexibility()
+        if found is None:
+            raise ApiError(404, "no_signal", "no flexibility signal (flexibility disabled or no forecast yet)")
+        return found
+
+    def _check_report_request(principal: Principal, site: str, month: str) -> None:
+        if not MONTH_RE.fullmatch(month):
+            raise ApiError(400, "bad_month", f"{month!r}: write the month as YYYY-MM")
+        if not principal.may_read_site(site):
+            raise ApiError(403, "forbidden", f"token '{principal.name}' may not read site {site!r}")
+        if site != services.site:
+            raise ApiError(404, "unknown_site", f"this gateway serves site {services.site!r}")
+        if services.reports is None:
+            raise ApiError(503, "certification_unavailable", "certification is not configured")
+
+    async def _call_reports(fn: Callable[[], Any]) -> Any:
+        try:
+            return await asyncio.to_thread(fn)
+        except tuple(services.report_errors) as exc:
+            status, code = services.report_errors[type(exc)]
+            raise ApiError(status, code, str(exc)) from None
+
+    @app.get("/api/v1/sites/{site}/reports/{month}", tags=["certification"], summary="Signed monthly report")
+    async def report(
+        site: str,
+        month: str,
+        principal: Certifier,
+        format: Annotated[Literal["json", "csv", "pdf"], Query()] = "json",
+    ) -> Response:
+        _check_report_request(principal, site, month)
+        assert services.reports is not None
+        reports = services.reports
+        body, media = await _call_reports(lambda: reports.report(site, month, format))
+        return Response(body, media_type=media)
+
+    @app.get("/api/v1/sites/{site}/evidence/{month}", tags=["certification"], summary="Evidence bundle (zip)")
+    async def evidence(site: str, month: str, principal: Certifier) -> Response:
+        _check_report_request(principal, site, month)
+        assert services.reports is not None
+        reports = services.reports
+        body = await _call_reports(lambda: reports.evidence_zip(site, month))
+        return Response(
+            body,
+            media_type="application/zip",
+            headers={"Content-Disposition": f'attachment; filename="{site}-{month}-evidence.zip"'},
+        )
+
+    @app.get("/api/v1/keys", tags=["certification"], summary="Public signing keys with fingerprints")
+    async def keys() -> dict[str, Any]:
+        return {"keys": services.reports.public_keys() if services.reports else []}
+
+    return app

@@ -1,0 +1,97 @@
+"""Commands that run or prepare the agent: run, demo, check-config, backup, restore."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", "-c", help="config file (default ./gia.yaml, then /etc/gia/gia.yaml)")
+]
+LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text or json")]
+
+
+def _load_or_exit(config: Path | None) -> tuple[object, Path]:
+    from gateway.settings import ConfigError, find_config, load_settings
+
+    path = find_config(config)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        for p in exc.problems:
+            typer.echo(str(p), err=True)
+        raise typer.Exit(2) from None
+    return settings, path.resolve().parent
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("check-config")
+    def check_config(config: ConfigOpt = None) -> None:
+        """Validate the config and device maps: exit 0, or 2 with one line per problem (field, what, fix)."""
+        from gateway.settings import find_config
+
+        settings, _ = _load_or_exit(config)
+        typer.echo(f"{find_config(config)}: OK ({len(settings.devices)} devices)")  # type: ignore[attr-defined]
+
+    @app.command("run")
+    def run(config: ConfigOpt = None, log_format: LogFormatOpt = "text") -> None:
+        """Run the agent: poll devices, keep every reading in the ledger, forward to InfluxDB and MQTT."""
+        from gateway.agent import Agent
+        from gateway.logs import setup_logging
+        from gateway.runner import run_until_signal
+        from gateway.settings import Settings
+
+        settings, base = _load_or_exit(config)
+        assert isinstance(settings, Settings)
+        setup_logging(level=settings.log_level, fmt=log_format)
+
+        async def main() -> None:
+            agent = Agent(settings, base_dir=base)
+            await run_until_signal(agent.run, on_stop=agent.request_http_stop)
+
+        asyncio.run(main())
+
+    @app.command("demo")
+    def demo(
+        http: Annotated[str, typer.Option(help="HOST:PORT for the web page and API")] = "127.0.0.1:8080",
+        speed: Annotated[float, typer.Option(help="simulated time runs N times faster")] = 1.0,
+        backfill: Annotated[float, typer.Option(help="first generate DAYS of history")] = 0.0,
+        mqtt: Annotated[str | None, typer.Option(help="also publish to this broker, mqtt://HOST:PORT")] = None,
+        influx: Annotated[str | None, typer.Option(help="also write to this InfluxDB 1.x, http://HOST:8086/DB")] = None,
+        directory: Annotated[Path, typer.Option("--dir", help="where the demo keeps its state")] = Path("gia-demo"),
+        log_format: LogFormatOpt = "text",
+    ) -> None:
+        """A simulated site (site id 'demo') plus the agent on embedded defaults; state in ./gia-demo/."""
+        from gateway.demo import DemoOptions, run_demo
+        from gateway.logs import setup_logging
+
+        setup_logging(level="info", fmt=log_format)
+        opts = DemoOptions(
+            directory=directory, http=http, speed=speed, backfill_days=backfill, mqtt=mqtt, influx=influx
+        )
+        try:
+            asyncio.run(run_demo(opts))
+        except OSError as exc:
+            typer.echo(f"demo: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    @app.command("backup")
+    def backup(
+        dest: Annotated[Path, typer.Argument(help="backup file to write (a SQLite copy of the ledger)")],
+        config: ConfigOpt = None,
+    ) -> None:
+        """Consistent copy of the ledger while the agent runs (SQLite online backup)."""
+        from gateway.ledger.store import Ledger
+        from gateway.settings import Settings
+
+        settings, _ = _load_or_exit(config)
+        assert isinstance(settings, Settings)
+        ledger = Ledger(settings.ledger_path)
+        try:
+            ledger.backup(dest)
+        finally:
+            ledger.close()
+        typer.echo(f"ledger backed up to {dest}")

@@ -1,0 +1,101 @@
+"""One poller per device: wall-clock-aligned reads, a deadline per read, availability on transitions.
+
+Each device has its own task, so a slow or dead device never delays another (devices on one serial
+line still take turns on the bus lock, as the wire requires). A device going down is logged once as
+an error and its recovery once as info, not on every failed poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+from drivers.base import BusyError, Driver, DriverError, PermanentError
+from drivers.model import Sample
+from drivers.backoff import Backoff
+from gateway.clock import Clock, next_aligned
+from gateway.live import LiveState
+
+log = logging.getLogger(__name__)
+
+SampleSink = Callable[[Sequence[Sample]], Awaitable[None]]
+
+
+class DevicePoller:
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        driver_factory: Callable[[], Driver],
+        interval_s: float,
+        timeout_s: float,
+        clock: Clock,
+        live: LiveState,
+        on_samples: SampleSink,
+        reconnect_after_failures: int = 3,
+    ) -> None:
+        self.device_id = device_id
+        self._driver_factory = driver_factory
+        self._interval_s = interval_s
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._live = live
+        self._on_samples = on_samples
+        self._reconnect_after = reconnect_after_failures
+        self._backoff = Backoff(initial_s=min(1.0, interval_s), max_s=max(60.0, interval_s))
+
+    def _failed(self, exc: BaseException) -> None:
+        status = self._live.devices[self.device_id]
+        status.errors += 1
+        status.consecutive_failures += 1
+        status.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        if self._live.set_online(self.device_id, False):
+            log.error("device %s is offline: %s", self.device_id, status.last_error)
+
+    def _succeeded(self) -> None:
+        status = self._live.devices[self.device_id]
+        status.consecutive_failures = 0
+        status.last_ok = self._clock.now()
+        if self._live.set_online(self.device_id, True):
+            log.info("device %s is online", self.device_id)
+
+    async def run(self) -> None:
+        """Poll until cancelled. Connection problems back off; read problems wait for the next slot."""
+        while True:
+            try:
+                async with self._driver_factory() as driver:
+                    await self._poll_loop(driver)
+            except PermanentError as exc:
+                # Misconfiguration: keep reporting it, but retry rarely (the operator may fix the device).
+                self._failed(exc)
+                await asyncio.sleep(self._backoff.max_s)
+            except (DriverError, OSError, TimeoutError) as exc:
+                self._failed(exc)
+                await asyncio.sleep(self._backoff.next_delay())
+
+    async def _poll_loop(self, driver: Driver) -> None:
+        status = self._live.devices[self.device_id]
+        slot = next_aligned(self._clock.now(), self._interval_s)
+        while True:
+            await self._clock.sleep_until(slot)
+            ts = self._clock.now()
+            status.polls += 1
+            try:
+                async with asyncio.timeout(self._timeout_s):
+                    samples = await driver.read(ts)
+            except BusyError as exc:
+                self._failed(exc)  # the device asked to wait: no reconnect
+            except (DriverError, OSError, TimeoutError) as exc:
+                self._failed(exc)
+                if status.consecutive_failures >= self._reconnect_after:
+                    raise
+            else:
+                self._live.update(self.device_id, samples)
+                await self._on_samples(samples)
+                self._succeeded()
+                self._backoff.reset()
+            nxt = next_aligned(self._clock.now(), self._interval_s)
+            if (nxt - slot).total_seconds() > self._interval_s * 1.5:
+                status.overruns += 1  # the read took longer than the interval: skip missed slots
+            slot = nxt

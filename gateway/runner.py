@@ -1,0 +1,40 @@
+"""Run the agent as a process: signals, bounded graceful shutdown, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+log = logging.getLogger(__name__)
+
+
+async def run_until_signal(
+    main: Callable[[], Awaitable[None]], *, shutdown_timeout_s: float = 10.0, on_stop: Callable[[], None] | None = None
+) -> None:
+    """Run `main()` until it ends or SIGINT/SIGTERM arrives; then cancel it and wait a bounded time."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner = asyncio.ensure_future(main())
+    waiter = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({runner, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if runner in done:
+            runner.result()
+            return
+        log.info("stopping (committing queued readings)...")
+        if on_stop is not None:
+            on_stop()
+        runner.cancel()
+        done, _ = await asyncio.wait({runner}, timeout=shutdown_timeout_s)
+        if not done:
+            log.error("shutdown took longer than %.0f s; exiting anyway", shutdown_timeout_s)
+        elif not runner.cancelled() and runner.exception() is not None:
+            raise runner.exception()  # type: ignore[misc]
+    finally:
+        waiter.cancel()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)

@@ -1,0 +1,188 @@
+"""MQTT sink: retained per-device state, availability, last will, and retained extras (forecasts...).
+
+State is forwarded from the ledger cursor like every sink: after a broker outage the backlog is
+published in order at the configured QoS (a persistent subscriber session receives all of it) and the
+retained message ends as the latest state. Each state carries the ledger `seq` of its last entry, so a
+consumer can drop the replay of a batch that was sent just before a crash.
+
+Availability and the retained extras (forecasts, flexibility signals, reports) are live values, not
+ledger entries: they are (re)published whenever the connection is (re)established, latest value only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import ssl
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from drivers.model import Quality, from_ms, iso_utc
+from gateway.ledger.store import Entry
+from gateway.live import LiveState
+from gateway.settings import MqttConfig
+from gateway.sinks.base import SinkError
+from gateway.sinks.topics import Topics
+
+log = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 100  # measured: more in flight only adds aiomqtt warnings, not throughput
+
+
+def state_payload(entries: Sequence[Entry]) -> dict[str, Any]:
+    """One device's state at one instant: `ts`, worst `quality`, `seq`, then one field per quantity."""
+    qualities = [e.quality for e in entries]
+    payload: dict[str, Any] = {
+        "ts": iso_utc(from_ms(entries[0].ts_ms)),
+        "quality": Quality.worst(qualities).value,
+        "seq": entries[-1].seq,
+    }
+    invalid = []
+    for e in entries:
+        payload[e.quantity] = e.value
+        if e.quality is Quality.INVALID:
+            invalid.append(e.quantity)
+    if invalid:
+        payload["invalid"] = invalid
+    return payload
+
+
+def group_by_reading(entries: Sequence[Entry]) -> list[list[Entry]]:
+    """Consecutive entries of the same (device, ts) form one state message."""
+    groups: list[list[Entry]] = []
+    for e in entries:
+        if groups and groups[-1][0].device == e.device and groups[-1][0].ts_ms == e.ts_ms:
+            groups[-1].append(e)
+        else:
+            groups.append([e])
+    return groups
+
+
+class RetainedOutbox:
+    """Latest payload per topic for retained live values; published on every (re)connect and on change."""
+
+    def __init__(self) -> None:
+        self._latest: dict[str, bytes] = {}
+        self._changed = asyncio.Event()
+
+    def put(self, topic: str, payload: bytes) -> None:
+        self._latest[topic] = payload
+        self._changed.set()
+
+    def snapshot(self) -> dict[str, bytes]:
+        return dict(self._latest)
+
+    async def wait_changed(self) -> None:
+        await self._changed.wait()
+        self._changed.clear()
+
+
+def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
+    if not cfg.tls_enabled:
+        return None
+    ctx = ssl.create_default_context(cafile=str(cfg.tls.ca_file) if cfg.tls and cfg.tls.ca_file else None)
+    if cfg.tls and cfg.tls.cert_file:
+        ctx.load_cert_chain(str(cfg.tls.cert_file), str(cfg.tls.key_file) if cfg.tls.key_file else None)
+    if cfg.tls and cfg.tls.insecure:
+        ctx.check_hostname = False
+    return ctx
+
+
+class MqttSink:
+    name = "mqtt"
+
+    def __init__(self, cfg: MqttConfig, *, site: str, live: LiveState, outbox: RetainedOutbox) -> None:
+        self.batch_size = 2000
+        self._cfg = cfg
+        self._live = live
+        self._outbox = outbox
+        self.topics = Topics.for_site(cfg.prefix, site)
+        parts = urlsplit(cfg.url)
+        quiet = logging.getLogger("gateway.sinks.mqtt.paho")
+        quiet.setLevel(logging.ERROR)  # paho warns on every publish beyond 10 pending: noise, not news
+        self._client = aiomqtt.Client(
+            parts.hostname or "127.0.0.1",
+            parts.port or (8883 if cfg.tls_enabled else 1883),
+            username=cfg.username,
+            password=cfg.password_value(),
+            identifier=cfg.client_id or f"gia-{site}",
+            clean_session=False,
+            keepalive=cfg.keepalive_s,
+            timeout=cfg.timeout_s,
+            will=aiomqtt.Will(self.topics.status, b"offline", qos=1, retain=True),
+            tls_context=tls_context(cfg),
+            tls_insecure=cfg.tls.insecure if cfg.tls else None,
+            logger=quiet,
+            max_inflight_messages=MAX_IN_FLIGHT,
+        )
+        self._slots = asyncio.Semaphore(MAX_IN_FLIGHT)
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._client.__aenter__()
+            await self._publish(self.topics.status, b"online", qos=1)
+            for device, status in self._live.devices.items():
+                if status.online is not None:
+                    await self._publish(
+                        self.topics.availability(device), b"online" if status.online else b"offline", qos=1
+                    )
+            for topic, payload in self._outbox.snapshot().items():
+                await self._publish(topic, payload, qos=1)
+        except aiomqtt.MqttError as exc:
+            raise SinkError(f"MQTT broker {self._cfg.url}: {exc}") from None
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if exc_type is None or exc_type is asyncio.CancelledError:
+                # Graceful stop: say so ourselves; the broker's last will covers crashes.
+                await asyncio.wait_for(self._publish(self.topics.status, b"offline", qos=1), 2.0)
+        except (aiomqtt.MqttError, TimeoutError, SinkError):
+            pass
+        finally:
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._client.__aexit__(exc_type, exc, tb)
+
+    async def _publish(self, topic: str, payload: bytes, *, qos: int) -> None:
+        async with self._slots:
+            try:
+                await self._client.publish(topic, payload, qos=qos, retain=True, timeout=self._cfg.timeout_s)
+            except aiomqtt.MqttError as exc:
+                raise SinkError(f"MQTT publish to {topic} failed: {exc}") from None
+
+    async def send(self, entries: Sequence[Entry]) -> None:
+        async with asyncio.TaskGroup() as tg:
+            for group in group_by_reading(entries):
+                body = json.dumps(state_payload(group), separators=(",", ":")).encode()
+                tg.create_task(self._publish(self.topics.state(group[0].device), body, qos=self._cfg.qos))
+                # Publishes keep order per topic: paho sends in call order and the semaphore only caps
+                # how many wait for their acknowledgement at once.
+                await asyncio.sleep(0)
+
+    async def live_publisher(self, _sink: object) -> None:
+        """Side task while connected: availability transitions and changed retained extras."""
+        sub = self._live.subscribe(maxsize=10_000)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._outbox_loop())
+                while True:
+                    event = await sub.get()
+                    if event.kind == "availability":
+                        payload = b"online" if event.online else b"offline"
+                        await self._publish(self.topics.availability(event.device), payload, qos=1)
+        finally:
+            self._live.unsubscribe(sub)
+
+    async def _outbox_loop(self) -> None:
+        while True:
+            await self._outbox.wait_changed()
+            for topic, payload in self._outbox.snapshot().items():
+                await self._publish(topic, payload, qos=1)

@@ -1,0 +1,151 @@
+"""Ledger -> Forwarder -> MqttSink against a real Mosquitto: retained state, outage, persistent backlog."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from drivers.model import Quality, Sample
+from gateway.clock import WallClock
+from gateway.forwarder import Forwarder
+from gateway.ledger.store import Ledger
+from gateway.ledger.writer import LedgerWriter
+from gateway.live import LiveState
+from gateway.settings import MqttConfig, MqttTls
+from gateway.sinks.base import Sink
+from gateway.sinks.mqtt import MqttSink, RetainedOutbox
+from tests.servers import MosquittoBroker, find_binary
+
+pytestmark = pytest.mark.mosquitto
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+
+
+def reading(device: str, i: int) -> list[Sample]:
+    ts = T0 + timedelta(seconds=i)
+    return [
+        Sample(device, "power_w", 100.0 + i, "W", ts),
+        Sample(device, "energy_import_wh", 1000 + i, "Wh", ts),
+        Sample(device, "voltage_l1_v", None, "V", ts, Quality.INVALID),
+    ]
+
+
+class Harness:
+    def __init__(self, tmp: Path, broker: MosquittoBroker, **mqtt: object) -> None:
+        self.ledger = Ledger(tmp / "ledger.db")
+        self.writer = LedgerWriter(self.ledger, commit_interval_s=0.05, max_batch=1000, max_queue=10_000)
+        self.live = LiveState.for_devices({"grid": "meter", "pv": "inverter"})
+        self.cfg = MqttConfig.model_validate({"url": broker.url, "client_id": "gia-test", "timeout_s": 3, **mqtt})
+
+        def factory() -> Sink:
+            return MqttSink(self.cfg, site="test", live=self.live, outbox=RetainedOutbox())
+
+        async def side(sink: Sink) -> None:
+            assert isinstance(sink, MqttSink)
+            await sink.live_publisher(sink)
+
+        self.forwarder = Forwarder(
+            sink_factory=factory,
+            name="mqtt",
+            writer=self.writer,
+            clock=WallClock(),
+            side_tasks=[side],
+            max_backoff_s=1.0,
+        )
+
+    async def __aenter__(self) -> Harness:
+        self.tasks = [asyncio.create_task(self.writer.run()), asyncio.create_task(self.forwarder.run())]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.writer.close()
+
+    async def wait_forwarded(self, seq: int, timeout: float = 20.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.forwarder.health.cursor < seq:
+                await asyncio.sleep(0.05)
+
+
+def retained(broker: MosquittoBroker, topic: str, count: int = 1) -> list[str]:
+    out = subprocess.run(
+        [find_binary("mosquitto_sub"), *broker.client_args(), "-t", topic, "-C", str(count), "-W", "5", "-v"],
+        capture_output=True,
+        text=True,
+        timeout=15,
+    )
+    return out.stdout.strip().splitlines()
+
+
+async def test_state_is_retained_json_with_quality_and_seq(tmp_path: Path, mosquitto_fresh: MosquittoBroker) -> None:
+    async with Harness(tmp_path, mosquitto_fresh) as h:
+        for i in range(3):
+            await h.writer.submit(reading("grid", i))
+        await h.writer.submit(reading("pv", 0))
+        await h.wait_forwarded(12)
+        h.live.set_online("grid", True)
+        await asyncio.sleep(0.3)
+    (line,) = retained(mosquitto_fresh, "gia/test/grid/state")
+    topic, payload = line.split(" ", 1)
+    state = json.loads(payload)
+    assert topic == "gia/test/grid/state"
+    assert state["ts"] == "2026-05-01T00:00:02Z"
+    assert state["power_w"] == 102.0 and state["energy_import_wh"] == 1002
+    assert state["quality"] == "invalid" and state["invalid"] == ["voltage_l1_v"] and state["voltage_l1_v"] is None
+    assert state["seq"] == 9
+    assert retained(mosquitto_fresh, "gia/test/grid/availability") == ["gia/test/grid/availability online"]
+    # Graceful stop publishes offline on the status topic (the last will covers crashes).
+    assert retained(mosquitto_fresh, "gia/test/status") == ["gia/test/status offline"]
+
+
+async def test_broker_outage_loses_nothing_and_persistent_session_gets_backlog(
+    tmp_path: Path, mosquitto_persistent: MosquittoBroker
+) -> None:
+    broker = mosquitto_persistent
+    # Register the persistent subscription, then go away (the broker queues for us from now on).
+    async with aiomqtt.Client(broker.host, broker.port, identifier="certifier-sub", clean_session=False) as c:
+        await c.subscribe("gia/test/+/state", qos=1)
+    async with Harness(tmp_path, broker) as h:
+        await h.writer.submit(reading("grid", 0))
+        await h.wait_forwarded(3)
+        broker.stop()
+        for i in range(1, 41):  # written while the broker is down
+            await h.writer.submit(reading("grid", i))
+        await asyncio.sleep(3)
+        assert h.forwarder.health.cursor == 3 and not h.forwarder.health.connected
+        broker.start()
+        await h.wait_forwarded(123, timeout=30)
+    seqs = []
+    async with aiomqtt.Client(broker.host, broker.port, identifier="certifier-sub", clean_session=False) as c:
+        async with asyncio.timeout(10):
+            async for msg in c.messages:
+                seqs.append(json.loads(msg.payload)["seq"])
+                if seqs[-1] == 123:
+                    break
+    assert seqs == [3 * i + 3 for i in range(41)]  # every state, in order, none twice
+    (line,) = retained(broker, "gia/test/grid/state")
+    assert json.loads(line.split(" ", 1)[1])["energy_import_wh"] == 1040
+
+
+async def test_tls_with_server_verification(tmp_path: Path, mosquitto_tls: MosquittoBroker) -> None:
+    async with Harness(tmp_path, mosquitto_tls, tls=MqttTls(ca_file=mosquitto_tls.ca_file)) as h:
+        await h.writer.submit(reading("pv", 0))
+        await h.wait_forwarded(3)
+    assert retained(mosquitto_tls, "gia/test/pv/state")
+
+
+async def test_wrong_password_is_reported_and_nothing_is_lost(tmp_path: Path, mosquitto_auth: MosquittoBroker) -> None:
+    async with Harness(tmp_path, mosquitto_auth, username="gia", password="wrong-password") as h:
+        await h.writer.submit(reading("pv", 0))
+        await asyncio.sleep(2)
+        assert h.forwarder.health.cursor == 0
+        assert h.forwarder.health.last_error is not None
+        assert "authori" in h.forwarder.health.last_error.lower() or "135" in h.forwarder.health.last_error
