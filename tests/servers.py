@@ -16,10 +16,10 @@ Fixtures (registered by tests/conftest.py):
 * ``mosquitto_factory`` (function): ``mosquitto_factory(auth=..., tls=..., require_certificate=...,
   persistence=...)`` for any other combination; all are stopped at test end.
 * ``tls_material`` (session): the CA, server and client certificates (``TlsMaterial``).
-* ``influxdb`` (session) / ``influxdb_fresh`` (function): InfluxDB 1.x; ``influxdb_factory(auth=True)``
-  gives one with ``auth-enabled`` and an admin user.
-* ``victoriametrics`` (session) / ``victoriametrics_fresh`` (function): VictoriaMetrics, the available
-  real server for the InfluxDB v2 *write* API.
+* ``influxdb`` (session) / ``influxdb_fresh`` (function): InfluxDB 1.x; ``influxdb_factory(auth=True,
+  tls=True)`` gives one with ``auth-enabled`` and an admin user and/or https with the test CA.
+* ``victoriametrics`` (session) / ``victoriametrics_fresh`` / ``victoriametrics_tls`` (function):
+  VictoriaMetrics, the available real server for the InfluxDB v2 *write* API.
 
 A missing binary fails the test when the environment variable CI is set, and skips it otherwise with
 the apt-get command that installs it.
@@ -37,6 +37,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -97,11 +98,13 @@ def http(
     body: bytes | None = None,
     headers: dict[str, str] | None = None,
     timeout: float = 10.0,
+    ca_file: Path | None = None,
 ) -> tuple[int, bytes]:
     """A tiny stdlib HTTP call for the harness (status, body); never raises on HTTP status codes."""
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else None
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             return int(resp.status), bytes(resp.read())
     except urllib.error.HTTPError as exc:
         return int(exc.code), bytes(exc.read())
@@ -117,6 +120,11 @@ class ServerProcess:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = workdir / f"{self.name}.log"
         self._proc: subprocess.Popen[bytes] | None = None
+        #: CA that signed the server certificate when the server speaks TLS, else None.
+        self.ca_file: Path | None = None
+
+    def _http(self, method: str, url: str, **kw: Any) -> tuple[int, bytes]:
+        return http(method, url, ca_file=self.ca_file, **kw)
 
     # subclasses provide the command line and the readiness probe
     def command(self) -> list[str]:
@@ -340,7 +348,7 @@ class MosquittoBroker(ServerProcess):
         self.password: str | None = password if auth else None
         self.tls = tls is not None
         self.tls_material = tls
-        self.ca_file: Path | None = tls.ca_file if tls else None
+        self.ca_file = tls.ca_file if tls else None
         self.cert_file: Path | None = tls.client_cert if tls else None
         self.key_file: Path | None = tls.client_key if tls else None
         self.require_certificate = require_certificate
@@ -418,7 +426,8 @@ class MosquittoBroker(ServerProcess):
 class InfluxDB1(ServerProcess):
     """InfluxDB 1.x (`influxd run -config FILE`) on 127.0.0.1:port.
 
-    Attributes: host, port, url, username/password (None unless auth), workdir, log_path.
+    Attributes: host, port, url (https:// with `tls`), username/password (None unless auth), tls (bool),
+    ca_file (None without TLS), workdir, log_path.
     Methods: query(influxql, db=None) -> dict, create_db(name), write(lines, db, precision="ms"),
     points(measurement, db) -> list[dict], start(), stop(kill=False), restart(), running.
     """
@@ -433,9 +442,18 @@ class InfluxDB1(ServerProcess):
         auth: bool = False,
         username: str = "admin",
         password: str = "gia-test-password",
+        tls: TlsMaterial | None = None,
     ) -> None:
         super().__init__(workdir)
         self.binary = find_binary("influxd")
+        self.tls = tls is not None
+        self.ca_file = tls.ca_file if tls else None
+        https = (
+            f'  https-enabled = true\n  https-certificate = "{tls.server_cert}"\n'
+            f'  https-private-key = "{tls.server_key}"\n'
+            if tls
+            else ""
+        )
         self.host = HOST
         self.port = port or free_port()
         self.rpc_port = free_port()
@@ -457,7 +475,7 @@ bind-address = "{self.host}:{self.rpc_port}"
   bind-address = "{self.host}:{self.port}"
   auth-enabled = {"true" if auth else "false"}
   log-enabled = false
-[monitor]
+{https}[monitor]
   store-enabled = false
 [continuous_queries]
   enabled = false
@@ -468,14 +486,14 @@ bind-address = "{self.host}:{self.rpc_port}"
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         return [self.binary, "run", "-config", str(self.config_path)]
 
     def ready(self) -> bool:
         try:
-            status, _ = http("GET", f"{self.url}/ping", timeout=0.5)
+            status, _ = self._http("GET", f"{self.url}/ping", timeout=0.5)
         except OSError:
             return False
         return status == 204
@@ -499,7 +517,7 @@ bind-address = "{self.host}:{self.rpc_port}"
         if credentials and self.username is not None and self.password is not None:
             params["u"], params["p"] = self.username, self.password
         url = f"{self.url}/query?{urllib.parse.urlencode(params)}"
-        status, body = http(method, url)
+        status, body = self._http(method, url)
         if status != 200:
             raise RuntimeError(f"InfluxDB query {q!r} -> HTTP {status}: {body.decode(errors='replace')}")
         result: dict[str, Any] = json.loads(body)
@@ -521,7 +539,7 @@ bind-address = "{self.host}:{self.rpc_port}"
         params = {"db": db, "precision": precision}
         if self.username is not None and self.password is not None:
             params["u"], params["p"] = self.username, self.password
-        status, resp = http("POST", f"{self.url}/write?{urllib.parse.urlencode(params)}", body=body)
+        status, resp = self._http("POST", f"{self.url}/write?{urllib.parse.urlencode(params)}", body=body)
         if status != 204:
             raise RuntimeError(f"InfluxDB write -> HTTP {status}: {resp.decode(errors='replace')}")
 
@@ -540,7 +558,8 @@ bind-address = "{self.host}:{self.rpc_port}"
 class VictoriaMetrics(ServerProcess):
     """VictoriaMetrics single node on 127.0.0.1:port: accepts InfluxDB line protocol on /api/v2/write.
 
-    Attributes: host, port, url, data_dir, workdir, log_path. Methods: export(match, *, start_ms=None,
+    Attributes: host, port, url (https:// with `tls`), tls (bool), ca_file (None without TLS), data_dir,
+    workdir, log_path. Methods: export(match, *, start_ms=None,
     wait_for=None, timeout=10) -> list[dict] (the /api/v1/export JSON lines: metric, values,
     timestamps), flush(), start(), stop(kill=False), restart(), running.
 
@@ -550,8 +569,13 @@ class VictoriaMetrics(ServerProcess):
 
     name = "victoria-metrics"
 
-    def __init__(self, workdir: Path, *, port: int | None = None, dedup: bool = True) -> None:
+    def __init__(
+        self, workdir: Path, *, port: int | None = None, dedup: bool = True, tls: TlsMaterial | None = None
+    ) -> None:
         super().__init__(workdir)
+        self.tls = tls is not None
+        self.tls_material = tls
+        self.ca_file = tls.ca_file if tls else None
         self.binary = find_binary("victoria-metrics")
         self.host = HOST
         self.port = port or free_port()
@@ -560,7 +584,7 @@ class VictoriaMetrics(ServerProcess):
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
 
     def command(self) -> list[str]:
         cmd = [
@@ -573,18 +597,21 @@ class VictoriaMetrics(ServerProcess):
         ]
         if self.dedup:
             cmd.append("-dedup.minScrapeInterval=1ms")
+        if self.tls_material is not None:
+            t = self.tls_material
+            cmd += ["-tls", f"-tlsCertFile={t.server_cert}", f"-tlsKeyFile={t.server_key}"]
         return cmd
 
     def ready(self) -> bool:
         try:
-            status, body = http("GET", f"{self.url}/health", timeout=0.5)
+            status, body = self._http("GET", f"{self.url}/health", timeout=0.5)
         except OSError:
             return False
         return status == 200 and body.strip() == b"OK"
 
     def flush(self) -> None:
         """Make recent writes searchable now (they are otherwise buffered for about a second)."""
-        status, body = http("GET", f"{self.url}/internal/force_flush")
+        status, body = self._http("GET", f"{self.url}/internal/force_flush")
         if status != 200:
             raise RuntimeError(f"force_flush -> HTTP {status}: {body.decode(errors='replace')}")
 
@@ -592,7 +619,7 @@ class VictoriaMetrics(ServerProcess):
         params = [("match[]", match)]
         if start_ms is not None:
             params.append(("start", str(start_ms / 1000)))
-        status, body = http("GET", f"{self.url}/api/v1/export?{urllib.parse.urlencode(params)}")
+        status, body = self._http("GET", f"{self.url}/api/v1/export?{urllib.parse.urlencode(params)}")
         if status != 200:
             raise RuntimeError(f"export {match!r} -> HTTP {status}: {body.decode(errors='replace')}")
         return [json.loads(line) for line in body.splitlines() if line.strip()]
@@ -721,12 +748,12 @@ InfluxFactory = Callable[..., InfluxDB1]
 
 
 @pytest.fixture
-def influxdb_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxFactory]:
-    """`make(auth=False, port=None, start=True)`: fresh InfluxDB 1.x servers, stopped at test end."""
+def influxdb_factory(tmp_path_factory: pytest.TempPathFactory, tls_material: TlsMaterial) -> Iterator[InfluxFactory]:
+    """`make(auth=False, tls=False, port=None, start=True)`: fresh InfluxDB 1.x, stopped at test end."""
     made: list[InfluxDB1] = []
 
-    def make(*, auth: bool = False, port: int | None = None, start: bool = True) -> InfluxDB1:
-        server = InfluxDB1(tmp_path_factory.mktemp("influxdb"), port=port, auth=auth)
+    def make(*, auth: bool = False, tls: bool = False, port: int | None = None, start: bool = True) -> InfluxDB1:
+        server = InfluxDB1(tmp_path_factory.mktemp("influxdb"), port=port, auth=auth, tls=tls_material if tls else None)
         made.append(server)
         if start:
             server.start()
@@ -754,6 +781,15 @@ def victoriametrics(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Victor
 @pytest.fixture
 def victoriametrics_fresh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VictoriaMetrics]:
     server = VictoriaMetrics(tmp_path_factory.mktemp("victoriametrics"))
+    yield from _running(server)
+
+
+@pytest.fixture
+def victoriametrics_tls(
+    tmp_path_factory: pytest.TempPathFactory, tls_material: TlsMaterial
+) -> Iterator[VictoriaMetrics]:
+    """VictoriaMetrics serving https:// with the throwaway CA (`ca_file`)."""
+    server = VictoriaMetrics(tmp_path_factory.mktemp("victoriametrics"), tls=tls_material)
     yield from _running(server)
 
 

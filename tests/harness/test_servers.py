@@ -284,3 +284,26 @@ def test_victoriametrics_session_instance(victoriametrics: VictoriaMetrics) -> N
     assert [s["values"] for s in got] == [[7]]
     nothing = victoriametrics.export('{run="absent"}', wait_for=lambda r: True)
     assert nothing == []
+
+
+@pytest.mark.influxdb
+def test_influxdb_tls(influxdb_factory: InfluxFactory, tls_material: TlsMaterial) -> None:
+    server = influxdb_factory(tls=True)
+    assert server.url.startswith("https://")
+    assert server.ca_file == tls_material.ca_file
+    server.create_db("h")
+    server.write("m v=1 1000", db="h")
+    assert server.points("m", db="h") == [{"time": 1000, "v": 1.0}]
+    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+        http("GET", f"{server.url}/ping", ca_file=tls_material.other_ca_file)
+
+
+@pytest.mark.victoriametrics
+def test_victoriametrics_tls(victoriametrics_tls: VictoriaMetrics, tls_material: TlsMaterial) -> None:
+    vm = victoriametrics_tls
+    assert vm.url.startswith("https://")
+    status, _ = http("POST", f"{vm.url}/api/v2/write", body=b"m v=3 1700000000000", ca_file=vm.ca_file)
+    assert status == 204
+    assert vm.export('{__name__="m_v"}')[0]["values"] == [3]
+    with pytest.raises(OSError, match="CERTIFICATE_VERIFY_FAILED"):
+        http("GET", f"{vm.url}/health", ca_file=tls_material.other_ca_file)

@@ -270,6 +270,37 @@ async def test_v2_server_down_is_transient_and_recovers(victoriametrics_fresh: V
     assert vm_series(vm, "s1", sum(len(v) for v, _ in want.values())) == want
 
 
+@pytest.mark.influxdb
+async def test_v1_tls_verifies_with_the_configured_ca(influxdb_factory: InfluxFactory, tmp_path: Path) -> None:
+    server = influxdb_factory(tls=True)
+    server.create_db("d")
+    entries = ledger_entries(tmp_path, samples(n=1))
+    async with InfluxSink(
+        v1_config(server.url, "d", ca_file=server.ca_file), site="s1", device_classes=CLASSES
+    ) as sink:
+        await sink.send(entries)
+    async with InfluxSink(v1_config(server.url, "d"), site="s1", device_classes=CLASSES) as sink:
+        with pytest.raises(SinkError, match="CERTIFICATE_VERIFY_FAILED"):  # system CAs do not know it
+            await sink.send(entries)
+    async with InfluxSink(v1_config(server.url, "d", verify_tls=False), site="s1", device_classes=CLASSES) as sink:
+        await sink.send(entries)
+    assert len(server.points("meter", db="d")) == 1
+
+
+@pytest.mark.victoriametrics
+async def test_v2_tls_verifies_with_the_configured_ca(victoriametrics_tls: VictoriaMetrics, tmp_path: Path) -> None:
+    vm = victoriametrics_tls
+    items = samples(n=1)
+    entries = ledger_entries(tmp_path, items)
+    async with InfluxSink(v2_config(vm.url), site="s1", device_classes=CLASSES) as sink:
+        with pytest.raises(SinkError, match="CERTIFICATE_VERIFY_FAILED"):
+            await sink.send(entries)
+    async with InfluxSink(v2_config(vm.url, ca_file=vm.ca_file), site="s1", device_classes=CLASSES) as sink:
+        await sink.send(entries)
+    want = vm_expected(items)
+    assert vm_series(vm, "s1", sum(len(v) for v, _ in want.values())) == want
+
+
 async def test_nothing_listening_is_transient_for_both_flavours(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}"
     entries = ledger_entries(tmp_path, samples(n=1))
