@@ -39,6 +39,8 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -110,6 +112,14 @@ def http(
         return int(exc.code), bytes(exc.read())
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGKILL it when its parent goes away."""
+    import ctypes
+
+    pr_set_pdeathsig, sigkill = 1, 9
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, sigkill)
+
+
 class ServerProcess:
     """One native server process: start with a readiness deadline, stop with terminate-then-kill."""
 
@@ -152,6 +162,10 @@ class ServerProcess:
         if self.running:
             return
         log = self.log_path.open("ab")
+        # Started from the main thread, the server gets SIGKILL if pytest itself dies (kill -9, timeout),
+        # so no server outlives its test run. Not from other threads: PR_SET_PDEATHSIG fires when the
+        # starting *thread* exits, which for asyncio.to_thread would be mid-test.
+        main = threading.current_thread() is threading.main_thread()
         try:
             self._proc = subprocess.Popen(
                 self.command(),
@@ -160,6 +174,7 @@ class ServerProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=_die_with_parent if main and sys.platform == "linux" else None,
             )
         finally:
             log.close()
