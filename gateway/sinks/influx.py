@@ -52,7 +52,8 @@ log = logging.getLogger(__name__)
 
 DEVICE_CLASSES: Final = ("meter", "inverter", "wind_turbine", "battery")
 _INT_KINDS: Final = (QuantityKind.COUNTER, QuantityKind.STATE)
-_QUALITY_FIELD: Final = {q: f"quality={format_string(q.value)}" for q in Quality}
+_RANK: Final = {q: q.rank for q in Quality}
+_QUALITY_BY_RANK: Final = {q.rank: f"quality={format_string(q.value)}" for q in Quality}
 _MAX_MESSAGE: Final = 400
 
 
@@ -127,21 +128,31 @@ class InfluxSink:
                 groups[key] = {e.quantity: e}
             else:
                 g[e.quantity] = e
+        # The hot loop of the sink (~0.5 us per entry on a laptop core): locals, no per-value calls on
+        # the common path (a float quantity holding a float).
+        fields, field, prefix, rank = self._fields, self._field, self._prefix, _RANK
         out: list[str] = []
         for (device, ts_ms), group in groups.items():
             worst = 0
-            quality = Quality.GOOD
             parts: list[str] = []
             for quantity, e in group.items():
-                q = e.quality
-                if q.rank > worst:
-                    worst, quality = q.rank, q
-                if e.value is None:
+                r = rank[e.quality]
+                if r > worst:
+                    worst = r
+                v = e.value
+                if v is None:
                     continue
-                field_key, is_int = self._field(quantity)
-                parts.append(field_key + self._value(e.value, is_int))
-            parts.append(_QUALITY_FIELD[quality])
-            out.append(f"{self._prefix(device)}{','.join(parts)} {ts_ms}")
+                f = fields.get(quantity) or field(quantity)
+                if f[1] is False and type(v) is float:
+                    text = repr(v)
+                    if text[-1] in "fn":  # 'inf', 'nan': the ledger never holds them, but never write them
+                        text = format_float(v)  # raises ValueError
+                    parts.append(f[0] + text)
+                else:
+                    parts.append(f[0] + self._value(v, f[1]))
+            parts.append(_QUALITY_BY_RANK[worst])
+            p = prefix(device)
+            out.append(f"{p}{','.join(parts)} {ts_ms}")
         return out
 
     @staticmethod
