@@ -1,0 +1,59 @@
+"""Build a driver from a device's configuration: the one place that knows which class reads what.
+
+Errors here are configuration errors, raised as `PermanentError` with a message that names the fix,
+so the agent refuses a bad device at start instead of failing on every poll.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from drivers.base import Driver, PermanentError
+from drivers.config import DeviceConfig, ModbusDeviceConfig, parse_connection
+from drivers.maps import MapError, load_map
+from drivers.modbus.bus import BusPool
+from drivers.modbus.driver import ModbusDriver
+from drivers.modbus.registermap import Quirks, RegisterMap
+
+
+def device_quirks(register_map: RegisterMap, options: dict[str, float | int | bool]) -> Quirks:
+    """The map's quirks overridden by the site's per-device `options:` (unknown names rejected)."""
+    try:
+        return Quirks.model_validate({**register_map.options.model_dump(), **options})
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        known = ", ".join(sorted(Quirks.model_fields))
+        raise PermanentError(f"options.{where}: {err['msg']} (known options: {known})") from None
+
+
+def _map_of(cfg: ModbusDeviceConfig, base_dir: Path) -> RegisterMap:
+    if cfg.map is None:
+        raise PermanentError(f"{cfg.id}: SunSpec discovery needs the sunspec driver (use map: for now)")
+    try:
+        return load_map(cfg.map, base_dir=base_dir)
+    except MapError as exc:
+        raise PermanentError(f"{cfg.id}: {exc}") from None
+
+
+def device_class_of(cfg: DeviceConfig, *, base_dir: Path) -> str:
+    """meter, inverter, wind_turbine or battery: configured, else from the map (SunSpec: inverter)."""
+    if cfg.device_class is not None:
+        return cfg.device_class
+    assert isinstance(cfg, ModbusDeviceConfig)  # MQTT devices always have a class (default meter)
+    if cfg.sunspec:
+        return "inverter"
+    return _map_of(cfg, base_dir).device_class
+
+
+def create_driver(cfg: DeviceConfig, *, pool: BusPool, base_dir: Path) -> Driver:
+    """A ready-to-enter driver for one configured device (raises PermanentError on bad config)."""
+    if not isinstance(cfg, ModbusDeviceConfig):
+        raise PermanentError("MQTT device drivers are not available yet")
+    register_map = _map_of(cfg, base_dir)
+    quirks = device_quirks(register_map, cfg.options)
+    conn = parse_connection(cfg.connection)
+    bus = pool.bus(conn, timeout_s=cfg.timeout_s, options=quirks.model_dump())
+    return ModbusDriver(device_id=cfg.id, register_map=register_map, bus=bus, unit_id=cfg.unit_id, quirks=quirks)

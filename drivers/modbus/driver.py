@@ -1,0 +1,230 @@
+"""The one generic Modbus driver: reads any device described by a `RegisterMap`.
+
+Per poll it chooses the registers due (fast: every poll; slow: every `slow_every` polls; static: until
+read once), plans merged reads (drivers/modbus/plan.py), reads them through the shared bus, and turns
+each value into a `Sample` with a quality. It never returns a number it does not believe: a 'not
+implemented' sentinel, NaN, a value outside the map's range, or an unreadable register becomes
+`quality=invalid`; a whole-device failure raises a `DriverError` subclass instead.
+
+A device that answers "illegal data address" to a merged read (it has holes the manual did not
+mention) is re-read one value at a time, once; values it still refuses are reported invalid on every
+poll and not requested again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+from drivers.base import PermanentError
+from drivers.modbus.bus import ILLEGAL_ADDRESS, DeviceException, ModbusBus
+from drivers.modbus.decode import DataType, decode, is_not_implemented
+from drivers.modbus.plan import Field, ReadRequest, plan_reads
+from drivers.modbus.registermap import PollClass, Quirks, Register, RegisterMap
+from drivers.model import QUANTITIES, Quality, QuantityKind, Sample, Value
+
+
+def sf_key(name: str) -> str:
+    return f"sf:{name}"
+
+
+def register_value(reg: Register, words: Sequence[int], sf_exponent: int | None = None) -> tuple[Value, Quality]:
+    """Convert one register's words to its quantity's unit: the map's whole arithmetic, pure.
+
+    Order: sentinel check, decode, mask, scale (fixed or 10^sf), offset, sign flip, then range check and
+    the quantity's type (integer Wh for counters, integer codes for status).
+    """
+    dt = reg.dt
+    if reg.sentinel is not False and dt is not DataType.BOOL and is_not_implemented(words, dt, reg.order):
+        return None, Quality.INVALID
+    raw = decode(words, dt, reg.order)
+    assert not isinstance(raw, str)
+    kind = QUANTITIES[reg.quantity].kind
+    if dt in (DataType.ENUM, DataType.BITFIELD, DataType.BOOL):
+        code = int(raw) & (reg.mask if reg.mask is not None else 0xFFFFFFFF)
+        return code, Quality.GOOD
+    value: float = float(raw)
+    if reg.scale_factor is not None:
+        if sf_exponent is None:
+            return None, Quality.INVALID
+        value = value * 10.0**sf_exponent
+    elif reg.scale is not None:
+        value = value * reg.scale
+    if reg.offset is not None:
+        value += reg.offset
+    if reg.invert:
+        value = -value
+    if not math.isfinite(value):
+        return None, Quality.INVALID
+    if kind is QuantityKind.COUNTER:
+        count = round(value)
+        if count < 0:
+            return None, Quality.INVALID
+        if reg.range is not None and not reg.range[0] <= count <= reg.range[1]:
+            return count, Quality.INVALID
+        return count, Quality.GOOD
+    if kind is QuantityKind.STATE:
+        return round(value), Quality.GOOD
+    if reg.range is not None and not reg.range[0] <= value <= reg.range[1]:
+        return value, Quality.INVALID
+    return value, Quality.GOOD
+
+
+def sf_exponent(words: Sequence[int]) -> int | None:
+    """A SunSpec scale factor (int16); 0x8000 means 'not implemented'."""
+    if is_not_implemented(words, DataType.INT16):
+        return None
+    v = decode(words, DataType.INT16)
+    assert isinstance(v, int)
+    return v if -10 <= v <= 10 else None
+
+
+@dataclass
+class DriverStats:
+    polls: int = 0
+    requests: int = 0
+    invalid_values: int = 0
+    counter_decreases: int = 0
+    split_requests: int = 0
+    unsupported: set[str] = field(default_factory=set)
+
+
+def build_fields(register_map: RegisterMap, registers: Sequence[Register], *, offset: int = 0) -> list[Field]:
+    """Planner fields for `registers`, each tied to its scale-factor register."""
+    out: list[Field] = []
+    for reg in registers:
+        needs: tuple[Field, ...] = ()
+        if reg.scale_factor is not None:
+            sf = register_map.scale_factor(reg.scale_factor)
+            needs = (Field(sf_key(sf.name), sf.type, register_map.protocol_address(sf.address, offset=offset), 1),)
+        out.append(
+            Field(
+                reg.quantity,
+                reg.rtype,
+                register_map.protocol_address(reg.address, offset=offset),
+                reg.words,
+                needs,
+            )
+        )
+    return out
+
+
+class ModbusDriver:
+    """Reads one Modbus device (one unit id on a shared bus) through its register map."""
+
+    def __init__(
+        self,
+        *,
+        device_id: str,
+        register_map: RegisterMap,
+        bus: ModbusBus,
+        unit_id: int,
+        quirks: Quirks | None = None,
+    ) -> None:
+        self.device_id = device_id
+        self.map = register_map
+        self.bus = bus
+        self.quirks = quirks or register_map.options
+        self.unit_id = 0 if self.quirks.unit_id_zero else unit_id
+        self.stats = DriverStats()
+        self._plans: dict[tuple[PollClass, ...], list[ReadRequest]] = {}
+        self._static_done = False
+        self._poll = 0
+        self._last_counter: dict[str, int] = {}
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # The bus belongs to the pool (other devices may share it): nothing to release here.
+        return None
+
+    def _due(self) -> tuple[PollClass, ...]:
+        classes: list[PollClass] = ["fast"]
+        if self._poll % self.quirks.slow_every == 0:
+            classes.append("slow")
+        if not self._static_done:
+            classes.append("static")
+        return tuple(classes)
+
+    def _plan(self, classes: tuple[PollClass, ...]) -> list[ReadRequest]:
+        plan = self._plans.get(classes)
+        if plan is None:
+            regs = [r for r in self.map.by_poll(*classes) if r.quantity not in self.stats.unsupported]
+            plan = plan_reads(
+                build_fields(self.map, regs, offset=self.quirks.address_offset),
+                max_registers=self.quirks.max_registers_per_read,
+                max_gap=self.quirks.max_gap_registers,
+                one_request_per_field=self.quirks.one_request_per_field,
+            )
+            self._plans[classes] = plan
+        return plan
+
+    async def _read_request(self, req: ReadRequest, words: dict[str, Sequence[int]]) -> None:
+        try:
+            values = await self.bus.read(req.rtype, req.address, req.count, unit=self.unit_id)
+            self.stats.requests += 1
+        except DeviceException as exc:
+            if exc.code != ILLEGAL_ADDRESS:
+                raise
+            values_fields = [f for f in req.fields if not f.key.startswith("sf:")]
+            if len(values_fields) <= 1:
+                for f in values_fields:
+                    self.stats.unsupported.add(f.key)
+                self._plans.clear()
+                return
+            # A hole in the device's address space: read each value on its own, once, then re-plan.
+            self.stats.split_requests += 1
+            for sub in plan_reads(values_fields, one_request_per_field=True):
+                await self._read_request(sub, words)
+            self._plans.clear()
+            return
+        for f in req.fields:
+            words[f.key] = req.slice(values, f)
+
+    async def read(self, ts: datetime) -> Sequence[Sample]:
+        """Read all registers due now; raises TransientError/BusyError/PermanentError on failure."""
+        classes = self._due()
+        words: dict[str, Sequence[int]] = {}
+        for req in self._plan(classes):
+            await self._read_request(req, words)
+        wanted = [r for r in self.map.by_poll(*classes)]
+        if wanted and all(r.quantity in self.stats.unsupported for r in wanted):
+            raise PermanentError(
+                f"{self.device_id}: unit {self.unit_id} answers 'illegal data address' for every register"
+                f" of map {self.map.name!r}; check the unit id and that the map fits the device"
+            )
+        self._poll += 1
+        if "static" in classes:
+            self._static_done = True
+        samples: list[Sample] = []
+        for reg in self.map.registers:
+            unit = QUANTITIES[reg.quantity].unit
+            if reg.poll not in classes:
+                continue  # slow/static values not due this poll: no sample rather than a repeated one
+            reg_words = words.get(reg.quantity)
+            if reg_words is None:
+                value: Value = None
+                quality = Quality.INVALID
+            else:
+                exp = None
+                if reg.scale_factor is not None:
+                    sf_words = words.get(sf_key(reg.scale_factor))
+                    exp = sf_exponent(sf_words) if sf_words is not None else None
+                value, quality = register_value(reg, reg_words, exp)
+            if quality is Quality.INVALID:
+                self.stats.invalid_values += 1
+            elif QUANTITIES[reg.quantity].kind is QuantityKind.COUNTER and isinstance(value, int):
+                last_count = self._last_counter.get(reg.quantity)
+                if last_count is not None and value < last_count and reg.modulus is None:
+                    self.stats.counter_decreases += 1
+                self._last_counter[reg.quantity] = value
+            samples.append(Sample(self.device_id, reg.quantity, value, unit, ts, quality))
+        self.stats.polls += 1
+        return samples

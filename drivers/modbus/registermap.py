@@ -1,0 +1,311 @@
+"""Register maps: a device described as data (YAML), validated before any I/O.
+
+A map says where each canonical quantity lives (register type, address, data type, word order) and how
+to turn the raw number into SI units (scale, SunSpec-style scale-factor register, offset, sign flip).
+Whether an option is legal depends on the data type; the table `LEGAL_OPTIONS` says which, so that a
+typo such as `scale` on a string or `word_order` on a coil is an error at load time, not a wrong
+number at 3 a.m.
+
+Addresses are written as the manual prints them: `address_base: 0` (the default) when the manual
+gives protocol addresses (hex 0x0000...), `address_base: 1` when it numbers registers from 1
+(register 1 = protocol address 0). Modicon prefixes (30001, 40001) are not used: give `type` instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from drivers.modbus.decode import FLOATS, DataType, WordOrder, word_count
+from drivers.model import QUANTITIES, QuantityKind
+
+RegisterType = Literal["holding", "input", "coil", "discrete"]
+PollClass = Literal["fast", "slow", "static"]
+DeviceClass = Literal["meter", "inverter", "wind_turbine", "battery"]
+
+#: Which per-register options each data type allows (beyond address/type/quantity/poll/unit).
+LEGAL_OPTIONS: Final[dict[DataType, frozenset[str]]] = {
+    **{
+        t: frozenset({"word_order", "scale", "scale_factor", "offset", "invert", "sentinel", "range", "modulus"})
+        for t in (DataType.INT16, DataType.UINT16, DataType.INT32, DataType.UINT32)
+    },
+    **{
+        t: frozenset({"word_order", "scale", "scale_factor", "offset", "invert", "sentinel", "range", "modulus"})
+        for t in (DataType.INT64, DataType.UINT64)
+    },
+    **{t: frozenset({"word_order", "scale", "offset", "invert", "sentinel", "range"}) for t in FLOATS},
+    DataType.STRING: frozenset({"word_order", "length"}),
+    DataType.BITFIELD: frozenset({"word_order", "sentinel", "mask"}),
+    DataType.ENUM: frozenset({"word_order", "sentinel", "enum"}),
+    DataType.BOOL: frozenset(),
+}
+
+#: The options a register may set at all; LEGAL_OPTIONS narrows them per data type.
+_OPTIONAL_FIELDS: Final = (
+    "word_order",
+    "scale",
+    "scale_factor",
+    "offset",
+    "invert",
+    "sentinel",
+    "range",
+    "modulus",
+    "length",
+    "mask",
+    "enum",
+)
+
+Address = Annotated[int, Field(ge=0, le=65535, description="register address as the manual prints it")]
+
+
+class Product(BaseModel):
+    """What the map describes and where its register table comes from (cite the document)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    brand: str
+    model: str
+    firmware: str | None = Field(default=None, description="firmware versions the map was checked against")
+    manual: str = Field(description="title and version of the manufacturer's register documentation")
+    url: str | None = Field(default=None, description="where that document is published")
+    notes: str | None = None
+
+
+class Quirks(BaseModel):
+    """Device quirks as named switches (never vendor branches in code).
+
+    A map sets the ones its device needs; a site's `options:` overrides them per device.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_registers_per_read: int = Field(
+        default=125, ge=1, le=125, description="largest read request the device accepts (registers)"
+    )
+    max_gap_registers: int = Field(
+        default=8, ge=0, le=124, description="unused registers a merged read may span to save a request"
+    )
+    one_request_per_field: bool = Field(
+        default=False, description="read every value on its own (devices that reject merged reads)"
+    )
+    inter_frame_delay_s: float = Field(
+        default=0.0, ge=0, le=5, description="extra silence between two requests on the bus"
+    )
+    pause_after_connect_s: float = Field(
+        default=0.0, ge=0, le=30, description="wait after connecting before the first request"
+    )
+    address_offset: int = Field(
+        default=0, ge=-1, le=1, description="added to every address (-1 fixes off-by-one gateways)"
+    )
+    unit_id_zero: bool = Field(
+        default=False, description="address the device as unit 0 (dongles that answer only there)"
+    )
+    slow_every: int = Field(default=6, ge=1, le=1000, description="read 'slow' registers every N polls")
+    busy_retries: int = Field(default=3, ge=0, le=20, description="retries when the device answers busy")
+    busy_delay_s: float = Field(default=0.2, ge=0, le=10, description="wait before retrying a busy device")
+
+
+class ScaleFactor(BaseModel):
+    """A SunSpec-style scale-factor register: value = raw x 10^sf."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[A-Za-z][A-Za-z0-9_]*$")
+    address: Address
+    type: RegisterType = "holding"
+    sim_value: int = Field(default=0, ge=-10, le=10, description="the exponent the simulator serves")
+
+
+class Identity(BaseModel):
+    """A register whose content identifies the product (used by `gia scan`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: Address
+    type: RegisterType = "holding"
+    data_type: DataType = DataType.UINT16
+    length: int | None = Field(default=None, ge=1, le=64)
+    word_order: WordOrder = WordOrder.ABCD
+    equals: int | None = Field(default=None, description="the device holds exactly this number")
+    one_of: list[int] | None = Field(default=None, description="the device holds one of these numbers")
+    startswith: str | None = Field(default=None, description="the string begins with this text")
+    sim_value: int | str | None = Field(default=None, description="what the simulator serves")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Identity:
+        tests = [self.equals is not None, self.one_of is not None, self.startswith is not None]
+        if sum(tests) != 1:
+            raise ValueError("an identity register needs exactly one of equals, one_of or startswith")
+        if self.startswith is not None and self.data_type is not DataType.STRING:
+            raise ValueError("'startswith' needs data_type: string")
+        if self.data_type is DataType.STRING and not self.length:
+            raise ValueError("a string identity register needs 'length' (words)")
+        return self
+
+    @property
+    def words(self) -> int:
+        return word_count(self.data_type, self.length)
+
+
+class Register(BaseModel):
+    """One value of the device, mapped to a canonical quantity."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    quantity: str = Field(description="a canonical quantity name, e.g. power_w or energy_import_wh")
+    address: Address
+    type: RegisterType | None = None
+    data_type: DataType | None = None
+    word_order: WordOrder | None = None
+    length: int | None = Field(default=None, ge=1, le=64, description="string length in registers")
+    scale: float | None = Field(default=None, description="multiply the raw value (e.g. 0.1, 1000 for kWh->Wh)")
+    scale_factor: str | None = Field(default=None, description="name of a scale-factor register (10^sf)")
+    offset: float | None = Field(default=None, description="added after scaling")
+    invert: bool | None = Field(default=None, description="flip the sign (device's sign convention differs)")
+    sentinel: bool | None = Field(
+        default=None, description="treat 0x8000/0xFFFF.../NaN as 'not implemented' (default true)"
+    )
+    range: tuple[float, float] | None = Field(
+        default=None, description="plausible [min, max] after scaling; outside -> quality invalid"
+    )
+    modulus: int | None = Field(default=None, gt=0, description="a counter wraps at this value (after scaling)")
+    mask: int | None = Field(default=None, ge=1, le=0xFFFF, description="bits of a bitfield to keep")
+    enum: dict[int, str] | None = Field(default=None, description="meaning of each status code")
+    unit: str | None = Field(default=None, description="unit after scaling; must equal the quantity's unit")
+    poll: PollClass | None = None
+    example: float | None = Field(default=None, description="a typical value (simulator default, docs)")
+
+    @field_validator("quantity")
+    @classmethod
+    def _known_quantity(cls, v: str) -> str:
+        if v not in QUANTITIES:
+            raise ValueError(f"unknown quantity {v!r}; use one of {', '.join(sorted(QUANTITIES))}")
+        return v
+
+    # Filled in by RegisterMap after defaults are applied; these are what the driver uses.
+    @property
+    def dt(self) -> DataType:
+        assert self.data_type is not None
+        return self.data_type
+
+    @property
+    def order(self) -> WordOrder:
+        return self.word_order or WordOrder.ABCD
+
+    @property
+    def words(self) -> int:
+        return word_count(self.dt, self.length)
+
+    @property
+    def rtype(self) -> RegisterType:
+        return self.type or "holding"
+
+
+class Defaults(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: RegisterType = "holding"
+    data_type: DataType = DataType.UINT16
+    word_order: WordOrder = WordOrder.ABCD
+    poll: PollClass = "fast"
+
+
+class RegisterMap(BaseModel):
+    """A whole device map. Build it with `drivers.maps.load_map`, which adds file/line to errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(default="", description="map name (the file name without .yaml)")
+    device_class: DeviceClass
+    product: Product
+    address_base: Literal[0, 1] = Field(default=0, description="0: protocol addresses; 1: numbered from 1")
+    default_unit_id: int = Field(default=1, ge=0, le=255)
+    defaults: Defaults = Field(default_factory=Defaults)
+    options: Quirks = Field(default_factory=Quirks)
+    scale_factors: list[ScaleFactor] = Field(default_factory=list)
+    identity: list[Identity] = Field(default_factory=list)
+    registers: list[Register] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _apply_defaults_and_check(self) -> RegisterMap:
+        sf_names = {sf.name for sf in self.scale_factors}
+        if len(sf_names) != len(self.scale_factors):
+            raise ValueError("scale_factors: two entries share a name")
+        seen: set[str] = set()
+        for i, reg in enumerate(self.registers):
+            where = f"registers[{i}] ({reg.quantity})"
+            if reg.quantity in seen:
+                raise ValueError(f"{where}: quantity {reg.quantity!r} appears twice")
+            seen.add(reg.quantity)
+            if reg.type is None:
+                reg.type = self.defaults.type
+            if reg.poll is None:
+                reg.poll = self.defaults.poll
+            if reg.data_type is None:
+                reg.data_type = DataType.BOOL if reg.type in ("coil", "discrete") else self.defaults.data_type
+            dt = reg.data_type
+            allowed = LEGAL_OPTIONS[dt]
+            for opt in _OPTIONAL_FIELDS:
+                if getattr(reg, opt) is not None and opt not in allowed:
+                    raise ValueError(
+                        f"{where}: option {opt!r} is not allowed for data_type {dt}"
+                        f" (allowed: {', '.join(sorted(allowed)) or 'none'})"
+                    )
+            if reg.word_order is None and "word_order" in allowed:
+                # A word swap means nothing for a one-register value: the default applies to wide ones.
+                wide = dt is DataType.STRING or word_count(dt) > 1
+                reg.word_order = self.defaults.word_order if wide else WordOrder.ABCD
+            if reg.type in ("coil", "discrete") and dt is not DataType.BOOL:
+                raise ValueError(f"{where}: a {reg.type} holds one bit; use data_type: bool")
+            if dt is DataType.BOOL and reg.type not in ("coil", "discrete"):
+                raise ValueError(f"{where}: data_type bool is only for coil or discrete registers")
+            if dt is DataType.STRING:
+                raise ValueError(f"{where}: strings are not quantities; list them under 'identity'")
+            if reg.words == 1 and reg.word_order in (WordOrder.CDAB, WordOrder.DCBA):
+                raise ValueError(f"{where}: a one-register value has no word order; use ABCD or BADC")
+            spec = QUANTITIES[reg.quantity]
+            if dt in (DataType.ENUM, DataType.BITFIELD, DataType.BOOL) and spec.kind is not QuantityKind.STATE:
+                raise ValueError(f"{where}: data_type {dt} can only hold a status quantity")
+            if reg.unit is not None and reg.unit != spec.unit:
+                raise ValueError(
+                    f"{where}: unit {reg.unit!r} differs from {reg.quantity}'s unit {spec.unit!r};"
+                    " convert with 'scale' (e.g. 1000 for kWh -> Wh)"
+                )
+            if reg.modulus is not None and spec.kind is not QuantityKind.COUNTER:
+                raise ValueError(f"{where}: 'modulus' is only for energy counters")
+            if reg.scale is not None and reg.scale_factor is not None:
+                raise ValueError(f"{where}: set 'scale' or 'scale_factor', not both")
+            if reg.scale_factor is not None and reg.scale_factor not in sf_names:
+                raise ValueError(f"{where}: scale_factor {reg.scale_factor!r} is not in scale_factors")
+            if reg.scale == 0:
+                raise ValueError(f"{where}: scale 0 would erase the value")
+            if reg.range is not None and reg.range[0] >= reg.range[1]:
+                raise ValueError(f"{where}: range must be [min, max] with min < max")
+            if self.address_base == 1 and reg.address == 0:
+                raise ValueError(f"{where}: with address_base 1 the first register is 1, not 0")
+        return self
+
+    # -- helpers the driver, planner and simulator share -------------------------------------------------
+    def protocol_address(self, address: int, *, offset: int = 0) -> int:
+        """Address on the wire: the manual's numbering minus its base, plus a quirk offset."""
+        return address - self.address_base + offset
+
+    def scale_factor(self, name: str) -> ScaleFactor:
+        for sf in self.scale_factors:
+            if sf.name == name:
+                return sf
+        raise KeyError(name)
+
+    def register(self, quantity: str) -> Register:
+        for reg in self.registers:
+            if reg.quantity == quantity:
+                return reg
+        raise KeyError(quantity)
+
+    def quantities(self) -> list[str]:
+        return [r.quantity for r in self.registers]
+
+    def by_poll(self, *classes: PollClass) -> Iterator[Register]:
+        return (r for r in self.registers if r.poll in classes)

@@ -1,0 +1,279 @@
+"""A simulated Modbus device serving any register map; the only module that calls the pymodbus server.
+
+The register image is computed from a `values()` callback at every request, so a simulator driven by a
+physical model (drivers/sim/site.py) serves what the model says *now*. Addresses the map does not cover
+answer "illegal data address" like a real device; gaps inside the covered span read as 0.
+
+Fault injection for tests and demos: `pause()` stops answering (the client sees a timeout, exactly like
+a powered-off meter behind a gateway), `inject(fault, count)` makes the next requests answer busy,
+illegal address, device failure, a garbled or truncated frame, or close the connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+from urllib.parse import parse_qs, urlsplit
+
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import NoSuchIdException
+from pymodbus.framer import FramerType
+from pymodbus.server import ModbusSerialServer, ModbusTcpServer
+from pymodbus.simulator import DataType as SimDataType
+from pymodbus.simulator import SimData, SimDevice
+
+from drivers.modbus.decode import (
+    FLOATS,
+    DataType,
+    encode,
+    encode_sentinel,
+    int_range,
+)
+from drivers.modbus.registermap import Register, RegisterMap, RegisterType
+from drivers.model import QUANTITIES, QuantityKind
+
+log = logging.getLogger(__name__)
+
+Values = Callable[[], Mapping[str, float | int | None]]
+Fault = Literal["busy", "illegal_address", "device_failure", "garbled", "truncated", "close"]
+
+_FC_TYPE: Final[dict[int, RegisterType]] = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
+
+
+def free_tcp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def encode_register(reg: Register, value: float | int | None, *, sf_exponent: int = 0) -> list[int]:
+    """The words a device holds for `value` (in the quantity's unit): the inverse of register_value."""
+    dt = reg.dt
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        if dt is DataType.BOOL:
+            return [0]
+        return encode_sentinel(dt, reg.order)
+    if dt is DataType.BOOL:
+        return [1 if value else 0]
+    if dt in (DataType.ENUM, DataType.BITFIELD):
+        return encode(int(value) & 0xFFFF, dt, reg.order)
+    v = float(value)
+    if reg.modulus is not None:
+        v = v % reg.modulus
+    if reg.invert:
+        v = -v
+    if reg.offset is not None:
+        v -= reg.offset
+    if reg.scale_factor is not None:
+        v /= 10.0**sf_exponent
+    elif reg.scale is not None:
+        v /= reg.scale
+    if dt in FLOATS:
+        return encode(v, dt, reg.order)
+    lo, hi = int_range(dt)
+    n = round(v)
+    if QUANTITIES[reg.quantity].kind is QuantityKind.COUNTER and not reg.modulus:
+        n = n % (hi + 1) if lo == 0 else n  # an unsigned counter wraps like the real register
+    n = min(max(n, lo), hi)
+    # Keep clear of the 'not implemented' sentinel for a real value.
+    return encode(n, dt, reg.order)
+
+
+def build_image(
+    register_map: RegisterMap, values: Mapping[str, float | int | None]
+) -> dict[RegisterType, dict[int, int]]:
+    """Protocol address -> word for every register type the map uses."""
+    image: dict[RegisterType, dict[int, int]] = {"holding": {}, "input": {}, "coil": {}, "discrete": {}}
+    sf_values = {sf.name: sf.sim_value for sf in register_map.scale_factors}
+    for sf in register_map.scale_factors:
+        image[sf.type][register_map.protocol_address(sf.address)] = encode(sf.sim_value, DataType.INT16)[0]
+    for ident in register_map.identity:
+        if ident.sim_value is None:
+            continue
+        words = encode(ident.sim_value, ident.data_type, ident.word_order, length=ident.length)
+        base = register_map.protocol_address(ident.address)
+        for i, w in enumerate(words):
+            image[ident.type][base + i] = w
+    for reg in register_map.registers:
+        value = values.get(reg.quantity, reg.example)
+        exp = sf_values[reg.scale_factor] if reg.scale_factor is not None else 0
+        words = encode_register(reg, value if value is not None else None, sf_exponent=exp)
+        base = register_map.protocol_address(reg.address)
+        for i, w in enumerate(words):
+            image[reg.rtype][base + i] = w
+    return image
+
+
+def _span(addresses: Sequence[int]) -> tuple[int, int]:
+    return min(addresses), max(addresses) + 1
+
+
+@dataclass
+class SimStats:
+    requests: int = 0
+    faults: int = 0
+
+
+class SimServer:
+    """Serve one register map on `listen` (tcp://HOST:PORT, rtu+tcp://HOST:PORT or rtu:///dev/pts/N)."""
+
+    def __init__(
+        self,
+        register_map: RegisterMap,
+        *,
+        listen: str,
+        unit_ids: Sequence[int] = (1,),
+        values: Values | None = None,
+    ) -> None:
+        self.map = register_map
+        self.listen = listen
+        self.unit_ids = tuple(unit_ids)
+        self._values: Values = values or (lambda: {})
+        self._paused = False
+        self._faults: list[Fault] = []
+        self._server: ModbusTcpServer | ModbusSerialServer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self.stats = SimStats()
+        self._layout = build_image(register_map, {})
+
+    # -- control ---------------------------------------------------------------------------------------
+    def pause(self) -> None:
+        """Stop answering (requests time out) until `resume()`; the socket stays open."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def inject(self, fault: Fault, count: int = 1) -> None:
+        """Answer the next `count` requests with `fault` instead of data."""
+        self._faults.extend([fault] * count)
+
+    def set_values(self, values: Values) -> None:
+        self._values = values
+
+    # -- pymodbus plumbing -----------------------------------------------------------------------------
+    def _blocks(self) -> tuple[list[SimData], list[SimData], list[SimData], list[SimData]]:
+        def regs(rtype: RegisterType) -> list[SimData]:
+            addrs = list(self._layout[rtype])
+            if not addrs:
+                return [SimData(0, count=1, values=0, datatype=SimDataType.REGISTERS)]
+            lo, hi = _span(addrs)
+            return [SimData(lo, count=hi - lo, values=0, datatype=SimDataType.REGISTERS)]
+
+        def bits(rtype: RegisterType) -> list[SimData]:
+            addrs = list(self._layout[rtype])
+            hi = (max(addrs) + 1) if addrs else 1
+            n = -(-hi // 16) * 16
+            return [SimData(0, values=[False] * n, datatype=SimDataType.BITS)]
+
+        return (bits("coil"), bits("discrete"), regs("holding"), regs("input"))
+
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        self.stats.requests += 1
+        if self._paused:
+            raise NoSuchIdException("simulated device paused")  # no answer at all
+        if self._faults and self._faults[0] in ("busy", "illegal_address", "device_failure"):
+            fault = self._faults.pop(0)
+            self.stats.faults += 1
+            return {
+                "busy": ExcCodes.DEVICE_BUSY,
+                "illegal_address": ExcCodes.ILLEGAL_ADDRESS,
+                "device_failure": ExcCodes.DEVICE_FAILURE,
+            }[fault]
+        rtype = _FC_TYPE.get(function_code)
+        if rtype is None or set_values is not None:
+            return ExcCodes.ILLEGAL_FUNCTION if set_values is not None else None
+        try:
+            image = build_image(self.map, self._values())[rtype]
+        except Exception:  # a broken value generator must not kill the server
+            log.exception("simulator value generator failed")
+            return ExcCodes.DEVICE_FAILURE
+        if rtype in ("coil", "discrete"):
+            for addr, bit in image.items():
+                idx, pos = divmod(addr, 16)
+                i = idx - start_address
+                if 0 <= i < len(registers):
+                    registers[i] = (registers[i] | (1 << pos)) if bit else (registers[i] & ~(1 << pos))
+        else:
+            for addr, word in image.items():
+                i = addr - start_address
+                if 0 <= i < len(registers):
+                    registers[i] = word
+        return None
+
+    def _trace_packet(self, sending: bool, data: bytes) -> bytes:
+        if not sending or not self._faults or self._faults[0] not in ("garbled", "truncated", "close"):
+            return data
+        fault = self._faults.pop(0)
+        self.stats.faults += 1
+        if fault == "garbled":
+            return bytes(b ^ 0x5A for b in data)
+        if fault == "truncated":
+            return data[: max(1, len(data) // 2)]
+        self._drop_connections()
+        return b""
+
+    def _drop_connections(self) -> None:
+        server = self._server
+        if server is None:
+            return
+        for conn in list(getattr(server, "active_connections", {}).values()):
+            asyncio.get_running_loop().call_soon(conn.close)
+
+    async def start(self) -> None:
+        """Start listening; returns once the server accepts connections."""
+        devices = [
+            SimDevice(unit, simdata=self._blocks(), action=self._action, use_bit_addressing=True)
+            for unit in self.unit_ids
+        ]
+        parts = urlsplit(self.listen)
+        kwargs: dict[str, Any] = {"trace_packet": self._trace_packet, "ignore_missing_devices": True}
+        if parts.scheme in ("tcp", "rtu+tcp"):
+            framer = FramerType.RTU if parts.scheme == "rtu+tcp" else FramerType.SOCKET
+            self._server = ModbusTcpServer(
+                devices, framer=framer, address=(parts.hostname or "127.0.0.1", parts.port or 502), **kwargs
+            )
+        elif parts.scheme == "rtu":
+            q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+            self._server = ModbusSerialServer(
+                devices,
+                framer=FramerType.RTU,
+                port=parts.path,
+                baudrate=int(q.get("baud", "9600")),
+                parity=q.get("parity", "N"),
+                stopbits=int(q.get("stopbits", "1")),
+                **kwargs,
+            )
+        else:
+            raise ValueError(f"{self.listen!r}: listen on tcp://HOST:PORT, rtu+tcp://HOST:PORT or rtu:///dev/X")
+        await self._server.serve_forever(background=True)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._drop_connections()
+            await self._server.shutdown()  # type: ignore[no-untyped-call]
+            self._server = None
+
+    async def __aenter__(self) -> SimServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()

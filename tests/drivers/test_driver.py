@@ -1,0 +1,192 @@
+"""The generic Modbus driver against a real pymodbus server (the simulator), faults included."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from drivers.base import BusyError, Driver, PermanentError, TransientError
+from drivers.config import ModbusDeviceConfig, parse_connection
+from drivers.factory import create_driver, device_class_of
+from drivers.maps import bundled_maps, load_map, parse_map
+from drivers.modbus.bus import BusPool
+from drivers.modbus.driver import ModbusDriver
+from drivers.model import Quality
+from drivers.sim.server import Fault
+from tests.drivers.conftest import SimFactory
+
+pytestmark = pytest.mark.modbus
+TS = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def driver_for(server: object, pool: BusPool, name: str, **quirks: object) -> ModbusDriver:
+    from drivers.sim.server import SimServer
+
+    assert isinstance(server, SimServer)
+    m = server.map
+    q = m.options.model_copy(update={"pause_after_connect_s": 0.0, "inter_frame_delay_s": 0.0, **quirks})
+    bus = pool.bus(parse_connection(server.listen), timeout_s=0.4, options={"busy_delay_s": 0.01})
+    return ModbusDriver(device_id=name, register_map=m, bus=bus, unit_id=server.unit_ids[0], quirks=q)
+
+
+@pytest.mark.parametrize("name", bundled_maps())
+async def test_every_map_reads_back_what_the_simulator_serves(name: str, sim_factory: SimFactory) -> None:
+    m = load_map(name)
+    served = {r.quantity: r.example for r in m.registers if r.example is not None}
+    server = await sim_factory(m, values=lambda: served)
+    async with BusPool() as pool:
+        drv = driver_for(server, pool, "dev")
+        assert isinstance(drv, Driver)
+        async with drv:
+            samples = await drv.read(TS)
+    got = {s.quantity: s for s in samples}
+    assert set(got) == {r.quantity for r in m.registers}
+    for q, want in served.items():
+        s = got[q]
+        assert s.quality is Quality.GOOD, (q, s)
+        assert s.ts == TS and s.device == "dev"
+        assert s.value is not None
+        assert math.isclose(float(s.value), want, rel_tol=1e-4, abs_tol=0.051), (q, s.value, want)
+
+
+async def test_not_implemented_and_out_of_range_are_invalid(sim_factory: SimFactory) -> None:
+    server = await sim_factory("eastron-sdm630", values=lambda: {"power_w": None, "voltage_l1_v": 900.0})
+    async with BusPool() as pool:
+        samples = {s.quantity: s for s in await driver_for(server, pool, "m").read(TS)}
+    assert samples["power_w"].value is None and samples["power_w"].quality is Quality.INVALID
+    assert samples["voltage_l1_v"].quality is Quality.INVALID
+    assert samples["voltage_l2_v"].quality is Quality.GOOD
+
+
+async def test_planner_reads_a_meter_in_few_requests(sim_factory: SimFactory) -> None:
+    server = await sim_factory("eastron-sdm630")
+    async with BusPool() as pool:
+        drv = driver_for(server, pool, "m")
+        await drv.read(TS)
+        merged = drv.bus.stats.requests
+        naive = driver_for(server, pool, "n", one_request_per_field=True)
+        await naive.read(TS)
+        assert naive.bus.stats.requests - merged == len(server.map.registers)
+    assert merged <= 2
+
+
+async def test_paused_device_times_out_then_recovers(sim_factory: SimFactory) -> None:
+    server = await sim_factory("carlo-gavazzi-em24")
+    async with BusPool() as pool:
+        drv = driver_for(server, pool, "m")
+        await drv.read(TS)
+        server.pause()
+        with pytest.raises(TransientError, match="no valid response"):
+            await drv.read(TS)
+        server.resume()
+        assert len(await drv.read(TS)) == len(server.map.registers)
+
+
+async def test_busy_is_retried_without_reconnect(sim_factory: SimFactory) -> None:
+    server = await sim_factory("carlo-gavazzi-em24")
+    async with BusPool() as pool:
+        drv = driver_for(server, pool, "m")
+        await drv.read(TS)
+        reconnects = drv.bus.stats.reconnects
+        server.inject("busy", 2)
+        assert len(await drv.read(TS)) == len(server.map.registers)
+        assert drv.bus.stats.busy == 2 and drv.bus.stats.reconnects == reconnects
+        server.inject("busy", 10)
+        with pytest.raises(BusyError):
+            await drv.read(TS)
+
+
+@pytest.mark.parametrize("fault", ["garbled", "truncated", "device_failure", "close"])
+async def test_broken_responses_are_transient_and_recover(fault: Fault, sim_factory: SimFactory) -> None:
+    server = await sim_factory("eastron-sdm630")
+    async with BusPool() as pool:
+        drv = driver_for(server, pool, "m")
+        await drv.read(TS)
+        server.inject(fault)
+        with pytest.raises(TransientError):
+            await drv.read(TS)
+        for _ in range(20):  # after a closed connection the bus reconnects after a short backoff
+            try:
+                samples = await drv.read(TS)
+                break
+            except TransientError:
+                import asyncio
+
+                await asyncio.sleep(0.1)
+        assert len(samples) == len(server.map.registers)
+
+
+async def test_illegal_address_splits_then_marks_missing_values(sim_factory: SimFactory) -> None:
+    text = """
+device_class: meter
+product: {brand: T, model: Hole, manual: test}
+defaults: {type: holding, data_type: uint16}
+registers:
+  - {quantity: power_w, address: 0}
+  - {quantity: voltage_l1_v, address: 1}
+"""
+    served = parse_map(text, source="t")
+    # the device knows only address 0..1; the map we read with also asks for address 3
+    asked = parse_map(text + "  - {quantity: frequency_hz, address: 3, scale: 0.01}\n", source="t2")
+    server = await sim_factory(served, values=lambda: {"power_w": 7, "voltage_l1_v": 230})
+    async with BusPool() as pool:
+        bus = pool.bus(parse_connection(server.listen), timeout_s=0.4, options={})
+        drv = ModbusDriver(device_id="m", register_map=asked, bus=bus, unit_id=1)
+        for _ in range(2):
+            samples = {s.quantity: s for s in await drv.read(TS)}
+            assert samples["power_w"].value == 7
+            assert samples["frequency_hz"].quality is Quality.INVALID
+        assert drv.stats.unsupported == {"frequency_hz"}
+
+
+async def test_wrong_map_for_every_register_is_permanent(sim_factory: SimFactory) -> None:
+    server = await sim_factory("carlo-gavazzi-em24")
+    wrong = load_map("huawei-sun2000")
+    async with BusPool() as pool:
+        bus = pool.bus(parse_connection(server.listen), timeout_s=0.4, options={})
+        q = wrong.options.model_copy(update={"pause_after_connect_s": 0.0})
+        drv = ModbusDriver(device_id="m", register_map=wrong, bus=bus, unit_id=1, quirks=q)
+        with pytest.raises(PermanentError, match="illegal data address"):
+            await drv.read(TS)
+
+
+async def test_connection_refused_is_transient_with_backoff() -> None:
+    from drivers.sim.server import free_tcp_port
+
+    async with BusPool() as pool:
+        bus = pool.bus(parse_connection(f"tcp://127.0.0.1:{free_tcp_port()}"), timeout_s=0.3, options={})
+        drv = ModbusDriver(device_id="m", register_map=load_map("eastron-sdm630"), bus=bus, unit_id=1)
+        with pytest.raises(TransientError, match="cannot connect"):
+            await drv.read(TS)
+        with pytest.raises(TransientError, match="next connection attempt"):
+            await drv.read(TS)
+
+
+async def test_many_units_share_one_bus(sim_factory: SimFactory, tmp_path: Path) -> None:
+    server = await sim_factory("eastron-sdm630", unit_ids=(1, 2, 3))
+    async with BusPool() as pool:
+        drivers = []
+        for unit in (1, 2, 3):
+            cfg = ModbusDeviceConfig(id=f"m{unit}", connection=server.listen, unit_id=unit, map="eastron-sdm630")
+            drivers.append(create_driver(cfg, pool=pool, base_dir=tmp_path))
+            assert device_class_of(cfg, base_dir=tmp_path) == "meter"
+        assert len(pool.buses) == 1
+        for d in drivers:
+            assert len(await d.read(TS)) == 16
+
+
+def test_factory_rejects_unknown_options_and_mqtt(tmp_path: Path) -> None:
+    from drivers.config import MqttDeviceConfig
+
+    cfg = ModbusDeviceConfig(id="m", connection="tcp://127.0.0.1:1502", map="eastron-sdm630", options={"colour": 1})
+    with pytest.raises(PermanentError, match=r"options\.colour"):
+        create_driver(cfg, pool=BusPool(), base_dir=tmp_path)
+    mq = MqttDeviceConfig(id="q", driver="mqtt", topic="tele/x/SENSOR", profile="tasmota-sml")
+    with pytest.raises(PermanentError, match="MQTT"):
+        create_driver(mq, pool=BusPool(), base_dir=tmp_path)
+    bad = ModbusDeviceConfig(id="m", connection="tcp://127.0.0.1:1502", map="nosuch")
+    with pytest.raises(PermanentError, match="no bundled map"):
+        create_driver(bad, pool=BusPool(), base_dir=tmp_path)
