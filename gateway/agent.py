@@ -22,7 +22,7 @@ from typing import Any
 import uvicorn
 
 from drivers.model import to_ms
-from gateway import __version__
+from gateway import __version__, systemd
 from gateway.api.app import ApiServices, create_app
 from gateway.api.auth import Authenticator, Principal, TokenEntry
 from gateway.clock import Clock, WallClock
@@ -237,7 +237,9 @@ class Agent:
                     self.supervisor.add("http", self._serve_http)
                 for name, part in self.extra_parts.items():
                     self.supervisor.add(name, part)
+                self.supervisor.add("systemd-watchdog", lambda: systemd.watchdog(self._status_line))
                 self.ready.set()
+                systemd.notify("READY=1")
                 log.info(
                     "agent for site %s running: %d devices, sinks: %s",
                     s.site.id,
@@ -251,7 +253,13 @@ class Agent:
         finally:
             await asyncio.to_thread(writer.close)
 
+    def _status_line(self) -> str:
+        h = self.health()
+        online = sum(1 for st in h["devices"].values() if st == "online")
+        return f"{h['status']}: {online}/{len(h['devices'])} devices online, ledger at {h['ledger']['head_seq']}"
+
     def request_http_stop(self) -> None:
+        systemd.notify("STOPPING=1")
         self._stopping = True
         if self.http_server is not None:
             self.http_server.should_exit = True

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from drivers.model import to_ms
 from drivers.backoff import Backoff
+from drivers.model import to_ms
 from gateway.clock import Clock
 from gateway.ledger.store import Entry, Ledger
 from gateway.ledger.writer import LedgerWriter

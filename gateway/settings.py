@@ -115,7 +115,9 @@ class InfluxConfig(BaseModel):
     username: str | None = Field(default=None, description="user (v1)")
     password: SecretStr | None = Field(default=None, description="password (v1); or GIA_INFLUXDB__PASSWORD")
     password_file: Path | None = None
-    batch_size: int = Field(default=5000, ge=1, le=100_000, description="points per write request")
+    batch_size: int = Field(
+        default=5000, ge=1, le=100_000, description="ledger entries (single values) per write request"
+    )
     timeout_s: float = Field(default=10.0, gt=0, description="seconds per write request")
     verify_tls: bool = Field(default=True, description="verify the server certificate (https)")
     ca_file: Path | None = Field(default=None, description="CA bundle for a private server certificate")

@@ -5,7 +5,7 @@ validation with clear errors; every error leaves as JSON `{"error": ..., "detail
 (report generation reads SQLite, PDF rendering) runs in a worker thread, never on the event loop.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: FastAPI must resolve the local `Viewer`/`Certifier` aliases.
 
 import asyncio
 import json

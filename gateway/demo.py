@@ -1,0 +1,205 @@
+"""`gia demo`: a simulated site plus the agent on embedded defaults, state kept in `./gia-demo/`.
+
+The simulated devices are real Modbus TCP servers on 127.0.0.1 serving the deterministic site model of
+`drivers/sim/site.py`; the agent reads them exactly as it reads a real site (same drivers, same maps).
+The demo writes `gia-demo/gia.yaml` on every start (so `--config gia-demo/gia.yaml` works for every other
+command) and keeps the ledger and keys across runs.
+
+`--speed N` runs simulated time N times faster: simulator and agent share one `ScaledClock`, so the
+energy registers stay consistent with the power served. Simulated time never goes backwards across
+runs: it starts at the later of now and the newest reading in the ledger.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+from drivers.model import QUANTITIES, Sample, from_ms, is_counter
+from drivers.sim.site import LATITUDE, LONGITUDE, TIMEZONE, DemoSite, demo_devices, run_demo_servers
+from gateway.agent import Agent
+from gateway.clock import Clock, ScaledClock, WallClock
+from gateway.ledger.store import Ledger
+from gateway.runner import run_until_signal
+from gateway.settings import load_settings
+
+log = logging.getLogger(__name__)
+
+SITE_ID = "demo"
+POLL_INTERVAL_S = 2.0
+BACKFILL_STEP = timedelta(minutes=5)
+#: What the backfill stores per device: enough for reports (registers) and forecasts (power, wind).
+BACKFILL_QUANTITIES = ("power_w", "energy_import_wh", "energy_export_wh", "wind_speed_ms", "soc_pct")
+FIRST_PORT = 15020  # stable ports, so a running demo can be pointed at by hand (gia read tcp://...)
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    directory: Path
+    http: str = "127.0.0.1:8080"
+    speed: float = 1.0
+    backfill_days: float = 0.0
+    mqtt: str | None = None
+    influx: str | None = None
+
+
+def _influx_section(url: str) -> dict[str, Any]:
+    """`http://HOST:8086/DB`: InfluxDB 1.x database DB; `...?org=O&bucket=B`: v2 (token: GIA_INFLUXDB__TOKEN)."""
+    parts = urlsplit(url)
+    base = f"{parts.scheme}://{parts.netloc}"
+    q = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if "bucket" in q:
+        return {"url": base, "api": "v2", "org": q.get("org", "gia"), "bucket": q["bucket"]}
+    db = parts.path.strip("/") or "gia"
+    return {"url": base, "api": "v1", "database": db}
+
+
+def _is_loopback(listen: str) -> bool:
+    return listen.rpartition(":")[0].strip("[]") in ("127.0.0.1", "::1", "localhost")
+
+
+def write_config(opts: DemoOptions, urls: dict[str, str]) -> Path:
+    d = opts.directory
+    http: dict[str, Any] = {"listen": opts.http}
+    if _is_loopback(opts.http):
+        http["anonymous_viewer_on_loopback"] = True
+    else:
+        # Reachable from the network: never without a token. One is made once and kept beside the config.
+        token_file = d / "viewer-token"
+        if not token_file.exists():
+            token_file.write_text(secrets.token_hex(32) + "\n")
+            token_file.chmod(0o600)
+        http["tokens"] = [{"name": "demo-viewer", "token_file": "viewer-token", "roles": ["viewer"]}]
+    cfg: dict[str, Any] = {
+        "site": {
+            "id": SITE_ID,
+            "name": "GIA demo site (simulated)",
+            "area": "demo-area",
+            "timezone": TIMEZONE,
+            "location": {"latitude": LATITUDE, "longitude": LONGITUDE},
+        },
+        "data_dir": ".",
+        "devices": [
+            {
+                "id": dev.id,
+                "driver": "modbus",
+                "connection": urls[dev.id],
+                "unit_id": dev.unit_id,
+                "map": dev.map,
+                "poll_interval_s": POLL_INTERVAL_S,
+                "timeout_s": 3.0,
+                "channels": [dict(ch) for ch in dev.channels],
+            }
+            for dev in demo_devices()
+        ],
+        "http": http,
+    }
+    if opts.mqtt:
+        cfg["mqtt"] = {"url": opts.mqtt}
+    if opts.influx:
+        cfg["influxdb"] = _influx_section(opts.influx)
+    path = d / "gia.yaml"
+    header = "# Written by `gia demo` on every start: edits here are overwritten.\n"
+    path.write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def _newest_ts(ledger: Ledger) -> datetime | None:
+    head_seq = ledger.head[0]
+    for e in ledger.read_after(max(0, head_seq - 1), 1):
+        return from_ms(e.ts_ms)
+    return None
+
+
+def backfill(ledger: Ledger, site: DemoSite, *, days: float, until: datetime) -> int:
+    """Append `days` of simulated history (5-min resolution) ending at `until`; returns samples added."""
+    start = until - timedelta(days=days)
+    start = max(start, site.epoch).replace(second=0, microsecond=0)
+    start -= timedelta(minutes=start.minute % 5)
+    t, added, batch = start, 0, []
+    total_steps = max(1, int((until - start) / BACKFILL_STEP))
+    step = 0
+    while t < until:
+        for dev, values in site.state_at(t).items():
+            for q in BACKFILL_QUANTITIES:
+                v = values.get(q)
+                if v is None:
+                    continue
+                value: float | int = int(v) if is_counter(q) else round(float(v), 3)
+                batch.append(Sample(dev, q, value, QUANTITIES[q].unit, t))
+        if len(batch) >= 20_000:
+            added += len(batch)
+            ledger.append(batch)
+            batch = []
+        step += 1
+        if step % 2000 == 0:
+            print(f"\rbackfill: {100 * step // total_steps:3d} %", end="", file=sys.stderr, flush=True)
+        t += BACKFILL_STEP
+    if batch:
+        added += len(batch)
+        ledger.append(batch)
+    print("\rbackfill: 100 %", file=sys.stderr)
+    return added
+
+
+def _ports() -> dict[str, int]:
+    import socket
+
+    ports = {}
+    for i, dev in enumerate(demo_devices()):
+        port = FIRST_PORT + i
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # taken: the simulator picks a free port for this one
+        ports[dev.id] = port
+    return ports
+
+
+async def run_demo(opts: DemoOptions) -> None:
+    d = opts.directory.resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    opts = DemoOptions(d, opts.http, opts.speed, opts.backfill_days, opts.mqtt, opts.influx)
+    site = DemoSite()
+    now = datetime.now(UTC)
+    ledger = Ledger(d / "ledger.db")
+    try:
+        newest = _newest_ts(ledger)
+        if opts.backfill_days > 0:
+            if newest is None:
+                n = backfill(ledger, site, days=opts.backfill_days, until=now)
+                log.info("backfill: %d samples over %.0f days", n, opts.backfill_days)
+                newest = _newest_ts(ledger)
+            else:
+                log.info("backfill skipped: the ledger in %s already holds history", d)
+    finally:
+        ledger.close()
+    origin = max(now, newest + timedelta(seconds=1)) if newest else now
+    clock: Clock = WallClock() if opts.speed == 1 and origin <= now else ScaledClock(speed=opts.speed, origin=origin)
+    async with run_demo_servers(site, clock.now, ports=_ports()) as servers:
+        config = write_config(opts, servers.urls)
+        settings = load_settings(config)
+        agent = Agent(settings, base_dir=d, clock=clock)
+        scheme = "https" if settings.http.tls_cert_file else "http"
+        print(
+            f"\nGIA demo: site '{SITE_ID}', {len(servers.urls)} simulated Modbus devices"
+            f"{f', time x{opts.speed:g}' if opts.speed != 1 else ''}\n"
+            f"  web page:  {scheme}://{opts.http}/\n"
+            f"  config:    {config}  (use with --config for every other gia command)\n"
+            "  Ctrl-C stops the demo.\n",
+            file=sys.stderr,
+            flush=True,
+        )
+        await run_until_signal(agent.run, on_stop=agent.request_http_stop)
+
+
+__all__ = ["DemoOptions", "run_demo"]
