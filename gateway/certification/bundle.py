@@ -1,0 +1,134 @@
+"""The evidence bundle's file formats (written by the gateway, read by `gia verify`). Standard library only.
+
+Files (a directory from `gia evidence`, or the same files in a zip from the API):
+
+* `report.json` — the signed report, byte-identical to what was published;
+* `previous_report.json` — the previous month's signed report, when there is one (continuity check);
+* `readings.jsonl` — every reading the report used, one JSON object per line, grouped by channel in the
+  report's channel order, each in (ts, seq) order: the ledger entry (`seq`, `ts` in ms, `device`,
+  `quantity`, `value`, `unit`, `quality`), its chain hash `hash` and the previous entry's hash `prev_hash`
+  (hex), plus `channel` and a readable `time`;
+* `intervals.csv` — `channel,start,end,energy_wh,quality` with UTC timestamps and integer Wh;
+* `public_key.pem` — the site's public key (check its fingerprint against the published one);
+* `README.txt` — how to verify.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final
+
+from gateway.certification.exact import iso_ms
+
+REPORT: Final = "report.json"
+PREVIOUS: Final = "previous_report.json"
+READINGS: Final = "readings.jsonl"
+INTERVALS: Final = "intervals.csv"
+PUBLIC_KEY: Final = "public_key.pem"
+README: Final = "README.txt"
+
+README_TEXT: Final = """GIA Gateway evidence bundle
+
+report.json            the signed monthly report (RFC 8785 canonical JSON, Ed25519 signature)
+previous_report.json   the previous month's signed report (if any): report.previous_report_sha256 is its SHA-256
+readings.jsonl         every register reading the report used, with its ledger chain hash and predecessor hash
+intervals.csv          interval energies (UTC, integer Wh, quality) recomputed from the readings
+public_key.pem         the site's public key: compare its fingerprint with the one published out of band
+
+Verify offline:  gia verify report.json --public-key PUBLISHED.pem --evidence .
+"""
+
+
+def reading_line(
+    *,
+    channel: str,
+    seq: int,
+    ts_ms: int,
+    device: str,
+    quantity: str,
+    value: int,
+    unit: str,
+    quality: str,
+    hash_: bytes,
+    prev_hash: bytes,
+) -> str:
+    return json.dumps(
+        {
+            "channel": channel,
+            "seq": seq,
+            "ts": ts_ms,
+            "time": iso_ms(ts_ms),
+            "device": device,
+            "quantity": quantity,
+            "value": value,
+            "unit": unit,
+            "quality": quality,
+            "hash": hash_.hex(),
+            "prev_hash": prev_hash.hex(),
+        },
+        separators=(",", ":"),
+    )
+
+
+def intervals_csv_lines(
+    channel: str, start_ms: int, interval_s: int, end_ms: int, wh: list[int], quality: list[str]
+) -> Iterable[str]:
+    step = interval_s * 1000
+    for k, (e, q) in enumerate(zip(wh, quality, strict=True)):
+        a = start_ms + k * step
+        yield f"{channel},{iso_ms(a)},{iso_ms(min(a + step, end_ms))},{e},{q}\n"
+
+
+INTERVALS_HEADER: Final = "channel,start,end,energy_wh,quality\n"
+
+
+class BundleError(Exception):
+    """The bundle cannot be read (missing file, not a zip/directory)."""
+
+
+def load_bundle(path: Path) -> dict[str, bytes]:
+    """The bundle's files by name, from a directory or a zip file."""
+    files: dict[str, bytes] = {}
+    if path.is_dir():
+        for name in (REPORT, PREVIOUS, READINGS, INTERVALS, PUBLIC_KEY):
+            p = path / name
+            if p.is_file():
+                files[name] = p.read_bytes()
+    elif path.is_file() and zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                files[name.rsplit("/", 1)[-1]] = z.read(name)
+    else:
+        raise BundleError(f"{path}: not an evidence directory or zip file")
+    if READINGS not in files:
+        raise BundleError(f"{path}: no {READINGS} in the evidence bundle")
+    return files
+
+
+def zip_files(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        for name, data in files.items():
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # reproducible archive
+            info.compress_type = zipfile.ZIP_DEFLATED
+            z.writestr(info, data)
+    return buf.getvalue()
+
+
+def parse_readings(data: bytes) -> list[dict[str, Any]]:
+    out = []
+    for n, line in enumerate(data.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            raise BundleError(f"{READINGS} line {n}: not JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise BundleError(f"{READINGS} line {n}: not an object")
+        out.append(obj)
+    return out

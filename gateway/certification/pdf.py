@@ -1,0 +1,170 @@
+"""A one-to-two page PDF summary of a monthly report, marked NON-AUTHORITATIVE, with a chart of the month.
+
+Why fpdf2: pure Python, typed (py.typed), maintained, and it draws lines and rectangles itself, so the
+chart needs no plotting stack (matplotlib would add ~40 MB to a Pi image for one bar chart). ReportLab
+would do too but is a much larger toolkit than one page needs. The signed `report.json` is the record;
+this file only helps a human read it, so it carries the report's SHA-256 and says so on every page.
+
+Rendering is CPU work: call it off the event loop (the API uses a thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from fpdf import FPDF
+
+from gateway.certification.compute import ChannelResult
+
+
+def _t(text: object) -> str:
+    """Core PDF fonts are Latin-1: replace what they cannot show instead of failing."""
+    return (
+        str(text).replace("—", "-").replace("≥", ">=").replace("≤", "<=").encode("latin-1", "replace").decode("latin-1")
+    )
+
+
+def _kwh(wh: int | None) -> str:
+    return "-" if wh is None else f"{wh / 1000:,.1f} kWh"
+
+
+def _daily(results: Sequence[ChannelResult], roles: set[str], per_day: int) -> list[int]:
+    n = max((len(r.interval_wh) for r in results), default=0)
+    out = [0] * ((n + per_day - 1) // per_day)
+    for r in results:
+        if r.spec.role in roles:
+            for k, x in enumerate(r.interval_wh):
+                out[k // per_day] += x
+    return out
+
+
+class _Doc(FPDF):
+    sha = ""
+
+    def footer(self) -> None:
+        self.set_y(-12)
+        self.set_font("Helvetica", size=7)
+        self.set_text_color(120, 0, 0)
+        self.cell(
+            0,
+            5,
+            _t(
+                f"NON-AUTHORITATIVE summary. The signed report.json (SHA-256 {self.sha[:16]}...) is the record."
+                f"  Page {self.page_no()}"
+            ),
+            align="C",
+        )
+        self.set_text_color(0, 0, 0)
+
+
+def render_pdf(report: dict[str, Any], results: Sequence[ChannelResult], report_sha256: str) -> bytes:
+    doc = _Doc(orientation="P", unit="mm", format="A4")
+    doc.sha = report_sha256
+    doc.set_auto_page_break(auto=True, margin=15)
+    doc.add_page()
+    site, per, ind, q = report["site"], report["period"], report["indicators"], report["quality"]
+    doc.set_font("Helvetica", "B", 15)
+    doc.cell(0, 8, _t(f"GIA monthly report - {site['id']} - {per['month']}"), new_x="LMARGIN", new_y="NEXT")
+    doc.set_font("Helvetica", "B", 10)
+    doc.set_text_color(170, 0, 0)
+    doc.multi_cell(
+        0,
+        5,
+        _t(
+            "NON-AUTHORITATIVE: this PDF is a reading aid. Certify from the signed report.json and its evidence"
+            f" bundle (gia verify). Report SHA-256: {report_sha256}"
+        ),
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
+    doc.set_text_color(0, 0, 0)
+    doc.set_font("Helvetica", size=9)
+    doc.cell(
+        0,
+        5,
+        _t(
+            f"Period {per['start']} to {per['end']} ({per['timezone']}, {per['hours']} h)"
+            + ("" if per["complete"] else f", open month as of {per['as_of']}")
+        ),
+        new_x="LMARGIN",
+        new_y="NEXT",
+    )
+    doc.set_font("Helvetica", "B", 11)
+    doc.cell(0, 7, _t(f"Grade: {q['grade'].upper()}"), new_x="LMARGIN", new_y="NEXT")
+    doc.set_font("Helvetica", size=8)
+    for reason in q["reasons"][:8]:
+        doc.multi_cell(0, 4, _t(f"- {reason}"), new_x="LMARGIN", new_y="NEXT")
+    if len(q["reasons"]) > 8:
+        doc.cell(0, 4, _t(f"... and {len(q['reasons']) - 8} more (see report.json)"), new_x="LMARGIN", new_y="NEXT")
+
+    doc.ln(2)
+    doc.set_font("Helvetica", "B", 10)
+    doc.cell(0, 6, "Site indicators", new_x="LMARGIN", new_y="NEXT")
+    doc.set_font("Helvetica", size=9)
+    rows = [
+        ("Consumption", _kwh(ind["consumption_wh"])),
+        ("Grid import / export", f"{_kwh(ind['grid_import_wh'])} / {_kwh(ind['grid_export_wh'])}"),
+        ("Generation (renewable)", f"{_kwh(ind['generation_wh'])} ({_kwh(ind['renewable_generation_wh'])})"),
+        ("Self-consumption", _kwh(ind["self_consumption_wh"])),
+        ("Renewable share physical / market / hourly",
+         f"{ind['renewable_share']} / {ind['renewable_share_market']} / {ind['hourly_matched_share']}"),
+        ("Threshold", f"{ind['renewable_share_threshold']} on {ind['threshold_basis']}: met = {ind['threshold_met']}"),
+        ("CO2 location / market (kg)", f"{ind['co2_location_kg']} / {ind['co2_market_kg']}"),
+        ("Location factor", f"{ind['co2_factors']['location']['value']} t CO2/MWh,"
+         f" {ind['co2_factors']['location']['year']}, {ind['co2_factors']['location']['source']}"),
+    ]  # fmt: skip
+    for label, value in rows:
+        doc.cell(70, 5, _t(label))
+        doc.cell(0, 5, _t(value), new_x="LMARGIN", new_y="NEXT")
+
+    # chart: daily consumption vs generation
+    per_day = max(1, 86400 // int(report["method"]["interval_s"]))
+    has_grid = any(r.spec.role in ("grid_import", "grid_export") for r in results)
+    gen = _daily(results, {"generation"}, per_day)
+    if has_grid:
+        imp = _daily(results, {"grid_import", "storage_discharge"}, per_day)
+        exp = _daily(results, {"grid_export", "storage_charge"}, per_day)
+        cons = [a + g - e for a, g, e in zip(imp, gen, exp, strict=True)]
+    else:
+        cons = _daily(results, {"consumption"}, per_day)
+    doc.ln(3)
+    doc.set_font("Helvetica", "B", 10)
+    doc.cell(0, 6, "Daily energy (kWh): consumption (grey), generation (green)", new_x="LMARGIN", new_y="NEXT")
+    x0, y0, w, h = doc.l_margin, doc.get_y() + 2, doc.w - doc.l_margin - doc.r_margin, 50.0
+    top = max([*cons, *gen, 1])
+    doc.set_draw_color(0, 0, 0)
+    doc.line(x0, y0 + h, x0 + w, y0 + h)
+    n = max(1, len(cons))
+    slot = w / n
+    for k in range(len(cons)):
+        for j, (vals, rgb) in enumerate(((cons, (150, 150, 150)), (gen, (40, 150, 60)))):
+            val = max(0, vals[k])
+            bh = h * val / top
+            doc.set_fill_color(*rgb)
+            if bh > 0:
+                doc.rect(x0 + k * slot + j * slot * 0.42 + slot * 0.08, y0 + h - bh, slot * 0.4, bh, style="F")
+    doc.set_font("Helvetica", size=6)
+    for k in range(0, len(cons), 5):
+        doc.text(x0 + k * slot, y0 + h + 3, str(k + 1))
+    doc.text(x0, y0 - 1, f"max {top / 1000:,.0f} kWh")
+    doc.set_y(y0 + h + 6)
+
+    doc.set_font("Helvetica", "B", 10)
+    doc.cell(0, 6, "Channels", new_x="LMARGIN", new_y="NEXT")
+    doc.set_font("Helvetica", "B", 7)
+    widths = (42, 22, 26, 22, 22, 18, 18, 20)
+    head = ("channel", "role", "energy", "measured", "estimated", "open", "close", "grade")
+    for wd, text in zip(widths, head, strict=True):
+        doc.cell(wd, 5, text, border=1)
+    doc.ln()
+    doc.set_font("Helvetica", size=7)
+    for ch in report["channels"]:
+        cells = (
+            ch["id"], ch["role"], _kwh(ch["energy_wh"]), _kwh(ch["measured_wh"]), _kwh(ch["estimated_wh"]),
+            ch["opening"]["method"], ch["closing"]["method"], ch["grade"],
+        )  # fmt: skip
+        for wd, text in zip(widths, cells, strict=True):
+            doc.cell(wd, 5, _t(text)[:30], border=1)
+        doc.ln()
+    return bytes(doc.output())

@@ -1,0 +1,299 @@
+"""Assemble the monthly report (schema `gia-monthly-report/1`) from computed channels. Pure.
+
+Both the gateway (from the ledger) and `gia verify` (from the evidence bundle) call `site_indicators`,
+`report_quality` and `evidence_summary`, so the verifier recomputes with the same arithmetic. Standard
+library only.
+
+Energy balance conventions (certification.md, "Site indicators"):
+
+* consumption = grid import + generation - grid export + storage discharge - storage charge when the site
+  has grid channels; otherwise the sum of `consumption` channels;
+* self-consumption = generation - export (same connection point, never below 0);
+* renewable energy consumed on site = renewable generation - export, never below 0: exports are counted
+  as renewable first, the conservative choice for a renewable share;
+* market-based share adds imports backed by Guarantees of Origin cancelled for the month (at most the
+  grid import); the hourly-matched share is sum_h min(load_h, renewable_h) / sum_h load_h.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final
+
+from gateway.certification.compute import (
+    ChannelResult,
+    ChannelSpec,
+    Params,
+    Replacement,
+    Series,
+    compute_channel,
+    night_flags,
+)
+from gateway.certification.exact import dec_ge, iso_ms, ratio, wh_times_factor_kg
+from gateway.certification.merkle import DAY_MS, day_of, merkle_root
+
+SCHEMA: Final = "gia-monthly-report/1"
+GRADES: Final = ("verified", "provisional", "unverified")
+
+
+def _sum(results: Sequence[ChannelResult], role: str) -> int:
+    return sum(r.energy_wh for r in results if r.spec.role == role)
+
+
+def _series_sum(results: Sequence[ChannelResult], n: int, pick: Any) -> list[int]:
+    out = [0] * n
+    for r in results:
+        sign = pick(r)
+        if sign:
+            for k, x in enumerate(r.interval_wh):
+                out[k] += sign * x
+    return out
+
+
+def _hourly(values: list[int], per_hour: int) -> list[int]:
+    return [sum(values[k : k + per_hour]) for k in range(0, len(values), per_hour)]
+
+
+def site_indicators(
+    results: Sequence[ChannelResult],
+    *,
+    interval_s: int,
+    month: str,
+    factors: dict[str, Any],
+    guarantees: list[dict[str, Any]],
+    threshold: str,
+    threshold_basis: str,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """(indicators, producer block or None). `factors` = {"location": {...}, "market": {...}}."""
+    imp = _sum(results, "grid_import")
+    exp = _sum(results, "grid_export")
+    gen = _sum(results, "generation")
+    ren = sum(r.energy_wh for r in results if r.spec.role == "generation" and r.spec.renewable)
+    charge = _sum(results, "storage_charge")
+    discharge = _sum(results, "storage_discharge")
+    aux = _sum(results, "auxiliary")
+    metered = _sum(results, "consumption")
+    has_grid = any(r.spec.role in ("grid_import", "grid_export") for r in results)
+    consumption = imp + gen - exp + discharge - charge if has_grid else metered
+    by_source: dict[str, int] = {}
+    for r in results:
+        if r.spec.role == "generation":
+            key = r.spec.source or "other"
+            by_source[key] = by_source.get(key, 0) + r.energy_wh
+    self_cons = max(0, gen - exp)
+    ren_onsite = max(0, ren - exp)
+    go_wh = sum(int(g["energy_wh"]) for g in guarantees)
+    go_applied = min(go_wh, imp)
+
+    n = max((len(r.interval_wh) for r in results), default=0)
+    signs = {"grid_import": 1, "grid_export": -1, "generation": 1, "storage_discharge": 1, "storage_charge": -1}
+    if has_grid:
+        load = _series_sum(results, n, lambda r: signs.get(r.spec.role, 0))
+    else:
+        load = _series_sum(results, n, lambda r: 1 if r.spec.role == "consumption" else 0)
+    ren_iv = _series_sum(results, n, lambda r: 1 if r.spec.role == "generation" and r.spec.renewable else 0)
+    per_hour = max(1, 3600 // interval_s)
+    load_h = [max(0, x) for x in _hourly(load, per_hour)]
+    ren_h = _hourly(ren_iv, per_hour)
+    matched = sum(min(lh, rh) for lh, rh in zip(load_h, ren_h, strict=True))
+
+    share_physical = ratio(ren_onsite, consumption) if consumption > 0 else None
+    share_market = ratio(ren_onsite + go_applied, consumption) if consumption > 0 else None
+    share_hourly = ratio(matched, sum(load_h)) if sum(load_h) > 0 else None
+    judged = {"physical": share_physical, "market": share_market, "hourly": share_hourly}[threshold_basis]
+    market_factor = factors["market"]
+    indicators = {
+        "consumption_wh": consumption,
+        "metered_consumption_wh": metered,
+        "generation_wh": gen,
+        "generation_by_source_wh": dict(sorted(by_source.items())),
+        "renewable_generation_wh": ren,
+        "renewable_consumed_on_site_wh": ren_onsite,
+        "grid_import_wh": imp,
+        "grid_export_wh": exp,
+        "storage_charge_wh": charge,
+        "storage_discharge_wh": discharge,
+        "auxiliary_wh": aux,
+        "self_consumption_wh": self_cons,
+        "guarantees_of_origin_wh": go_wh,
+        "guarantees_of_origin_applied_wh": go_applied,
+        "guarantees_of_origin": guarantees,
+        "renewable_share": share_physical,
+        "renewable_share_market": share_market,
+        "hourly_matched_share": share_hourly,
+        "hourly_matched_wh": matched,
+        "hourly_load_wh": sum(load_h),
+        "renewable_share_threshold": threshold,
+        "threshold_basis": threshold_basis,
+        "threshold_met": dec_ge(judged, threshold) if judged is not None else None,
+        "co2_location_kg": wh_times_factor_kg(imp, factors["location"]["value"]),
+        "co2_market_kg": wh_times_factor_kg(imp - go_applied, market_factor["value"]),
+        "co2_factors": factors,
+        "month": month,
+    }
+    producer = None
+    if gen > 0 or any(r.spec.role == "generation" for r in results):
+        gen_iv = _series_sum(results, n, lambda r: 1 if r.spec.role == "generation" else 0)
+        exp_iv = _series_sum(results, n, lambda r: 1 if r.spec.role == "grid_export" else 0)
+        producer = {
+            "generation_wh": gen,
+            "net_injected_wh": exp,
+            "auxiliary_wh": aux,
+            "guarantees_of_origin_eligible_mwh": exp // 1_000_000,
+            "hourly_generation_wh": _hourly(gen_iv, per_hour),
+            "hourly_export_wh": _hourly(exp_iv, per_hour),
+        }
+    return indicators, producer
+
+
+def report_quality(results: Sequence[ChannelResult], *, complete: bool, thresholds: dict[str, Any]) -> dict[str, Any]:
+    """Report grade = worst channel grade; an open month is at best provisional."""
+    reasons: list[str] = []
+    worst = 0
+    for r in results:
+        worst = max(worst, GRADES.index(r.grade))
+        reasons.extend(r.json["reasons"])
+    if not results:
+        worst = 2
+        reasons.append("no metering channels configured (devices[].channels)")
+    if not complete:
+        worst = max(worst, 1)
+        reasons.insert(0, "month not yet closed: figures are provisional")
+    counts = {g: sum(1 for r in results if r.grade == g) for g in GRADES}
+    return {"grade": GRADES[worst], "reasons": reasons, "thresholds": thresholds, "channels": counts}
+
+
+def day_leaves(used: Sequence[Series]) -> dict[str, list[bytes]]:
+    """Chain hashes of the readings used, grouped by UTC day, in channel order then (ts, seq) order."""
+    days: dict[int, list[bytes]] = {}
+    for s in used:
+        ts = s.ts
+        i = 0
+        while i < len(ts):
+            d = ts[i] // DAY_MS
+            j = _first_at_or_after(ts, (d + 1) * DAY_MS, i)
+            days.setdefault(d, []).extend(s.hash[i:j])
+            i = j
+    return {day_of(d * DAY_MS): days[d] for d in sorted(days)}
+
+
+def _first_at_or_after(ts: list[int], t: int, lo: int) -> int:
+    import bisect
+
+    return bisect.bisect_left(ts, t, lo)
+
+
+def evidence_summary(used: Sequence[Series], *, head_seq: int, head_hash: bytes) -> dict[str, Any]:
+    days = day_leaves(used)
+    roots = [merkle_root(h) for h in days.values()]
+    day_list = [
+        {"day": d, "entries": len(h), "merkle_root": r.hex()} for (d, h), r in zip(days.items(), roots, strict=True)
+    ]
+    return {
+        "chain": "hash_n = SHA-256(hash_{n-1} || RFC8785(entry)); hash_0 = 32 zero bytes",
+        "merkle": "leaves = chain hashes of the readings used per UTC day (channel order, then time);"
+        " node = SHA-256(0x01 || left || right); odd node carried up; month root over day roots",
+        "chain_head": head_hash.hex(),
+        "chain_head_seq": head_seq,
+        "entries": sum(len(h) for h in days.values()),
+        "merkle_root": merkle_root(roots).hex(),
+        "days": day_list,
+    }
+
+
+def period_json(
+    month: str, timezone: str, start_ms: int, end_ms: int, *, complete: bool, as_of_ms: int | None
+) -> dict[str, Any]:
+    return {
+        "month": month,
+        "timezone": timezone,
+        "start": iso_ms(start_ms),
+        "end": iso_ms(end_ms),
+        "hours": (end_ms - start_ms) // 3_600_000,
+        "complete": complete,
+        "as_of": iso_ms(as_of_ms) if as_of_ms is not None else None,
+    }
+
+
+def compute_all(
+    specs: Sequence[ChannelSpec],
+    series: dict[str, Series],
+    *,
+    start_ms: int,
+    end_ms: int,
+    params: Params,
+    replacements: dict[str, list[Replacement]],
+    bad_readings: dict[str, int],
+) -> list[ChannelResult]:
+    """Every channel over [start_ms, end_ms) (end = as_of for an open month)."""
+    night = night_flags(params, start_ms, end_ms) if any(s.source == "pv" for s in specs) else None
+    return [
+        compute_channel(
+            spec,
+            series.get(spec.id, Series()),
+            start_ms=start_ms,
+            end_ms=end_ms,
+            params=params,
+            replacements=replacements.get(spec.id, []),
+            bad_readings=bad_readings.get(spec.id, 0),
+            night=night,
+        )
+        for spec in specs
+    ]
+
+
+def method_json(params: Params, *, threshold: str, threshold_basis: str) -> dict[str, Any]:
+    return {
+        **params.to_json(),
+        "renewable_share_threshold": threshold,
+        "threshold_basis": threshold_basis,
+        "totals": "register advance between boundary readings (never an integral of power)",
+        "verified_when": "both boundaries measured, energy coverage >= min_energy_coverage, estimated"
+        " <= max_estimated_share of the total, no validation failure; unverified when a boundary is missing",
+    }
+
+
+def assemble(
+    *,
+    site: dict[str, Any],
+    period: dict[str, Any],
+    params: Params,
+    threshold: str,
+    threshold_basis: str,
+    factors: dict[str, Any],
+    guarantees: list[dict[str, Any]],
+    results: Sequence[ChannelResult],
+    evidence: dict[str, Any],
+    previous_sha256: str | None,
+    generated_at: str,
+    generator: str,
+) -> dict[str, Any]:
+    """The unsigned report body."""
+    indicators, producer = site_indicators(
+        results,
+        interval_s=params.interval_s,
+        month=period["month"],
+        factors=factors,
+        guarantees=guarantees,
+        threshold=threshold,
+        threshold_basis=threshold_basis,
+    )
+    thresholds = {
+        "min_energy_coverage": params.min_energy_coverage,
+        "max_estimated_share": params.max_estimated_share,
+        "renewable_share_threshold": threshold,
+    }
+    return {
+        "schema": SCHEMA,
+        "site": site,
+        "period": period,
+        "generated_at": generated_at,
+        "generator": generator,
+        "method": method_json(params, threshold=threshold, threshold_basis=threshold_basis),
+        "channels": [r.json for r in results],
+        "indicators": indicators,
+        "producer": producer,
+        "quality": report_quality(results, complete=period["complete"], thresholds=thresholds),
+        "evidence": evidence,
+        "previous_report_sha256": previous_sha256,
+    }

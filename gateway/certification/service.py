@@ -1,0 +1,406 @@
+"""`ReportService`: what the HTTP API, the agent and the CLI call to get reports, exports and keys.
+
+Synchronous on purpose (SQLite reads, hashing, PDF rendering are CPU/IO work): the API calls it with
+`await asyncio.to_thread(service.report_json, site, month)` so the event loop never blocks.
+
+Closed months are built once, signed and stored under `<data_dir>/reports/<site>/<YYYY-MM>.json`; every
+later call returns the stored bytes (immutable, byte-identical), so `previous_report_sha256` chains stay
+valid. The current month is computed fresh on each call up to the last full interval and graded
+provisional. A closed month with no readings at all is not stored, so a later backfill is not locked out.
+
+Exceptions (all `ReportError`): `UnknownSite` -> 404, `MalformedMonth` and `MonthInFuture` -> 400,
+`LedgerUnavailable` -> 503.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gateway import __version__
+from gateway.certification import bundle
+from gateway.certification.compute import ChannelResult, ChannelSpec, Params, Replacement, Series
+from gateway.certification.exact import iso_ms
+from gateway.certification.periods import BadMonth, Period, month_period, shift_month
+from gateway.certification.report import assemble, compute_all, evidence_summary, period_json
+from gateway.certification.signing import KeyStore, canonical, public_pem
+from gateway.certification.source import LedgerSource
+from gateway.settings import Settings
+
+
+class ReportError(Exception):
+    """Base of every error the service raises; the message is fit for an API `detail`."""
+
+
+class UnknownSite(ReportError):
+    """The site id is not this gateway's site (HTTP 404)."""
+
+
+class MalformedMonth(ReportError, ValueError):
+    """The month is not YYYY-MM (HTTP 400)."""
+
+
+class MonthInFuture(ReportError):
+    """The month has not started yet (HTTP 400)."""
+
+
+class LedgerUnavailable(ReportError):
+    """The ledger file is missing or unreadable (HTTP 503)."""
+
+
+def channel_specs(settings: Settings) -> list[ChannelSpec]:
+    """The metering channels from `devices[].channels` (ids default to '<device>.<role>')."""
+    out = []
+    for dev in settings.devices:
+        for ch in dev.channels:
+            out.append(
+                ChannelSpec(
+                    id=ch.id or f"{dev.id}.{ch.role}",
+                    role=ch.role,
+                    device=dev.id,
+                    quantity=ch.quantity,
+                    serial=dev.serial,
+                    multiplier=ch.multiplier,
+                    register_modulus_wh=ch.register_modulus_wh,
+                    rated_power_w=round(ch.rated_power_w) if ch.rated_power_w is not None else None,
+                    source=ch.source,
+                    renewable=ch.renewable,
+                )
+            )
+    return out
+
+
+@dataclass(slots=True)
+class Built:
+    report: dict[str, Any]
+    data: bytes
+    results: list[ChannelResult]
+    start_ms: int
+    end_ms: int
+
+
+class ReportService:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger_path: Path | None = None,
+        keys_dir: Path | None = None,
+        *,
+        reports_dir: Path | None = None,
+        now_ms: Callable[[], int] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger_path = Path(ledger_path) if ledger_path is not None else settings.ledger_path
+        self.keys = KeyStore(Path(keys_dir) if keys_dir is not None else settings.data_dir / "keys")
+        cfg_dir = settings.certification.reports_dir
+        self.reports_dir = (
+            Path(reports_dir)
+            if reports_dir is not None
+            else Path(cfg_dir)
+            if cfg_dir is not None
+            else settings.data_dir / "reports"
+        )
+        self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
+        self.specs = channel_specs(settings)
+        c = settings.certification
+        loc = settings.site.location
+        self.params = Params(
+            interval_s=c.interval_minutes * 60,
+            boundary_tolerance_s=c.boundary_tolerance_s,
+            max_interpolation_s=c.max_interpolation_s,
+            gap_min_s=c.gap_min_s,
+            min_energy_coverage=c.min_energy_coverage,
+            max_estimated_share=c.max_estimated_share,
+            capacity_factor=c.capacity_factor,
+            frozen_after_h=c.frozen_after_h,
+            pv_night_elevation_deg=c.pv_night_elevation_deg,
+            pv_night_tolerance_wh=c.pv_night_tolerance_wh,
+            latitude=str(loc.latitude) if loc is not None else None,
+            longitude=str(loc.longitude) if loc is not None else None,
+        )
+
+    # -- public interface -------------------------------------------------------------------------
+    def report_json(self, site: str, month: str) -> bytes:
+        """Signed report as canonical JSON bytes (closed months: the stored, immutable bytes)."""
+        period = self._check(site, month)
+        if period.end_ms <= self._now_ms():
+            stored = self._stored(month)
+            if stored is not None:
+                return stored
+        return self._get(site, month).data
+
+    def report(self, site: str, month: str) -> dict[str, Any]:
+        return dict(json.loads(self.report_json(site, month)))
+
+    def report_csv(self, site: str, month: str) -> bytes:
+        """Channel totals, one row per channel (integer Wh), plus the report's hash for reference."""
+        b = self._get(site, month)
+        rep = b.report
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(
+            [
+                "site", "month", "channel", "role", "device", "quantity", "serial", "multiplier",
+                "opening_ts", "opening_register_wh", "opening_method",
+                "closing_ts", "closing_register_wh", "closing_method",
+                "energy_wh", "measured_wh", "interpolated_wh", "estimated_wh",
+                "time_coverage", "energy_coverage", "grade", "report_sha256",
+            ]
+        )  # fmt: skip
+        sha = hashlib.sha256(b.data).hexdigest()
+        for ch in rep["channels"]:
+            o, c = ch["opening"], ch["closing"]
+            w.writerow(
+                [
+                    rep["site"]["id"], rep["period"]["month"], ch["id"], ch["role"], ch["device"],
+                    ch["quantity"], ch["meter"]["serial"] or "", ch["meter"]["multiplier"],
+                    o["ts"], "" if o["register_wh"] is None else o["register_wh"], o["method"],
+                    c["ts"], "" if c["register_wh"] is None else c["register_wh"], c["method"],
+                    ch["energy_wh"], ch["measured_wh"], ch["interpolated_wh"], ch["estimated_wh"],
+                    ch["coverage"]["time"], ch["coverage"]["energy"], ch["grade"], sha,
+                ]
+            )  # fmt: skip
+        return buf.getvalue().encode()
+
+    def report_pdf(self, site: str, month: str) -> bytes:
+        """Human-readable, NON-AUTHORITATIVE summary with a chart (CPU work: call it in a thread)."""
+        from gateway.certification.pdf import render_pdf
+
+        b = self._get(site, month)
+        return render_pdf(b.report, b.results, hashlib.sha256(b.data).hexdigest())
+
+    def evidence_files(self, site: str, month: str) -> dict[str, bytes]:
+        b = self._get(site, month)
+        rep = b.report
+        files: dict[str, bytes] = {bundle.REPORT: b.data}
+        prev = self._stored(shift_month(month, -1))
+        if prev is not None:
+            files[bundle.PREVIOUS] = prev
+        src = self._source()
+        try:
+            lines: list[str] = []
+            for r in b.results:
+                rows = src.evidence_rows(r.spec.device, r.spec.quantity, r.used.seq)
+                for seq, ts_ms, value, unit, quality, h, prev_h in rows:
+                    lines.append(
+                        bundle.reading_line(
+                            channel=r.spec.id,
+                            seq=seq,
+                            ts_ms=ts_ms,
+                            device=r.spec.device,
+                            quantity=r.spec.quantity,
+                            value=value,
+                            unit=unit,
+                            quality=quality,
+                            hash_=h,
+                            prev_hash=prev_h,
+                        )
+                    )
+        finally:
+            src.close()
+        files[bundle.READINGS] = ("\n".join(lines) + "\n").encode() if lines else b""
+        iv = io.StringIO()
+        iv.write(bundle.INTERVALS_HEADER)
+        interval_s = rep["method"]["interval_s"]
+        for r in b.results:
+            iv.writelines(
+                bundle.intervals_csv_lines(
+                    r.spec.id, b.start_ms, interval_s, b.end_ms, r.interval_wh, r.interval_quality
+                )
+            )
+        files[bundle.INTERVALS] = iv.getvalue().encode()
+        files[bundle.PUBLIC_KEY] = public_pem(self.keys.public_key()).encode()
+        files[bundle.README] = bundle.README_TEXT.encode()
+        return files
+
+    def evidence_zip(self, site: str, month: str) -> bytes:
+        return bundle.zip_files(self.evidence_files(site, month))
+
+    def write_evidence(self, site: str, month: str, directory: Path) -> list[Path]:
+        directory.mkdir(parents=True, exist_ok=True)
+        out = []
+        for name, data in self.evidence_files(site, month).items():
+            (directory / name).write_bytes(data)
+            out.append(directory / name)
+        return out
+
+    def public_keys(self) -> list[dict[str, str]]:
+        """The site's public signing key(s): alg, key_id (= fingerprint), PEM. Never the private key."""
+        return [{"site": self.settings.site.id, **self.keys.public_info()}]
+
+    # -- internals --------------------------------------------------------------------------------
+    def _check(self, site: str, month: str) -> Period:
+        if site != self.settings.site.id:
+            raise UnknownSite(f"unknown site {site!r}; this gateway serves {self.settings.site.id!r}")
+        try:
+            period = month_period(month, self.settings.site.timezone)
+        except BadMonth as exc:
+            raise MalformedMonth(str(exc)) from None
+        if period.start_ms > self._now_ms():
+            raise MonthInFuture(f"{month} has not started yet in {self.settings.site.timezone}")
+        return period
+
+    def _path(self, month: str) -> Path:
+        return self.reports_dir / self.settings.site.id / f"{month}.json"
+
+    def _stored(self, month: str) -> bytes | None:
+        p = self._path(month)
+        return p.read_bytes() if p.is_file() else None
+
+    def _source(self) -> LedgerSource:
+        try:
+            return LedgerSource(self.ledger_path)
+        except (FileNotFoundError, OSError) as exc:
+            raise LedgerUnavailable(str(exc)) from None
+
+    def _get(self, site: str, month: str) -> Built:
+        period = self._check(site, month)
+        now = self._now_ms()
+        complete = period.end_ms <= now
+        stored = self._stored(month) if complete else None
+        if stored is not None:
+            rep = json.loads(stored)
+            ev = rep["evidence"]
+            return self._build(
+                period,
+                complete=True,
+                max_seq=int(ev["chain_head_seq"]),
+                head_hash=bytes.fromhex(ev["chain_head"]),
+                generated_at=rep["generated_at"],
+                previous_sha=rep["previous_report_sha256"],
+                stored=stored,
+            )
+        previous_sha = self._previous_sha(period)
+        src = self._source()
+        try:
+            head_seq, head_hash = src.head()
+        finally:
+            src.close()
+        built = self._build(
+            period,
+            complete=complete,
+            max_seq=head_seq,
+            head_hash=head_hash,
+            generated_at=iso_ms(now),
+            previous_sha=previous_sha,
+            stored=None,
+        )
+        if complete and built.report["evidence"]["entries"] > 0:
+            self._store(month, built.data)
+        return built
+
+    def _previous_sha(self, period: Period) -> str | None:
+        prev_month = shift_month(period.month, -1)
+        data = self._stored(prev_month)
+        if data is None:
+            src = self._source()
+            try:
+                first = src.first_counter_ms()
+            finally:
+                src.close()
+            if first is None or first >= period.start_ms:
+                return None
+            data = self._get(self.settings.site.id, prev_month).data
+            if self._stored(prev_month) is None:  # not storable (no readings): no chain link
+                return None
+        return hashlib.sha256(data).hexdigest()
+
+    def _store(self, month: str, data: bytes) -> None:
+        path = self._path(month)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        try:
+            os.link(tmp, path)  # fails if another builder stored it first: theirs wins, immutably
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+
+    def _build(
+        self,
+        period: Period,
+        *,
+        complete: bool,
+        max_seq: int,
+        head_hash: bytes,
+        generated_at: str,
+        previous_sha: str | None,
+        stored: bytes | None,
+    ) -> Built:
+        p = self.params
+        step = p.interval_s * 1000
+        if complete:
+            end = period.end_ms
+            as_of = None
+        else:
+            now = self._now_ms()
+            end = max(period.start_ms + step, period.start_ms + (now - period.start_ms) // step * step)
+            as_of = end
+        margin = (p.max_interpolation_s + p.boundary_tolerance_s) * 1000
+        series: dict[str, Series] = {}
+        bad: dict[str, int] = {}
+        reps: dict[str, list[Replacement]] = {}
+        src = self._source()
+        try:
+            all_reps = src.replacements()
+            for spec in self.specs:
+                series[spec.id] = src.series(
+                    spec.device, spec.quantity, period.start_ms, end, margin_ms=margin, max_seq=max_seq
+                )
+                bad[spec.id] = src.bad_count(spec.device, spec.quantity, period.start_ms, end, max_seq=max_seq)
+                reps[spec.id] = [r for r in all_reps if r.device == spec.device and r.quantity == spec.quantity]
+        finally:
+            src.close()
+        results = compute_all(
+            self.specs, series, start_ms=period.start_ms, end_ms=end, params=p, replacements=reps, bad_readings=bad
+        )
+        if stored is not None:
+            return Built(json.loads(stored), stored, results, period.start_ms, end)
+        c = self.settings.certification
+        site = self.settings.site
+        factors = {"location": c.emission_factors.location.model_dump(), "market": self._market_factor()}
+        gos = [g.model_dump() for g in c.guarantees_of_origin if g.month == period.month and g.site in (None, site.id)]
+        body = assemble(
+            site={
+                "id": site.id,
+                "name": site.name,
+                "area": site.area,
+                "timezone": site.timezone,
+                "location": {"latitude": p.latitude, "longitude": p.longitude} if p.latitude else None,
+            },
+            period=period_json(
+                period.month, period.timezone, period.start_ms, period.end_ms, complete=complete, as_of_ms=as_of
+            ),
+            params=p,
+            threshold=c.renewable_share_threshold,
+            threshold_basis=c.threshold_basis,
+            factors=factors,
+            guarantees=gos,
+            results=results,
+            evidence=evidence_summary([r.used for r in results], head_seq=max_seq, head_hash=head_hash),
+            previous_sha256=previous_sha,
+            generated_at=generated_at,
+            generator=f"gia-gateway {__version__}",
+        )
+        signed = self.keys.sign_report(body)
+        return Built(signed, canonical(signed), results, period.start_ms, end)
+
+    def _market_factor(self) -> dict[str, Any]:
+        ef = self.settings.certification.emission_factors
+        if ef.market is not None:
+            return ef.market.model_dump()
+        return {
+            **ef.location.model_dump(),
+            "basis": "market-based stand-in: no residual-mix or supplier factor configured, location factor"
+            " used for grid energy not covered by Guarantees of Origin",
+            "status": "provisional",
+        }

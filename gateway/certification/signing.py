@@ -1,0 +1,145 @@
+"""Site signing key (Ed25519), canonical report bytes and signatures.
+
+* The private key is created on first use under `<data_dir>/keys/` with mode 0600 (directory 0700) and is
+  never returned by any function here: `KeyStore` exposes only `sign()` and the public key.
+* The signature covers the RFC 8785 (JCS) canonical JSON of the report without its `signature` member;
+  `signature = {alg: "Ed25519", key_id: hex SHA-256 of the raw 32-byte public key, value: base64}`.
+* Floats are refused before signing (`assert_no_float`): canonicalisation would re-write them.
+
+Imports only the standard library, `cryptography` and `rfc8785`: `gia verify` uses the verifying half.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Final
+
+import rfc8785
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from gateway.certification.exact import assert_no_float
+
+ALG: Final = "Ed25519"
+KEY_FILE: Final = "site-ed25519.pem"
+
+
+class KeyFileError(Exception):
+    """A key file is unusable (wrong type, unreadable, too open)."""
+
+
+def canonical(obj: Any) -> bytes:
+    assert_no_float(obj)
+    return bytes(rfc8785.dumps(obj))
+
+
+def signing_bytes(report: dict[str, Any]) -> bytes:
+    """What the signature covers: the canonical report without `signature`."""
+    return canonical({k: v for k, v in report.items() if k != "signature"})
+
+
+def key_id(public: Ed25519PublicKey) -> str:
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def public_pem(public: Ed25519PublicKey) -> str:
+    return public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def load_public_pem(data: bytes) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(data)
+    except ValueError as exc:
+        raise KeyFileError(f"not a PEM public key ({exc})") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise KeyFileError(f"expected an Ed25519 public key, got {type(key).__name__}")
+    return key
+
+
+def verify_signature(report: dict[str, Any], public: Ed25519PublicKey) -> str | None:
+    """None when the signature is good, else what is wrong (with both sides where there are two)."""
+    sig = report.get("signature")
+    if not isinstance(sig, dict):
+        return "report has no signature object"
+    if sig.get("alg") != ALG:
+        return f"signature alg {sig.get('alg')!r} != {ALG!r}"
+    expected_id = key_id(public)
+    if sig.get("key_id") != expected_id:
+        return f"signature key_id {sig.get('key_id')} != published key {expected_id}"
+    try:
+        value = base64.b64decode(str(sig.get("value", "")), validate=True)
+    except ValueError:
+        return "signature value is not base64"
+    try:
+        public.verify(value, signing_bytes(report))
+    except InvalidSignature:
+        return "Ed25519 signature does not match the canonical report bytes (report altered after signing)"
+    return None
+
+
+class KeyStore:
+    """The site's key pair under `keys_dir`. Created lazily; the private key never leaves this object."""
+
+    def __init__(self, keys_dir: Path) -> None:
+        self._dir = Path(keys_dir)
+        self._private: Ed25519PrivateKey | None = None
+
+    @property
+    def path(self) -> Path:
+        return self._dir / KEY_FILE
+
+    def _load_or_create(self) -> Ed25519PrivateKey:
+        if self._private is not None:
+            return self._private
+        self._dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self._dir, 0o700)
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            data = self.path.read_bytes()
+            try:
+                key = serialization.load_pem_private_key(data, password=None)
+            except ValueError as exc:
+                raise KeyFileError(f"{self.path}: not a usable private key ({exc}); move it aside") from None
+            if not isinstance(key, Ed25519PrivateKey):
+                raise KeyFileError(f"{self.path}: expected an Ed25519 key, got {type(key).__name__}") from None
+            if self.path.stat().st_mode & 0o077:
+                os.chmod(self.path, 0o600)
+            self._private = key
+            return key
+        key = Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        self._private = key
+        return key
+
+    def public_key(self) -> Ed25519PublicKey:
+        return self._load_or_create().public_key()
+
+    def public_info(self) -> dict[str, str]:
+        pub = self.public_key()
+        return {"alg": ALG, "key_id": key_id(pub), "fingerprint": key_id(pub), "public_key_pem": public_pem(pub)}
+
+    def sign_report(self, report: dict[str, Any]) -> dict[str, Any]:
+        """A copy of `report` with its `signature` set."""
+        key = self._load_or_create()
+        body = {k: v for k, v in report.items() if k != "signature"}
+        value = key.sign(signing_bytes(body))
+        return {
+            **body,
+            "signature": {
+                "alg": ALG,
+                "key_id": key_id(key.public_key()),
+                "value": base64.b64encode(value).decode(),
+            },
+        }
