@@ -22,6 +22,7 @@ is unnecessary: rows are never deleted from the top, only pruned in place).
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -99,19 +100,38 @@ class ChainCheck:
     problem: str | None = None
 
 
+_json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]  # RFC 8785 string rules
+
+
+def _json_number(value: Value) -> str:
+    """RFC 8785 number text. Fast paths where Python's repr is ECMAScript's; the library for the rest."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if value == 0:
+        return "0"  # also -0.0, as ECMAScript prints it
+    if value.is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    if 1e-4 <= abs(value) < 1e16:
+        return repr(value)  # shortest round-trip digits in fixed notation: identical in both languages
+    return str(rfc8785.dumps(value).decode())
+
+
 def canonical_entry(seq: int, ts_ms: int, device: str, quantity: str, value: Value, unit: str, quality: str) -> bytes:
-    """RFC 8785 bytes of one entry: what the chain hashes and what the evidence bundle re-hashes."""
-    return rfc8785.dumps(
-        {
-            "seq": seq,
-            "ts": ts_ms,
-            "device": device,
-            "quantity": quantity,
-            "value": value,
-            "unit": unit,
-            "quality": quality,
-        }
-    )
+    """RFC 8785 bytes of one entry: what the chain hashes and what the evidence bundle re-hashes.
+
+    Written out for this one fixed schema (keys already in RFC 8785 order) because the general
+    library spends ~40 us per entry, which capped ingest at ~28 k readings/s; a property test holds
+    this byte-identical to `rfc8785.dumps` of the same object.
+    """
+    return (
+        f'{{"device":{_json_string(device)},"quality":{_json_string(quality)},'
+        f'"quantity":{_json_string(quantity)},"seq":{int(seq)},"ts":{int(ts_ms)},'
+        f'"unit":{_json_string(unit)},"value":{_json_number(value)}}}'
+    ).encode()
 
 
 def chain_hash(prev: bytes, canonical: bytes) -> bytes:

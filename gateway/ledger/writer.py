@@ -30,7 +30,15 @@ class LedgerWriter:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._commit_interval_s = commit_interval_s
         self._max_batch = max_batch
-        self._queue: asyncio.Queue[Sample] = asyncio.Queue(maxsize=max_queue)
+        self._max_queue = max_queue
+        # Whole polls are queued (one list per poll), not single samples: per-item queue operations
+        # cost more than hashing and inserting the sample.
+        self._pending: list[list[Sample]] = []
+        self._pending_count = 0
+        self._has_data = asyncio.Event()
+        self._batch_full = asyncio.Event()
+        self._has_space = asyncio.Event()
+        self._has_space.set()
         self._committed = asyncio.Condition()
         self.head_seq = ledger.head[0]
         self.committed_samples = 0
@@ -44,40 +52,48 @@ class LedgerWriter:
 
     async def submit(self, samples: Iterable[Sample]) -> None:
         """Queue samples for the next commit. Waits (back-pressure) rather than drop when full."""
-        for s in samples:
-            if self._queue.full():
-                self.queue_full_waits += 1
-            await self._queue.put(s)
+        batch = list(samples)
+        if not batch:
+            return
+        while self._pending_count >= self._max_queue:
+            self.queue_full_waits += 1
+            self._has_space.clear()
+            await self._has_space.wait()
+        self._pending.append(batch)
+        self._pending_count += len(batch)
+        self._has_data.set()
+        if self._pending_count >= self._max_batch:
+            self._batch_full.set()
 
     @property
     def pending(self) -> int:
-        return self._queue.qsize()
+        return self._pending_count
+
+    def _take(self) -> list[Sample]:
+        batch = [s for poll in self._pending for s in poll]
+        self._pending.clear()
+        self._pending_count = 0
+        self._has_data.clear()
+        self._batch_full.clear()
+        self._has_space.set()
+        return batch
 
     async def run(self) -> None:
-        """Commit loop: a supervised task. On shutdown it drains the queue and commits what it holds."""
+        """Commit loop: a supervised task. On shutdown it commits what it holds before it stops."""
         try:
             while True:
-                first = await self._queue.get()
-                batch = [first]
-                deadline = asyncio.get_running_loop().time() + self._commit_interval_s
-                while len(batch) < self._max_batch:
-                    timeout = deadline - asyncio.get_running_loop().time()
-                    if timeout <= 0:
-                        break
-                    try:
-                        batch.append(await asyncio.wait_for(self._queue.get(), timeout))
-                    except TimeoutError:
-                        break
-                await self._commit(batch)
+                await self._has_data.wait()
+                if self._pending_count < self._max_batch:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._batch_full.wait(), self._commit_interval_s)
+                await self._commit(self._take())
         except asyncio.CancelledError:
             await asyncio.shield(self.flush())
             raise
 
     async def flush(self) -> None:
         """Commit everything queued now (shutdown path)."""
-        batch: list[Sample] = []
-        while not self._queue.empty():
-            batch.append(self._queue.get_nowait())
+        batch = self._take()
         if batch:
             await self._commit(batch)
 

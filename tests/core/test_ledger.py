@@ -164,3 +164,35 @@ def test_sample_refuses_values_no_consumer_can_represent() -> None:
         Sample("d", "power_w", None, "W", T0)
     with pytest.raises(ValueError, match="UTC"):
         Sample("d", "power_w", 1.0, "W", datetime(2026, 1, 1))
+
+
+texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=20)
+json_values = st.one_of(
+    st.none(),
+    st.integers(min_value=-MAX_SAFE_INT, max_value=MAX_SAFE_INT),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, -0.0, 1e-7, 1e-6, 0.0001, 1e16, 1e21, 1e22, 123456789.123, 5e-324, 1.7976931348623157e308]),
+)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    seq=st.integers(0, MAX_SAFE_INT),
+    ts=st.integers(-MAX_SAFE_INT, MAX_SAFE_INT),
+    device=texts,
+    quantity=texts,
+    value=json_values,
+    unit=texts,
+    quality=texts,
+)
+def test_fast_canonical_entry_is_rfc8785(
+    seq: int, ts: int, device: str, quantity: str, value: float | int | None, unit: str, quality: str
+) -> None:
+    import rfc8785
+
+    from gateway.ledger.store import canonical_entry
+
+    expected = rfc8785.dumps(
+        {"seq": seq, "ts": ts, "device": device, "quantity": quantity, "value": value, "unit": unit, "quality": quality}
+    )
+    assert canonical_entry(seq, ts, device, quantity, value, unit, quality) == expected
