@@ -16,12 +16,14 @@ from drivers.maps import MapError, load_map
 from drivers.modbus.bus import BusPool
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.registermap import Quirks, RegisterMap
+from drivers.modbus.sunspec import SunSpecDriver
 
 
-def device_quirks(register_map: RegisterMap, options: dict[str, float | int | bool]) -> Quirks:
+def device_quirks(register_map: RegisterMap | None, options: dict[str, float | int | bool]) -> Quirks:
     """The map's quirks overridden by the site's per-device `options:` (unknown names rejected)."""
+    base = register_map.options.model_dump() if register_map is not None else {}
     try:
-        return Quirks.model_validate({**register_map.options.model_dump(), **options})
+        return Quirks.model_validate({**base, **options})
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in err["loc"])
@@ -31,7 +33,7 @@ def device_quirks(register_map: RegisterMap, options: dict[str, float | int | bo
 
 def _map_of(cfg: ModbusDeviceConfig, base_dir: Path) -> RegisterMap:
     if cfg.map is None:
-        raise PermanentError(f"{cfg.id}: SunSpec discovery needs the sunspec driver (use map: for now)")
+        raise PermanentError(f"{cfg.id}: set 'map' or 'sunspec: true'")
     try:
         return load_map(cfg.map, base_dir=base_dir)
     except MapError as exc:
@@ -52,8 +54,12 @@ def create_driver(cfg: DeviceConfig, *, pool: BusPool, base_dir: Path) -> Driver
     """A ready-to-enter driver for one configured device (raises PermanentError on bad config)."""
     if not isinstance(cfg, ModbusDeviceConfig):
         raise PermanentError("MQTT device drivers are not available yet")
+    conn = parse_connection(cfg.connection)
+    if cfg.sunspec:
+        quirks = device_quirks(None, cfg.options)
+        bus = pool.bus(conn, timeout_s=cfg.timeout_s, options=quirks.model_dump())
+        return SunSpecDriver(device_id=cfg.id, bus=bus, unit_id=cfg.unit_id, quirks=quirks)
     register_map = _map_of(cfg, base_dir)
     quirks = device_quirks(register_map, cfg.options)
-    conn = parse_connection(cfg.connection)
     bus = pool.bus(conn, timeout_s=cfg.timeout_s, options=quirks.model_dump())
     return ModbusDriver(device_id=cfg.id, register_map=register_map, bus=bus, unit_id=cfg.unit_id, quirks=quirks)

@@ -1,9 +1,193 @@
-"""Command registration stub (filled in by the owner of this area)."""
+"""`gia scan`, `gia sim`, `gia read`: the commands a technician uses at the meter cabinet.
+
+Heavy modules (pymodbus) are imported inside the commands so `gia --help` stays instant on a Pi.
+Exit codes: 0 success; 1 the device could not be read (timeout, refused, exception response); 2 bad
+input (unknown map, malformed URL).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+import signal
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+if TYPE_CHECKING:  # imported lazily at run time: pymodbus is slow to import on a Pi
+    from drivers.config import Connection
+    from drivers.modbus.registermap import RegisterMap
+    from drivers.modbus.scan import ScanHit
+    from drivers.model import Sample
+
+Url = Annotated[str, typer.Argument(help="tcp://HOST[:PORT], rtu:///dev/ttyUSB0?baud=9600 or rtu+tcp://HOST:PORT")]
+
+
+def _quiet_pymodbus() -> None:
+    # pymodbus logs every timeout with a frame dump at ERROR; the commands report errors themselves.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+
+
+def _connection(url: str) -> Connection:
+    from drivers.config import parse_connection
+
+    try:
+        return parse_connection(url)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def register(app: typer.Typer) -> None:
-    """Add this area's commands to `gia`."""
+    """Add scan, sim and read to `gia`."""
+
+    @app.command("scan")
+    def scan_cmd(
+        url: Url,
+        units: Annotated[str, typer.Option(help="unit ids to probe, e.g. 1-10,100,225")] = "1-10,100,126,225,247",
+        timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 0.5,
+        site_id: Annotated[str, typer.Option("--site-id", help="site id for the printed config")] = "my-site",
+    ) -> None:
+        """Find unit ids, SunSpec models and known device maps; print a config snippet."""
+        from drivers.maps import bundled_maps, load_map
+        from drivers.modbus.bus import BusPool
+        from drivers.modbus.scan import config_snippet, describe, parse_units, scan
+
+        _quiet_pymodbus()
+        conn = _connection(url)
+        try:
+            unit_list = parse_units(units)
+        except ValueError as exc:
+            typer.echo(f"error: --units: {exc}", err=True)
+            raise typer.Exit(2) from None
+        maps = {name: load_map(name) for name in bundled_maps()}
+
+        async def run() -> list[ScanHit]:
+            async with BusPool() as pool:
+                bus = pool.bus(conn, timeout_s=timeout, options={})
+                return list(await scan(bus, unit_list, maps))
+
+        typer.echo(f"scanning {url}, units {units} ...", err=True)
+        hits = asyncio.run(run())
+        for hit in hits:
+            typer.echo(describe(hit), err=True)
+        if not hits:
+            typer.echo("no unit answered; check wiring, baud rate, parity and unit ids", err=True)
+            raise typer.Exit(1)
+        typer.echo(config_snippet(url, hits, site_id=site_id))
+
+    @app.command("sim")
+    def sim_cmd(
+        map_name: Annotated[str, typer.Argument(metavar="MAP", help="bundled map name or map file")] = "",
+        listen: Annotated[str, typer.Option(help="tcp://HOST:PORT, rtu+tcp://HOST:PORT or rtu:///dev/pts/N")] = (
+            "tcp://127.0.0.1:5020"
+        ),
+        unit: Annotated[list[int] | None, typer.Option(help="unit id(s) to answer as (repeatable)")] = None,
+        speed: Annotated[float, typer.Option(help="simulated time runs N times faster")] = 1.0,
+        list_maps: Annotated[bool, typer.Option("--list", help="list the bundled maps and exit")] = False,
+    ) -> None:
+        """Serve a device map as a simulated Modbus device (values follow a daily profile)."""
+        from drivers.maps import MapError, bundled_maps, load_map
+
+        if list_maps or not map_name:
+            for name in bundled_maps():
+                m = load_map(name)
+                typer.echo(f"{name:28} {m.device_class:13} {m.product.brand} {m.product.model}")
+            if not list_maps:
+                raise typer.Exit(2)
+            return
+        try:
+            register_map = load_map(map_name, base_dir=Path.cwd())
+        except MapError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+        _quiet_pymodbus()
+        units = tuple(unit or [register_map.default_unit_id])
+        asyncio.run(_serve(register_map, listen=listen, units=units, speed=speed))
+
+    @app.command("read")
+    def read_cmd(
+        url: Url,
+        unit: Annotated[int, typer.Option(help="Modbus unit id")] = 1,
+        map_name: Annotated[str | None, typer.Option("--map", help="bundled map name or map file")] = None,
+        sunspec: Annotated[bool, typer.Option("--sunspec", help="discover SunSpec models instead of a map")] = False,
+        as_json: Annotated[bool, typer.Option("--json", help="print a JSON list of samples")] = False,
+        timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 3.0,
+    ) -> None:
+        """Read a device once and print its samples: "does my meter work?"."""
+        from drivers.base import DriverError
+        from drivers.config import ModbusDeviceConfig
+        from drivers.factory import create_driver
+        from drivers.modbus.bus import BusPool
+        from drivers.model import iso_utc
+
+        if (map_name is None) == (not sunspec):
+            typer.echo("error: give exactly one of --map MAP or --sunspec", err=True)
+            raise typer.Exit(2)
+        _connection(url)
+        _quiet_pymodbus()
+        try:
+            cfg = ModbusDeviceConfig(
+                id="device", connection=url, unit_id=unit, map=map_name, sunspec=sunspec, timeout_s=timeout
+            )
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+        async def run() -> Sequence[Sample]:
+            async with BusPool() as pool:
+                driver = create_driver(cfg, pool=pool, base_dir=Path.cwd())
+                async with driver:
+                    return await driver.read(datetime.now(UTC).replace(microsecond=0))
+
+        try:
+            samples = asyncio.run(run())
+        except DriverError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        rows = [
+            {
+                "quantity": s.quantity,
+                "value": s.value,
+                "unit": s.unit,
+                "quality": str(s.quality),
+                "ts": iso_utc(s.ts),
+            }
+            for s in samples
+        ]
+        if as_json:
+            typer.echo(json.dumps(rows))
+            return
+        for r in rows:
+            value = "-" if r["value"] is None else f"{r['value']:g}" if isinstance(r["value"], float) else r["value"]
+            typer.echo(f"{r['quantity']:22} {value!s:>16} {r['unit']:5} {r['quality']}")
+
+
+async def _serve(register_map: RegisterMap, *, listen: str, units: tuple[int, ...], speed: float) -> None:
+    from drivers.sim.generators import ProfileValues
+    from drivers.sim.server import SimServer
+
+    start = datetime.now(UTC)
+
+    def now() -> datetime:
+        return start + (datetime.now(UTC) - start) * speed
+
+    server = SimServer(register_map, listen=listen, unit_ids=units, values=ProfileValues(register_map, now=now))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await server.start()
+    typer.echo(
+        f"serving {register_map.name} ({register_map.product.brand} {register_map.product.model}) on {listen},"
+        f" unit(s) {', '.join(map(str, units))}; Ctrl-C stops",
+        err=True,
+    )
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

@@ -52,8 +52,9 @@ def register_value(reg: Register, words: Sequence[int], sf_exponent: int | None 
         if sf_exponent is None:
             return None, Quality.INVALID
         value = value * 10.0**sf_exponent
-    elif reg.scale is not None:
-        value = value * reg.scale
+    if reg.scale is not None:
+        # 2302 x 0.1 is 230.20000000000002 in binary; keep the decimal the device meant
+        value = float(f"{value * reg.scale:.12g}")
     if reg.offset is not None:
         value += reg.offset
     if reg.invert:

@@ -160,7 +160,9 @@ class Register(BaseModel):
     data_type: DataType | None = None
     word_order: WordOrder | None = None
     length: int | None = Field(default=None, ge=1, le=64, description="string length in registers")
-    scale: float | None = Field(default=None, description="multiply the raw value (e.g. 0.1, 1000 for kWh->Wh)")
+    scale: float | None = Field(
+        default=None, description="multiply the raw value (e.g. 0.1, 1000 for kWh->Wh); after a scale factor"
+    )
     scale_factor: str | None = Field(default=None, description="name of a scale-factor register (10^sf)")
     offset: float | None = Field(default=None, description="added after scaling")
     invert: bool | None = Field(default=None, description="flip the sign (device's sign convention differs)")
@@ -275,8 +277,6 @@ class RegisterMap(BaseModel):
                 )
             if reg.modulus is not None and spec.kind is not QuantityKind.COUNTER:
                 raise ValueError(f"{where}: 'modulus' is only for energy counters")
-            if reg.scale is not None and reg.scale_factor is not None:
-                raise ValueError(f"{where}: set 'scale' or 'scale_factor', not both")
             if reg.scale_factor is not None and reg.scale_factor not in sf_names:
                 raise ValueError(f"{where}: scale_factor {reg.scale_factor!r} is not in scale_factors")
             if reg.scale == 0:

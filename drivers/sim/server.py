@@ -69,10 +69,10 @@ def encode_register(reg: Register, value: float | int | None, *, sf_exponent: in
         v = -v
     if reg.offset is not None:
         v -= reg.offset
+    if reg.scale is not None:
+        v /= reg.scale
     if reg.scale_factor is not None:
         v /= 10.0**sf_exponent
-    elif reg.scale is not None:
-        v /= reg.scale
     if dt in FLOATS:
         return encode(v, dt, reg.order)
     lo, hi = int_range(dt)
@@ -124,12 +124,14 @@ class SimServer:
 
     def __init__(
         self,
-        register_map: RegisterMap,
+        register_map: RegisterMap | None,
         *,
         listen: str,
         unit_ids: Sequence[int] = (1,),
         values: Values | None = None,
+        static: Mapping[RegisterType, Mapping[int, int]] | None = None,
     ) -> None:
+        """`static` adds fixed registers (e.g. a SunSpec image) on top of the map's (map may be None)."""
         self.map = register_map
         self.listen = listen
         self.unit_ids = tuple(unit_ids)
@@ -139,7 +141,18 @@ class SimServer:
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._task: asyncio.Task[None] | None = None
         self.stats = SimStats()
-        self._layout = build_image(register_map, {})
+        self._static = {k: dict(v) for k, v in (static or {}).items()}
+        self._layout = self._image({})
+
+    def _image(self, values: Mapping[str, float | int | None]) -> dict[RegisterType, dict[int, int]]:
+        image: dict[RegisterType, dict[int, int]] = (
+            build_image(self.map, values)
+            if self.map is not None
+            else {"holding": {}, "input": {}, "coil": {}, "discrete": {}}
+        )
+        for rtype, words in self._static.items():
+            image[rtype].update(words)
+        return image
 
     # -- control ---------------------------------------------------------------------------------------
     def pause(self) -> None:
@@ -201,7 +214,7 @@ class SimServer:
         if rtype is None or set_values is not None:
             return ExcCodes.ILLEGAL_FUNCTION if set_values is not None else None
         try:
-            image = build_image(self.map, self._values())[rtype]
+            image = self._image(self._values())[rtype]
         except Exception:  # a broken value generator must not kill the server
             log.exception("simulator value generator failed")
             return ExcCodes.DEVICE_FAILURE

@@ -27,6 +27,7 @@ def driver_for(server: object, pool: BusPool, name: str, **quirks: object) -> Mo
 
     assert isinstance(server, SimServer)
     m = server.map
+    assert m is not None
     q = m.options.model_copy(update={"pause_after_connect_s": 0.0, "inter_frame_delay_s": 0.0, **quirks})
     bus = pool.bus(parse_connection(server.listen), timeout_s=0.4, options={"busy_delay_s": 0.01})
     return ModbusDriver(device_id=name, register_map=m, bus=bus, unit_id=server.unit_ids[0], quirks=q)

@@ -1,0 +1,144 @@
+"""`gia scan`: which unit ids answer on a connection, which speak SunSpec, which match a bundled map.
+
+A unit counts as present when it answers at all, even with an exception (a meter that rejects
+register 0 is still there); a timeout or a gateway exception (10/11) means nobody is home. Known maps
+are recognised by their identity registers (model codes, model-name strings), never by guessing from
+plausible values. The result prints as a complete minimal gia.yaml that `gia check-config` accepts.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from drivers.base import PermanentError, TransientError
+from drivers.modbus.bus import DeviceException, ModbusBus
+from drivers.modbus.decode import decode
+from drivers.modbus.registermap import Identity, RegisterMap
+from drivers.modbus.sunspec import discover
+
+
+@dataclass
+class ScanHit:
+    unit: int
+    maps: list[str] = field(default_factory=list)
+    sunspec_base: int | None = None
+    sunspec_models: list[int] = field(default_factory=list)
+    product: str = ""
+
+
+def parse_units(spec: str) -> list[int]:
+    """'1-10,100,225' -> [1..10, 100, 225] (0..255)."""
+    units: list[int] = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        a, b = int(lo), int(hi or lo)
+        if not 0 <= a <= b <= 255:
+            raise ValueError(f"unit range {part!r} must be within 0..255")
+        units.extend(range(a, b + 1))
+    return sorted(set(units))
+
+
+async def _present(bus: ModbusBus, unit: int) -> bool:
+    try:
+        await bus.read("holding", 0, 1, unit=unit)
+    except DeviceException:
+        return True
+    except TransientError:
+        return False
+    return True
+
+
+async def _identity_matches(bus: ModbusBus, unit: int, register_map: RegisterMap, ident: Identity) -> bool:
+    try:
+        words = await bus.read(ident.type, register_map.protocol_address(ident.address), ident.words, unit=unit)
+    except (DeviceException, TransientError):
+        return False
+    value = decode(words, ident.data_type, ident.word_order)
+    if ident.startswith is not None:
+        return isinstance(value, str) and value.startswith(ident.startswith)
+    if ident.equals is not None:
+        return value == ident.equals
+    return ident.one_of is not None and value in ident.one_of
+
+
+async def scan_unit(bus: ModbusBus, unit: int, maps: dict[str, RegisterMap]) -> ScanHit | None:
+    if not await _present(bus, unit):
+        return None
+    hit = ScanHit(unit)
+    try:
+        dev = await discover(bus, unit)
+        hit.sunspec_base = dev.base
+        hit.sunspec_models = [m.id for m in dev.models]
+        hit.product = f"{dev.register_map.product.brand} {dev.register_map.product.model}".strip()
+    except (PermanentError, TransientError):
+        pass  # not SunSpec, or nothing in its models GIA reads: maps may still match
+    for name, m in maps.items():
+        if m.identity and all([await _identity_matches(bus, unit, m, i) for i in m.identity]):
+            hit.maps.append(name)
+            hit.product = hit.product or f"{m.product.brand} {m.product.model}"
+    return hit
+
+
+async def scan(bus: ModbusBus, units: Sequence[int], maps: dict[str, RegisterMap]) -> list[ScanHit]:
+    hits = []
+    for unit in units:
+        hit = await scan_unit(bus, unit, maps)
+        if hit is not None:
+            hits.append(hit)
+    return hits
+
+
+def _device_id(hit: ScanHit, used: set[str]) -> str:
+    stem = hit.maps[0] if hit.maps else ("sunspec" if hit.sunspec_models else "device")
+    base = re.sub(r"[^a-z0-9_-]", "-", f"{stem}-{hit.unit}".lower())[:60]
+    name, n = base, 2
+    while name in used:
+        name, n = f"{base}-{n}", n + 1
+    used.add(name)
+    return name
+
+
+def config_snippet(connection: str, hits: Sequence[ScanHit], *, site_id: str = "my-site") -> str:
+    """A minimal, valid gia.yaml for the devices found (the HTTP API off until tokens are added)."""
+    devices: list[dict[str, Any]] = []
+    used: set[str] = set()
+    notes: list[str] = []
+    for hit in hits:
+        dev: dict[str, Any] = {
+            "id": _device_id(hit, used),
+            "driver": "modbus",
+            "connection": connection,
+            "unit_id": hit.unit,
+        }
+        if hit.maps:
+            dev["map"] = hit.maps[0]
+        elif hit.sunspec_models:
+            dev["sunspec"] = True
+        else:
+            notes.append(f"# unit {hit.unit} answers but matches no bundled map: write a map (drivers/maps/README.md)")
+            continue
+        devices.append(dev)
+    doc = {"site": {"id": site_id}, "devices": devices, "http": {"enabled": False}}
+    header = [f"# gia scan {connection}: {len(hits)} unit(s) answered", *notes]
+    return "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
+
+
+def describe(hit: ScanHit) -> str:
+    parts = [f"unit {hit.unit}:"]
+    if hit.product:
+        parts.append(hit.product)
+    if hit.sunspec_models:
+        parts.append(f"SunSpec at {hit.sunspec_base}, models {', '.join(map(str, hit.sunspec_models))}")
+    if hit.maps:
+        parts.append(f"map {', '.join(hit.maps)}")
+    if len(parts) == 1:
+        parts.append("answers, no known map")
+    return " ".join(parts)
