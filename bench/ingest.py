@@ -60,7 +60,7 @@ BATCH_ENTRIES = int(os.environ.get("BENCH_BATCH", "5000"))
 
 
 def make_samples(n: int, t0: datetime) -> list[Sample]:
-    out = []
+    out: list[Sample] = []
     i = 0
     while len(out) < n:
         dev = f"m{i % 10}"
@@ -78,14 +78,14 @@ def cfg(vm: VictoriaMetrics, bucket: str) -> InfluxConfig:
         api="v2",
         token="bench-token",
         org="gia",
-        bucket=bucket,  # type: ignore[arg-type]
+        bucket=bucket,
         batch_size=BATCH_ENTRIES,
     )
 
 
 def baseline(vm: VictoriaMetrics, samples: list[Sample]) -> float:
     """Stage A: raw influxdb-client writes of the sink's own lines, same batch size."""
-    from influxdb_client import InfluxDBClient
+    from influxdb_client.client.influxdb_client import InfluxDBClient
     from influxdb_client.client.write_api import SYNCHRONOUS
 
     with tempfile.TemporaryDirectory() as tmp:

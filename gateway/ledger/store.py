@@ -100,7 +100,7 @@ class ChainCheck:
     problem: str | None = None
 
 
-_json_string = json.encoder.encode_basestring  # type: ignore[attr-defined]  # RFC 8785 string rules
+_json_string = json.encoder.encode_basestring  # RFC 8785 string rules (non-ASCII kept, controls escaped)
 
 
 def _json_number(value: Value) -> str:
