@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import uvicorn
 
@@ -66,6 +67,7 @@ class Agent:
         self.writer: LedgerWriter | None = None
         self.live = LiveState()
         self._stopping = False
+        self.reports = self._report_service()
 
     # -- health ---------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -114,8 +116,51 @@ class Agent:
         ]
         return Authenticator(tokens, anonymous_viewer_on_loopback=self.settings.http.anonymous_viewer_on_loopback)
 
+    def _report_service(self) -> Any:
+        from gateway.certification.service import ReportService
+
+        return ReportService(self.settings, now_ms=lambda: to_ms(self.clock.now()))
+
     def api_services(self) -> ApiServices:
-        return ApiServices(site=self.settings.site.id, live=self.live, auth=self._authenticator(), health=self.health)
+        from gateway.certification.service import LedgerUnavailable, MalformedMonth, MonthInFuture, UnknownSite
+
+        return ApiServices(
+            site=self.settings.site.id,
+            live=self.live,
+            auth=self._authenticator(),
+            health=self.health,
+            reports=self.reports,
+            report_errors=[
+                (UnknownSite, 404, "unknown_site"),
+                (MalformedMonth, 400, "bad_month"),
+                (MonthInFuture, 400, "month_in_future"),
+                (LedgerUnavailable, 503, "ledger_unavailable"),
+            ],
+        )
+
+    async def _publish_reports(self) -> None:
+        """Publish the signed report of the last closed month (retained) at start and when a month closes."""
+        from gateway.certification.periods import month_period, shift_month
+        from gateway.sinks.topics import Topics
+
+        assert self.settings.mqtt is not None
+        topics = Topics.for_site(self.settings.mqtt.prefix, self.settings.site.id)
+        published: str | None = None
+        while True:
+            now = self.clock.now().astimezone(ZoneInfo(self.settings.site.timezone))
+            last_closed = shift_month(f"{now.year:04d}-{now.month:02d}", -1)
+            if last_closed != published:
+                try:
+                    body = await asyncio.to_thread(self.reports.report_json, self.settings.site.id, last_closed)
+                except Exception as exc:  # no readings yet, ledger busy: try again later
+                    log.warning("report %s not published: %s", last_closed, exc)
+                else:
+                    self.outbox.put(topics.report(last_closed), body)
+                    published = last_closed
+                    log.info("published signed report %s", last_closed)
+            nxt = month_period(shift_month(last_closed, 2), self.settings.site.timezone).start_ms
+            wait_s = min(3600.0, max(60.0, (nxt - to_ms(self.clock.now())) / 1000))
+            await asyncio.sleep(wait_s / getattr(self.clock, "speed", 1.0))
 
     async def _serve_http(self) -> None:
         cfg = self.settings.http
@@ -233,6 +278,8 @@ class Agent:
                 for fw in self.forwarders:
                     self.supervisor.add(f"sink:{fw.name}", fw.run)
                 self.supervisor.add("retention", lambda: self._retention(writer))
+                if s.mqtt is not None:
+                    self.supervisor.add("reports", self._publish_reports)
                 if s.http.enabled:
                     self.supervisor.add("http", self._serve_http)
                 for name, part in self.extra_parts.items():

@@ -29,9 +29,13 @@ MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
 class ReportProvider(Protocol):
-    """What the certification layer offers the API (see gateway/certification/service.py)."""
+    """What the certification layer offers the API (gateway/certification/service.py: ReportService)."""
 
-    def report(self, site: str, month: str, fmt: str) -> tuple[bytes, str]: ...
+    def report_json(self, site: str, month: str) -> bytes: ...
+
+    def report_csv(self, site: str, month: str) -> bytes: ...
+
+    def report_pdf(self, site: str, month: str) -> bytes: ...
 
     def evidence_zip(self, site: str, month: str) -> bytes: ...
 
@@ -47,8 +51,8 @@ class ApiServices:
     reports: ReportProvider | None = None
     forecast: Callable[[str], dict[str, Any] | None] = field(default=lambda _t: None)
     flexibility: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
-    #: Report errors the provider raises, mapped to (status, error code): filled by the agent.
-    report_errors: dict[type[Exception], tuple[int, str]] = field(default_factory=dict)
+    #: Report errors the provider raises, mapped to (status, error code), most specific first.
+    report_errors: list[tuple[type[Exception], int, str]] = field(default_factory=list)
 
 
 def _error(status: int, error: str, detail: Any = "") -> JSONResponse:
@@ -201,9 +205,11 @@ def create_app(services: ApiServices) -> FastAPI:
     async def _call_reports(fn: Callable[[], Any]) -> Any:
         try:
             return await asyncio.to_thread(fn)
-        except tuple(services.report_errors) as exc:
-            status, code = services.report_errors[type(exc)]
-            raise ApiError(status, code, str(exc)) from None
+        except Exception as exc:
+            for kind, status, code in services.report_errors:
+                if isinstance(exc, kind):
+                    raise ApiError(status, code, str(exc)) from None
+            raise
 
     @app.get("/api/v1/sites/{site}/reports/{month}", tags=["certification"], summary="Signed monthly report")
     async def report(
@@ -215,8 +221,11 @@ def create_app(services: ApiServices) -> FastAPI:
         _check_report_request(principal, site, month)
         assert services.reports is not None
         reports = services.reports
-        body, media = await _call_reports(lambda: reports.report(site, month, format))
-        return Response(body, media_type=media)
+        build = {"json": reports.report_json, "csv": reports.report_csv, "pdf": reports.report_pdf}[format]
+        media = {"json": "application/json", "csv": "text/csv", "pdf": "application/pdf"}[format]
+        body = await _call_reports(lambda: build(site, month))
+        headers = {} if format == "json" else {"Content-Disposition": f'attachment; filename="{site}-{month}.{format}"'}
+        return Response(body, media_type=media, headers=headers)
 
     @app.get("/api/v1/sites/{site}/evidence/{month}", tags=["certification"], summary="Evidence bundle (zip)")
     async def evidence(site: str, month: str, principal: Certifier) -> Response:
@@ -232,6 +241,7 @@ def create_app(services: ApiServices) -> FastAPI:
 
     @app.get("/api/v1/keys", tags=["certification"], summary="Public signing keys with fingerprints")
     async def keys() -> dict[str, Any]:
-        return {"keys": services.reports.public_keys() if services.reports else []}
+        reports = services.reports
+        return {"keys": await asyncio.to_thread(reports.public_keys) if reports else []}
 
     return app
