@@ -24,6 +24,7 @@ The model (certification.md):
 from __future__ import annotations
 
 import bisect
+import itertools
 import operator
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -31,6 +32,7 @@ from fractions import Fraction
 from typing import Any, Final, Literal
 
 from gateway.certification.exact import dec_ge, dec_le, iso_ms, ratio
+from gateway.certification.merkle import DAY_MS, day_of, merkle_root
 from gateway.certification.solar import sun_elevation_deg
 
 Method = Literal["measured", "interpolated", "estimated", "missing"]
@@ -176,6 +178,10 @@ class ChannelResult:
     used: Series
     energy_wh: int
     grade: str
+    #: (UTC day, entries, Merkle root) of the readings used, per day
+    day_roots: list[tuple[str, int, bytes]] = field(default_factory=list)
+    #: (first ts, first seq, last ts, last seq) of the readings used; None when none
+    used_bounds: tuple[int, int, int, int] | None = None
 
 
 def _boundary(ts: list[int], t: int, p: Params) -> _Bound:
@@ -249,12 +255,7 @@ class _Steps:
             e[k] = est
             self.kind[k] = "reset"
         self.e = e
-        u = [0] * self.n
-        acc = 0
-        # itertools.accumulate would do, but an explicit loop keeps U[0] = 0 with no extra copy
-        for k, d in enumerate(e):
-            acc += d
-            u[k + 1] = acc
+        u = list(itertools.accumulate(e, initial=0))
         self.u = u
         self.ts = ts
         self.estimated = {k for k, kd in self.kind.items() if kd == "reset"}
@@ -608,12 +609,28 @@ def compute_channel(
         "readings": {
             "count": n,
             "first_seq": s.seq[0] if n else None,
+            "first_ts": iso_ms(s.ts[0]) if n else None,
             "last_seq": s.seq[-1] if n else None,
+            "last_ts": iso_ms(s.ts[-1]) if n else None,
         },
         "grade": grade,
         "reasons": reasons,
     }
-    return ChannelResult(spec, out, interval_wh, quality, s, total * m, grade)
+    bounds = (s.ts[0], s.seq[0], s.ts[-1], s.seq[-1]) if n else None
+    return ChannelResult(spec, out, interval_wh, quality, s, total * m, grade, channel_day_roots(s), bounds)
+
+
+def channel_day_roots(s: Series) -> list[tuple[str, int, bytes]]:
+    """Merkle root of one channel's used readings per UTC day (leaves = chain hashes, time order)."""
+    out: list[tuple[str, int, bytes]] = []
+    ts = s.ts
+    i = 0
+    while i < len(ts):
+        d = ts[i] // DAY_MS
+        j = bisect.bisect_left(ts, (d + 1) * DAY_MS, i)
+        out.append((day_of(d * DAY_MS), j - i, merkle_root(s.hash[i:j])))
+        i = j
+    return out
 
 
 def night_flags(params: Params, start_ms: int, end_ms: int) -> list[bool] | None:

@@ -30,7 +30,7 @@ from gateway.certification.compute import (
     night_flags,
 )
 from gateway.certification.exact import dec_ge, iso_ms, ratio, wh_times_factor_kg
-from gateway.certification.merkle import DAY_MS, day_of, merkle_root
+from gateway.certification.merkle import merkle_root
 
 SCHEMA: Final = "gia-monthly-report/1"
 GRADES: Final = ("verified", "provisional", "unverified")
@@ -163,41 +163,31 @@ def report_quality(results: Sequence[ChannelResult], *, complete: bool, threshol
     return {"grade": GRADES[worst], "reasons": reasons, "thresholds": thresholds, "channels": counts}
 
 
-def day_leaves(used: Sequence[Series]) -> dict[str, list[bytes]]:
-    """Chain hashes of the readings used, grouped by UTC day, in channel order then (ts, seq) order."""
-    days: dict[int, list[bytes]] = {}
-    for s in used:
-        ts = s.ts
-        i = 0
-        while i < len(ts):
-            d = ts[i] // DAY_MS
-            j = _first_at_or_after(ts, (d + 1) * DAY_MS, i)
-            days.setdefault(d, []).extend(s.hash[i:j])
-            i = j
-    return {day_of(d * DAY_MS): days[d] for d in sorted(days)}
-
-
-def _first_at_or_after(ts: list[int], t: int, lo: int) -> int:
-    import bisect
-
-    return bisect.bisect_left(ts, t, lo)
-
-
-def evidence_summary(used: Sequence[Series], *, head_seq: int, head_hash: bytes) -> dict[str, Any]:
-    days = day_leaves(used)
-    roots = [merkle_root(h) for h in days.values()]
-    day_list = [
-        {"day": d, "entries": len(h), "merkle_root": r.hex()} for (d, h), r in zip(days.items(), roots, strict=True)
-    ]
+def evidence_summary(
+    day_roots: Sequence[list[tuple[str, int, bytes]]], *, head_seq: int, head_hash: bytes
+) -> dict[str, Any]:
+    """Chain head plus Merkle roots: per (channel, UTC day), per day over the channels, per month."""
+    by_day: dict[str, list[tuple[int, bytes]]] = {}
+    for channel_roots in day_roots:
+        for day, n, root in channel_roots:
+            by_day.setdefault(day, []).append((n, root))
+    days = []
+    roots = []
+    for day in sorted(by_day):
+        root = merkle_root([r for _, r in by_day[day]])
+        roots.append(root)
+        days.append({"day": day, "entries": sum(n for n, _ in by_day[day]), "merkle_root": root.hex()})
     return {
         "chain": "hash_n = SHA-256(hash_{n-1} || RFC8785(entry)); hash_0 = 32 zero bytes",
-        "merkle": "leaves = chain hashes of the readings used per UTC day (channel order, then time);"
-        " node = SHA-256(0x01 || left || right); odd node carried up; month root over day roots",
+        "merkle": "16-ary: node = SHA-256(0x01 || up to 16 children), a lone last child carried up; per"
+        " channel and UTC day over"
+        " the chain hashes of the readings used (time order); per day over the channel roots (report"
+        " channel order); month root over the day roots",
         "chain_head": head_hash.hex(),
         "chain_head_seq": head_seq,
-        "entries": sum(len(h) for h in days.values()),
+        "entries": sum(d["entries"] for d in days),
         "merkle_root": merkle_root(roots).hex(),
-        "days": day_list,
+        "days": days,
     }
 
 

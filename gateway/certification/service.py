@@ -27,10 +27,10 @@ from typing import Any
 
 from gateway import __version__
 from gateway.certification import bundle
-from gateway.certification.compute import ChannelResult, ChannelSpec, Params, Replacement, Series
+from gateway.certification.compute import ChannelResult, ChannelSpec, Params, Series, compute_channel, night_flags
 from gateway.certification.exact import iso_ms
 from gateway.certification.periods import BadMonth, Period, month_period, shift_month
-from gateway.certification.report import assemble, compute_all, evidence_summary, period_json
+from gateway.certification.report import assemble, evidence_summary, period_json
 from gateway.certification.signing import KeyStore, canonical, public_pem
 from gateway.certification.source import LedgerSource
 from gateway.settings import Settings
@@ -184,11 +184,12 @@ class ReportService:
         prev = self._stored(shift_month(month, -1))
         if prev is not None:
             files[bundle.PREVIOUS] = prev
+        max_seq = int(rep["evidence"]["chain_head_seq"])
         src = self._source()
         try:
             lines: list[str] = []
             for r in b.results:
-                rows = src.evidence_rows(r.spec.device, r.spec.quantity, r.used.seq)
+                rows = src.evidence_rows(r.spec.device, r.spec.quantity, r.used_bounds, max_seq=max_seq)
                 for seq, ts_ms, value, unit, quality, h, prev_h in rows:
                     lines.append(
                         bundle.reading_line(
@@ -346,23 +347,32 @@ class ReportService:
             end = max(period.start_ms + step, period.start_ms + (now - period.start_ms) // step * step)
             as_of = end
         margin = (p.max_interpolation_s + p.boundary_tolerance_s) * 1000
-        series: dict[str, Series] = {}
-        bad: dict[str, int] = {}
-        reps: dict[str, list[Replacement]] = {}
+        night = night_flags(p, period.start_ms, end) if any(x.source == "pv" for x in self.specs) else None
+        results: list[ChannelResult] = []
         src = self._source()
         try:
             all_reps = src.replacements()
             for spec in self.specs:
-                series[spec.id] = src.series(
+                # one channel at a time, keeping only its intervals and Merkle roots: a month of 10-s
+                # readings is ~270 k rows per channel, and a Pi should not hold 20 of them at once
+                series, bad = src.series(
                     spec.device, spec.quantity, period.start_ms, end, margin_ms=margin, max_seq=max_seq
                 )
-                bad[spec.id] = src.bad_count(spec.device, spec.quantity, period.start_ms, end, max_seq=max_seq)
-                reps[spec.id] = [r for r in all_reps if r.device == spec.device and r.quantity == spec.quantity]
+                result = compute_channel(
+                    spec,
+                    series,
+                    start_ms=period.start_ms,
+                    end_ms=end,
+                    params=p,
+                    replacements=[r for r in all_reps if r.device == spec.device and r.quantity == spec.quantity],
+                    bad_readings=bad,
+                    night=night,
+                )
+                del series
+                result.used = Series()
+                results.append(result)
         finally:
             src.close()
-        results = compute_all(
-            self.specs, series, start_ms=period.start_ms, end_ms=end, params=p, replacements=reps, bad_readings=bad
-        )
         if stored is not None:
             return Built(json.loads(stored), stored, results, period.start_ms, end)
         c = self.settings.certification
@@ -386,7 +396,7 @@ class ReportService:
             factors=factors,
             guarantees=gos,
             results=results,
-            evidence=evidence_summary([r.used for r in results], head_seq=max_seq, head_hash=head_hash),
+            evidence=evidence_summary([r.day_roots for r in results], head_seq=max_seq, head_hash=head_hash),
             previous_sha256=previous_sha,
             generated_at=generated_at,
             generator=f"gia-gateway {__version__}",

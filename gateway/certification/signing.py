@@ -98,30 +98,36 @@ class KeyStore:
             return self._private
         self._dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self._dir, 0o700)
-        try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            data = self.path.read_bytes()
+        if not self.path.exists():
+            # write a complete file under a private name, then link it into place: a concurrent caller
+            # (API thread, CLI) either wins the link or reads the winner's complete key, never half a file
+            key = Ed25519PrivateKey.generate()
+            pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+            tmp = self._dir / f".{KEY_FILE}.{os.getpid()}.{id(self)}"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
             try:
-                key = serialization.load_pem_private_key(data, password=None)
-            except ValueError as exc:
-                raise KeyFileError(f"{self.path}: not a usable private key ({exc}); move it aside") from None
-            if not isinstance(key, Ed25519PrivateKey):
-                raise KeyFileError(f"{self.path}: expected an Ed25519 key, got {type(key).__name__}") from None
-            if self.path.stat().st_mode & 0o077:
-                os.chmod(self.path, 0o600)
-            self._private = key
-            return key
-        key = Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        self._private = key
-        return key
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        data = self.path.read_bytes()
+        try:
+            loaded = serialization.load_pem_private_key(data, password=None)
+        except ValueError as exc:
+            raise KeyFileError(f"{self.path}: not a usable private key ({exc}); move it aside") from None
+        if not isinstance(loaded, Ed25519PrivateKey):
+            raise KeyFileError(f"{self.path}: expected an Ed25519 key, got {type(loaded).__name__}") from None
+        if self.path.stat().st_mode & 0o077:
+            os.chmod(self.path, 0o600)
+        self._private = loaded
+        return loaded
 
     def public_key(self) -> Ed25519PublicKey:
         return self._load_or_create().public_key()

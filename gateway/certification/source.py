@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Final
@@ -51,14 +52,25 @@ class LedgerSource:
         row = self._db.execute("SELECT min(ts_ms) FROM readings WHERE counter = 1 AND pruned = 0").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
-    def series(self, device: str, quantity: str, start_ms: int, end_ms: int, *, margin_ms: int, max_seq: int) -> Series:
-        """Good readings in [start - margin, end + margin) plus the nearest one outside on each side."""
+    def series(
+        self, device: str, quantity: str, start_ms: int, end_ms: int, *, margin_ms: int, max_seq: int
+    ) -> tuple[Series, int]:
+        """Good readings in [start - margin, end + margin) plus the nearest good one outside on each side,
+        and the number of kept but unusable readings (not good, or not an integer) inside [start, end)."""
         lo, hi = start_ms - margin_ms, end_ms + margin_ms
+        # one pass over the range: the quality filter is applied here, not in SQL, so the same scan also
+        # counts the unusable readings for the meter-status rule (a second COUNT query costs a full scan)
         rows = self._db.execute(
-            f"SELECT ts_ms, value, seq, hash FROM readings WHERE device = ? AND quantity = ? AND ts_ms >= ?"
-            f" AND ts_ms < ? AND {_GOOD} ORDER BY ts_ms, seq",
+            "SELECT ts_ms, value, seq, hash, quality = 'good' AND typeof(value) = 'integer' FROM readings"
+            " WHERE device = ? AND quantity = ? AND ts_ms >= ? AND ts_ms < ? AND pruned = 0 AND seq <= ?"
+            " ORDER BY ts_ms, seq",
             (device, quantity, lo, hi, max_seq),
         ).fetchall()
+        ok = [r[4] for r in rows]
+        bad = 0
+        if 0 in ok:
+            bad = sum(1 for r in rows if not r[4] and start_ms <= r[0] < end_ms)
+            rows = [r for r in rows if r[4]]
         before = self._db.execute(
             f"SELECT ts_ms, value, seq, hash FROM readings WHERE device = ? AND quantity = ? AND ts_ms < ?"
             f" AND {_GOOD} ORDER BY ts_ms DESC, seq DESC LIMIT 1",
@@ -73,10 +85,8 @@ class LedgerSource:
             rows.insert(0, before)
         if after is not None:
             rows.append(after)
-        if not rows:
-            return Series()
-        ts, val, seq, hashes = (list(c) for c in zip(*rows, strict=True))
-        return Series(ts, val, seq, hashes)
+        series = Series([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
+        return series, bad
 
     def bad_count(self, device: str, quantity: str, start_ms: int, end_ms: int, *, max_seq: int) -> int:
         row = self._db.execute(
@@ -114,25 +124,33 @@ class LedgerSource:
         return out
 
     def evidence_rows(
-        self, device: str, quantity: str, seqs: list[int]
-    ) -> list[tuple[int, int, int, str, str, bytes, bytes]]:
-        """(seq, ts_ms, value, unit, quality, hash, prev_hash) for the given seqs, in the given order."""
-        out: list[tuple[int, int, int, str, str, bytes, bytes]] = []
-        for k in range(0, len(seqs), 500):
-            chunk = seqs[k : k + 500]
-            marks = ",".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT r.seq, r.ts_ms, r.value, r.unit, r.quality, r.hash, p.hash FROM readings r"
-                f" LEFT JOIN readings p ON p.seq = r.seq - 1 WHERE r.seq IN ({marks})",
-                chunk,
-            ).fetchall()
-            by_seq = {int(r[0]): r for r in rows}
-            for s in chunk:
-                r = by_seq[s]
-                prev = bytes(r[6]) if r[6] is not None else GENESIS
-                out.append((int(r[0]), int(r[1]), int(r[2]), str(r[3]), str(r[4]), bytes(r[5]), prev))
-        del device, quantity
-        return out
+        self, device: str, quantity: str, bounds: tuple[int, int, int, int] | None, *, max_seq: int
+    ) -> Iterator[tuple[int, int, int, str, str, bytes, bytes]]:
+        """(seq, ts_ms, value, unit, quality, hash, prev_hash) of the readings a channel used, in (ts, seq)
+        order: the same filter as `series`, between the first and last used (ts, seq)."""
+        if bounds is None:
+            return
+        t0, s0, t1, s1 = bounds
+        cur = self._db.execute(
+            "SELECT r.seq, r.ts_ms, r.value, r.unit, r.quality, r.hash, p.hash FROM readings r"
+            " LEFT JOIN readings p ON p.seq = r.seq - 1"
+            " WHERE r.device = ? AND r.quantity = ? AND r.ts_ms >= ? AND r.ts_ms <= ?"
+            " AND r.pruned = 0 AND r.quality = 'good' AND typeof(r.value) = 'integer' AND r.seq <= ?"
+            " ORDER BY r.ts_ms, r.seq",
+            (device, quantity, t0, t1, max_seq),
+        )
+        for seq, ts_ms, value, unit, quality, h, prev in cur:
+            if (ts_ms, seq) < (t0, s0) or (ts_ms, seq) > (t1, s1):
+                continue
+            yield (
+                int(seq),
+                int(ts_ms),
+                int(value),
+                str(unit),
+                str(quality),
+                bytes(h),
+                bytes(prev) if prev is not None else GENESIS,
+            )
 
 
 def record_meter_replacement(

@@ -36,14 +36,20 @@ import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from gateway.certification import bundle
-from gateway.certification.compute import ChannelResult, ChannelSpec, Params, Replacement, Series
+from gateway.certification.compute import (
+    ChannelResult,
+    ChannelSpec,
+    Params,
+    Replacement,
+    Series,
+    channel_day_roots,
+)
 from gateway.certification.exact import FloatInSignedData, assert_no_float, iso_ms, parse_iso_ms
-from gateway.certification.merkle import merkle_root
 from gateway.certification.periods import BadMonth, month_period
 from gateway.certification.report import (
     SCHEMA,
     compute_all,
-    day_leaves,
+    evidence_summary,
     report_quality,
     site_indicators,
 )
@@ -262,17 +268,15 @@ def _check_evidence(out: Outcome, report: dict[str, Any], files: dict[str, bytes
             [bytes.fromhex(r["hash"]) for r in rows],
         )
     ev = report["evidence"]
-    days = day_leaves([series[i] for i in ids])
-    roots = [merkle_root(h) for h in days.values()]
-    day_list: list[dict[str, Any]] = [
-        {"day": d, "entries": len(h), "merkle_root": r.hex()} for (d, h), r in zip(days.items(), roots, strict=True)
-    ]
-    out.compare("evidence.entries", ev["entries"], sum(len(h) for h in days.values()))
-    out.compare(
-        "evidence.merkle_root",
-        ev["merkle_root"],
-        merkle_root(roots).hex(),
+    specs = [ChannelSpec.from_report(ch) for ch in channels]
+    summary = evidence_summary(
+        [channel_day_roots(series[i]) for i in ids],
+        head_seq=int(ev["chain_head_seq"]),
+        head_hash=bytes.fromhex(ev["chain_head"]),
     )
+    day_list = summary["days"]
+    out.compare("evidence.entries", ev["entries"], summary["entries"])
+    out.compare("evidence.merkle_root", ev["merkle_root"], summary["merkle_root"])
     if ev.get("days") != day_list:
         out.compare("evidence.days", len(ev.get("days", [])), len(day_list))
         if len(ev.get("days", [])) == len(day_list):
@@ -283,7 +287,6 @@ def _check_evidence(out: Outcome, report: dict[str, Any], files: dict[str, bytes
             out.fail("evidence.chain", f"seq {line['seq']} is beyond the signed chain head {ev['chain_head_seq']}")
             break
     # recompute every channel
-    specs = [ChannelSpec.from_report(ch) for ch in channels]
     reps: dict[str, list[Replacement]] = {}
     bad: dict[str, int] = {}
     for ch in channels:

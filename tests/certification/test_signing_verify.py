@@ -260,3 +260,22 @@ def test_verify_imports_no_agent_runtime() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_concurrent_first_use_creates_one_key(tmp_path: Path) -> None:
+    import threading
+
+    from gateway.certification.signing import KeyStore
+
+    ids: list[str] = []
+    threads = [
+        threading.Thread(target=lambda: ids.append(KeyStore(tmp_path / "keys").public_info()["key_id"]))
+        for _ in range(8)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(ids)) == 1 and len(ids) == 8
+    assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["site-ed25519.pem"]
+    assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
