@@ -14,15 +14,16 @@ poll and not requested again.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from types import TracebackType
 from typing import Self
 
 from drivers.base import PermanentError
 from drivers.modbus.bus import ILLEGAL_ADDRESS, DeviceException, ModbusBus
-from drivers.modbus.decode import DataType, decode, is_not_implemented
+from drivers.modbus.decode import FLOATS, DataType, compile_decoder, decode, is_not_implemented
 from drivers.modbus.plan import Field, ReadRequest, plan_reads
 from drivers.modbus.registermap import PollClass, Quirks, Register, RegisterMap
 from drivers.model import QUANTITIES, Quality, QuantityKind, Sample, Value
@@ -32,47 +33,90 @@ def sf_key(name: str) -> str:
     return f"sf:{name}"
 
 
-def register_value(reg: Register, words: Sequence[int], sf_exponent: int | None = None) -> tuple[Value, Quality]:
-    """Convert one register's words to its quantity's unit: the map's whole arithmetic, pure.
+Converter = Callable[[Sequence[int], int | None], tuple[Value, Quality]]
 
-    Order: sentinel check, decode, mask, scale (fixed or 10^sf), offset, sign flip, then range check and
-    the quantity's type (integer Wh for counters, integer codes for status).
+
+def _decimals(x: float) -> int:
+    """Decimal places of a scale such as 0.1 or 0.001 (0 for 1, 10, 1000)."""
+    exponent = Decimal(repr(x)).normalize().as_tuple().exponent
+    return max(0, -int(exponent))
+
+
+def _decode_bit(words: Sequence[int]) -> tuple[int | float, bool]:
+    return (1 if words[0] else 0), False
+
+
+def compile_register(reg: Register) -> Converter:
+    """The map's whole arithmetic for one register, prepared once: (words, sf) -> (value, quality).
+
+    Order: sentinel check, decode, mask, scale factor (10^sf) and fixed scale, offset, sign flip, then
+    range check and the quantity's type (integer Wh for counters, integer codes for status). Integer
+    registers are rounded to the decimals their scale implies (2302 x 0.1 is 230.2, not
+    230.20000000000002).
     """
     dt = reg.dt
-    if reg.sentinel is not False and dt is not DataType.BOOL and is_not_implemented(words, dt, reg.order):
-        return None, Quality.INVALID
-    raw = decode(words, dt, reg.order)
-    assert not isinstance(raw, str)
     kind = QUANTITIES[reg.quantity].kind
+    check_sentinel = reg.sentinel is not False and dt is not DataType.BOOL
+    decode_words: Callable[[Sequence[int]], tuple[int | float, bool]] = (
+        _decode_bit if dt is DataType.BOOL else compile_decoder(dt, reg.order)
+    )
     if dt in (DataType.ENUM, DataType.BITFIELD, DataType.BOOL):
-        code = int(raw) & (reg.mask if reg.mask is not None else 0xFFFFFFFF)
-        return code, Quality.GOOD
-    value: float = float(raw)
-    if reg.scale_factor is not None:
-        if sf_exponent is None:
+        mask = reg.mask if reg.mask is not None else 0xFFFFFFFF
+
+        def code(words: Sequence[int], sf: int | None) -> tuple[Value, Quality]:
+            raw, missing = decode_words(words)
+            if check_sentinel and missing:
+                return None, Quality.INVALID
+            return int(raw) & mask, Quality.GOOD
+
+        return code
+
+    scale, offset, invert, rng = reg.scale, reg.offset, bool(reg.invert), reg.range
+    uses_sf = reg.scale_factor is not None
+    integer_raw = dt not in FLOATS
+    scale_decimals = _decimals(scale) if scale is not None else 0
+    counter, state = kind is QuantityKind.COUNTER, kind is QuantityKind.STATE
+
+    def convert(words: Sequence[int], sf: int | None) -> tuple[Value, Quality]:
+        raw, missing = decode_words(words)
+        if check_sentinel and missing:
             return None, Quality.INVALID
-        value = value * 10.0**sf_exponent
-    if reg.scale is not None:
-        # 2302 x 0.1 is 230.20000000000002 in binary; keep the decimal the device meant
-        value = float(f"{value * reg.scale:.12g}")
-    if reg.offset is not None:
-        value += reg.offset
-    if reg.invert:
-        value = -value
-    if not math.isfinite(value):
-        return None, Quality.INVALID
-    if kind is QuantityKind.COUNTER:
-        count = round(value)
-        if count < 0:
+        value = float(raw)
+        decimals = scale_decimals
+        if uses_sf:
+            if sf is None:
+                return None, Quality.INVALID
+            value *= 10.0**sf
+            decimals += max(0, -sf)
+        if scale is not None:
+            value *= scale
+        if integer_raw and decimals:
+            value = round(value, decimals)
+        if offset is not None:
+            value += offset
+        if invert:
+            value = -value
+        if not math.isfinite(value):
             return None, Quality.INVALID
-        if reg.range is not None and not reg.range[0] <= count <= reg.range[1]:
-            return count, Quality.INVALID
-        return count, Quality.GOOD
-    if kind is QuantityKind.STATE:
-        return round(value), Quality.GOOD
-    if reg.range is not None and not reg.range[0] <= value <= reg.range[1]:
-        return value, Quality.INVALID
-    return value, Quality.GOOD
+        if counter:
+            count = round(value)
+            if count < 0:
+                return None, Quality.INVALID
+            if rng is not None and not rng[0] <= count <= rng[1]:
+                return count, Quality.INVALID
+            return count, Quality.GOOD
+        if state:
+            return round(value), Quality.GOOD
+        if rng is not None and not rng[0] <= value <= rng[1]:
+            return value, Quality.INVALID
+        return value, Quality.GOOD
+
+    return convert
+
+
+def register_value(reg: Register, words: Sequence[int], sf_exponent: int | None = None) -> tuple[Value, Quality]:
+    """Convert one register's words to its quantity's unit (see `compile_register`)."""
+    return compile_register(reg)(words, sf_exponent)
 
 
 def sf_exponent(words: Sequence[int]) -> int | None:
@@ -136,6 +180,10 @@ class ModbusDriver:
         self._static_done = False
         self._poll = 0
         self._last_counter: dict[str, int] = {}
+        self._compiled = [
+            (r, QUANTITIES[r.quantity].unit, QUANTITIES[r.quantity].kind is QuantityKind.COUNTER, compile_register(r))
+            for r in register_map.registers
+        ]
 
     async def __aenter__(self) -> Self:
         return self
@@ -195,8 +243,7 @@ class ModbusDriver:
         words: dict[str, Sequence[int]] = {}
         for req in self._plan(classes):
             await self._read_request(req, words)
-        wanted = [r for r in self.map.by_poll(*classes)]
-        if wanted and all(r.quantity in self.stats.unsupported for r in wanted):
+        if self.stats.unsupported and all(r.quantity in self.stats.unsupported for r in self.map.by_poll(*classes)):
             raise PermanentError(
                 f"{self.device_id}: unit {self.unit_id} answers 'illegal data address' for every register"
                 f" of map {self.map.name!r}; check the unit id and that the map fits the device"
@@ -205,8 +252,7 @@ class ModbusDriver:
         if "static" in classes:
             self._static_done = True
         samples: list[Sample] = []
-        for reg in self.map.registers:
-            unit = QUANTITIES[reg.quantity].unit
+        for reg, unit, counter, convert in self._compiled:
             if reg.poll not in classes:
                 continue  # slow/static values not due this poll: no sample rather than a repeated one
             reg_words = words.get(reg.quantity)
@@ -218,10 +264,10 @@ class ModbusDriver:
                 if reg.scale_factor is not None:
                     sf_words = words.get(sf_key(reg.scale_factor))
                     exp = sf_exponent(sf_words) if sf_words is not None else None
-                value, quality = register_value(reg, reg_words, exp)
+                value, quality = convert(reg_words, exp)
             if quality is Quality.INVALID:
                 self.stats.invalid_values += 1
-            elif QUANTITIES[reg.quantity].kind is QuantityKind.COUNTER and isinstance(value, int):
+            elif counter and isinstance(value, int):
                 last_count = self._last_counter.get(reg.quantity)
                 if last_count is not None and value < last_count and reg.modulus is None:
                     self.stats.counter_decreases += 1

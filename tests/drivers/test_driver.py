@@ -191,3 +191,27 @@ def test_factory_rejects_unknown_options_and_mqtt(tmp_path: Path) -> None:
     bad = ModbusDeviceConfig(id="m", connection="tcp://127.0.0.1:1502", map="nosuch")
     with pytest.raises(PermanentError, match="no bundled map"):
         create_driver(bad, pool=BusPool(), base_dir=tmp_path)
+
+
+async def test_counter_rollover_is_reported_not_hidden(sim_factory: SimFactory) -> None:
+    served: dict[str, float | int | None] = {"energy_export_wh": 6_553_400}
+    server = await sim_factory("victron-gx", values=lambda: served)
+    async with BusPool() as pool:
+        drv = driver_for(server, pool, "bat")
+        first = {s.quantity: s for s in await drv.read(TS)}
+        served["energy_export_wh"] = 6_553_700  # past the 16-bit register's 6553.6 kWh
+        second = {s.quantity: s for s in await drv.read(TS)}
+    assert first["energy_export_wh"].value == 6_553_400
+    assert second["energy_export_wh"].value == 100  # the register wrapped, as the real one does
+    assert second["energy_export_wh"].quality is Quality.GOOD
+    assert drv.stats.counter_decreases == 0  # a declared modulus: downstream unwraps it
+
+    served2: dict[str, float | int | None] = {"energy_export_wh": 42_949_672_900}
+    server2 = await sim_factory("huawei-sun2000", values=lambda: served2)
+    async with BusPool() as pool:
+        drv2 = driver_for(server2, pool, "inv")
+        await drv2.read(TS)
+        served2["energy_export_wh"] = 42_949_673_000  # beyond uint32 x 10 Wh: wraps without a modulus
+        wrapped = {s.quantity: s for s in await drv2.read(TS)}
+    assert wrapped["energy_export_wh"].value == 40  # 4_294_967_300 - 2**32 = 4 (x 10 Wh)
+    assert drv2.stats.counter_decreases == 1  # counted, so the operator sees it
