@@ -79,3 +79,14 @@ def test_duplicate_quantity_rejected() -> None:
     text = GOOD + "  - {quantity: power_w, address: 10}\n"
     with pytest.raises(MapError, match="appears twice"):
         parse_map(text, source="dup.yaml")
+
+
+def test_readme_table_is_generated_from_the_maps() -> None:
+    from drivers.maps import MAPS_DIR
+    from drivers.maps.gen_table import BEGIN, END, supported_devices_table
+
+    text = (MAPS_DIR / "README.md").read_text()
+    table = text[text.index(BEGIN) + len(BEGIN) : text.index(END)].strip()
+    assert table == supported_devices_table(), "run: python -m drivers.maps.gen_table --write"
+    for name in bundled_maps():
+        assert f"`{name}`" in table
