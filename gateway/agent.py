@@ -22,11 +22,12 @@ from zoneinfo import ZoneInfo
 
 import uvicorn
 
-from drivers.model import to_ms
+from drivers.model import from_ms, to_ms
 from gateway import __version__, systemd
 from gateway.api.app import ApiServices, create_app
 from gateway.api.auth import Authenticator, Principal, TokenEntry
 from gateway.clock import Clock, WallClock
+from gateway.clockguard import RELEASE_FLOOR, ClockGuard
 from gateway.forwarder import Forwarder
 from gateway.ledger.store import Ledger
 from gateway.ledger.writer import LedgerWriter
@@ -68,6 +69,7 @@ class Agent:
         self.live = LiveState()
         self._stopping = False
         self.reports = self._report_service()
+        self.clock_guard: ClockGuard | None = None
 
     # -- health ---------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -93,6 +95,12 @@ class Agent:
             }
             if not fh.connected and fh.last_error:
                 reasons.append(f"sink {fw.name} is disconnected: {fh.last_error}")
+        if self.clock_guard is not None:
+            ch = self.clock_guard.health
+            if not ch.plausible:
+                reasons.append(f"system clock is before {ch.floor}: {ch.held} readings held until it is set")
+            if ch.dropped:
+                reasons.append(f"{ch.dropped} readings dropped while the clock was unset (hold buffer full)")
         ledger: dict[str, Any] = {"head_seq": head}
         if self.writer:
             ledger.update(pending=self.writer.pending, commit_failures=self.writer.commit_failures)
@@ -106,6 +114,7 @@ class Agent:
             "parts": parts,
             "ledger": ledger,
             "sinks": sinks,
+            "clock": vars(self.clock_guard.health) if self.clock_guard else None,
         }
 
     # -- wiring ---------------------------------------------------------------------------------------
@@ -255,9 +264,25 @@ class Agent:
         self.writer = writer
         device_classes = {d.id: device_class_of(d, base_dir=self.base_dir) for d in s.devices}
         self.live = LiveState.for_devices(device_classes)
+        newest_ms = await writer.call(Ledger.newest_ts_ms)
+
+        async def record_event(kind: str, detail: str, ts_ms: int) -> None:
+            await writer.call(partial(Ledger.record_event, kind=kind, detail=detail, ts_ms=ts_ms))
+
+        guard = self.clock_guard = ClockGuard(
+            forward=writer.submit,
+            record_event=record_event,
+            floor=max(RELEASE_FLOOR, from_ms(newest_ms)) if newest_ms is not None else RELEASE_FLOOR,
+            require_ntp_sync=s.clock.require_ntp_sync,
+            max_held=s.clock.max_held,
+            wall=self.clock.now,
+            # A simulated clock has no jumps to detect: measure it against itself.
+            mono=time.monotonic if isinstance(self.clock, WallClock) else lambda: self.clock.now().timestamp(),
+        )
         try:
             async with BusPool() as pool:
                 self.supervisor.add("ledger", writer.run)
+                self.supervisor.add("clock", guard.run)
                 for dev in s.devices:
                     dev_cfg = dev
 
@@ -271,7 +296,7 @@ class Agent:
                         timeout_s=getattr(dev, "timeout_s", dev.poll_interval_s),
                         clock=self.clock,
                         live=self.live,
-                        on_samples=writer.submit,
+                        on_samples=guard.submit,
                     )
                     self.supervisor.add(f"device:{dev.id}", poller.run)
                 self._sinks(writer, device_classes)

@@ -65,7 +65,7 @@ class Forwarder:
         writer: LedgerWriter,
         clock: Clock,
         side_tasks: Sequence[SideTask] = (),
-        max_backoff_s: float = 60.0,
+        max_backoff_s: float = 20.0,
     ) -> None:
         self.name = name
         self._sink_factory = sink_factory

@@ -82,6 +82,15 @@ class LedgerConfig(BaseModel):
     )
 
 
+class ClockConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    require_ntp_sync: bool = Field(
+        default=False, description="also require the kernel to report NTP sync before readings are stamped"
+    )
+    max_held: int = Field(default=200_000, ge=1000, description="readings held in memory while the clock is unset")
+
+
 def _secret(value: SecretStr | None, file: Path | None) -> str | None:
     if value is not None:
         return value.get_secret_value()
@@ -272,6 +281,7 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default=Path("/var/lib/gia"), description="where the ledger, keys and models live")
     devices: list[DeviceConfig] = Field(default_factory=list, description="the devices to poll")
     ledger: LedgerConfig = Field(default_factory=LedgerConfig)
+    clock: ClockConfig = Field(default_factory=ClockConfig, description="clock safety (no RTC on a Pi)")
     influxdb: InfluxConfig | None = Field(default=None, description="InfluxDB sink; omit to disable")
     mqtt: MqttConfig | None = Field(default=None, description="MQTT sink; omit to disable")
     http: HttpConfig = Field(default_factory=HttpConfig)

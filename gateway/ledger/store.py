@@ -342,6 +342,11 @@ class Ledger:
             raise KeyError(seq)
         return bytes(row[0])
 
+    def newest_ts_ms(self) -> int | None:
+        """The latest reading time in the ledger (kept entries): time must not run back past it."""
+        row = self._db.execute("SELECT max(ts_ms) FROM readings WHERE pruned = 0").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
 
