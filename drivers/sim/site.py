@@ -30,7 +30,9 @@ from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from drivers.maps import load_map
-from drivers.sim.server import SimServer, free_tcp_port
+from drivers.modbus.driver import compile_register
+from drivers.modbus.registermap import Register
+from drivers.sim.server import SimServer, encode_register, free_tcp_port
 
 LATITUDE: Final = 56.9
 LONGITUDE: Final = 24.1
@@ -126,9 +128,9 @@ def demo_devices() -> list[DemoDevice]:
         ),
         DemoDevice(
             "battery",
-            "victron-gx",
+            "huawei-luna2000",
             "battery",
-            225,
+            1,
             (
                 {"role": "storage_charge", "quantity": "energy_import_wh"},
                 {"role": "storage_discharge", "quantity": "energy_export_wh"},
@@ -205,6 +207,15 @@ class DemoSite:
     _tz: ZoneInfo = field(default_factory=lambda: ZoneInfo(TIMEZONE), init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # Counters as the devices' registers hold them (float32 kWh on an Eastron, 10 Wh steps on a
+        # Huawei, wrap at the register's modulus), so history generated from state_at and live reads
+        # of the simulated devices are the same series.
+        self._registered: dict[str, list[tuple[str, Callable[[float | int], int]]]] = {}
+        for dev in demo_devices():
+            m = load_map(dev.map)
+            self._registered[dev.id] = [
+                (r.quantity, _register_round_trip(r)) for r in m.registers if r.quantity.startswith("energy_")
+            ]
         if self.epoch.tzinfo is None:
             raise ValueError("epoch must be timezone-aware UTC")
         if _DAY % self.step_s:
@@ -441,11 +452,15 @@ class DemoSite:
             {
                 "power_w": powers["battery"],
                 "soc_pct": round(100 * soc / BATTERY_WH, 1),
-                "voltage_l1_v": 48 + 8 * soc / BATTERY_WH,
-                "current_l1_a": round(-powers["battery"] / 52.0 / 10, 1),  # per string, + charging
-                "temperature_c": 21.0,
+                "voltage_l1_v": 720 + 100 * soc / BATTERY_WH,
+                "current_l1_a": round(-powers["battery"] / 770.0, 1),  # DC bus, + charging
+                "status": 2,
             }
         )
+        for dev, counters in self._registered.items():
+            for q, reg in counters:
+                if q in out[dev]:
+                    out[dev][q] = reg(out[dev][q])
         return out
 
     def _soc_at(self, ts: float) -> float:
@@ -472,6 +487,16 @@ class DemoSite:
             out[f"voltage_l{i + 1}_v"] = round(volts[i], 1)
             out[f"current_l{i + 1}_a"] = round(abs(pi) / (volts[i] * pf), 3)
         return out
+
+
+def _register_round_trip(reg: Register) -> Callable[[float | int], int]:
+    convert = compile_register(reg)
+
+    def run(value: float | int) -> int:
+        v, _quality = convert(encode_register(reg, value), None)
+        return int(v) if v is not None else 0
+
+    return run
 
 
 def _ramp(hour: float, start: float, end: float, ramp_h: float) -> float:

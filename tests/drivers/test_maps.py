@@ -28,7 +28,7 @@ def test_every_bundled_map_loads(name: str) -> None:
 
 
 def test_demo_maps_are_bundled() -> None:
-    for name in ("eastron-sdm630", "carlo-gavazzi-em24", "huawei-sun2000", "generic-wind-turbine", "victron-gx"):
+    for name in ("eastron-sdm630", "carlo-gavazzi-em24", "huawei-sun2000", "generic-wind-turbine", "huawei-luna2000"):
         assert name in bundled_maps()
 
 
