@@ -457,10 +457,10 @@ class DemoSite:
                 "status": 2,
             }
         )
-        for dev, counters in self._registered.items():
-            for q, reg in counters:
+        for dev, round_trips in self._registered.items():
+            for q, as_register in round_trips:
                 if q in out[dev]:
-                    out[dev][q] = reg(out[dev][q])
+                    out[dev][q] = as_register(out[dev][q])
         return out
 
     def _soc_at(self, ts: float) -> float:
