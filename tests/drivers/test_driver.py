@@ -215,3 +215,52 @@ async def test_counter_rollover_is_reported_not_hidden(sim_factory: SimFactory) 
         wrapped = {s.quantity: s for s in await drv2.read(TS)}
     assert wrapped["energy_export_wh"].value == 40  # 4_294_967_300 - 2**32 = 4 (x 10 Wh)
     assert drv2.stats.counter_decreases == 1  # counted, so the operator sees it
+
+
+async def test_quirks_unit_zero_address_offset_and_pauses(sim_factory: SimFactory) -> None:
+    import time
+
+    served = parse_map(
+        """
+device_class: meter
+product: {brand: T, model: Quirky, manual: test}
+defaults: {type: holding, data_type: uint16}
+registers:
+  - {quantity: power_w, address: 10}
+  - {quantity: voltage_l1_v, address: 11, scale: 0.1}
+""",
+        source="served",
+    )
+    # The device answers only as unit 0 and its gateway numbers registers one higher than the manual.
+    server = await sim_factory(served, values=lambda: {"power_w": 42, "voltage_l1_v": 230.0}, unit_ids=(0,))
+    documented = parse_map(
+        """
+device_class: meter
+product: {brand: T, model: Quirky, manual: test}
+defaults: {type: holding, data_type: uint16}
+options: {unit_id_zero: true, address_offset: 1, pause_after_connect_s: 0.3, inter_frame_delay_s: 0.1,
+          one_request_per_field: true}
+registers:
+  - {quantity: power_w, address: 9}
+  - {quantity: voltage_l1_v, address: 10, scale: 0.1}
+""",
+        source="documented",
+    )
+    async with BusPool() as pool:
+        bus = pool.bus(parse_connection(server.listen), timeout_s=0.5, options=documented.options.model_dump())
+        drv = ModbusDriver(device_id="q", register_map=documented, bus=bus, unit_id=5)
+        t0 = time.monotonic()
+        samples = {s.quantity: s.value for s in await drv.read(TS)}
+        elapsed = time.monotonic() - t0
+    assert samples == {"power_w": 42, "voltage_l1_v": 230.0}
+    assert drv.unit_id == 0  # (pymodbus's unit 0 answers every id, so the server cannot prove it)
+    assert bus.stats.requests == 2  # one request per field
+    assert elapsed >= 0.3 + 0.1  # pause after connect, then the inter-frame delay before the 2nd request
+
+
+async def test_rtu_over_tcp_gateway(sim_factory: SimFactory) -> None:
+    server = await sim_factory("eastron-sdm630", scheme="rtu+tcp", values=lambda: {"power_w": 777.0})
+    async with BusPool() as pool:
+        drv = driver_for(server, pool, "m")
+        samples = {s.quantity: s.value for s in await drv.read(TS)}
+    assert samples["power_w"] == 777.0
