@@ -11,12 +11,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from drivers.base import Driver, PermanentError
-from drivers.config import DeviceConfig, ModbusDeviceConfig, parse_connection
+from drivers.config import DeviceConfig, ModbusDeviceConfig, MqttDeviceConfig, parse_connection
 from drivers.maps import MapError, load_map
 from drivers.modbus.bus import BusPool
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.registermap import Quirks, RegisterMap
 from drivers.modbus.sunspec import SunSpecDriver
+from drivers.mqtt.driver import MqttDriver, MqttHub, device_fields
 
 
 def device_quirks(register_map: RegisterMap | None, options: dict[str, float | int | bool]) -> Quirks:
@@ -50,10 +51,26 @@ def device_class_of(cfg: DeviceConfig, *, base_dir: Path) -> str:
     return _map_of(cfg, base_dir).device_class
 
 
-def create_driver(cfg: DeviceConfig, *, pool: BusPool, base_dir: Path) -> Driver:
-    """A ready-to-enter driver for one configured device (raises PermanentError on bad config)."""
-    if not isinstance(cfg, ModbusDeviceConfig):
-        raise PermanentError("MQTT device drivers are not available yet")
+def create_driver(cfg: DeviceConfig, *, pool: BusPool, base_dir: Path, mqtt: MqttHub | None = None) -> Driver:
+    """A ready-to-enter driver for one configured device (raises PermanentError on bad config).
+
+    Modbus devices share the pool's buses; MQTT devices share `mqtt` (one `MqttHub` per broker,
+    entered by the caller).
+    """
+    if isinstance(cfg, MqttDeviceConfig):
+        fields = device_fields(cfg)
+        if mqtt is None:
+            raise PermanentError(
+                f"{cfg.id}: MQTT devices need a broker; configure the mqtt: section (url, credentials)"
+            )
+        return MqttDriver(
+            device_id=cfg.id,
+            hub=mqtt,
+            topic=cfg.topic,
+            fields=fields,
+            poll_interval_s=cfg.poll_interval_s,
+            stale_after_intervals=cfg.stale_after_intervals,
+        )
     conn = parse_connection(cfg.connection)
     if cfg.sunspec:
         quirks = device_quirks(None, cfg.options)

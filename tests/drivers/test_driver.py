@@ -186,7 +186,7 @@ def test_factory_rejects_unknown_options_and_mqtt(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match=r"options\.colour"):
         create_driver(cfg, pool=BusPool(), base_dir=tmp_path)
     mq = MqttDeviceConfig(id="q", driver="mqtt", topic="tele/x/SENSOR", profile="tasmota-sml")
-    with pytest.raises(PermanentError, match="MQTT"):
+    with pytest.raises(PermanentError, match="MQTT devices need a broker"):
         create_driver(mq, pool=BusPool(), base_dir=tmp_path)
     bad = ModbusDeviceConfig(id="m", connection="tcp://127.0.0.1:1502", map="nosuch")
     with pytest.raises(PermanentError, match="no bundled map"):

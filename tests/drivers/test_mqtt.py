@@ -1,0 +1,143 @@
+"""MQTT device drivers against a real Mosquitto broker (started by the tests/servers.py fixture)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiomqtt
+import pytest
+
+from drivers.base import PermanentError, TransientError
+from drivers.config import MqttDeviceConfig
+from drivers.factory import create_driver
+from drivers.modbus.bus import BusPool
+from drivers.model import Quality
+from drivers.mqtt.driver import Broker, MqttDriver, MqttHub
+from drivers.mqtt.payload import FieldSpec, field_value, parse_json
+
+TS = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def test_field_syntax_and_extraction() -> None:
+    spec = FieldSpec.parse("status/emdata:0:total_act")
+    assert spec == FieldSpec("status/emdata:0", ("total_act",), 1.0)
+    assert FieldSpec.parse("SML.Total_in*1000") == FieldSpec("", ("SML", "Total_in"), 1000.0)
+    payload = parse_json(b'{"SML": {"Total_in": 12.5, "bad": "x", "nan": NaN}, "list": [{"p": 3}]}')
+    assert field_value(payload, FieldSpec.parse("SML.Total_in*1000")) == 12500.0
+    assert field_value(payload, FieldSpec.parse("list.0.p")) == 3.0
+    assert field_value(payload, FieldSpec.parse("SML.bad")) is None
+    assert field_value(payload, FieldSpec.parse("SML.nan")) is None
+    assert field_value(payload, FieldSpec.parse("SML.missing")) is None
+    assert parse_json(b"not json") is None
+    with pytest.raises(ValueError, match="dot path"):
+        FieldSpec.parse("SML..x")
+
+
+def test_bad_profile_or_field_is_permanent(tmp_path: Path) -> None:
+    hub = MqttHub(Broker("mqtt://127.0.0.1:1"))
+    bad = MqttDeviceConfig(id="m", driver="mqtt", topic="t", profile="nosuch")
+    with pytest.raises(PermanentError, match="unknown MQTT profile"):
+        create_driver(bad, pool=BusPool(), base_dir=tmp_path, mqtt=hub)
+    bad2 = MqttDeviceConfig(id="m", driver="mqtt", topic="t", fields={"watts": "ENERGY.Power"})
+    with pytest.raises(PermanentError, match="unknown quantity"):
+        create_driver(bad2, pool=BusPool(), base_dir=tmp_path, mqtt=hub)
+    ok = MqttDeviceConfig(id="m", driver="mqtt", topic="t", profile="tasmota-sml")
+    with pytest.raises(PermanentError, match="need a broker"):
+        create_driver(ok, pool=BusPool(), base_dir=tmp_path)
+
+
+async def publish(url_port: int, topic: str, payload: Any, *, retain: bool = False) -> None:
+    async with aiomqtt.Client("127.0.0.1", url_port) as client:
+        await client.publish(
+            topic, json.dumps(payload) if not isinstance(payload, bytes) else payload, qos=1, retain=retain
+        )
+
+
+async def wait_for(cond: Any, timeout: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.mosquitto
+async def test_tasmota_and_shelly_profiles(mosquitto: Any, tmp_path: Path) -> None:
+    prefix = f"gia-test-{uuid.uuid4().hex[:8]}"
+    tasmota = MqttDeviceConfig(id="t1", driver="mqtt", topic=f"{prefix}/tele/meter/SENSOR", profile="tasmota-sml")
+    shelly = MqttDeviceConfig(id="s1", driver="mqtt", topic=f"{prefix}/shellypro3em", profile="shelly-gen2-em")
+    async with MqttHub(Broker(mosquitto.url, timeout_s=5)) as hub:
+        assert hub.connected
+        drivers = [create_driver(c, pool=BusPool(), base_dir=tmp_path, mqtt=hub) for c in (tasmota, shelly)]
+        for d in drivers:
+            await d.__aenter__()
+        with pytest.raises(TransientError, match="no message yet"):
+            await drivers[0].read(TS)
+        await publish(
+            mosquitto.port,
+            tasmota.topic,
+            {"Time": "2026-03-01T12:00:00", "SML": {"Total_in": 1234.5678, "Total_out": 12.3, "Power_curr": -812}},
+        )
+        await publish(
+            mosquitto.port,
+            f"{shelly.topic}/status/em:0",
+            {"id": 0, "total_act_power": 4321.5, "a_voltage": 231.2, "a_current": 6.1},
+        )
+        await publish(
+            mosquitto.port, f"{shelly.topic}/status/emdata:0", {"id": 0, "total_act": 987654.32, "total_act_ret": 11.0}
+        )
+        await publish(mosquitto.port, f"{shelly.topic}/status/em:0", b"garbage")  # not JSON: counted, ignored
+        await wait_for(lambda: hub.stats.messages >= 4)
+        t = {s.quantity: s for s in await drivers[0].read(TS)}
+        assert t["power_w"].value == -812.0 and t["energy_import_wh"].value == 1234568
+        assert t["energy_export_wh"].value == 12300 and isinstance(t["energy_export_wh"].value, int)
+        s = {x.quantity: x for x in await drivers[1].read(TS)}
+        assert s["power_w"].value == 4321.5 and s["voltage_l1_v"].value == 231.2
+        assert s["energy_import_wh"].value == 987654 and s["energy_export_wh"].value == 11
+        assert "power_l2_w" not in s or s["power_l2_w"].quality is Quality.INVALID
+        assert all(x.quality is Quality.GOOD for q, x in s.items() if q in ("power_w", "energy_import_wh"))
+        assert hub.stats.not_json == 1
+
+
+@pytest.mark.mosquitto
+async def test_stale_when_the_device_goes_quiet(mosquitto: Any) -> None:
+    topic = f"gia-test-{uuid.uuid4().hex[:8]}/tele/SENSOR"
+    async with MqttHub(Broker(mosquitto.url, timeout_s=5)) as hub:
+        drv = MqttDriver(
+            device_id="q",
+            hub=hub,
+            topic=topic,
+            fields={"power_w": FieldSpec.parse("ENERGY.Power")},
+            poll_interval_s=0.1,
+            stale_after_intervals=2,
+        )
+        async with drv:
+            await publish(mosquitto.port, topic, {"ENERGY": {"Power": 55}})
+            await wait_for(lambda: hub.latest(topic) is not None)
+            assert (await drv.read(TS))[0].quality is Quality.GOOD
+            await asyncio.sleep(0.3)
+            stale = (await drv.read(TS))[0]
+            assert stale.quality is Quality.STALE and stale.value == 55.0
+
+
+@pytest.mark.mosquitto
+async def test_hub_reconnects_after_a_broker_restart(mosquitto_fresh: Any) -> None:
+    topic = f"gia-test-{uuid.uuid4().hex[:8]}/SENSOR"
+    async with MqttHub(Broker(mosquitto_fresh.url, timeout_s=3)) as hub:
+        drv = MqttDriver(
+            device_id="r", hub=hub, topic=topic, fields={"power_w": FieldSpec.parse("P")}, poll_interval_s=10
+        )
+        async with drv:
+            await asyncio.to_thread(mosquitto_fresh.stop)
+            await wait_for(lambda: not hub.connected)
+            await asyncio.to_thread(mosquitto_fresh.start)
+            await wait_for(lambda: hub.connected, timeout=10)
+            await publish(mosquitto_fresh.port, topic, {"P": 7})
+            await wait_for(lambda: hub.latest(topic) is not None)
+            assert (await drv.read(TS))[0].value == 7.0
+        assert hub.stats.connects >= 2
