@@ -28,6 +28,7 @@ from gateway.api.app import ApiServices, create_app
 from gateway.api.auth import Authenticator, Principal, TokenEntry
 from gateway.clock import Clock, WallClock
 from gateway.clockguard import RELEASE_FLOOR, ClockGuard
+from gateway.diskguard import DiskGuard
 from gateway.forwarder import Forwarder
 from gateway.ledger.store import Ledger
 from gateway.ledger.writer import LedgerWriter
@@ -70,6 +71,7 @@ class Agent:
         self._stopping = False
         self.reports = self._report_service()
         self.clock_guard: ClockGuard | None = None
+        self.disk_guard: DiskGuard | None = None
 
     # -- health ---------------------------------------------------------------------------------------
     def health(self) -> dict[str, Any]:
@@ -101,9 +103,19 @@ class Agent:
                 reasons.append(f"system clock is before {ch.floor}: {ch.held} readings held until it is set")
             if ch.dropped:
                 reasons.append(f"{ch.dropped} readings dropped while the clock was unset (hold buffer full)")
+        if self.disk_guard is not None and self.disk_guard.health.low:
+            dh = self.disk_guard.health
+            reasons.append(f"disk space low ({dh.free_mb} MB free): raw-sample retention reduced")
         ledger: dict[str, Any] = {"head_seq": head}
         if self.writer:
-            ledger.update(pending=self.writer.pending, commit_failures=self.writer.commit_failures)
+            ledger.update(
+                pending=self.writer.pending,
+                commit_failures=self.writer.commit_failures,
+                disk_full_events=self.writer.disk_full_events,
+                dropped_instant=self.writer.dropped_instant,
+            )
+        if self.disk_guard is not None:
+            ledger["disk"] = vars(self.disk_guard.health)
         return {
             "status": "ok" if not reasons else "degraded",
             "reasons": reasons,
@@ -255,13 +267,28 @@ class Agent:
         s = self.settings
         self._stopping = False
         ledger = await asyncio.to_thread(Ledger, s.ledger_path, synchronous=s.ledger.synchronous)
+        disk: DiskGuard | None = None
+
+        async def on_disk_full() -> None:
+            if disk is not None:
+                await disk.relieve()
+
         writer = LedgerWriter(
             ledger,
             commit_interval_s=s.ledger.commit_interval_s,
             max_batch=s.ledger.max_batch,
             max_queue=s.ledger.max_queue,
+            on_disk_full=on_disk_full,
         )
         self.writer = writer
+        disk = self.disk_guard = DiskGuard(
+            data_dir=s.ledger_path.parent,
+            writer=writer,
+            forwarded_seq=lambda: min((fw.health.cursor for fw in self.forwarders), default=writer.head_seq),
+            clock=self.clock,
+            min_free_bytes=int(s.ledger.min_free_mb * 1_048_576),
+            reserve_bytes=int(s.ledger.reserve_mb * 1_048_576),
+        )
         device_classes = {d.id: device_class_of(d, base_dir=self.base_dir) for d in s.devices}
         self.live = LiveState.for_devices(device_classes)
         newest_ms = await writer.call(Ledger.newest_ts_ms)
@@ -283,6 +310,7 @@ class Agent:
             async with BusPool() as pool:
                 self.supervisor.add("ledger", writer.run)
                 self.supervisor.add("clock", guard.run)
+                self.supervisor.add("disk", disk.run)
                 for dev in s.devices:
                     dev_cfg = dev
 

@@ -11,9 +11,9 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 
+from drivers.backoff import Backoff
 from drivers.base import BusyError, Driver, DriverError, PermanentError
 from drivers.model import Sample
-from drivers.backoff import Backoff
 from gateway.clock import Clock, next_aligned
 from gateway.live import LiveState
 

@@ -77,6 +77,10 @@ class LedgerConfig(BaseModel):
     counter_retention_days: float = Field(
         default=400, ge=400, description="days to keep energy-register readings (>= 400: certification)"
     )
+    min_free_mb: float = Field(
+        default=200, ge=0, description="below this much free disk, old instant readings are pruned first"
+    )
+    reserve_mb: float = Field(default=16, ge=0, description="space kept in reserve so the ledger can always prune")
     synchronous: Literal["FULL", "NORMAL"] = Field(
         default="FULL", description="FULL survives power cuts; NORMAL only process crashes"
     )

@@ -158,6 +158,10 @@ class Ledger:
             if not readonly:
                 self._db.execute("PRAGMA journal_mode = WAL")
                 self._db.execute(f"PRAGMA synchronous = {synchronous}")
+                # Keep the WAL small: checkpoint every ~1 MiB and give the file back afterwards, so a
+                # nearly full SD card never holds megabytes of WAL the ledger cannot checkpoint.
+                self._db.execute("PRAGMA wal_autocheckpoint = 256")
+                self._db.execute("PRAGMA journal_size_limit = 4194304")
                 self._db.executescript(_SCHEMA)
                 self._migrate()
         except sqlite3.DatabaseError as exc:
@@ -394,6 +398,10 @@ class Ledger:
             (forwarded_seq, keep_after_ms),
         )
         return cur.rowcount
+
+    def checkpoint(self) -> None:
+        """Move the WAL into the database and truncate it: gives its disk space back."""
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def backup(self, dest: Path | str) -> None:
         """A consistent copy while the agent writes (SQLite online backup API)."""

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+import sqlite3
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TypeVar
 
-from drivers.model import Sample
+from drivers.model import Sample, is_counter
 from gateway.ledger.store import Ledger
 
 log = logging.getLogger(__name__)
@@ -25,8 +27,19 @@ T = TypeVar("T")
 class LedgerWriter:
     """Owns the `Ledger` and its thread. Consumers `wait_beyond(seq)` to learn of new commits."""
 
-    def __init__(self, ledger: Ledger, *, commit_interval_s: float, max_batch: int, max_queue: int) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        *,
+        commit_interval_s: float,
+        max_batch: int,
+        max_queue: int,
+        on_disk_full: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._ledger = ledger
+        self._on_disk_full = on_disk_full
+        self.disk_full_events = 0
+        self.dropped_instant = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
         self._commit_interval_s = commit_interval_s
         self._max_batch = max_batch
@@ -100,9 +113,34 @@ class LedgerWriter:
     async def _commit(self, batch: list[Sample]) -> None:
         while True:
             try:
-                head = await self.call(lambda led: led.append(batch))
+                head = await self.call(partial(Ledger.append, samples=batch))
                 break
-            except Exception as exc:  # disk full, locked: retry, never drop a reading silently
+            except sqlite3.OperationalError as exc:
+                self.commit_failures += 1
+                if "full" in str(exc).lower():
+                    # Disk full: energy registers (what certification needs) go first. Instant values
+                    # of this batch are given up, counted, and the guard frees space from old ones.
+                    self.disk_full_events += 1
+                    kept = [s for s in batch if is_counter(s.quantity)]
+                    if len(kept) < len(batch):
+                        self.dropped_instant += len(batch) - len(kept)
+                        log.error(
+                            "disk full: dropped %d instant readings, keeping %d register readings",
+                            len(batch) - len(kept),
+                            len(kept),
+                        )
+                        batch = kept
+                    if self._on_disk_full is not None:
+                        try:
+                            await self._on_disk_full()
+                        except Exception:  # the batch stays ours whatever relief does
+                            log.exception("disk-full relief failed")
+                    if not batch:
+                        return
+                else:
+                    log.error("ledger commit of %d samples failed (%s); retrying in 1 s", len(batch), exc)
+                await asyncio.sleep(1.0)
+            except Exception as exc:  # anything else: retry, never drop a reading silently
                 self.commit_failures += 1
                 log.error("ledger commit of %d samples failed (%s); retrying in 1 s", len(batch), exc)
                 await asyncio.sleep(1.0)
