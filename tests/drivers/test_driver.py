@@ -264,3 +264,30 @@ async def test_rtu_over_tcp_gateway(sim_factory: SimFactory) -> None:
         drv = driver_for(server, pool, "m")
         samples = {s.quantity: s.value for s in await drv.read(TS)}
     assert samples["power_w"] == 777.0
+
+
+async def test_poll_classes_fast_slow_static(sim_factory: SimFactory) -> None:
+    m = parse_map(
+        """
+device_class: meter
+product: {brand: T, model: Classes, manual: test}
+defaults: {type: holding, data_type: uint16}
+options: {slow_every: 2}
+registers:
+  - {quantity: power_w, address: 0}
+  - {quantity: temperature_c, address: 1, poll: slow}
+  - {quantity: status, address: 2, data_type: enum, poll: static}
+""",
+        source="classes",
+    )
+    server = await sim_factory(m, values=lambda: {"power_w": 1, "temperature_c": 20, "status": 3})
+    async with BusPool() as pool:
+        bus = pool.bus(parse_connection(server.listen), timeout_s=0.5, options={})
+        drv = ModbusDriver(device_id="c", register_map=m, bus=bus, unit_id=1)
+        seen = [sorted(s.quantity for s in await drv.read(TS)) for _ in range(4)]
+    assert seen == [
+        ["power_w", "status", "temperature_c"],
+        ["power_w"],
+        ["power_w", "temperature_c"],
+        ["power_w"],
+    ]

@@ -97,3 +97,15 @@ async def test_pacer_imposes_line_timing() -> None:
         line_bytes = requests * (8 + 5) + 2 * registers
         assert elapsed >= line_bytes * 11 / 9600 * 0.95
         assert elapsed <= line_bytes * 11 / 9600 * 2 + 0.1
+
+
+async def test_scan_finds_the_units_on_a_serial_line() -> None:
+    from drivers.maps import bundled_maps
+    from drivers.modbus.scan import config_snippet, scan
+
+    async for ln in open_line(115200, (1, 3), map_name="carlo-gavazzi-em24"):
+        async with BusPool() as pool:
+            bus = pool.bus(parse_connection(ln.client_url), timeout_s=0.15, options={})
+            hits = await scan(bus, [1, 2, 3, 4], {name: load_map(name) for name in bundled_maps()})
+        assert [(h.unit, h.maps) for h in hits] == [(1, ["carlo-gavazzi-em24"]), (3, ["carlo-gavazzi-em24"])]
+        assert "unit_id: 3" in config_snippet(ln.client_url, hits)

@@ -59,6 +59,8 @@ MODELS: list[dict[str, Any]] = [
         "St": 4,
     },
     {"ID": 120, "L": 26, "DERTyp": 4, "WRtg": 1000, "WRtg_SF": 2},
+    {"ID": 122, "L": 44, "PVConn": 7, "ActWh": 123456789, "WAval": 950, "WAval_SF": 2, "TmSrc": "RTC"},
+    {"ID": 124, "L": 24, "WChaMax": 1000, "WChaMax_SF": 2, "ChaState": 655, "ChaState_SF": -1, "ChaSt": 3},
     {
         "ID": 160,
         "L": 48,
@@ -143,7 +145,7 @@ async def test_discovery_matches_pysunspec2(sunspec_server: SimServer) -> None:
         bus = pool.bus(parse_connection(sunspec_server.listen), timeout_s=1.0, options={})
         device = await discover(bus, 1)
         assert device.base == 40000
-        assert [m.id for m in device.models] == [1, 103, 120, 160, 203, 802]
+        assert [m.id for m in device.models] == [1, 103, 120, 122, 124, 160, 203, 802]
         assert device.common["Mn"] == "GIA Test" and device.common["SN"] == "SN0042"
         assert device.register_map.device_class == "inverter"
         compared = 0
