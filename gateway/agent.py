@@ -26,6 +26,7 @@ from drivers.model import from_ms, to_ms
 from gateway import __version__, systemd
 from gateway.api.app import ApiServices, create_app
 from gateway.api.auth import Authenticator, Principal, TokenEntry
+from gateway.backup import acquire_agent_lock
 from gateway.clock import Clock, WallClock
 from gateway.clockguard import RELEASE_FLOOR, ClockGuard
 from gateway.diskguard import DiskGuard
@@ -266,6 +267,7 @@ class Agent:
 
         s = self.settings
         self._stopping = False
+        lock = acquire_agent_lock(s.ledger_path.parent)  # one agent per ledger; restore checks it too
         ledger = await asyncio.to_thread(Ledger, s.ledger_path, synchronous=s.ledger.synchronous)
         disk: DiskGuard | None = None
 
@@ -352,6 +354,7 @@ class Agent:
                     self._stopping = True
         finally:
             await asyncio.to_thread(writer.close)
+            lock.close()
 
     def _status_line(self) -> str:
         h = self.health()

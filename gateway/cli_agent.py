@@ -52,7 +52,13 @@ def register(app: typer.Typer) -> None:
             agent = Agent(settings, base_dir=base)
             await run_until_signal(agent.run, on_stop=agent.request_http_stop)
 
-        asyncio.run(main())
+        from gateway.backup import BackupError
+
+        try:
+            asyncio.run(main())
+        except BackupError as exc:  # the data directory is locked by another agent
+            typer.echo(f"gia run: {exc}", err=True)
+            raise typer.Exit(1) from None
 
     @app.command("demo")
     def demo(
@@ -72,26 +78,63 @@ def register(app: typer.Typer) -> None:
         opts = DemoOptions(
             directory=directory, http=http, speed=speed, backfill_days=backfill, mqtt=mqtt, influx=influx
         )
+        from gateway.backup import BackupError
+
         try:
             asyncio.run(run_demo(opts))
-        except OSError as exc:
+        except (OSError, BackupError) as exc:
             typer.echo(f"demo: {exc}", err=True)
             raise typer.Exit(1) from None
 
     @app.command("backup")
     def backup(
-        dest: Annotated[Path, typer.Argument(help="backup file to write (a SQLite copy of the ledger)")],
+        dest: Annotated[
+            Path, typer.Argument(help="FILE.tar.gz: config, keys, ledger, reports; other names: ledger only")
+        ],
         config: ConfigOpt = None,
     ) -> None:
-        """Consistent copy of the ledger while the agent runs (SQLite online backup)."""
+        """Consistent backup while the agent runs (SQLite online backup)."""
+        from gateway.backup import create_bundle
         from gateway.ledger.store import Ledger
-        from gateway.settings import Settings
+        from gateway.settings import Settings, find_config
 
         settings, _ = _load_or_exit(config)
         assert isinstance(settings, Settings)
+        if dest.name.endswith((".tar.gz", ".tgz")):
+            members = create_bundle(
+                dest, config=find_config(config), data_dir=settings.data_dir, ledger_path=settings.ledger_path
+            )
+            typer.echo(f"backup written to {dest} ({', '.join(members)}); it holds the private key: keep it safe")
+            return
         ledger = Ledger(settings.ledger_path)
         try:
             ledger.backup(dest)
         finally:
             ledger.close()
         typer.echo(f"ledger backed up to {dest}")
+
+    @app.command("restore")
+    def restore(
+        bundle: Annotated[Path, typer.Argument(help="a FILE.tar.gz written by 'gia backup'")],
+        config: ConfigOpt = None,
+        force: Annotated[bool, typer.Option(help="replace an existing ledger and keys")] = False,
+    ) -> None:
+        """Restore ledger, keys and reports from a backup (agent stopped; the ledger must verify)."""
+        from gateway.backup import BackupError, restore_bundle
+        from gateway.settings import Settings, find_config
+
+        settings, _ = _load_or_exit(config)
+        assert isinstance(settings, Settings)
+        try:
+            done = restore_bundle(
+                bundle,
+                config=find_config(config),
+                data_dir=settings.data_dir,
+                ledger_path=settings.ledger_path,
+                force=force,
+            )
+        except BackupError as exc:
+            typer.echo(f"restore: {exc}", err=True)
+            raise typer.Exit(1) from None
+        for path in done:
+            typer.echo(f"restored {path}")
