@@ -212,7 +212,6 @@ class ModbusBus:
         client = await self._ensure_connected()
         await self._pace()
         self.stats.requests += 1
-        what = f"{self.key} unit {unit} {rtype} {address}+{count}"
         try:
             if rtype == "holding":
                 rr: Any = await client.read_holding_registers(address, count=count, device_id=unit)
@@ -224,16 +223,20 @@ class ModbusBus:
                 rr = await client.read_discrete_inputs(address, count=count, device_id=unit)
         except ModbusIOException as exc:
             self._failed(timeout=True)
+            what = self._what(rtype, address, count, unit)
             raise TransientError(f"{what}: no valid response within {self.timeout_s:g} s ({exc})") from None
         except (ConnectionException, OSError) as exc:
             self._failed(timeout=False)
+            what = self._what(rtype, address, count, unit)
             raise TransientError(f"{what}: connection lost ({exc})") from None
         except ModbusException as exc:
             self._failed(timeout=True)
+            what = self._what(rtype, address, count, unit)
             raise TransientError(f"{what}: {exc}") from None
         finally:
             self._last_frame_end = time.monotonic()
         if rr.isError():
+            what = self._what(rtype, address, count, unit)
             code = int(getattr(rr, "exception_code", 0) or 0)
             self.stats.errors += 1
             self._silent = 0
@@ -247,14 +250,19 @@ class ModbusBus:
         if rtype in ("coil", "discrete"):
             bits = [1 if b else 0 for b in rr.bits[:count]]
             if len(bits) < count:
-                raise TransientError(f"{what}: short response ({len(bits)} bits)")
+                raise TransientError(f"{self._what(rtype, address, count, unit)}: short response ({len(bits)} bits)")
             return bits
         regs = list(rr.registers)
         if len(regs) != count:
             self.stats.errors += 1
-            raise TransientError(f"{what}: truncated response ({len(regs)} of {count} registers)")
+            raise TransientError(
+                f"{self._what(rtype, address, count, unit)}: truncated response ({len(regs)} of {count} registers)"
+            )
         self.stats.registers += count
         return regs
+
+    def _what(self, rtype: RegisterType, address: int, count: int, unit: int) -> str:
+        return f"{self.key} unit {unit} {rtype} {address}+{count}"
 
     def _failed(self, *, timeout: bool) -> None:
         self.stats.errors += 1
