@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-DEB_PKGS := mosquitto mosquitto-clients influxdb victoria-metrics socat mbpoll faketime debootstrap shellcheck
-DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketime debootstrap shellcheck
+DEB_PKGS := mosquitto mosquitto-clients influxdb victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium
+DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium
 PYTEST_ARGS ?=
 
 .PHONY: demo test check bench venv deps-system clean

@@ -184,10 +184,44 @@ class Agent:
             wait_s = min(3600.0, max(60.0, (nxt - to_ms(self.clock.now())) / 1000))
             await asyncio.sleep(wait_s / getattr(self.clock, "speed", 1.0))
 
+    def _app(self) -> Any:
+        from gateway.api.summary import channels_from_devices, energy_summary, flow_history, moduli_from_maps
+        from gateway.api.summary_routes import add_summary_routes
+
+        s = self.settings
+        services = self.api_services()
+        app = create_app(services)
+        writer = self.writer
+        assert writer is not None
+        channels = channels_from_devices(s.devices, map_moduli=moduli_from_maps(s.devices, base_dir=self.base_dir))
+        classes = {d: st.device_class for d, st in self.live.devices.items()}
+
+        async def summary() -> dict[str, Any]:
+            now = self.clock.now()
+            return await writer.call(
+                lambda led: energy_summary(
+                    channels,
+                    led,
+                    site=s.site.id,
+                    timezone=s.site.timezone,
+                    now=now,
+                    device_classes=classes,
+                    site_name=s.site.name,
+                )
+            )
+
+        async def history(start_ms: int, end_ms: int, step_s: int) -> dict[str, Any]:
+            return await writer.call(
+                lambda led: flow_history(channels, led, start_ms=start_ms, end_ms=end_ms, step_s=step_s)
+            )
+
+        add_summary_routes(app, auth=services.auth, summary=summary, history=history, now=self.clock.now)
+        return app
+
     async def _serve_http(self) -> None:
         cfg = self.settings.http
         config = uvicorn.Config(
-            create_app(self.api_services()),
+            self._app(),
             host=cfg.host,
             port=cfg.port,
             log_config=None,
@@ -231,6 +265,17 @@ class Agent:
                 log.info("retention: pruned the payload of %d forwarded readings", pruned)
             await asyncio.sleep(3600)
 
+    def _discovery_devices(self) -> list[Any]:
+        from drivers.config import ModbusDeviceConfig
+        from drivers.maps import load_map
+        from gateway.sinks.homeassistant import device_from_map
+
+        return [
+            device_from_map(d.id, load_map(d.map, base_dir=self.base_dir))
+            for d in self.settings.devices
+            if isinstance(d, ModbusDeviceConfig) and d.map is not None
+        ]
+
     def _sinks(self, writer: LedgerWriter, device_classes: dict[str, str]) -> None:
         s = self.settings
         if s.influxdb is not None:
@@ -247,8 +292,10 @@ class Agent:
         if s.mqtt is not None:
             mqtt_cfg = s.mqtt
 
+            discovery = self._discovery_devices() if mqtt_cfg.homeassistant_discovery else []
+
             def mqtt_factory() -> Sink:
-                return MqttSink(mqtt_cfg, site=s.site.id, live=self.live, outbox=self.outbox)
+                return MqttSink(mqtt_cfg, site=s.site.id, live=self.live, outbox=self.outbox, discovery=discovery)
 
             async def live_side(sink: Sink) -> None:
                 assert isinstance(sink, MqttSink)

@@ -95,7 +95,7 @@ def write_config(opts: DemoOptions, urls: dict[str, str]) -> Path:
                 "unit_id": dev.unit_id,
                 "map": dev.map,
                 "poll_interval_s": POLL_INTERVAL_S,
-                "timeout_s": 3.0,
+                "timeout_s": 1.5,
                 "channels": [dict(ch) for ch in dev.channels],
             }
             for dev in demo_devices()

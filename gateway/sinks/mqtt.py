@@ -24,10 +24,19 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from drivers.model import Quality, from_ms, iso_utc
+from gateway import __version__
 from gateway.ledger.store import Entry
 from gateway.live import LiveState
 from gateway.settings import MqttConfig
 from gateway.sinks.base import SinkError
+from gateway.sinks.homeassistant import (
+    DiscoveryContext,
+    DiscoveryDevice,
+    discovery_messages,
+    removal_messages,
+    sensor_from_topic,
+    subscription_topic,
+)
 from gateway.sinks.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -97,8 +106,18 @@ def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
 class MqttSink:
     name = "mqtt"
 
-    def __init__(self, cfg: MqttConfig, *, site: str, live: LiveState, outbox: RetainedOutbox) -> None:
+    def __init__(
+        self,
+        cfg: MqttConfig,
+        *,
+        site: str,
+        live: LiveState,
+        outbox: RetainedOutbox,
+        discovery: Sequence[DiscoveryDevice] = (),
+    ) -> None:
         self.batch_size = 2000
+        self._site = site
+        self._discovery = list(discovery)
         self._cfg = cfg
         self._live = live
         self._outbox = outbox
@@ -134,6 +153,8 @@ class MqttSink:
                     )
             for topic, payload in self._outbox.snapshot().items():
                 await self._publish(topic, payload, qos=1)
+            if self._cfg.homeassistant_discovery:
+                await self._homeassistant()
         except aiomqtt.MqttError as exc:
             raise SinkError(f"MQTT broker {self._cfg.url}: {exc}") from None
         return self
@@ -150,6 +171,23 @@ class MqttSink:
         finally:
             with contextlib.suppress(aiomqtt.MqttError):
                 await self._client.__aexit__(exc_type, exc, tb)
+
+    async def _homeassistant(self) -> None:
+        """Home Assistant discovery: remove sensors of devices no longer configured, announce the rest."""
+        ctx = DiscoveryContext(
+            self._site, self.topics, discovery_prefix=self._cfg.discovery_prefix, sw_version=__version__
+        )
+        previous: set[tuple[str, str]] = set()
+        await self._client.subscribe(subscription_topic(ctx.discovery_prefix, self._site), qos=1)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):  # retained configs arrive at once after subscribing
+                async for msg in self._client.messages:
+                    found = sensor_from_topic(str(msg.topic), site=self._site, discovery_prefix=ctx.discovery_prefix)
+                    if found is not None and msg.payload:
+                        previous.add(found)
+        await self._client.unsubscribe(subscription_topic(ctx.discovery_prefix, self._site))
+        for m in [*removal_messages(ctx, previous, self._discovery), *discovery_messages(ctx, self._discovery)]:
+            await self._publish(m.topic, m.payload, qos=m.qos)
 
     async def _publish(self, topic: str, payload: bytes, *, qos: int) -> None:
         async with self._slots:

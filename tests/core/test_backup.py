@@ -79,7 +79,8 @@ async def test_backup_while_running_then_restore(tmp_path: Path) -> None:
         await asyncio.wait_for(proc.wait(), 20)
         await sim.stop()
     assert oct(bundle.stat().st_mode & 0o777) == "0o600"
-    assert {"gia.yaml", "ledger.db", "keys"} <= {m.split("/")[0] for m in tarfile.open(bundle).getnames()}
+    with tarfile.open(bundle) as tar:
+        assert {"gia.yaml", "ledger.db", "keys"} <= {m.split("/")[0] for m in tar.getnames()}
     # A new gateway (fresh data dir) gets the site back.
     fresh = tmp_path / "fresh"
     fresh.mkdir()

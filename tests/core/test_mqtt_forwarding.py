@@ -75,9 +75,10 @@ class Harness:
                 await asyncio.sleep(0.05)
 
 
-def retained(broker: MosquittoBroker, topic: str, count: int = 1) -> list[str]:
+def retained(broker: MosquittoBroker, topic: str, count: int = 1, wait_s: int = 5) -> list[str]:
+    """Retained messages on `topic`: up to `count`, or what arrived within `wait_s` (all at once, retained)."""
     out = subprocess.run(
-        [find_binary("mosquitto_sub"), *broker.client_args(), "-t", topic, "-C", str(count), "-W", "5", "-v"],
+        [find_binary("mosquitto_sub"), *broker.client_args(), "-t", topic, "-C", str(count), "-W", str(wait_s), "-v"],
         capture_output=True,
         text=True,
         timeout=15,
@@ -149,3 +150,33 @@ async def test_wrong_password_is_reported_and_nothing_is_lost(tmp_path: Path, mo
         assert h.forwarder.health.cursor == 0
         assert h.forwarder.health.last_error is not None
         assert "authori" in h.forwarder.health.last_error.lower() or "135" in h.forwarder.health.last_error
+
+
+async def test_homeassistant_discovery_announces_and_removes(tmp_path: Path, mosquitto_fresh: MosquittoBroker) -> None:
+    from drivers.maps import load_map
+    from gateway.sinks.homeassistant import device_from_map
+
+    sdm = load_map("eastron-sdm630")
+    both = [device_from_map("grid", sdm), device_from_map("pv", sdm)]
+    cfg = MqttConfig.model_validate({"url": mosquitto_fresh.url, "homeassistant_discovery": True, "client_id": "ha"})
+    live = LiveState.for_devices({"grid": "meter", "pv": "meter"})
+    async with MqttSink(cfg, site="test", live=live, outbox=RetainedOutbox(), discovery=both):
+        pass
+    topics = {
+        line.split(" ", 1)[0] for line in retained(mosquitto_fresh, "homeassistant/sensor/+/+/config", 200, wait_s=1)
+    }
+    assert any("test_pv" in t for t in topics) and any("test_grid" in t for t in topics)
+    (config_line,) = [
+        line
+        for line in retained(mosquitto_fresh, "homeassistant/sensor/+/+/config", 200, wait_s=1)
+        if "grid" in line.split(" ")[0] and "energy_import_wh" in line.split(" ")[0]
+    ]
+    config = json.loads(config_line.split(" ", 1)[1])
+    assert config["state_class"] == "total_increasing" and config["state_topic"] == "gia/test/grid/state"
+    # pv leaves the configuration: its sensors are removed (empty retained payloads clear them).
+    async with MqttSink(cfg, site="test", live=live, outbox=RetainedOutbox(), discovery=both[:1]):
+        pass
+    topics = {
+        line.split(" ", 1)[0] for line in retained(mosquitto_fresh, "homeassistant/sensor/+/+/config", 200, wait_s=1)
+    }
+    assert topics and not any("test_pv" in t for t in topics)
