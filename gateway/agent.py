@@ -141,7 +141,7 @@ class Agent:
     def _report_service(self) -> Any:
         from gateway.certification.service import ReportService
 
-        return ReportService(self.settings, now_ms=lambda: to_ms(self.clock.now()))
+        return ReportService(self.settings, now_ms=lambda: to_ms(self.clock.now()), base_dir=self.base_dir)
 
     def api_services(self) -> ApiServices:
         from gateway.certification.service import LedgerUnavailable, MalformedMonth, MonthInFuture, UnknownSite
@@ -265,6 +265,26 @@ class Agent:
                 log.info("retention: pruned the payload of %d forwarded readings", pruned)
             await asyncio.sleep(3600)
 
+    def _device_hub(self) -> Any:
+        """One MQTT subscription connection for all MQTT devices (the `mqtt:` section's broker)."""
+        from drivers.config import MqttDeviceConfig
+        from drivers.mqtt.driver import Broker, MqttHub
+
+        m = self.settings.mqtt
+        if m is None or not any(isinstance(d, MqttDeviceConfig) for d in self.settings.devices):
+            return None
+        client_id = f"{m.client_id or 'gia-' + self.settings.site.id}-devices"
+        return MqttHub(
+            Broker(
+                url=m.url,
+                username=m.username,
+                password=m.password_value(),
+                ca_file=m.tls.ca_file if m.tls else None,
+                client_id=client_id,
+                timeout_s=m.timeout_s,
+            )
+        )
+
     def _discovery_devices(self) -> list[Any]:
         from drivers.config import ModbusDeviceConfig
         from drivers.maps import load_map
@@ -356,7 +376,9 @@ class Agent:
             mono=time.monotonic if isinstance(self.clock, WallClock) else lambda: self.clock.now().timestamp(),
         )
         try:
-            async with BusPool() as pool:
+            async with BusPool() as pool, contextlib.AsyncExitStack() as stack:
+                device_hub = self._device_hub()
+                hub = await stack.enter_async_context(device_hub) if device_hub is not None else None
                 self.supervisor.add("ledger", writer.run)
                 self.supervisor.add("clock", guard.run)
                 self.supervisor.add("disk", disk.run)
@@ -364,7 +386,7 @@ class Agent:
                     dev_cfg = dev
 
                     def factory(cfg: Any = dev_cfg) -> Any:
-                        return create_driver(cfg, pool=pool, base_dir=self.base_dir)
+                        return create_driver(cfg, pool=pool, base_dir=self.base_dir, mqtt=hub)
 
                     poller = DevicePoller(
                         device_id=dev.id,

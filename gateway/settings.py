@@ -516,7 +516,17 @@ def _check_secrets(settings: Settings, base: Path) -> list[Problem]:
     return problems
 
 
-CROSS_CHECKS: list[CrossCheck] = [_check_secrets]
+def _check_mqtt_devices(settings: Settings, base: Path) -> list[Problem]:
+    if settings.mqtt is not None:
+        return []
+    return [
+        Problem(f"devices[{i}]", f"MQTT device {d.id!r} needs a broker", "add an mqtt: section with the broker url")
+        for i, d in enumerate(settings.devices)
+        if d.driver == "mqtt"
+    ]
+
+
+CROSS_CHECKS: list[CrossCheck] = [_check_secrets, _check_mqtt_devices]
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

@@ -114,21 +114,9 @@ def channels_from_devices(
 
 def moduli_from_maps(devices: Sequence[Any], *, base_dir: Path) -> dict[tuple[str, str], int]:
     """(device, quantity) -> register modulus (Wh) declared by each Modbus device's map."""
-    from drivers.maps import MapError, load_map
+    from drivers.maps import map_moduli
 
-    out: dict[tuple[str, str], int] = {}
-    for dev in devices:
-        name = getattr(dev, "map", None)
-        if not name:
-            continue
-        try:
-            rmap = load_map(name, base_dir=base_dir)
-        except MapError:
-            continue  # check-config reports it; the page just does without
-        for reg in rmap.registers:
-            if reg.modulus is not None:
-                out[(dev.id, reg.quantity)] = int(reg.modulus)
-    return out
+    return map_moduli(devices, base_dir=base_dir)
 
 
 def site_layout(channels: Sequence[Channel], device_classes: Mapping[str, str]) -> dict[str, dict[str, Any]]:

@@ -56,8 +56,15 @@ class LedgerUnavailable(ReportError):
     """The ledger file is missing or unreadable (HTTP 503)."""
 
 
-def channel_specs(settings: Settings) -> list[ChannelSpec]:
-    """The metering channels from `devices[].channels` (ids default to '<device>.<role>')."""
+def channel_specs(settings: Settings, *, base_dir: Path | None = None) -> list[ChannelSpec]:
+    """The metering channels from `devices[].channels` (ids default to '<device>.<role>').
+
+    A channel's register modulus comes from its config, else from the device map (a wrapping
+    counter must not be read as a meter reset).
+    """
+    from drivers.maps import map_moduli
+
+    moduli = map_moduli(settings.devices, base_dir=base_dir)
     out = []
     for dev in settings.devices:
         for ch in dev.channels:
@@ -69,7 +76,7 @@ def channel_specs(settings: Settings) -> list[ChannelSpec]:
                     quantity=ch.quantity,
                     serial=dev.serial,
                     multiplier=ch.multiplier,
-                    register_modulus_wh=ch.register_modulus_wh,
+                    register_modulus_wh=ch.register_modulus_wh or moduli.get((dev.id, ch.quantity)),
                     rated_power_w=round(ch.rated_power_w) if ch.rated_power_w is not None else None,
                     source=ch.source,
                     renewable=ch.renewable,
@@ -96,6 +103,7 @@ class ReportService:
         *,
         reports_dir: Path | None = None,
         now_ms: Callable[[], int] | None = None,
+        base_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.ledger_path = Path(ledger_path) if ledger_path is not None else settings.ledger_path
@@ -109,7 +117,7 @@ class ReportService:
             else settings.data_dir / "reports"
         )
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
-        self.specs = channel_specs(settings)
+        self.specs = channel_specs(settings, base_dir=base_dir)
         c = settings.certification
         loc = settings.site.location
         self.params = Params(

@@ -316,3 +316,53 @@ async def test_device_offline_and_back_without_delaying_others(
     log = (tmp_path / "agent.log").read_text()
     assert log.count("device hall is offline") == 1  # logged on the transition, not every poll
     assert log.count("device hall is online") >= 1
+
+
+async def test_mqtt_device_through_the_agent(tmp_path: Path, mosquitto_fresh: MosquittoBroker) -> None:
+    """An MQTT device (Tasmota SML profile) read by `gia run` through the site's broker, into the ledger."""
+    http_port = free_port()
+    cfg = {
+        "site": {"id": "mq"},
+        "data_dir": "data",
+        "ledger": {"commit_interval_s": 0.2},
+        "devices": [
+            {
+                "id": "tasmota",
+                "driver": "mqtt",
+                "topic": "tele/meter1/SENSOR",
+                "profile": "tasmota-sml",
+                "poll_interval_s": 0.5,
+            }
+        ],
+        "mqtt": {"url": mosquitto_fresh.url},
+        "http": {"listen": f"127.0.0.1:{http_port}", "anonymous_viewer_on_loopback": True},
+    }
+    (tmp_path / "gia.yaml").write_text(yaml.safe_dump(cfg))
+    proc = await start_agent(tmp_path / "gia.yaml")
+    payload = json.dumps(
+        {"Time": "2026-11-29T06:00:00", "SML": {"Total_in": 12345.678, "Total_out": 1.5, "Power_curr": 2300}}
+    )
+    try:
+        await wait_for(lambda: get_json(f"http://127.0.0.1:{http_port}/healthz")[0] in (200, 503), 30, "agent up")
+        for _ in range(6):
+            subprocess.run(
+                [
+                    find_binary("mosquitto_pub"),
+                    *mosquitto_fresh.client_args(),
+                    "-t",
+                    "tele/meter1/SENSOR",
+                    "-m",
+                    payload,
+                ],
+                check=True,
+            )
+            await asyncio.sleep(0.5)
+        live = await wait_for(
+            lambda: get_json(f"http://127.0.0.1:{http_port}/api/v1/live")[1]["devices"]["tasmota"]["values"] or None,
+            10,
+            "tasmota values",
+        )
+    finally:
+        assert await stop_agent(proc) == 0
+    assert live["power_w"]["value"] == 2300
+    assert live["energy_import_wh"]["value"] == 12_345_678
