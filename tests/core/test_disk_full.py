@@ -82,7 +82,7 @@ async def test_full_disk_costs_raw_samples_not_registers(tmp_path: Path, tiny_di
             90,
             "disk pressure",
         )
-        status, health = get_json(base + "/healthz")
+        _, health = get_json(base + "/healthz")
         assert any("disk" in r for r in health["reasons"]), health
         head_then = health["ledger"]["head_seq"]
         await asyncio.sleep(8)  # keeps running under pressure
