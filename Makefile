@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[test,forecast]'
+	$(PIP) install -q -e '.[test,forecast,flex]'
 	@touch $@
 
 venv: $(VENV)/.installed

@@ -526,7 +526,13 @@ def _check_mqtt_devices(settings: Settings, base: Path) -> list[Problem]:
     ]
 
 
-CROSS_CHECKS: list[CrossCheck] = [_check_secrets, _check_mqtt_devices]
+def _check_flexibility(settings: Settings, base: Path) -> list[Problem]:
+    from gateway.flexibility.checks import check_flexibility
+
+    return check_flexibility(settings, base)
+
+
+CROSS_CHECKS: list[CrossCheck] = [_check_secrets, _check_mqtt_devices, _check_flexibility]
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
