@@ -1,0 +1,246 @@
+"""Feature builders: calendar, origin-aligned lags and weather joins, on a regular UTC grid.
+
+Why origin-aligned: a forecast made at origin `o` for the interval starting at `t = o + (k-1)·res` may only
+use values whose interval *ended* by `o`. Instead of fixed lags (t-24 h is unknown when k > 24 h), every
+lag is expressed relative to what is known at the origin: "the same time of day on the most recent day
+that is complete at `o`", "the last value before `o`", "the mean of the day ending at `o`". The step `k`
+is itself a feature, so one model serves every horizon (direct, not recursive: errors do not compound).
+
+No look-ahead by construction: every history read goes through `_take`, which returns NaN for any
+position at or after the origin. Weather is different: at `t` it is a *forecast* input, supplied by the
+caller for the horizon (the benchmarks state what stands in for it).
+
+Positions: `y[p]` is the mean over the interval starting at `index[p]`. An origin is a position `i`:
+`y[:i]` is known, `y[i:]` is not. Step `k` (1-based) targets position `j = i + k - 1`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from forecasting.physics import PowerCurve, clear_sky_ghi
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    FloatArray = NDArray[np.float64]
+    IntArray = NDArray[np.int64]
+
+#: weather columns understood everywhere (CSV headers, provider output), SI units in the names
+WEATHER_COLUMNS: tuple[str, ...] = (
+    "temperature_c",
+    "wind_speed_ms",
+    "wind_direction_deg",
+    "ghi_wm2",
+    "cloud_cover_pct",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """Everything that decides the feature columns; saved with the model so prediction matches training."""
+
+    target: str
+    resolution_s: int
+    horizon_steps: int
+    timezone: str = "UTC"
+    holidays_country: str | None = "LV"
+    holidays_subdiv: str | None = None
+    weather_columns: tuple[str, ...] = ()
+    capacity: float | None = None
+    power_curve: PowerCurve | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def steps_per_day(self) -> int:
+        return 86400 // self.resolution_s
+
+    @property
+    def steps_per_hour(self) -> int:
+        return max(1, 3600 // self.resolution_s)
+
+
+def to_grid(
+    values: pd.Series, resolution_s: int, *, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None
+) -> pd.Series:
+    """Put (ts, value) data on a regular UTC grid of `resolution_s`, NaN where nothing was measured.
+
+    Irregular or finer data is averaged into intervals labelled by their start; gaps stay NaN (the model
+    handles missing values natively, so gaps never need invented numbers).
+    """
+    s = values.astype("float64")
+    idx = pd.DatetimeIndex(s.index)
+    s.index = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+    s = s[~s.index.duplicated(keep="last")].sort_index()
+    freq = f"{resolution_s}s"
+    s = s.resample(freq, label="left", closed="left").mean()
+    lo = start.floor(freq) if start is not None else (s.index[0] if len(s) else None)
+    hi = end if end is not None else (s.index[-1] + pd.Timedelta(seconds=resolution_s) if len(s) else None)
+    if lo is None or hi is None:
+        return pd.Series(dtype="float64", index=pd.DatetimeIndex([], tz="UTC"))
+    full = pd.date_range(lo, hi, freq=freq, inclusive="left", tz="UTC")
+    return s.reindex(full)
+
+
+def _take(y: FloatArray, pos: IntArray, origin: IntArray) -> FloatArray:
+    """y[pos], NaN where pos is outside the data or not known at the origin (pos >= origin)."""
+    ok = (pos >= 0) & (pos < origin) & (pos < len(y))
+    out = np.full(pos.shape, np.nan)
+    out[ok] = y[pos[ok]]
+    return out
+
+
+def _window_stats(y: FloatArray, width: int) -> tuple[FloatArray, FloatArray, FloatArray]:
+    """Mean, max, min of y[p-width+1 .. p] for every p (NaN-aware); index p-1 gives the window ending at p."""
+    s = pd.Series(y)
+    r = s.rolling(width, min_periods=max(1, width // 4))
+    return r.mean().to_numpy(), r.max().to_numpy(), r.min().to_numpy()
+
+
+@lru_cache(maxsize=32)
+def _holiday_dates(country: str, subdiv: str | None, years: tuple[int, ...]) -> frozenset[date]:
+    import holidays
+
+    cal = holidays.country_holidays(country, subdiv=subdiv, years=list(years))
+    return frozenset(cal.keys())
+
+
+def calendar_frame(index: pd.DatetimeIndex, spec: FeatureSpec) -> pd.DataFrame:
+    """Local-time calendar features per grid position (DST-correct: local time comes from the zone)."""
+    local = index.tz_convert(spec.timezone)
+    hour = local.hour.to_numpy() + local.minute.to_numpy() / 60.0
+    weekday = local.dayofweek.to_numpy()
+    dates = local.date
+    if spec.holidays_country and len(index):
+        years = tuple(range(int(local.year.min()) - 1, int(local.year.max()) + 2))
+        hol = _holiday_dates(spec.holidays_country, spec.holidays_subdiv, years)
+        is_hol = np.fromiter((d in hol for d in dates), dtype=bool, count=len(dates))
+    else:
+        is_hol = np.zeros(len(index), dtype=bool)
+    offday = is_hol | (weekday >= 5)
+    return pd.DataFrame(
+        {
+            "hour": hour,
+            "weekday": weekday.astype(float),
+            "month": local.month.to_numpy().astype(float),
+            "doy": local.dayofyear.to_numpy().astype(float),
+            "holiday": is_hol.astype(float),
+            "offday": offday.astype(float),
+        },
+        index=index,
+    )
+
+
+def build_features(
+    y: FloatArray,
+    index: pd.DatetimeIndex,
+    origins: IntArray,
+    steps: IntArray,
+    spec: FeatureSpec,
+    *,
+    weather: pd.DataFrame | None = None,
+    calendar: pd.DataFrame | None = None,
+) -> tuple[FloatArray, list[str]]:
+    """Feature matrix for (origin, step) pairs given as equal-length arrays.
+
+    `index` covers history and horizon (len(index) >= max target position + 1); `y` may be shorter (the
+    unknown future). `weather` is aligned to `index` (NaN where missing). Returns (X, column names).
+    """
+    origins = np.asarray(origins, dtype=np.int64)
+    steps = np.asarray(steps, dtype=np.int64)
+    spd, sph = spec.steps_per_day, spec.steps_per_hour
+    j = origins + steps - 1
+    if len(j) and int(j.max()) >= len(index):
+        raise ValueError("index does not cover the horizon")
+    yk = np.full(len(index), np.nan)
+    yk[: len(y)] = y[: len(index)]
+    cal = calendar if calendar is not None else calendar_frame(index, spec)
+    cols: dict[str, FloatArray] = {}
+    days_back = np.maximum(1, -(-steps // spd))  # most recent day whose same time is known at the origin
+
+    cols["step_h"] = steps / sph
+    cols["origin_hour"] = cal["hour"].to_numpy()[np.clip(origins, 0, len(index) - 1)]
+    for name in ("hour", "weekday", "doy", "holiday", "offday"):
+        cols[name] = cal[name].to_numpy()[j]
+
+    lag_d = j - spd * days_back
+    cols["lag_day"] = _take(yk, lag_d, origins)
+    cols["lag_day_m1h"] = _take(yk, lag_d - sph, origins)
+    cols["lag_day_p1h"] = _take(yk, lag_d + sph, origins)
+    cols["lag_day2"] = _take(yk, lag_d - spd, origins)
+    cols["lag_day3"] = _take(yk, lag_d - 2 * spd, origins)
+    cols["lag_week"] = _take(yk, j - 7 * spd, origins)
+    cols["lag_week2"] = _take(yk, j - 14 * spd, origins)
+    last = _take(yk, origins - 1, origins)
+    cols["last"] = last
+    cols["last_m1h"] = _take(yk, origins - 1 - sph, origins)
+    anchor = _take(yk, origins - 1 - spd * days_back, origins)
+    cols["lag_day_adj"] = cols["lag_day"] + (last - anchor)
+    cols["lag_day_offday"] = cal["offday"].to_numpy()[np.clip(lag_d, 0, len(index) - 1)]
+    m24, x24, n24 = _window_stats(yk, spd)
+    m3, _, _ = _window_stats(yk, 3 * sph)
+    m7, _, _ = _window_stats(yk, 7 * spd)
+    prev = origins - 1  # windows ending at the last known position; _take masks negative positions
+    for name, arr in (("mean_24h", m24), ("max_24h", x24), ("min_24h", n24), ("mean_3h", m3), ("mean_7d", m7)):
+        cols[name] = _take(arr, prev, origins)
+    # last week's profile moved to this week's level (the day-of-week shape, current level)
+    cols["lag_week_adj"] = cols["lag_week"] + (cols["mean_24h"] - _take(m24, prev - 7 * spd, origins))
+
+    if weather is not None and spec.weather_columns:
+        _weather_features(cols, weather, spec, j, lag_d)
+
+    if spec.target == "pv" and spec.latitude is not None and spec.longitude is not None:
+        cs = clear_sky_ghi(index, spec.latitude, spec.longitude, offset_s=spec.resolution_s / 2)
+        cols["clear_sky"] = cs[j]
+        cs_lag = cs[np.clip(lag_d, 0, len(index) - 1)]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = np.where(cs_lag > 50.0, cols["lag_day"] / cs_lag, np.nan)
+        cols["lag_day_cs"] = ratio * cs[j]
+    names = list(cols)
+    X = np.column_stack([cols[n] for n in names]).astype(np.float64)
+    return X, names
+
+
+def _weather_features(
+    cols: dict[str, FloatArray], weather: pd.DataFrame, spec: FeatureSpec, j: IntArray, lag_d: IntArray
+) -> None:
+    """Weather at the target time (a forecast), plus what the lag was measured under, plus derived terms."""
+    n = len(weather)
+    spd = spec.steps_per_day
+    lagc = np.clip(lag_d, 0, n - 1)
+    for c in spec.weather_columns:
+        w = weather[c].to_numpy(dtype=np.float64) if c in weather else np.full(n, np.nan)
+        if c == "wind_direction_deg":
+            rad = np.deg2rad(w[j])
+            cols["wind_dir_sin"] = np.sin(rad)
+            cols["wind_dir_cos"] = np.cos(rad)
+            continue
+        cols[c] = w[j]
+        if c == "temperature_c":
+            cols["temperature_lag_day"] = np.where(lag_d >= 0, w[lagc], np.nan)
+            mean24 = pd.Series(w).rolling(spd, min_periods=1).mean().to_numpy()
+            cols["temperature_mean_24h"] = mean24[j]
+            cols["temperature_max_day"] = pd.Series(w).rolling(spd, min_periods=1, center=True).max().to_numpy()[j]
+        if c == "wind_speed_ms" and spec.power_curve is not None:
+            cols["power_curve"] = spec.power_curve.power(w[j])
+            # neighbours smooth the timing error of a forecast front
+            prev = np.clip(j - spec.steps_per_hour, 0, n - 1)
+            nxt = np.clip(j + spec.steps_per_hour, 0, n - 1)
+            cols["wind_speed_prev_h"] = w[prev]
+            cols["wind_speed_next_h"] = w[nxt]
+
+
+def origin_step_grid(origins: Sequence[int] | IntArray, horizon_steps: int) -> tuple[IntArray, IntArray]:
+    """Cartesian product: every origin with every step 1..horizon_steps (flat, origin-major)."""
+    o = np.asarray(origins, dtype=np.int64)
+    k = np.arange(1, horizon_steps + 1, dtype=np.int64)
+    return np.repeat(o, len(k)), np.tile(k, len(o))

@@ -1,0 +1,288 @@
+"""The learnt model: one direct multi-horizon quantile model per target (P10, P50, P90).
+
+Why this shape:
+* Direct, origin-aligned rows (origin, step) with the step as a feature: one model covers 1..48 h,
+  no recursion, so a bad first hour does not poison the rest of the day.
+* `HistGradientBoostingRegressor(loss="quantile")`: handles NaN (gaps) natively, fast on 2 cores,
+  monotone constraints available, no scaling needed.
+* Intervals are calibrated on a holdout of whole weeks spread over the window (see `holdout_split`) by
+  conformalised quantile regression, scaled by the model's own interval width: one factor widens or
+  narrows P10/P90 until the holdout coverage meets the configured target (0.8).
+* Quantiles are sorted row-wise at the end, so P10 <= P50 <= P90 holds whatever the trees do, and each
+  target's physical bounds (0..capacity, 0 above cut-out) are applied after.
+
+scikit-learn is imported inside functions only: importing this module costs numpy/pandas, not sklearn.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from forecasting.features import FeatureSpec, build_features, calendar_frame
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    FloatArray = NDArray[np.float64]
+    IntArray = NDArray[np.int64]
+
+QUANTILES: tuple[float, float, float] = (0.1, 0.5, 0.9)
+#: larger leaves for the P10/P90 models: tail quantiles from small leaves are overfit (too narrow)
+INTERVAL_MIN_LEAF = 200
+
+
+@dataclass(slots=True)
+class TrainedModel:
+    """P50 = mean of a direct member and members that learn a correction to a prior ("anchor") column.
+
+    The anchor is a physical or naive forecast already in the features: yesterday's value for load, the
+    power curve for wind, yesterday's clear-sky-scaled output for PV. Averaging the direct model with the
+    corrected prior cut load nMAE by ~0.15 points on Victoria demand; for wind it *is* the issue's
+    "power curve corrected by a learnt model". P10/P90 are direct quantile models, calibrated.
+    """
+
+    spec: FeatureSpec
+    feature_names: list[str]
+    members: list[tuple[str | None, str, Any]]
+    interval: list[Any]
+    offset: float
+    min_width: float
+    lower: float | None
+    upper: float | None
+    train_start: datetime
+    train_end: datetime
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def predict_matrix(self, X: FloatArray, *, wind_speed: FloatArray | None = None) -> FloatArray:
+        """(n, 3) array of P10, P50, P90: calibrated, sorted, bounded."""
+        p50 = _ensemble(self.members, self.feature_names, X)
+        lo, hi = self.interval[0].predict(X), self.interval[1].predict(X)
+        width = _width(lo, hi, self.min_width)
+        lo, hi = lo - self.offset * width, hi + self.offset * width
+        raw = np.column_stack([lo, p50, hi])
+        return postprocess(
+            raw,
+            lower=self.lower,
+            upper=self.upper,
+            wind_speed=wind_speed,
+            cut_out_ms=self.spec.power_curve.cut_out_ms if self.spec.power_curve else None,
+        )
+
+    def predict(
+        self,
+        y: FloatArray,
+        index: pd.DatetimeIndex,
+        origins: IntArray,
+        steps: IntArray,
+        *,
+        weather: pd.DataFrame | None = None,
+    ) -> FloatArray:
+        X, names = build_features(y, index, origins, steps, self.spec, weather=weather)
+        if names != self.feature_names:
+            raise ValueError("feature columns differ from the trained model's; retrain")
+        ws = None
+        if weather is not None and "wind_speed_ms" in self.spec.weather_columns and "wind_speed_ms" in weather:
+            ws = weather["wind_speed_ms"].to_numpy(dtype=np.float64)[origins + steps - 1]
+        return self.predict_matrix(X, wind_speed=ws)
+
+
+def _ensemble(members: list[tuple[str | None, str, Any]], names: list[str], X: FloatArray) -> FloatArray:
+    preds = []
+    for anchor, mode, est in members:
+        p = est.predict(X)
+        if anchor is not None:
+            a = X[:, names.index(anchor)]
+            if mode == "ratio":
+                with np.errstate(invalid="ignore"):
+                    p = np.where(a > 0, p * a, np.nan)
+            else:
+                p = p + a
+        preds.append(p)
+    stack = np.vstack(preds)
+    counts = np.isfinite(stack).sum(axis=0)
+    return np.where(counts > 0, np.nansum(stack, axis=0) / np.maximum(counts, 1), np.nan)
+
+
+#: (anchor column, "diff" | "ratio") members per target; "ratio" only where the anchor is > 0
+ANCHORS: dict[str, tuple[tuple[str, str], ...]] = {
+    "load": (("lag_day", "diff"), ("lag_day_adj", "ratio")),
+    "wind": (("power_curve", "diff"),),
+    "pv": (("lag_day_cs", "diff"),),
+}
+
+
+def postprocess(
+    q: FloatArray,
+    *,
+    lower: float | None,
+    upper: float | None,
+    wind_speed: FloatArray | None = None,
+    cut_out_ms: float | None = None,
+) -> FloatArray:
+    """Sort quantiles per row (monotone guaranteed), clip to physical bounds, zero above cut-out."""
+    out = np.sort(q, axis=1)
+    if lower is not None or upper is not None:
+        out = np.clip(out, lower, upper)
+    if wind_speed is not None and cut_out_ms is not None:
+        storm = np.nan_to_num(wind_speed, nan=0.0) >= cut_out_ms
+        out[storm, 0] = 0.0
+        out[storm, 1] = 0.0
+    return out
+
+
+def _estimator(quantile: float, *, max_iter: int, seed: int, min_leaf: int = 40) -> Any:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    return HistGradientBoostingRegressor(
+        loss="quantile",
+        quantile=quantile,
+        max_iter=max_iter,
+        learning_rate=min(0.2, 15.0 / max_iter),  # same total shrinkage whatever the budget
+        max_leaf_nodes=31,
+        min_samples_leaf=min_leaf,
+        l2_regularization=1.0,
+        early_stopping=False,
+        random_state=seed,
+    )
+
+
+def training_rows(
+    y: FloatArray,
+    spec: FeatureSpec,
+    *,
+    max_rows: int,
+    exclude: NDArray[np.bool_] | None = None,
+    min_origin: int | None = None,
+) -> tuple[IntArray, IntArray]:
+    """(origin, step) pairs for training: origins spread over all times of day, targets measured and valid.
+
+    The origin stride is chosen so rows stay under `max_rows` (bounded training time on a Pi whatever the
+    history length or resolution); an odd stride makes origins rotate through the hours of the day.
+    """
+    n, h = len(y), spec.horizon_steps
+    first = min_origin if min_origin is not None else spec.steps_per_day
+    last = n  # target must lie inside the data
+    span = max(0, last - first)
+    stride = max(1, int(np.ceil(span * h / max_rows)))
+    if stride > 1 and stride % 2 == 0 and spec.steps_per_day % 2 == 0:
+        stride += 1
+    origins = np.arange(first, last, stride, dtype=np.int64)
+    k = np.arange(1, h + 1, dtype=np.int64)
+    oo, kk = np.repeat(origins, h), np.tile(k, len(origins))
+    j = oo + kk - 1
+    keep = j < n
+    keep[keep] &= np.isfinite(y[j[keep]])
+    if exclude is not None:
+        keep[keep] &= ~exclude[j[keep]]
+    return oo[keep], kk[keep]
+
+
+def fit_model(
+    y: FloatArray,
+    index: pd.DatetimeIndex,
+    spec: FeatureSpec,
+    *,
+    weather: pd.DataFrame | None = None,
+    exclude: NDArray[np.bool_] | None = None,
+    max_iter: int = 300,
+    coverage: float = 0.8,
+    max_rows: int = 60_000,
+    holdout_fraction: float = 0.15,
+    seed: int = 0,
+) -> TrainedModel:
+    """Train the P50 members on all rows; P10/P90 on ~85 % of the weeks, calibrated on the other weeks."""
+    t0 = time.perf_counter()
+    origins, steps = training_rows(y, spec, max_rows=max_rows, exclude=exclude)
+    if len(origins) < 200:
+        raise ValueError(f"too few training rows ({len(origins)}): need more history")
+    cal = calendar_frame(index, spec)
+    X, names = build_features(y, index, origins, steps, spec, weather=weather, calendar=cal)
+    target = y[origins + steps - 1]
+    t_feat = time.perf_counter() - t0
+    tr, ho = holdout_split(origins, spec.steps_per_day, holdout_fraction)
+
+    members: list[tuple[str | None, str, Any]] = [
+        (None, "direct", _estimator(0.5, max_iter=max_iter, seed=seed).fit(X, target))
+    ]
+    for anchor, mode in ANCHORS.get(spec.target, ()):
+        if anchor not in names:
+            continue
+        a = X[:, names.index(anchor)]
+        ok = np.isfinite(a) & ((a > 0) if mode == "ratio" else True)
+        if ok.sum() < 200:
+            continue
+        resid = target[ok] / a[ok] if mode == "ratio" else target[ok] - a[ok]
+        members.append((anchor, mode, _estimator(0.5, max_iter=max_iter, seed=seed).fit(X[ok], resid)))
+    # the interval models see only the older part, so the holdout is honest for calibration
+    it_q = max(50, max_iter // 2)
+    interval = [
+        _estimator(q, max_iter=it_q, seed=seed, min_leaf=INTERVAL_MIN_LEAF).fit(X[tr], target[tr])
+        for q in (QUANTILES[0], QUANTILES[2])
+    ]
+    yh = target[ho]
+    lo, hi = interval[0].predict(X[ho]), interval[1].predict(X[ho])
+    # scaled conformity: the offset is a multiple of the model's own interval width, so calm periods keep
+    # narrow bands and volatile ones wide (an additive offset learnt in a stormy holdout over-covers)
+    min_width = 0.02 * float(np.nanmean(np.abs(target))) + 1e-9
+    width = _width(lo, hi, min_width)
+    conformity = np.maximum(lo - yh, yh - hi) / width
+    level = min(1.0, coverage * (1 + 1 / max(1, len(yh))))
+    offset = float(np.quantile(conformity, level)) if len(yh) else 0.0
+    lower, upper = _bounds(spec, y)
+    valid_index = index[: len(y)][np.isfinite(y)]
+    return TrainedModel(
+        spec=spec,
+        feature_names=names,
+        members=members,
+        interval=interval,
+        offset=offset,
+        min_width=min_width,
+        lower=lower,
+        upper=upper,
+        train_start=valid_index[0].to_pydatetime(),
+        train_end=valid_index[-1].to_pydatetime(),
+        metrics={
+            "holdout_coverage_raw": float(np.mean((yh >= lo) & (yh <= hi))) if len(yh) else 0.0,
+            "interval_offset": offset,
+            "rows": float(len(origins)),
+            "features_s": t_feat,
+            "fit_s": time.perf_counter() - t0,
+        },
+    )
+
+
+def holdout_split(origins: IntArray, steps_per_day: int, fraction: float) -> tuple[NDArray[np.bool_], ...]:
+    """(train, holdout) masks for interval calibration: whole weeks spread over the window, with buffers.
+
+    Why not just the latest 15 %: errors are seasonal (a summer holdout made winter bands 10 points too
+    wide on Victoria demand). Weeks sampled across the window represent every season. Why the buffer
+    week on each side, left out of both sets: weather regimes last days, so a held-out week right next to
+    training weeks looks easier than the future does (wind bands came out 14 points too narrow).
+    """
+    every = max(3, round(1 / fraction))
+    week = origins // (7 * steps_per_day)
+    phase = week % every
+    ho = phase == every - 1
+    tr = (phase != every - 1) & (phase != every - 2) & (phase != 0)
+    if ho.sum() < 50 or tr.sum() < 50:  # short history: fall back to the latest part
+        cut = origins[int(len(origins) * (1 - fraction))]
+        ho = origins >= cut
+        tr = ~ho
+    return tr, ho
+
+
+def _width(lo: FloatArray, hi: FloatArray, floor: float) -> FloatArray:
+    return np.maximum(np.abs(hi - lo), floor)
+
+
+def _bounds(spec: FeatureSpec, y: FloatArray) -> tuple[float | None, float | None]:
+    if spec.target in ("wind", "pv"):
+        cap = spec.capacity if spec.capacity is not None else float(np.nanmax(y)) if np.isfinite(y).any() else None
+        return 0.0, cap
+    return (0.0 if np.nanmin(y) >= 0 else None), None

@@ -1,0 +1,398 @@
+"""`ForecastService`: train and predict load/wind/PV, meant to run in a worker thread inside the agent.
+
+    service = ForecastService(config, history, artifact_dir=Path("/var/lib/gia/models"),
+                              weather=make_weather_provider(config), timezone="Europe/Riga")
+    await asyncio.to_thread(service.train, "load")               # nightly
+    fc = await asyncio.to_thread(service.predict, "load", now)   # every 15 min / hour
+    mqtt.publish(f"gia/{site}/forecast/load", json.dumps(fc.to_payload()), retain=True)
+
+Decisions, in the order `predict` takes them (each fallback says why in `Forecast.reason`):
+1. no history at all -> `kind="empty"`, no points;
+2. less than `min_history_days` of values -> best baseline ("cold start"), the model takes over by itself
+   once enough data exists (the next `predict` trains when nothing usable is saved);
+3. a saved model whose library versions differ -> retrained, never unpickled;
+4. a model that needs weather when the provider fails -> best baseline ("weather unavailable: ...");
+5. otherwise the model, P10 <= P50 <= P90, clipped to physical limits.
+Nothing here raises on bad data: errors become a labelled baseline forecast and a log line.
+
+Blocking and CPU-heavy by design (scikit-learn, HTTP): call it with `asyncio.to_thread`. A lock makes
+concurrent `train`/`predict` calls safe; scikit-learn uses `threads` OpenMP threads (default 1, so the
+agent's pollers keep the other core).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from forecasting import artifacts
+from forecasting.baselines import baseline_values, choose_baseline, climatology_table
+from forecasting.config import ForecastingConfig, TargetConfig, TargetName
+from forecasting.features import FeatureSpec, to_grid
+from forecasting.physics import PowerCurve
+from forecasting.pipelines import TrainedModel, fit_model
+from forecasting.types import Forecast, ForecastPoint, HistorySource
+from forecasting.weather import FileProvider, OpenMeteoProvider, WeatherError, WeatherProvider, align
+
+log = logging.getLogger(__name__)
+
+#: weather columns each target's model may use (only those the provider actually delivers are kept)
+TARGET_WEATHER: dict[str, tuple[str, ...]] = {
+    "load": ("temperature_c",),
+    "wind": ("wind_speed_ms", "wind_direction_deg"),
+    "pv": ("ghi_wm2", "cloud_cover_pct", "temperature_c"),
+}
+#: days of history read for a prediction (lags reach back 16 days; baselines are chosen on 4 weeks)
+PREDICT_HISTORY_DAYS = 28
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    target: str
+    trained: bool
+    reason: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    weather_columns: tuple[str, ...] = ()
+
+
+def make_weather_provider(
+    config: ForecastingConfig, *, latitude: float | None = None, longitude: float | None = None
+) -> WeatherProvider | None:
+    """The configured provider, or None ('none', or Open-Meteo without a location)."""
+    w = config.weather
+    if w.provider == "file" and w.path is not None:
+        return FileProvider(w.path)
+    if w.provider == "open-meteo":
+        loc = config.location
+        lat = loc.latitude if loc else latitude
+        lon = loc.longitude if loc else longitude
+        if lat is None or lon is None:
+            log.warning("forecasting: open-meteo weather needs a location (forecasting.location or site)")
+            return None
+        return OpenMeteoProvider(url=w.url, latitude=lat, longitude=lon, timeout_s=w.timeout_s)
+    return None
+
+
+def _utc(ts: datetime) -> pd.Timestamp:
+    t = pd.Timestamp(ts)
+    return t.tz_localize("UTC") if t.tz is None else t.tz_convert("UTC")
+
+
+class ForecastService:
+    """Train and serve forecasts for the configured targets (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ForecastingConfig,
+        history: HistorySource,
+        *,
+        artifact_dir: Path,
+        weather: WeatherProvider | None = None,
+        timezone: str | None = None,
+        latitude: float | None = None,
+        longitude: float | None = None,
+        threads: int = 1,
+    ) -> None:
+        self._cfg = config
+        self._history = history
+        self._dir = artifact_dir
+        self._weather = weather
+        self._tz = config.timezone or timezone or "UTC"
+        self._lat = config.location.latitude if config.location else latitude
+        self._lon = config.location.longitude if config.location else longitude
+        self._threads = threads
+        self._lock = threading.Lock()
+        self._models: dict[str, TrainedModel] = {}
+        self._load_reason: dict[str, str] = {}
+        self._last_weather_error: str | None = None
+        self._failed_train: dict[str, tuple[pd.Timestamp, str]] = {}
+
+    # ---------------------------------------------------------------- configuration helpers
+    def target_config(self, target: TargetName) -> TargetConfig:
+        return self._cfg.targets.get(target) or TargetConfig()
+
+    def _series(self, target: TargetName) -> str:
+        return self.target_config(target).series or target
+
+    def _spec(
+        self, target: TargetName, weather_columns: tuple[str, ...], curve: PowerCurve | None, capacity: float | None
+    ) -> FeatureSpec:
+        tc = self.target_config(target)
+        return FeatureSpec(
+            target=target,
+            resolution_s=tc.resolution_s,
+            horizon_steps=tc.horizon_h * 3600 // tc.resolution_s,
+            timezone=self._tz,
+            holidays_country=self._cfg.holidays_country,
+            holidays_subdiv=self._cfg.holidays_subdiv,
+            weather_columns=weather_columns,
+            capacity=capacity,
+            power_curve=curve,
+            latitude=self._lat,
+            longitude=self._lon,
+        )
+
+    def _grid(self, target: TargetName, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
+        tc = self.target_config(target)
+        pairs = self._history.values(self._series(target), start.to_pydatetime(), end.to_pydatetime(), tc.resolution_s)
+        clean = [(t, v) for t, v in pairs if v is not None and np.isfinite(v)]
+        if clean:
+            s = pd.Series([v for _, v in clean], index=pd.DatetimeIndex([_utc(t) for t, _ in clean]))
+        else:
+            s = pd.Series(dtype="float64", index=pd.DatetimeIndex([], tz="UTC"))
+        return to_grid(s, tc.resolution_s, start=start, end=end)
+
+    def _fetch_weather(self, start: pd.Timestamp, end: pd.Timestamp) -> tuple[pd.DataFrame | None, str]:
+        if self._weather is None:
+            return None, "no weather provider configured"
+        try:
+            frame = self._weather.fetch(start.to_pydatetime(), end.to_pydatetime())
+        except WeatherError as exc:
+            if self._last_weather_error != str(exc):
+                log.error("forecasting: weather unavailable: %s", exc)
+            self._last_weather_error = str(exc)
+            return None, f"weather unavailable: {exc}"
+        except Exception as exc:  # a provider bug must not take forecasting down
+            log.exception("forecasting: weather provider failed")
+            return None, f"weather provider failed: {exc.__class__.__name__}"
+        if self._last_weather_error is not None:
+            log.info("forecasting: weather available again")
+            self._last_weather_error = None
+        return frame, ""
+
+    # ---------------------------------------------------------------- training
+    def train(self, target: TargetName, *, now: datetime | None = None) -> TrainResult:
+        """Fit and save the target's model from history up to `now`; returns why when it cannot."""
+        tc = self.target_config(target)
+        end = _utc(now or datetime.now(UTC)).floor(f"{tc.resolution_s}s")
+        start = end - pd.Timedelta(days=self._cfg.train_window_days)
+        try:
+            y = self._grid(target, start, end)
+        except Exception as exc:
+            log.exception("forecasting: history for %s unreadable", target)
+            return TrainResult(target, False, f"history unreadable: {exc.__class__.__name__}")
+        valid = y.dropna()
+        days = len(valid) * tc.resolution_s / 86400
+        if days < self._cfg.min_history_days:
+            return TrainResult(
+                target, False, f"cold start: {days:.1f} days of history < {self._cfg.min_history_days:g}"
+            )
+        first = valid.index[0]
+        y = y[y.index >= first]
+        index = y.index
+        weather_cols: tuple[str, ...] = ()
+        wframe: pd.DataFrame | None = None
+        wanted = TARGET_WEATHER.get(target, ())
+        if self._weather is not None:
+            raw, _ = self._fetch_weather(first, end)
+            wframe = align(raw, index)
+            if wframe is not None:
+                weather_cols = tuple(c for c in wanted if wframe[c].notna().mean() >= 0.8)
+        if target in ("wind", "pv") and not weather_cols:
+            return TrainResult(target, False, f"{target} needs weather history ({', '.join(wanted)}); baseline used")
+        capacity = tc.capacity_w
+        yv = y.to_numpy(dtype=np.float64)
+        if capacity is None and target in ("wind", "pv"):
+            capacity = float(np.nanmax(yv))
+        curve: PowerCurve | None = None
+        exclude: np.ndarray[Any, np.dtype[np.bool_]] | None = None
+        if target == "wind" and wframe is not None and "wind_speed_ms" in weather_cols:
+            assert capacity is not None
+            curve = self._power_curve(tc, capacity, wframe["wind_speed_ms"].to_numpy(), yv)
+            exclude = outage_mask(yv, curve.power(wframe["wind_speed_ms"].to_numpy()), capacity)
+        spec = self._spec(target, weather_cols, curve, capacity)
+        try:
+            from threadpoolctl import threadpool_limits  # type: ignore[import-untyped,unused-ignore]
+
+            with threadpool_limits(self._threads):
+                model = fit_model(
+                    yv,
+                    index,
+                    spec,
+                    weather=wframe if weather_cols else None,
+                    exclude=exclude,
+                    max_iter=self._cfg.max_iter,
+                    coverage=self._cfg.interval_coverage,
+                )
+        except ValueError as exc:
+            return TrainResult(target, False, f"not trained: {exc}")
+        artifacts.save(model, self._dir, target)
+        with self._lock:
+            self._models[target] = model
+            self._load_reason.pop(target, None)
+        log.info("forecasting: %s trained on %.0f days in %.1f s", target, days, model.metrics["fit_s"])
+        return TrainResult(target, True, "", dict(model.metrics), weather_cols)
+
+    def _power_curve(
+        self, tc: TargetConfig, capacity: float, ws: np.ndarray[Any, Any], y: np.ndarray[Any, Any]
+    ) -> PowerCurve:
+        if tc.power_curve:
+            return PowerCurve.from_points(tc.power_curve, cut_out_ms=tc.cut_out_ms, capacity=capacity)
+        if tc.turbine_type:
+            try:
+                return PowerCurve.from_windpowerlib(tc.turbine_type, capacity=capacity, cut_out_ms=tc.cut_out_ms)
+            except (RuntimeError, ValueError) as exc:
+                log.warning("forecasting: %s; learning the power curve from history instead", exc)
+        n = min(len(ws), len(y))
+        return PowerCurve.empirical(ws[:n], y[:n], capacity=capacity, cut_out_ms=tc.cut_out_ms)
+
+    def needs_training(self, target: TargetName, now: datetime) -> bool:
+        """True when no usable model exists or the last one is older than `retrain_interval_h`."""
+        model = self._model(target)
+        if model is None:
+            return True
+        age = _utc(now) - _utc(model.train_end)
+        return bool(age > pd.Timedelta(hours=self._cfg.retrain_interval_h))
+
+    def _model(self, target: TargetName) -> TrainedModel | None:
+        with self._lock:
+            if target in self._models:
+                return self._models[target]
+        res = artifacts.load(self._dir, target)
+        if res.model is None:
+            with self._lock:
+                self._load_reason[target] = res.reason
+            return None
+        with self._lock:
+            self._models[target] = res.model
+        return res.model
+
+    # ---------------------------------------------------------------- prediction
+    def predict(self, target: TargetName, now: datetime) -> Forecast:
+        """The forecast from `now` over the target's horizon. Never raises on data problems."""
+        tc = self.target_config(target)
+        res_s = tc.resolution_s
+        freq = f"{res_s}s"
+        origin = _utc(now).floor(freq)
+        steps = tc.horizon_h * 3600 // res_s
+        generated = _utc(now).to_pydatetime()
+        hist_start = origin - pd.Timedelta(days=PREDICT_HISTORY_DAYS)
+        try:
+            y = self._grid(target, hist_start, origin)
+        except Exception as exc:
+            log.exception("forecasting: history for %s unreadable", target)
+            return self._empty(target, generated, f"history unreadable: {exc.__class__.__name__}")
+        days = float(y.notna().sum()) * res_s / 86400
+        if days == 0:
+            return self._empty(target, generated, "no history yet")
+        model = self._model(target)
+        if model is None or model.spec.resolution_s != res_s or model.spec.horizon_steps < steps:
+            reason = self._load_reason.get(target, "no saved model")
+            failed = self._failed_train.get(target)
+            recent_failure = failed is not None and origin - failed[0] < pd.Timedelta(
+                hours=self._cfg.retrain_interval_h
+            )
+            if failed is not None and recent_failure:
+                reason = failed[1]
+            elif days >= self._cfg.min_history_days:
+                result = self.train(target, now=now)
+                model = self._model(target) if result.trained else None
+                if not result.trained:
+                    reason = result.reason
+                    self._failed_train[target] = (origin, result.reason)
+            else:
+                reason = f"cold start: {days:.1f} days of history < {self._cfg.min_history_days:g}"
+            if model is None:
+                return self._baseline(target, y, origin, steps, generated, reason)
+        index = pd.date_range(hist_start, origin + pd.Timedelta(seconds=res_s * steps), freq=freq, inclusive="left")
+        wframe: pd.DataFrame | None = None
+        if model.spec.weather_columns:
+            raw, why = self._fetch_weather(hist_start, index[-1] + pd.Timedelta(seconds=res_s))
+            wframe = align(raw, index)
+            future = None if wframe is None else wframe.iloc[len(y) :][list(model.spec.weather_columns)]
+            if future is None or future.isna().mean().max() > 0.2:
+                why = why or "weather forecast missing for the horizon"
+                return self._baseline(target, y, origin, steps, generated, why)
+        try:
+            t0 = time.perf_counter()
+            from threadpoolctl import threadpool_limits  # type: ignore[import-untyped,unused-ignore]
+
+            o = np.full(steps, len(y), dtype=np.int64)
+            k = np.arange(1, steps + 1, dtype=np.int64)
+            with threadpool_limits(self._threads):
+                q = model.predict(y.to_numpy(dtype=np.float64), index, o, k, weather=wframe)
+            elapsed = time.perf_counter() - t0
+        except Exception as exc:  # a model that cannot predict is retrained next time, not fatal now
+            log.exception("forecasting: %s model failed to predict", target)
+            with self._lock:
+                self._models.pop(target, None)
+            return self._baseline(target, y, origin, steps, generated, f"model failed: {exc.__class__.__name__}")
+        if not np.isfinite(q).all():
+            return self._baseline(target, y, origin, steps, generated, "model produced non-finite values")
+        pts = tuple(
+            ForecastPoint(index[len(y) + i].to_pydatetime(), float(q[i, 0]), float(q[i, 1]), float(q[i, 2]))
+            for i in range(steps)
+        )
+        meta = {
+            "training_window": [model.train_start.isoformat(), model.train_end.isoformat()],
+            "weather": list(model.spec.weather_columns),
+            "predict_s": round(elapsed, 4),
+        }
+        return Forecast(target, generated, res_s, tc.unit, pts, "model", "hgb-quantile", "", meta)
+
+    def _empty(self, target: TargetName, generated: datetime, reason: str) -> Forecast:
+        tc = self.target_config(target)
+        return Forecast(target, generated, tc.resolution_s, tc.unit, (), "empty", "none", reason)
+
+    def _baseline(
+        self, target: TargetName, y: pd.Series, origin: pd.Timestamp, steps: int, generated: datetime, reason: str
+    ) -> Forecast:
+        """The best baseline on recent history, with intervals from its own past errors."""
+        tc = self.target_config(target)
+        res_s = tc.resolution_s
+        spd = 86400 // res_s
+        yv = y.to_numpy(dtype=np.float64)
+        index = pd.date_range(
+            y.index[0], origin + pd.Timedelta(seconds=res_s * steps), freq=f"{res_s}s", inclusive="left"
+        )
+        choice = choose_baseline(yv, index, steps_per_day=spd, horizon_steps=steps, timezone=self._tz)
+        o = np.full(steps, len(yv), dtype=np.int64)
+        k = np.arange(1, steps + 1, dtype=np.int64)
+        clim = climatology_table(yv, index, self._tz)
+        p50 = baseline_values(choice.name, yv, index, o, k, steps_per_day=spd, timezone=self._tz, climatology=clim)
+        # gaps in the chosen baseline: climatology, then the last measured value
+        fill = baseline_values("climatology", yv, index, o, k, steps_per_day=spd, timezone=self._tz, climatology=clim)
+        last = float(y.dropna().iloc[-1])
+        p50 = np.where(np.isfinite(p50), p50, np.where(np.isfinite(fill), fill, last))
+        q = np.column_stack([p50 + choice.q_low, p50, p50 + choice.q_high])
+        q = np.sort(q, axis=1)
+        if target in ("wind", "pv"):
+            q = np.clip(q, 0.0, tc.capacity_w)
+        pts = tuple(
+            ForecastPoint(index[len(yv) + i].to_pydatetime(), float(q[i, 0]), float(q[i, 1]), float(q[i, 2]))
+            for i in range(steps)
+        )
+        return Forecast(
+            target,
+            generated,
+            res_s,
+            tc.unit,
+            pts,
+            "baseline",
+            choice.name,
+            reason,
+            {"baseline_mae": None if not np.isfinite(choice.mae) else round(choice.mae, 3)},
+        )
+
+
+def outage_mask(
+    y: np.ndarray[Any, Any], expected: np.ndarray[Any, Any], capacity: float
+) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    """Training rows to skip: the farm produced (almost) nothing while the curve expected a lot.
+
+    Unflagged downtime and curtailment look like this; learning from them would teach the model that
+    strong wind sometimes means zero output. Evaluation still counts them (the meter is the truth).
+    """
+    n = min(len(y), len(expected))
+    out = np.zeros(len(y), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        out[:n] = (y[:n] <= 0.01 * capacity) & (expected[:n] >= 0.5 * capacity)
+    return out

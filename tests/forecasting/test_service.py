@@ -1,0 +1,222 @@
+"""ForecastService: cold start, gaps, artefact versions, weather failures, monotone quantiles, payload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from forecasting import artifacts
+from forecasting.config import ForecastingConfig, TargetConfig
+from forecasting.history import FrameHistory, FrameWeather
+from forecasting.pipelines import postprocess
+from forecasting.service import ForecastService
+from forecasting.types import Forecast
+from forecasting.weather import OpenMeteoProvider, WeatherProvider
+
+from .conftest import make_load
+
+
+def service(
+    cfg: ForecastingConfig, frame: pd.DataFrame, tmp_path: Path, *, weather: WeatherProvider | None = None
+) -> ForecastService:
+    return ForecastService(
+        cfg,
+        FrameHistory({"load": frame["value"]}),
+        artifact_dir=tmp_path / "models",
+        weather=weather,
+        timezone="Europe/Riga",
+    )
+
+
+def end_of(frame: pd.DataFrame) -> datetime:
+    last: pd.Timestamp = pd.DatetimeIndex(frame.index)[-1]
+    end: datetime = (last + pd.Timedelta(hours=1)).to_pydatetime()
+    return end
+
+
+def check_points(fc: Forecast, steps: int) -> None:
+    assert len(fc.points) == steps
+    for p in fc.points:
+        assert p.p10 <= p.p50 <= p.p90
+        assert all(np.isfinite([p.p10, p.p50, p.p90]))
+
+
+def test_no_history_gives_an_empty_labelled_forecast(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    svc = ForecastService(fast_config, FrameHistory({}), artifact_dir=tmp_path)
+    fc = svc.predict("load", datetime(2024, 5, 1, tzinfo=UTC))
+    assert fc.kind == "empty" and fc.points == () and "no history" in fc.reason
+
+
+def test_cold_start_baseline_then_model_once_history_suffices(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    full = make_load(40)
+    short = full.iloc[: 5 * 24]
+    fc = service(fast_config, short, tmp_path).predict("load", end_of(short))
+    assert fc.kind == "baseline" and "cold start" in fc.reason
+    check_points(fc, 24)
+    assert fc.points[0].ts == short.index[-1] + pd.Timedelta(hours=1)
+    # same service code, more history: the model takes over by itself (trains on first use)
+    fc2 = service(fast_config, full, tmp_path).predict("load", end_of(full))
+    assert fc2.kind == "model", fc2.reason
+    check_points(fc2, 24)
+    assert (tmp_path / "models" / "load.joblib").exists()
+
+
+def test_tiny_and_gappy_history_never_crashes(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    f = make_load(30)
+    for frame in (f.iloc[:1], f.iloc[:3], f.iloc[::17], f.drop(f.index[200:500])):
+        fc = service(fast_config, frame, tmp_path).predict("load", end_of(frame))
+        assert fc.kind in ("baseline", "model")
+        check_points(fc, 24)
+
+
+def test_gaps_in_history_still_train_a_model(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    f = make_load(40)
+    gappy = f.drop(f.index[300:420]).drop(f.index[-30:-20])
+    svc = service(fast_config, gappy, tmp_path)
+    res = svc.train("load", now=end_of(f))
+    assert res.trained, res.reason
+    fc = svc.predict("load", end_of(f))
+    assert fc.kind == "model"
+    check_points(fc, 24)
+
+
+def test_version_mismatch_retrains_instead_of_crashing(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    f = make_load(40)
+    svc = service(fast_config, f, tmp_path)
+    assert svc.train("load", now=end_of(f)).trained
+    meta_path = tmp_path / "models" / "load.json"
+    meta = json.loads(meta_path.read_text())
+    meta["versions"]["scikit-learn"] = "0.0.1"
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "models" / "load.joblib").write_bytes(b"not a pickle")  # must not even be unpickled
+    res = artifacts.load(tmp_path / "models", "load")
+    assert res.model is None and "version mismatch" in res.reason and "scikit-learn 0.0.1" in res.reason
+    fresh = service(fast_config, f, tmp_path)
+    fc = fresh.predict("load", end_of(f))
+    assert fc.kind == "model"
+    assert json.loads(meta_path.read_text())["versions"] == artifacts.library_versions()
+
+
+def test_corrupt_model_file_is_retrained(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    f = make_load(40)
+    assert service(fast_config, f, tmp_path).train("load", now=end_of(f)).trained
+    (tmp_path / "models" / "load.joblib").write_bytes(b"\x80\x04garbage")
+    assert "unreadable" in artifacts.load(tmp_path / "models", "load").reason
+    assert service(fast_config, f, tmp_path).predict("load", end_of(f)).kind == "model"
+
+
+def test_artefact_metadata_is_complete(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    f = make_load(40)
+    service(fast_config, f, tmp_path).train("load", now=end_of(f))
+    meta = json.loads((tmp_path / "models" / "load.json").read_text())
+    assert set(meta) >= {"features", "training_window", "metrics", "versions"}
+    assert {"scikit-learn", "numpy", "python", "format"} <= set(meta["versions"])
+    assert "lag_day" in meta["features"]
+
+
+class _Garbage(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b'{"hourly": {"time": "yesterday"}}')
+
+
+@pytest.fixture
+def garbage_server() -> Iterator[str]:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Garbage)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1/forecast"
+    srv.shutdown()
+    srv.server_close()
+    t.join(timeout=5)
+
+
+def test_weather_garbage_falls_back_to_baseline_and_logs(
+    fast_config: ForecastingConfig, tmp_path: Path, garbage_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    f = make_load(40)
+    now = end_of(f)
+    # a model trained with temperature (the weather history came from a good provider)
+    good = FrameWeather(pd.concat([f[["temperature_c"]], make_load(3, start=str(now.date()))[["temperature_c"]]]))
+    svc = service(fast_config, f, tmp_path, weather=good)
+    res = svc.train("load", now=now)
+    assert res.trained and res.weather_columns == ("temperature_c",)
+    assert svc.predict("load", now).kind == "model"
+    # later the weather server answers garbage: baseline, reason in metadata, error logged, no exception
+    bad = OpenMeteoProvider(url=garbage_server, latitude=56.9, longitude=24.1, timeout_s=2)
+    svc2 = service(fast_config, f, tmp_path, weather=bad)
+    with caplog.at_level(logging.ERROR, logger="forecasting.service"):
+        fc = svc2.predict("load", now)
+    assert fc.kind == "baseline" and "weather unavailable" in fc.reason
+    check_points(fc, 24)
+    assert any("weather unavailable" in r.getMessage() for r in caplog.records)
+    payload = fc.to_payload()
+    assert payload["metadata"]["kind"] == "baseline" and payload["metadata"]["reason"]
+
+
+def test_wind_without_weather_is_a_labelled_baseline(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    f = make_load(40)
+    svc = ForecastService(fast_config, FrameHistory({"wind": f["value"] / 100}), artifact_dir=tmp_path)
+    fc = svc.predict("wind", end_of(f))
+    assert fc.kind == "baseline" and "weather" in fc.reason
+    assert all(0 <= p.p10 <= p.p50 <= p.p90 <= 2e6 for p in fc.points)
+
+
+def test_payload_matches_the_contract(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    f = make_load(40)
+    fc = service(fast_config, f, tmp_path).predict("load", end_of(f))
+    p = fc.to_payload()
+    assert {"generated_at", "resolution_s", "unit", "points"} <= set(p)
+    assert p["resolution_s"] == 3600 and p["unit"] == "W"
+    assert p["generated_at"].endswith("Z") and p["points"][0]["ts"].endswith("Z")
+    assert set(p["points"][0]) == {"ts", "p10", "p50", "p90"}
+    json.dumps(p)
+
+
+def test_forecast_across_dst_keeps_a_regular_utc_grid(tmp_path: Path) -> None:
+    cfg = ForecastingConfig(
+        enabled=True,
+        targets={"load": TargetConfig(horizon_h=48, resolution_s=900)},
+        min_history_days=14,
+        max_iter=15,
+        timezone="Europe/Riga",
+    )
+    f = make_load(20, start="2024-03-12", res="15min")
+    now = datetime(2024, 3, 30, 12, tzinfo=UTC)  # spring-forward night inside the horizon
+    fc = service(cfg, f[f.index < now], tmp_path).predict("load", now)
+    check_points(fc, 192)
+    gaps = {b.ts - a.ts for a, b in zip(fc.points, fc.points[1:], strict=False)}
+    assert gaps == {timedelta(minutes=15)}
+
+
+@settings(max_examples=50, deadline=None)
+@given(arrays(np.float64, (20, 3), elements=st.floats(-1e6, 1e6)), st.one_of(st.none(), st.floats(0, 1e6)))
+def test_quantiles_are_monotone_and_bounded(q: np.ndarray, cap: float | None) -> None:
+    out = postprocess(q.copy(), lower=0.0, upper=cap)
+    assert (np.diff(out, axis=1) >= 0).all()
+    assert (out >= 0).all()
+    if cap is not None:
+        assert (out <= cap).all()
+
+
+def test_cut_out_forces_zero_p50() -> None:
+    q = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    out = postprocess(q, lower=0.0, upper=2.5, wind_speed=np.array([10.0, 30.0]), cut_out_ms=25.0)
+    assert out[0].tolist() == [1.0, 2.0, 2.5]
+    assert out[1, 0] == 0.0 and out[1, 1] == 0.0
