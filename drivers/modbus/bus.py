@@ -233,6 +233,12 @@ class ModbusBus:
             self._failed(timeout=True)
             what = self._what(rtype, address, count, unit)
             raise TransientError(f"{what}: {exc}") from None
+        except asyncio.CancelledError:
+            # The caller's deadline (the poller's timeout_s, as long as ours) ended the request before
+            # pymodbus's own timeout fired: it went unanswered all the same. Count it, or a half-open
+            # TCP connection (device rebooted without FIN) would be reused forever.
+            self._failed(timeout=True)
+            raise
         finally:
             self._last_frame_end = time.monotonic()
         if rr.isError():
