@@ -28,7 +28,8 @@ on the event loop. Errors are translated at this edge:
 
     SinkError      connection refused/reset, timeout, TLS failure, 5xx, 429, 401/403/404 (the data is
                    fine: keep it and retry with backoff; the message names the fix)
-    SinkRejected   400 (unparsable line, field type conflict), 413 (request too large), 422
+    SinkRejected   400 (unparsable line, field type conflict), 422, 413 for a single line
+    (413 for several lines: the request is split in halves until the server accepts it, no point lost)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from gateway.ledger.store import Entry
 from gateway.settings import InfluxConfig
 from gateway.sinks.base import SinkError, SinkRejected
 from gateway.sinks.lineprotocol import escape_key, escape_measurement, format_float, format_int, format_string
+from gateway.sinks.outbox import LatestOutbox
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,8 @@ class InfluxSink:
         self._prefixes: dict[str, str] = {}
         self._fields: dict[str, tuple[str, bool | None]] = {}
         self._transport: _Transport | None = None
+        #: Most lines per request; lowered when the server answers 413 (request too large).
+        self._max_lines = max(1, config.batch_size)
         #: Points and requests acknowledged by the server since start (for health and benchmarks).
         self.points_written = 0
         self.requests = 0
@@ -190,11 +194,50 @@ class InfluxSink:
         lines = self.lines(entries)
         if not lines:
             return
-        body = ("\n".join(lines) + "\n").encode()
-        # The HTTP clients block: run the request in a worker thread so polling never stalls.
-        await asyncio.to_thread(self._transport.write, body)
-        self.points_written += len(lines)
-        self.requests += 1
+        # The HTTP clients block: run the requests in a worker thread so polling never stalls.
+        await asyncio.to_thread(self._write_lines, self._transport, lines)
+
+    def _write_lines(self, transport: _Transport, lines: list[str]) -> None:
+        """Write in requests of at most `_max_lines` lines; on 413 halve the request and remember it.
+
+        A proxy or a cloud tier may cap the request body (HTTP 413). The points themselves are fine,
+        so skipping them would lose data: split until the server accepts, and keep the smaller size
+        for later batches. Only a single line that is still too large is refused as such.
+        """
+        i = 0
+        while i < len(lines):
+            chunk = lines[i : i + self._max_lines]
+            try:
+                transport.write(("\n".join(chunk) + "\n").encode())
+            except _TooLarge:
+                if len(chunk) == 1:
+                    raise
+                self._max_lines = max(1, len(chunk) // 2)
+                log.warning(
+                    "InfluxDB refused %d points as too large (413): sending %d per request", len(chunk), self._max_lines
+                )
+                continue
+            self.points_written += len(chunk)
+            self.requests += 1
+            i += len(chunk)
+
+    async def write_lines(self, lines: Sequence[str]) -> None:
+        """Write pre-formatted points that are not ledger entries (forecasts, flexibility): idempotent."""
+        if self._transport is None:
+            raise RuntimeError("InfluxSink.write_lines outside 'async with'")
+        if lines:
+            await asyncio.to_thread(self._transport.write, ("\n".join(lines) + "\n").encode())
+            self.requests += 1
+
+    async def extras_publisher(self, outbox: LatestOutbox[str, list[str]]) -> None:
+        """Side task while connected: write the outbox's point sets now and whenever they change."""
+        written: dict[str, list[str]] = {}
+        while True:
+            for key, lines in outbox.snapshot().items():
+                if written.get(key) is not lines:
+                    await self.write_lines(lines)
+                    written[key] = lines
+            await outbox.wait_changed()
 
 
 # -- transports -------------------------------------------------------------------------------------
@@ -223,11 +266,17 @@ _HINTS: Final = {
 }
 
 
+class _TooLarge(SinkRejected):
+    """HTTP 413: the request body is over the server's (or its proxy's) limit; the points are fine."""
+
+
 def _check_status(status: int, body: bytes | str | None, where: str) -> None:
     if 200 <= status < 300:
         return
     msg = _server_message(body)
-    if status in (400, 413, 422):
+    if status == 413:
+        raise _TooLarge(f"{where}: HTTP 413: {msg} (request too large)")
+    if status in (400, 422):
         raise SinkRejected(f"{where}: HTTP {status}: {msg}")
     hint = _HINTS.get(status)
     raise SinkError(f"{where}: HTTP {status}: {msg}" + (f" ({hint})" if hint else ""))

@@ -1,0 +1,87 @@
+"""Fault matrix, InfluxDB rows: down, slow, 500, 429 and 413, between the agent and a real InfluxDB 1.x.
+
+The agent writes through `InfluxProxy` (tests/fault/proxies.py), which forwards to the real server and
+stubs only the answers no real InfluxDB gives on demand (see its docstring). What must hold after every
+fault: each reading the sink's cursor passed is in InfluxDB exactly once, nothing was skipped as
+"rejected", health named the fault while it lasted, and the sink caught up by itself.
+
+A real outage (the server process stopped and started) is the end-to-end test
+tests/core/test_agent_e2e.py::test_outage_of_influx_and_broker_loses_nothing; the soak (bench/soak.py)
+restarts InfluxDB at random times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.core.test_agent_e2e import ledger_groups
+from tests.fault.helpers import AgentProcess, Meters, get_json, influx_groups, wait_for, write_config
+from tests.fault.proxies import InfluxProxy, Mode
+from tests.servers import InfluxDB1
+
+pytestmark = [pytest.mark.modbus, pytest.mark.influxdb]
+
+
+@pytest.fixture
+async def meters() -> AsyncIterator[Meters]:
+    m = await Meters(["a", "b"]).start()
+    try:
+        yield m
+    finally:
+        await m.stop()
+
+
+async def test_influx_errors_lose_and_double_nothing(tmp_path: Path, meters: Meters, influxdb_fresh: InfluxDB1) -> None:
+    proxy = await InfluxProxy(influxdb_fresh.port, slow_s=4.0).start()
+    config, port = write_config(
+        tmp_path,
+        site="influxfaults",
+        devices=meters.device_configs(poll_s=0.25, timeout_s=0.2),
+        influx=influxdb_fresh,
+        influx_url=proxy.url,
+    )
+    agent = await AgentProcess(config, port).start()
+    seen_errors: set[str] = set()
+
+    def health() -> dict[str, Any]:
+        h = get_json(agent.base + "/healthz")[1]
+        err = h["sinks"]["influxdb"]["last_error"]
+        if err:
+            seen_errors.add(err)
+        return h
+
+    async def phase(mode: Mode, seconds: float) -> None:
+        proxy.mode = mode
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            await asyncio.to_thread(health)
+            await asyncio.sleep(0.3)
+
+    try:
+        await wait_for(lambda: health()["sinks"]["influxdb"]["forwarded"] > 0, 20, "first writes")
+        for mode in ("500", "429", "slow", "drop"):
+            await phase(mode, 3.0)
+        # The backlog is now larger than the proxy accepts in one request: 413 until the sink splits.
+        proxy.max_body = 6000
+        await phase("pass", 1.0)
+        await wait_for(lambda: health()["sinks"]["influxdb"]["lag"] < 60, 30, "the sink to catch up")
+    finally:
+        assert await agent.stop() == 0, agent.log()[-3000:]
+        await proxy.stop()
+    assert any("HTTP 500" in e for e in seen_errors), seen_errors
+    assert any("HTTP 429" in e for e in seen_errors), seen_errors
+    assert any("timeout" in e.lower() or "timed out" in e.lower() for e in seen_errors), seen_errors
+    assert proxy.requests.get("413", 0) > 0, proxy.requests  # the limit was hit
+    assert 0 < proxy.largest_forwarded <= 6000
+    ledger = ledger_groups(agent.ledger_path, sink="influxdb")
+    points = influx_groups(influxdb_fresh, "influxfaults")  # asserts no duplicate point
+    assert ledger.keys() == points.keys(), (len(ledger), len(points))
+    for key, fields in ledger.items():
+        assert points[key] == {q: v for q, v in fields.items() if v is not None}, key
+    assert "rejected" not in agent.log(), agent.log()[-2000:]
