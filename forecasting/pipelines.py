@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 QUANTILES: tuple[float, float, float] = (0.1, 0.5, 0.9)
 #: larger leaves for the P10/P90 models: tail quantiles from small leaves are overfit (too narrow)
 INTERVAL_MIN_LEAF = 200
+LATEST_BLOCK = True
 
 
 @dataclass(slots=True)
@@ -220,7 +221,7 @@ def fit_model(
         resid = target[ok] / a[ok] if mode == "ratio" else target[ok] - a[ok]
         members.append((anchor, mode, _estimator(0.5, max_iter=max_iter, seed=seed).fit(X[ok], resid)))
     # the interval models see only the older part, so the holdout is honest for calibration
-    it_q = max(50, max_iter // 2)
+    it_q = max(50, max_iter // 3)  # calibrated afterwards, so fewer boosting rounds suffice
     interval = [
         _estimator(q, max_iter=it_q, seed=seed, min_leaf=INTERVAL_MIN_LEAF).fit(X[tr], target[tr])
         for q in (QUANTILES[0], QUANTILES[2])
@@ -270,6 +271,11 @@ def holdout_split(origins: IntArray, steps_per_day: int, fraction: float) -> tup
     phase = week % every
     ho = phase == every - 1
     tr = (phase != every - 1) & (phase != every - 2) & (phase != 0)
+    if LATEST_BLOCK:
+        latest = origins >= origins[int(len(origins) * (1 - fraction / 2))]
+        gap = origins >= origins[int(len(origins) * (1 - fraction / 2))] - 7 * steps_per_day
+        ho |= latest
+        tr &= ~gap
     if ho.sum() < 50 or tr.sum() < 50:  # short history: fall back to the latest part
         cut = origins[int(len(origins) * (1 - fraction))]
         ho = origins >= cut

@@ -1,0 +1,90 @@
+"""Wind and PV pipelines end to end through ForecastService, with weather from a provider."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from forecasting.config import ForecastingConfig, Location, TargetConfig
+from forecasting.history import FrameHistory, FrameWeather
+from forecasting.physics import clear_sky_ghi
+from forecasting.service import ForecastService, outage_mask
+
+CAP = 2_000_000.0
+
+
+def wind_frame(days: int, seed: int = 3) -> pd.DataFrame:
+    idx = pd.date_range("2024-01-01", periods=days * 24, freq="h", tz="UTC")
+    rng = np.random.default_rng(seed)
+    ws = np.clip(7 + 3 * np.sin(np.arange(len(idx)) / 30) + rng.normal(0, 1.5, len(idx)), 0, 30)
+    ws[100:106] = 27.0  # a storm above cut-out
+    curve = np.clip((ws - 3) / 9, 0, 1) ** 2 * CAP
+    power = np.where(ws >= 25, 0.0, curve) * rng.uniform(0.9, 1.0, len(idx))
+    power[300:340] = 0.0  # an unflagged outage in strong wind
+    return pd.DataFrame({"value": power, "wind_speed_ms": ws, "wind_direction_deg": 200.0}, index=idx)
+
+
+def test_wind_model_respects_capacity_and_cut_out(tmp_path: Path) -> None:
+    f = wind_frame(40)
+    future = wind_frame(42).iloc[len(f) :].copy()
+    future["wind_speed_ms"] = np.r_[np.full(6, 30.0), np.full(len(future) - 6, 13.0)]
+    weather = FrameWeather(pd.concat([f, future])[["wind_speed_ms", "wind_direction_deg"]])
+    cfg = ForecastingConfig(
+        enabled=True,
+        min_history_days=14,
+        max_iter=30,
+        targets={
+            "wind": TargetConfig(
+                horizon_h=24, capacity_w=CAP, cut_out_ms=25, power_curve=[(3, 0), (8, 0.3 * CAP), (12, CAP), (25, CAP)]
+            )
+        },
+    )
+    svc = ForecastService(cfg, FrameHistory({"wind": f["value"]}), artifact_dir=tmp_path, weather=weather)
+    now: datetime = future.index[0].to_pydatetime()
+    fc = svc.predict("wind", now)
+    assert fc.kind == "model", fc.reason
+    assert all(0 <= p.p10 <= p.p50 <= p.p90 <= CAP for p in fc.points)
+    assert all(p.p50 == 0 for p in fc.points[:6])  # forecast wind above cut-out
+    assert np.mean([p.p50 for p in fc.points[6:]]) > 0.6 * CAP  # strong wind below cut-out: near rated
+
+
+def test_outage_mask_flags_zero_output_in_strong_wind() -> None:
+    y = np.array([0.0, 0.0, 1e6, 5.0])
+    expected = np.array([1.5e6, 1e4, 1.5e6, 1.9e6])
+    assert outage_mask(y, expected, CAP).tolist() == [True, False, False, True]
+
+
+def test_pv_model_is_zero_at_night_and_follows_irradiance(tmp_path: Path) -> None:
+    lat, lon = 56.95, 24.1
+    idx = pd.date_range("2024-05-01", periods=42 * 24, freq="h", tz="UTC")
+    rng = np.random.default_rng(5)
+    cs = clear_sky_ghi(idx, lat, lon, offset_s=1800)
+    cloud = np.clip(rng.normal(0.3, 0.3, len(idx)), 0, 1)
+    ghi = cs * (1 - 0.75 * cloud)
+    power = np.clip(ghi / 1000 * 400_000 * rng.uniform(0.95, 1.0, len(idx)), 0, 400_000)
+    f = pd.DataFrame({"value": power, "ghi_wm2": ghi, "cloud_cover_pct": cloud * 100, "temperature_c": 15.0}, index=idx)
+    hist = f.iloc[: 40 * 24]
+    cfg = ForecastingConfig(
+        enabled=True,
+        min_history_days=14,
+        max_iter=40,
+        location=Location(latitude=lat, longitude=lon),
+        targets={"pv": TargetConfig(horizon_h=48, capacity_w=400_000)},
+    )
+    svc = ForecastService(
+        cfg,
+        FrameHistory({"pv": hist["value"]}),
+        artifact_dir=tmp_path,
+        weather=FrameWeather(f[["ghi_wm2", "cloud_cover_pct", "temperature_c"]]),
+    )
+    fc = svc.predict("pv", f.index[40 * 24].to_pydatetime())
+    assert fc.kind == "model", fc.reason
+    p50 = np.array([p.p50 for p in fc.points])
+    night = clear_sky_ghi(pd.DatetimeIndex([p.ts for p in fc.points]), lat, lon, offset_s=1800) == 0
+    assert night.any() and (p50[night] < 0.02 * 400_000).all()
+    actual = f["value"].iloc[40 * 24 :].to_numpy()
+    assert np.mean(np.abs(p50 - actual)) < 0.5 * np.mean(np.abs(actual - actual.mean()))
+    assert all(0 <= p.p10 <= p.p50 <= p.p90 <= 400_000 for p in fc.points)
