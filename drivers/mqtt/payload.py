@@ -80,18 +80,28 @@ def extract(obj: Any, path: tuple[str, ...]) -> Any:
     for step in path:
         if isinstance(obj, Mapping):
             obj = obj.get(step)
-        elif isinstance(obj, list) and step.isdigit() and int(step) < len(obj):
+        elif isinstance(obj, list) and step.isascii() and step.isdigit() and int(step) < len(obj):
             obj = obj[int(step)]
         else:
             return None
     return obj
 
 
+#: Larger payloads are not parsed: no meter publishes this much, and anyone may publish to a topic.
+MAX_PAYLOAD_BYTES: Final = 256 * 1024
+
+
 def parse_json(payload: bytes) -> Any:
-    """The payload as JSON, or None when it is not JSON (counted, never raised)."""
+    """The payload as JSON, or None when it is not JSON (counted, never raised).
+
+    Hostile input is expected (any client of the broker may publish on a device's topic): nesting
+    deep enough to exhaust the recursion limit and oversized payloads are "not JSON" too.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
     try:
         return json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
 
 
@@ -102,6 +112,6 @@ def field_value(obj: Any, spec: FieldSpec) -> float | None:
         return None
     try:
         value = float(raw) * spec.factor
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float (e.g. 400 digits)
         return None
     return value if math.isfinite(value) else None
