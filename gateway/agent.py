@@ -30,6 +30,7 @@ from gateway.backup import acquire_agent_lock
 from gateway.clock import Clock, WallClock
 from gateway.clockguard import RELEASE_FLOOR, ClockGuard
 from gateway.diskguard import DiskGuard
+from gateway.forecasts import ForecastRunner
 from gateway.forwarder import Forwarder
 from gateway.ledger.store import Ledger
 from gateway.ledger.writer import LedgerWriter
@@ -38,6 +39,7 @@ from gateway.poller import DevicePoller
 from gateway.settings import Settings
 from gateway.sinks.base import Sink
 from gateway.sinks.mqtt import MqttSink, RetainedOutbox
+from gateway.sinks.outbox import LatestOutbox
 from gateway.supervisor import PartState, Supervisor
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ class Agent:
         self._stopping = False
         self.reports = self._report_service()
         self.clock_guard: ClockGuard | None = None
+        self.influx_outbox: LatestOutbox[str, list[str]] = LatestOutbox()
+        self.runner: ForecastRunner | None = None
         self.disk_guard: DiskGuard | None = None
 
     # -- health ---------------------------------------------------------------------------------------
@@ -146,12 +150,15 @@ class Agent:
     def api_services(self) -> ApiServices:
         from gateway.certification.service import LedgerUnavailable, MalformedMonth, MonthInFuture, UnknownSite
 
+        runner = self.runner
         return ApiServices(
             site=self.settings.site.id,
             live=self.live,
             auth=self._authenticator(),
             health=self.health,
             reports=self.reports,
+            forecast=runner.forecast_payload if runner else (lambda _t: None),
+            flexibility=runner.flex_payload if runner else (lambda: None),
             report_errors=[
                 (UnknownSite, 404, "unknown_site"),
                 (MalformedMonth, 400, "bad_month"),
@@ -306,8 +313,18 @@ class Agent:
             def influx_factory() -> Sink:
                 return InfluxSink(influx_cfg, site=s.site.id, device_classes=device_classes)
 
+            async def influx_extras(sink: Sink) -> None:
+                assert isinstance(sink, InfluxSink)
+                await sink.extras_publisher(self.influx_outbox)
+
             self.forwarders.append(
-                Forwarder(sink_factory=influx_factory, name="influxdb", writer=writer, clock=self.clock)
+                Forwarder(
+                    sink_factory=influx_factory,
+                    name="influxdb",
+                    writer=writer,
+                    clock=self.clock,
+                    side_tasks=[influx_extras],
+                )
             )
         if s.mqtt is not None:
             mqtt_cfg = s.mqtt
@@ -402,6 +419,21 @@ class Agent:
                 for fw in self.forwarders:
                     self.supervisor.add(f"sink:{fw.name}", fw.run)
                 self.supervisor.add("retention", lambda: self._retention(writer))
+                if s.forecasting.enabled or s.flexibility.enabled:
+                    from gateway.api.summary import channels_from_devices, moduli_from_maps
+
+                    channels = channels_from_devices(
+                        s.devices, map_moduli=moduli_from_maps(s.devices, base_dir=self.base_dir)
+                    )
+                    self.runner = ForecastRunner(
+                        settings=s,
+                        clock=self.clock,
+                        live=self.live,
+                        channels=channels,
+                        mqtt_outbox=self.outbox if s.mqtt is not None else None,
+                        influx_outbox=self.influx_outbox if s.influxdb is not None else None,
+                    )
+                    self.supervisor.add("forecasting", self.runner.run)
                 if s.mqtt is not None:
                     self.supervisor.add("reports", self._publish_reports)
                 if s.http.enabled:

@@ -24,7 +24,18 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from drivers.model import QUANTITIES, Sample, from_ms, is_counter
-from drivers.sim.site import LATITUDE, LONGITUDE, TIMEZONE, DemoSite, demo_devices, run_demo_servers
+from drivers.sim.site import (
+    BATTERY_W,
+    BATTERY_WH,
+    LATITUDE,
+    LONGITUDE,
+    PV_PEAK_W,
+    TIMEZONE,
+    WIND_RATED_W,
+    DemoSite,
+    demo_devices,
+    run_demo_servers,
+)
 from gateway.agent import Agent
 from gateway.clock import Clock, ScaledClock, WallClock
 from gateway.ledger.store import Ledger
@@ -60,6 +71,24 @@ def _influx_section(url: str) -> dict[str, Any]:
         return {"url": base, "api": "v2", "org": q.get("org", "gia"), "bucket": q["bucket"]}
     db = parts.path.strip("/") or "gia"
     return {"url": base, "api": "v1", "database": db}
+
+
+def _forecasting_available() -> bool:
+    import importlib.util
+
+    ok = all(importlib.util.find_spec(m) is not None for m in ("sklearn", "pandas", "holidays"))
+    if not ok:
+        log.warning("forecasting disabled in the demo: install the extra (pip install 'gia-gateway[forecast]')")
+    return ok
+
+
+def _flexibility_available() -> bool:
+    import importlib.util
+
+    ok = all(importlib.util.find_spec(m) is not None for m in ("scipy", "s2python"))
+    if not ok:
+        log.warning("flexibility disabled in the demo: install the extra (pip install 'gia-gateway[flex]')")
+    return ok
 
 
 def _is_loopback(listen: str) -> bool:
@@ -101,6 +130,32 @@ def write_config(opts: DemoOptions, urls: dict[str, str]) -> Path:
             for dev in demo_devices()
         ],
         "http": http,
+        # Forecasts need the scikit-learn extra; without it the demo runs without them (and says so).
+        "forecasting": {
+            "enabled": _forecasting_available(),
+            "targets": {
+                "load": {"resolution_s": 3600, "horizon_h": 48},
+                "wind": {"resolution_s": 3600, "horizon_h": 48, "capacity_w": WIND_RATED_W},
+                "pv": {"resolution_s": 3600, "horizon_h": 48, "capacity_w": PV_PEAK_W},
+            },
+        },
+        "flexibility": {
+            "enabled": _flexibility_available(),
+            "resolution_s": 3600,
+            "horizon_h": 24,
+            "generation": ["wind", "pv"],
+            "limits": {"grid_connection_w": 1_500_000, "export_limit_w": 2_500_000},
+            "assets": [
+                {
+                    "kind": "battery",
+                    "id": "battery",
+                    "capacity_wh": BATTERY_WH,
+                    "max_charge_w": BATTERY_W,
+                    "max_discharge_w": BATTERY_W,
+                    "soc": {"device": "battery", "quantity": "soc_pct"},
+                },
+            ],
+        },
     }
     if opts.mqtt:
         cfg["mqtt"] = {"url": opts.mqtt}

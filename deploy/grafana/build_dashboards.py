@@ -13,8 +13,8 @@ measurement or field that a real agent run does not write.
 Schema the queries read (see deploy/grafana/README.md):
   meter | inverter | wind_turbine | battery   tags site, device; fields = quantities + string `quality`
   forecast                                    tags site, target, quantile (p10|p50|p90); field power_w
-  flex                                        tags site (+ quantile on surplus); fields level (string),
-                                              surplus_w, upward_w, downward_w
+  flex                                        tags site, device; fields level (string), level_code,
+                                              surplus_p10_w, surplus_p50_w, surplus_p90_w, upward_w, downward_w
 """
 
 from __future__ import annotations
@@ -455,12 +455,11 @@ def flexibility(flavour: str) -> dict[str, Any]:
         "neutral": {"text": "neutral", "color": "gray", "index": 1},
         "reduce": {"text": "reduce", "color": "red", "index": 2}}}]  # fmt: skip
     surplus = Q(
-        f'SELECT mean("surplus_w") FROM "flex" WHERE "site" =~ {SITE_RE} AND $timeFilter'
-        ' GROUP BY time($__interval), "quantile" fill(none)',
-        _flux_from(("flex",), ("surplus_w",))
-        + "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)\n"
-        + '  |> map(fn: (r) => ({r with _field: r.quantile}))\n  |> keep(columns: ["_time", "_value", "_field"])',
-        "$tag_quantile",
+        f'SELECT mean("surplus_p10_w") AS "p10", mean("surplus_p50_w") AS "p50", mean("surplus_p90_w") AS "p90"'
+        f' FROM "flex" WHERE "site" =~ {SITE_RE} AND $timeFilter GROUP BY time($__interval) fill(none)',
+        _flux_from(("flex",), ("surplus_p10_w", "surplus_p50_w", "surplus_p90_w"))
+        + "  |> aggregateWindow(every: v.windowPeriod, fn: mean, createEmpty: false)",
+        "$col",
     )
     updown = Q(
         f'SELECT mean("upward_w") AS "upward", mean("downward_w") AS "downward" FROM "flex"'

@@ -37,6 +37,7 @@ from gateway.sinks.homeassistant import (
     sensor_from_topic,
     subscription_topic,
 )
+from gateway.sinks.outbox import LatestOutbox
 from gateway.sinks.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -73,23 +74,8 @@ def group_by_reading(entries: Sequence[Entry]) -> list[list[Entry]]:
     return groups
 
 
-class RetainedOutbox:
+class RetainedOutbox(LatestOutbox[str, bytes]):
     """Latest payload per topic for retained live values; published on every (re)connect and on change."""
-
-    def __init__(self) -> None:
-        self._latest: dict[str, bytes] = {}
-        self._changed = asyncio.Event()
-
-    def put(self, topic: str, payload: bytes) -> None:
-        self._latest[topic] = payload
-        self._changed.set()
-
-    def snapshot(self) -> dict[str, bytes]:
-        return dict(self._latest)
-
-    async def wait_changed(self) -> None:
-        await self._changed.wait()
-        self._changed.clear()
 
 
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:

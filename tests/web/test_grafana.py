@@ -32,7 +32,10 @@ GRAFANA = ROOT / "deploy" / "grafana"
 DEVICE_MEASUREMENTS = {"meter", "inverter", "wind_turbine", "battery"}
 TAGS = {"site", "device", "target", "quantile"}
 #: What the forecasting and flexibility sinks are expected to write (deploy/grafana/README.md).
-PENDING_SCHEMA = {"forecast": {"power_w"}, "flex": {"level", "surplus_w", "upward_w", "downward_w"}}
+PENDING_SCHEMA = {
+    "forecast": {"power_w"},
+    "flex": {"level", "level_code", "surplus_p10_w", "surplus_p50_w", "surplus_p90_w", "upward_w", "downward_w"},
+}
 DB = "gia"
 
 

@@ -267,7 +267,19 @@
     }
     if (S.summary) {
       const per = S.summary[S.period];
-      for (const w of (per && per.warnings) || []) items.push(["", "Energy balance", w]);
+      // One line per kind of problem, not per channel: "no register reading" for nine channels on a
+      // fresh gateway is one fact.
+      const groups = new Map();
+      for (const w of (per && per.warnings) || []) {
+        const m = /^([^:]+): (.*)$/.exec(w);
+        const [chan, what] = m ? [m[1], m[2]] : ["", w];
+        if (!groups.has(what)) groups.set(what, []);
+        if (chan) groups.get(what).push(chan);
+      }
+      for (const [what, chans] of groups) {
+        const who = chans.length > 3 ? `${chans.length} channels` : chans.join(", ");
+        items.push(["", "Energy balance", who ? `${who}: ${what}` : what]);
+      }
       if (S.period === "month" && S.summary.month && S.summary.month.provisional) items.push(["info", "Provisional month", `${S.summary.month.label}: figures are provisional until the month is closed and its report is signed`]);
     }
     if (S.health && Array.isArray(S.health.reasons)) {
@@ -373,12 +385,12 @@
       ],
       bands: [{ series: [4, 2], fill: "rgba(100,116,139,0.22)" }],
       hooks: { draw: [(u) => {
+        page.chartDrawn = Date.now();
         const now = (S.lastTs || Date.now()) / 1000;
         const px = u.valToPos(now, "x", true);
         if (px < u.bbox.left || px > u.bbox.left + u.bbox.width) return;
         const c = u.ctx; c.save(); c.strokeStyle = css("--muted"); c.setLineDash([2, 3]); c.beginPath();
         c.moveTo(px, u.bbox.top); c.lineTo(px, u.bbox.top + u.bbox.height); c.stroke(); c.restore();
-        page.chartDrawn = Date.now();
       }] },
     };
     if (S.chart && S.chart.__target === S.target && box.dataset.state === "ready") S.chart.setData(data);

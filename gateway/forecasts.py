@@ -1,0 +1,189 @@
+"""Forecasting and flexibility inside the agent: history from the ledger, work off the loop, publication.
+
+The forecasting package knows nothing of the ledger; `LedgerHistory` adapts it. History is the mean
+power of the site's flows per interval computed from energy-register advances (the same arithmetic as
+the live balance and the monthly report), so a forecast is compared with what certification will count:
+target `load` is the site's consumption, `wind`/`pv` its wind/PV generation. Each read opens its own
+read-only SQLite connection in the worker thread: training on a year of history never blocks commits.
+
+One supervised part runs the rounds: train when due (nightly by default), predict every target, then
+update the flexibility signal; every result goes to MQTT (retained), the API, and InfluxDB. scikit-learn
+is imported only here and only when forecasting is enabled, so an agent without it stays small.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from drivers.model import from_ms, to_ms
+from forecasting.types import Forecast
+from gateway.clock import Clock, next_aligned
+from gateway.ledger.store import Ledger
+from gateway.live import LiveState
+from gateway.settings import Settings
+from gateway.sinks.lineprotocol import format_line
+from gateway.sinks.outbox import LatestOutbox
+from gateway.sinks.topics import Topics
+
+log = logging.getLogger(__name__)
+
+#: forecast target -> the site flow (gateway/api/summary.py) it forecasts
+TARGET_FLOW = {"load": "consumption", "wind": "generation_wind", "pv": "generation_pv"}
+ROUND_S = 900  # a round every quarter of an hour (forecast and signal refresh)
+
+
+class LedgerHistory:
+    """`forecasting.types.HistorySource` over the ledger's energy registers."""
+
+    def __init__(self, ledger_path: Path, channels: Sequence[Any]) -> None:
+        self._path = ledger_path
+        self._channels = list(channels)
+
+    def values(self, series: str, start: datetime, end: datetime, resolution_s: int) -> list[tuple[datetime, float]]:
+        from gateway.api.summary import flow_history
+
+        if not self._path.exists():
+            return []
+        led = Ledger(self._path, readonly=True)
+        try:
+            hist = flow_history(self._channels, led, start_ms=to_ms(start), end_ms=to_ms(end), step_s=resolution_s)
+        finally:
+            led.close()
+        flow = hist["flows"].get(TARGET_FLOW.get(series, series), [])
+        return [(from_ms(ts), float(v)) for ts, v in zip(hist["ts"], flow, strict=False) if v is not None]
+
+
+def forecast_lines(site: str, fc: Forecast) -> list[str]:
+    """InfluxDB `forecast` points: tags site, target, quantile; field power_w; time = interval start."""
+    lines = []
+    for p in fc.points:
+        for q, v in (("p10", p.p10), ("p50", p.p50), ("p90", p.p90)):
+            lines.append(
+                format_line(
+                    "forecast", {"site": site, "target": fc.target, "quantile": q}, {"power_w": float(v)}, to_ms(p.ts)
+                )
+            )
+    return lines
+
+
+@dataclass
+class ForecastRunner:
+    settings: Settings
+    clock: Clock
+    live: LiveState
+    channels: Sequence[Any]
+    mqtt_outbox: LatestOutbox[str, bytes] | None = None
+    influx_outbox: LatestOutbox[str, list[str]] | None = None
+    forecasts: dict[str, Forecast] = field(default_factory=dict)
+    flex: Any = None  # gateway.flexibility.service.FlexibilityService when enabled
+    rounds: int = 0
+    last_error: str | None = None
+    _topics: Topics | None = None
+
+    def __post_init__(self) -> None:
+        prefix = self.settings.mqtt.prefix if self.settings.mqtt else "gia/{site}"
+        self._topics = Topics.for_site(prefix, self.settings.site.id)
+        if self.settings.flexibility.enabled:
+            from gateway.flexibility.service import FlexibilityService
+
+            self.flex = FlexibilityService(
+                self.settings.flexibility, site=self.settings.site.id, timezone=self.settings.site.timezone
+            )
+
+    # -- what the API serves ---------------------------------------------------------------------------
+    def forecast_payload(self, target: str) -> dict[str, Any] | None:
+        fc = self.forecasts.get(target)
+        return fc.to_payload() if fc is not None else None
+
+    def flex_payload(self) -> dict[str, Any] | None:
+        if self.flex is None:
+            return None
+        payload: dict[str, Any] | None = self.flex.signal_payload(self.clock.now())
+        return payload
+
+    # -- the rounds ------------------------------------------------------------------------------------
+    def _targets(self) -> list[str]:
+        cfg = self.settings.forecasting
+        if cfg.targets:
+            return list(cfg.targets)
+        roles = {(c.role, c.source) for c in self.channels}
+        out = ["load"]
+        out += [t for t in ("wind", "pv") if ("generation", t) in roles]
+        return out
+
+    def _service(self) -> Any:
+        from forecasting.service import ForecastService, make_weather_provider
+
+        s = self.settings
+        cfg = s.forecasting
+        loc = cfg.location or s.site.location
+        return ForecastService(
+            cfg,
+            LedgerHistory(s.ledger_path, self.channels),
+            artifact_dir=cfg.artifact_dir or s.data_dir / "models",
+            weather=make_weather_provider(
+                cfg, latitude=loc.latitude if loc else None, longitude=loc.longitude if loc else None
+            ),
+            timezone=s.site.timezone,
+            latitude=loc.latitude if loc else None,
+            longitude=loc.longitude if loc else None,
+        )
+
+    def _publish_forecast(self, fc: Forecast) -> None:
+        assert self._topics is not None
+        if self.mqtt_outbox is not None:
+            self.mqtt_outbox.put(self._topics.forecast(fc.target), json.dumps(fc.to_payload()).encode())
+        if self.influx_outbox is not None and fc.points:
+            self.influx_outbox.put(f"forecast:{fc.target}", forecast_lines(self.settings.site.id, fc))
+
+    async def _flex_round(self, now: datetime) -> None:
+        assert self._topics is not None
+        flex = self.flex
+        levels: dict[str, float | None] = {}
+        for asset_id, src in flex.level_sources().items():
+            sample = self.live.values.get((src.device, src.quantity))
+            levels[asset_id] = float(sample.value) if sample is not None and sample.value is not None else None
+        await asyncio.to_thread(flex.update, dict(self.forecasts), now, levels=levels)
+        if self.mqtt_outbox is not None:
+            for topic, payload in flex.mqtt_messages(self._topics).items():
+                self.mqtt_outbox.put(topic, payload)
+        if self.influx_outbox is not None:
+            self.influx_outbox.put("flex", flex.influx_lines(self.settings.site.id))
+
+    async def run(self) -> None:
+        service: Any = await asyncio.to_thread(self._service) if self.settings.forecasting.enabled else None
+        targets = self._targets() if service is not None else []
+        while True:
+            now = self.clock.now()
+            for target in targets:
+                try:
+                    # `predict` trains by itself once there is enough history; scheduled retraining
+                    # (nightly by default) is only due once a model exists.
+                    previous = self.forecasts.get(target)
+                    if (
+                        previous is not None
+                        and previous.kind == "model"
+                        and await asyncio.to_thread(service.needs_training, target, now)
+                    ):
+                        result = await asyncio.to_thread(service.train, target, now=now)
+                        log.info("forecast %s retrained: %s", target, getattr(result, "reason", "") or "ok")
+                    fc = await asyncio.to_thread(service.predict, target, now)
+                    if previous is None or (previous.kind, previous.reason) != (fc.kind, fc.reason):
+                        log.info("forecast %s: %s%s", target, fc.kind, f" ({fc.reason})" if fc.reason else "")
+                except Exception as exc:  # one target's failure must not stop the others or the signal
+                    self.last_error = f"{target}: {type(exc).__name__}: {exc}"
+                    log.exception("forecast %s failed", target)
+                    continue
+                self.forecasts[target] = fc
+                self._publish_forecast(fc)
+            if self.flex is not None:
+                await self._flex_round(now)
+            self.rounds += 1
+            await self.clock.sleep_until(next_aligned(self.clock.now(), ROUND_S))
