@@ -5,8 +5,9 @@ until NTP answers. Stamping readings then would put them in the wrong month of a
 guard sits between the pollers and the ledger:
 
 * The wall clock is *plausible* when it is at or after a floor: the later of a release floor and the
-  newest reading already in the ledger (time must not run backwards across restarts). Optionally the
-  kernel must also report NTP synchronisation (`clock.require_ntp_sync`).
+  newest reading stored so far (time must not run backwards, across restarts or while running; a
+  2-s tolerance absorbs interleaved polls). Optionally the kernel must also report NTP
+  synchronisation (`clock.require_ntp_sync`).
 * While it is not plausible, readings are *held* in memory together with the monotonic time of the
   read (which does not jump). When the clock becomes plausible they are re-stamped
   `now - (monotonic now - monotonic at read)`, marked `estimated` (the time is reconstructed), and
@@ -92,13 +93,18 @@ class ClockGuard:
         return self.wall().timestamp() - self.mono()
 
     def _plausible(self) -> bool:
-        if self.wall() < self.floor:
+        # The floor follows what has been stored, so a clock stepped back while running is caught too;
+        # the tolerance absorbs concurrent polls whose read instants interleave.
+        if self.wall() < self.floor - timedelta(seconds=JUMP_TOLERANCE_S):
             return False
         return not (self.require_ntp_sync and self.synced() is False)
 
     async def submit(self, samples: Sequence[Sample]) -> None:
         """What pollers call instead of the ledger writer."""
         if self.health.plausible:
+            newest = max((s.ts for s in samples), default=None)
+            if newest is not None and newest > self.floor:
+                self.floor = newest
             await self.forward(samples)
             return
         now = self.mono()
@@ -124,6 +130,7 @@ class ClockGuard:
         self._offset = offset
         was = self.health.plausible
         self.health.plausible = self._plausible()
+        self.health.floor = iso_utc(self.floor)
         if self.health.plausible and not was:
             log.info(
                 "system clock is plausible again (%s); releasing %d held readings",

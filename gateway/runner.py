@@ -38,3 +38,5 @@ async def run_until_signal(
         waiter.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+            # Everything is committed and closed: a late signal must not turn a clean exit into a kill.
+            signal.signal(sig, signal.SIG_IGN)

@@ -38,11 +38,6 @@ def _faketime() -> Path:
     return lib
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/clockguard.py fixes its floor at start: after a backward jump while running, readings"
-    " are stored as good with earlier timestamps (patch in the fault-matrix report)",
-)
 async def test_backward_jump_holds_readings_until_time_passes_the_newest(tmp_path: Path) -> None:
     lib = _faketime()
     meters = await Meters(["m"]).start()

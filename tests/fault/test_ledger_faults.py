@@ -169,11 +169,6 @@ async def test_second_sigterm_during_shutdown_corrupts_nothing(tmp_path: Path, m
     assert len(ledger_entries(agent.ledger_path)) > 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/runner.py restores the default SIGTERM action before the process has exited: a signal"
-    " in that window kills it (exit -15) after a clean shutdown; patch in the fault-matrix report",
-)
 async def test_repeated_sigterm_still_exits_zero(tmp_path: Path, meters: Meters) -> None:
     config, port = write_config(tmp_path, site="term3", devices=meters.device_configs(poll_s=0.1, timeout_s=0.1))
     agent = AgentProcess(config, port)
