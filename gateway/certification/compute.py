@@ -244,7 +244,10 @@ class _Steps:
                     "problem": "readings do not match the recorded closing/opening values",
                 }
                 continue
-            if modulus is not None and va * 10 >= modulus * 9 and 0 <= vb < va:
+            # A rollover starts near the top of the register; a reading at or above the modulus cannot
+            # be the register's (a wrong modulus, or a hostile MQTT payload): a decrease from it is a
+            # reset, or the wrap would count negative energy.
+            if modulus is not None and modulus * 9 <= va * 10 < modulus * 10 and 0 <= vb < va:
                 e[k] = vb + modulus - va
                 self.kind[k] = "rollover"
                 continue
