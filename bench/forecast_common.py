@@ -193,6 +193,14 @@ def compare(
     for b in ("persistence", "same_hour_last_week", "climatology"):
         rows[b] = res.baselines[b]["nmae"]
         extra[b] = ""
+    curve = res.model.spec.power_curve if res.model is not None else None
+    if curve is not None:  # the physical prior alone: the learnt curve applied to the forecast wind speed
+        ws = frame["wind_speed_ms"].reindex(pd.DatetimeIndex(res.ts)).to_numpy()
+        pc = np.nan_to_num(curve.power(ws))
+        rows["power curve alone (learnt on the training part)"] = float(
+            np.mean(np.abs(pc - np.asarray(res.actual))) / res.normaliser
+        )
+        extra["power curve alone (learnt on the training part)"] = ""
     n = len(frame)
     test_start = int(n * 0.8)
     calendar = calendar_exog(pd.DatetimeIndex(frame.index), timezone, country, subdiv)

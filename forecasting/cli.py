@@ -192,6 +192,8 @@ def register(app: typer.Typer) -> None:
         except (ValueError, DataError) as exc:
             raise _fail(str(exc)) from None
         res_s = infer_resolution(pd.DatetimeIndex(sd.values.dropna().index))
+        # optional `availability` column (0..1): hours below 95 % are left out of training, still scored
+        exclude = sd.extra["availability"] < 0.95 if "availability" in sd.extra else None
         steps = max(1, int(hz.total_seconds()) // res_s)
         tc = cfg.targets.get(t)
         say = _progress(json_out)
@@ -213,6 +215,7 @@ def register(app: typer.Typer) -> None:
                 max_iter=cfg.max_iter,
                 coverage=cfg.interval_coverage,
                 progress=say,
+                exclude=exclude,
             )
         except ValueError as exc:
             raise _fail(str(exc)) from None

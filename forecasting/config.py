@@ -42,7 +42,6 @@ class WeatherConfig(BaseModel):
     )
     path: Path | None = Field(default=None, description="CSV with `ts` (UTC) and weather columns (file)")
     timeout_s: float = Field(default=10.0, gt=0, le=120, description="deadline for one HTTP request, s")
-    past_days: int = Field(default=7, ge=0, le=92, description="days of past weather fetched with a forecast")
 
     @model_validator(mode="after")
     def _needs_path(self) -> WeatherConfig:

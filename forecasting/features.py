@@ -17,10 +17,10 @@ Positions: `y[p]` is the mean over the interval starting at `index[p]`. An origi
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from functools import lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -67,7 +67,6 @@ class FeatureSpec:
     power_curve: PowerCurve | None = None
     latitude: float | None = None
     longitude: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def steps_per_day(self) -> int:

@@ -3,8 +3,9 @@
 The agent uses the ledger instead (the lead adapts it to `HistorySource`); this module is what lets
 `gia forecast backtest --data FILE.csv` run on any exported series.
 
-CSV format: a `ts` column (ISO 8601, UTC; naive times are taken as UTC), a `value` column, and optional
-weather columns named as in `features.WEATHER_COLUMNS` (`temperature_c`, `wind_speed_ms`, ...).
+CSV format: a `ts` column (ISO 8601, UTC; naive times are taken as UTC), a `value` column, optional
+weather columns named as in `features.WEATHER_COLUMNS` (`temperature_c`, `wind_speed_ms`, ...), and an
+optional `availability` column (0..1; hours below 0.95 — downtime, curtailment — are not trained on).
 """
 
 from __future__ import annotations
