@@ -104,6 +104,7 @@ class MqttSink:
         self.batch_size = 2000
         self._site = site
         self._discovery = list(discovery)
+        self._sent: dict[str, bytes] = {}  # what this connection has published from the outbox
         self._cfg = cfg
         self._live = live
         self._outbox = outbox
@@ -139,6 +140,7 @@ class MqttSink:
                     )
             for topic, payload in self._outbox.snapshot().items():
                 await self._publish(topic, payload, qos=1)
+                self._sent[topic] = payload
             if self._cfg.homeassistant_discovery:
                 await self._homeassistant()
         except aiomqtt.MqttError as exc:
@@ -206,7 +208,10 @@ class MqttSink:
             self._live.unsubscribe(sub)
 
     async def _outbox_loop(self) -> None:
+        """Publish what changed since the connect (which published the whole snapshot)."""
         while True:
-            await self._outbox.wait_changed()
             for topic, payload in self._outbox.snapshot().items():
-                await self._publish(topic, payload, qos=1)
+                if self._sent.get(topic) is not payload:
+                    await self._publish(topic, payload, qos=1)
+                    self._sent[topic] = payload
+            await self._outbox.wait_changed()
