@@ -37,6 +37,7 @@ from drivers.sim.site import (
     run_demo_servers,
 )
 from gateway.agent import Agent
+from gateway.backup import BackupError, agent_running
 from gateway.clock import Clock, ScaledClock, WallClock
 from gateway.ledger.store import Ledger
 from gateway.runner import run_until_signal
@@ -223,6 +224,8 @@ def _ports() -> dict[str, int]:
 async def run_demo(opts: DemoOptions) -> None:
     d = opts.directory.resolve()
     d.mkdir(parents=True, exist_ok=True)
+    if agent_running(d):  # before anything rewrites the running demo's config
+        raise BackupError(f"another gia agent is running on {d}; stop it first (or use --dir)")
     opts = DemoOptions(d, opts.http, opts.speed, opts.backfill_days, opts.mqtt, opts.influx)
     site = DemoSite()
     now = datetime.now(UTC)

@@ -2,8 +2,12 @@
 
 A unit counts as present when it answers at all, even with an exception (a meter that rejects
 register 0 is still there); a timeout or a gateway exception (10/11) means nobody is home. Known maps
-are recognised by their identity registers (model codes, model-name strings), never by guessing from
-plausible values. The result prints as a complete minimal gia.yaml that `gia check-config` accepts.
+are recognised by their identity registers (model codes, model-name strings). Maps whose products have
+no identity register (Eastron's SDM meters, a battery behind an inverter) are tried by *plausibility*:
+every register of the map must answer (no exception response) and every value must be physically
+possible; among several such maps the one explaining the most registers wins. A plausible match is
+labelled as such, in the output and in the config snippet, to be confirmed with `gia read`. The result
+prints as a complete minimal gia.yaml that `gia check-config` accepts.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class ScanHit:
     sunspec_base: int | None = None
     sunspec_models: list[int] = field(default_factory=list)
     product: str = ""
+    plausible: bool = False  # matched by plausible values, not by an identity register
 
 
 def parse_units(spec: str) -> list[int]:
@@ -84,7 +89,50 @@ async def scan_unit(bus: ModbusBus, unit: int, maps: dict[str, RegisterMap]) -> 
         if m.identity and all([await _identity_matches(bus, unit, m, i) for i in m.identity]):
             hit.maps.append(name)
             hit.product = hit.product or f"{m.product.brand} {m.product.model}"
+    if not hit.maps and not hit.sunspec_models:
+        scored = [
+            (n, name) for name, m in maps.items() if not m.identity and (n := await _plausible_values(bus, unit, m)) > 0
+        ]
+        if scored:
+            best = max(n for n, _ in scored)
+            hit.maps = [name for n, name in sorted(scored, key=lambda x: (-x[0], x[1])) if n == best]
+            hit.plausible = True
+            m = maps[hit.maps[0]]
+            hit.product = f"{m.product.brand} {m.product.model}"
     return hit
+
+
+#: Physically possible ranges for the quantities a plausibility match checks (others: any finite value).
+PLAUSIBLE: dict[str, tuple[float, float]] = {
+    "voltage_l1_v": (0.0, 1000.0), "voltage_l2_v": (0.0, 1000.0), "voltage_l3_v": (0.0, 1000.0),
+    "frequency_hz": (0.0, 70.0), "power_factor": (-1.0, 1.0), "soc_pct": (0.0, 100.0),
+    "energy_import_wh": (0.0, 1e15), "energy_export_wh": (0.0, 1e15),
+    "wind_speed_ms": (0.0, 100.0), "wind_direction_deg": (0.0, 360.0),
+}  # fmt: skip
+
+
+async def _plausible_values(bus: ModbusBus, unit: int, register_map: RegisterMap) -> int:
+    """How many of the map's values read back plausibly at `unit` (0: the map does not fit)."""
+    from datetime import UTC, datetime
+
+    from drivers.modbus.driver import ModbusDriver
+
+    if len(register_map.registers) < 3:
+        return 0
+    driver = ModbusDriver(device_id="scan", register_map=register_map, bus=bus, unit_id=unit)
+    try:
+        samples = await driver.read(datetime.now(UTC))
+    except (PermanentError, TransientError):
+        return 0  # an exception response (illegal address...) or no answer: not this product
+    good = 0
+    for s in samples:
+        if s.value is None:
+            continue
+        lo, hi = PLAUSIBLE.get(s.quantity, (-1e12, 1e12))
+        if not lo <= float(s.value) <= hi:
+            return 0
+        good += 1
+    return good if good >= 3 else 0
 
 
 async def scan(bus: ModbusBus, units: Sequence[int], maps: dict[str, RegisterMap]) -> list[ScanHit]:
@@ -120,6 +168,12 @@ def config_snippet(connection: str, hits: Sequence[ScanHit], *, site_id: str = "
         }
         if hit.maps:
             dev["map"] = hit.maps[0]
+            if hit.plausible:
+                notes.append(
+                    f"# unit {hit.unit}: {hit.maps[0]} matched by plausible values (no identity register);"
+                    f" confirm with: gia read {connection} --unit {hit.unit} --map {hit.maps[0]}"
+                    + (f" (also plausible: {', '.join(hit.maps[1:])})" if len(hit.maps) > 1 else "")
+                )
         elif hit.sunspec_models:
             dev["sunspec"] = True
         else:
@@ -138,7 +192,7 @@ def describe(hit: ScanHit) -> str:
     if hit.sunspec_models:
         parts.append(f"SunSpec at {hit.sunspec_base}, models {', '.join(map(str, hit.sunspec_models))}")
     if hit.maps:
-        parts.append(f"map {', '.join(hit.maps)}")
+        parts.append(("probably map " if hit.plausible else "map ") + ", ".join(hit.maps))
     if len(parts) == 1:
         parts.append("answers, no known map")
     return " ".join(parts)
