@@ -24,4 +24,4 @@ def examples(normal: int) -> settings:
 
 
 def atheris_seconds() -> int:
-    return int(os.environ.get("GIA_FUZZ_SECONDS", "300")) if LONG else 8
+    return int(os.environ.get("GIA_FUZZ_SECONDS", "300")) if LONG else 5

@@ -211,3 +211,19 @@ def test_regression_channels_not_a_list(tmp_path: Path, channels: str) -> None:
         f" channels: {channels}}}]\n"
     )
     _load(tmp_path, text)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="found by atheris: gateway/settings.py reads the file with read_text(); bytes that are not"
+    " UTF-8 raise UnicodeDecodeError (a traceback) instead of a problem line; patch in the fuzzing report",
+)
+def test_regression_config_not_utf8(tmp_path: Path) -> None:
+    cfg = tmp_path / "gia.yaml"
+    cfg.write_bytes(b"site: {id: \xff\xfe}\n")
+    problems = None
+    try:
+        load_settings(cfg)
+    except ConfigError as exc:
+        problems = exc.problems
+    assert problems
