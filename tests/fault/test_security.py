@@ -176,3 +176,41 @@ def test_dependency_audit() -> None:
             pytest.fail(msg)
         pytest.skip(msg)
     assert res.returncode == 0, out
+
+
+@pytest.mark.modbus
+@pytest.mark.mosquitto
+async def test_mqtt_tls_verifies_the_broker_and_presents_a_client_certificate(
+    tmp_path: Path, tls_material: TlsMaterial, mosquitto_factory: Any
+) -> None:
+    broker = mosquitto_factory(tls=True, require_certificate=True)
+    meters = await Meters(["m"]).start()
+    try:
+        for ca, ok in ((tls_material.other_ca_file, False), (tls_material.ca_file, True)):
+            d = tmp_path / ("ok" if ok else "bad")
+            d.mkdir()
+            mqtt = {
+                "url": broker.url,
+                "timeout_s": 2,
+                "tls": {
+                    "ca_file": str(ca),
+                    "cert_file": str(tls_material.client_cert),
+                    "key_file": str(tls_material.client_key),
+                },
+            }
+            config, port = write_config(d, site="tls", devices=meters.device_configs(), mqtt=mqtt)
+            agent = await AgentProcess(config, port).start()
+            try:
+                if ok:
+                    await wait_for(lambda a=agent: a.health()["sinks"]["mqtt"]["cursor"] > 0, 20, "forwarding")
+                else:
+                    health = await wait_for(
+                        lambda a=agent: (h := a.health())["sinks"]["mqtt"]["last_error"] and h, 20, "refusal"
+                    )
+                    err = health["sinks"]["mqtt"]["last_error"].lower()
+                    assert "certificate" in err or "ssl" in err or "tls" in err, err
+                    assert health["sinks"]["mqtt"]["cursor"] == 0
+            finally:
+                assert await agent.stop() == 0
+    finally:
+        await meters.stop()
