@@ -189,37 +189,17 @@ def _ratio(num: int, den: int) -> float | None:
 
 
 def indicators(energy: Mapping[str, int], channels: Sequence[Channel]) -> dict[str, Any]:
-    """Site indicators from channel energies (channel id -> Wh); channels missing from `energy` count 0."""
+    """Site indicators from channel energies (channel id -> Wh); channels missing from `energy` count 0.
 
-    def total(role: str) -> int:
-        return sum(energy.get(c.id, 0) for c in channels if c.role == role)
+    The balance is the signed report's own function; the page adds two provisional shares as floats.
+    """
+    from gateway.certification.report import energy_balance
 
-    imp, exp, gen = total("grid_import"), total("grid_export"), total("generation")
-    charge, discharge = total("storage_charge"), total("storage_discharge")
-    ren = sum(energy.get(c.id, 0) for c in channels if c.role == "generation" and c.renewable)
-    has_grid = any(c.role in ("grid_import", "grid_export") for c in channels)
-    consumption = imp + gen - exp + discharge - charge if has_grid else total("consumption")
-    by_source: dict[str, int] = {}
-    for c in channels:
-        if c.role == "generation":
-            by_source[c.source or "other"] = by_source.get(c.source or "other", 0) + energy.get(c.id, 0)
-    ren_onsite = max(0, ren - exp)
-    return {
-        "consumption_wh": consumption,
-        "metered_consumption_wh": total("consumption"),
-        "generation_wh": gen,
-        "generation_by_source_wh": dict(sorted(by_source.items())),
-        "renewable_generation_wh": ren,
-        "renewable_consumed_on_site_wh": ren_onsite,
-        "grid_import_wh": imp,
-        "grid_export_wh": exp,
-        "storage_charge_wh": charge,
-        "storage_discharge_wh": discharge,
-        "auxiliary_wh": total("auxiliary"),
-        "self_consumption_wh": max(0, gen - exp),
-        "renewable_share": _ratio(ren_onsite, consumption),
-        "self_sufficiency": _ratio(max(0, consumption - imp), consumption),
-    }
+    out = energy_balance(energy, channels)
+    consumption, imp = out["consumption_wh"], out["grid_import_wh"]
+    out["renewable_share"] = _ratio(out["renewable_consumed_on_site_wh"], consumption)
+    out["self_sufficiency"] = _ratio(max(0, consumption - imp), consumption)
+    return out
 
 
 def energy_balance(

@@ -17,8 +17,8 @@ Energy balance conventions (certification.md, "Site indicators"):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Protocol
 
 from gateway.certification.compute import (
     ChannelResult,
@@ -54,6 +54,55 @@ def _hourly(values: list[int], per_hour: int) -> list[int]:
     return [sum(values[k : k + per_hour]) for k in range(0, len(values), per_hour)]
 
 
+class BalanceChannel(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def role(self) -> str: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def renewable(self) -> bool | None: ...
+
+
+def energy_balance(energy: Mapping[str, int], channels: Sequence[BalanceChannel]) -> dict[str, Any]:
+    """The site's energy balance from channel energies (channel id -> Wh; missing channels count 0).
+
+    The one place these formulas are written: the signed report and the live page's provisional
+    balance both call it, so the two can never disagree about what "consumption" means.
+    consumption = import + generation - export + discharge - charge (at the connection point), or the
+    metered consumption channels when the site has no grid meter.
+    """
+
+    def total(role: str) -> int:
+        return sum(energy.get(c.id, 0) for c in channels if c.role == role)
+
+    imp, exp, gen = total("grid_import"), total("grid_export"), total("generation")
+    charge, discharge = total("storage_charge"), total("storage_discharge")
+    ren = sum(energy.get(c.id, 0) for c in channels if c.role == "generation" and c.renewable)
+    has_grid = any(c.role in ("grid_import", "grid_export") for c in channels)
+    consumption = imp + gen - exp + discharge - charge if has_grid else total("consumption")
+    by_source: dict[str, int] = {}
+    for c in channels:
+        if c.role == "generation":
+            key = c.source or "other"
+            by_source[key] = by_source.get(key, 0) + energy.get(c.id, 0)
+    return {
+        "consumption_wh": consumption,
+        "metered_consumption_wh": total("consumption"),
+        "generation_wh": gen,
+        "generation_by_source_wh": dict(sorted(by_source.items())),
+        "renewable_generation_wh": ren,
+        "renewable_consumed_on_site_wh": max(0, ren - exp),
+        "grid_import_wh": imp,
+        "grid_export_wh": exp,
+        "storage_charge_wh": charge,
+        "storage_discharge_wh": discharge,
+        "auxiliary_wh": total("auxiliary"),
+        "self_consumption_wh": max(0, gen - exp),
+    }
+
+
 def site_indicators(
     results: Sequence[ChannelResult],
     *,
@@ -65,23 +114,17 @@ def site_indicators(
     threshold_basis: str,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(indicators, producer block or None). `factors` = {"location": {...}, "market": {...}}."""
-    imp = _sum(results, "grid_import")
-    exp = _sum(results, "grid_export")
-    gen = _sum(results, "generation")
-    ren = sum(r.energy_wh for r in results if r.spec.role == "generation" and r.spec.renewable)
-    charge = _sum(results, "storage_charge")
-    discharge = _sum(results, "storage_discharge")
-    aux = _sum(results, "auxiliary")
-    metered = _sum(results, "consumption")
+    balance = energy_balance({r.spec.id: r.energy_wh for r in results}, [r.spec for r in results])
+    imp, exp, gen = balance["grid_import_wh"], balance["grid_export_wh"], balance["generation_wh"]
+    ren, charge, discharge = (
+        balance["renewable_generation_wh"],
+        balance["storage_charge_wh"],
+        balance["storage_discharge_wh"],
+    )
+    aux, metered, consumption = balance["auxiliary_wh"], balance["metered_consumption_wh"], balance["consumption_wh"]
+    by_source, self_cons = balance["generation_by_source_wh"], balance["self_consumption_wh"]
+    ren_onsite = balance["renewable_consumed_on_site_wh"]
     has_grid = any(r.spec.role in ("grid_import", "grid_export") for r in results)
-    consumption = imp + gen - exp + discharge - charge if has_grid else metered
-    by_source: dict[str, int] = {}
-    for r in results:
-        if r.spec.role == "generation":
-            key = r.spec.source or "other"
-            by_source[key] = by_source.get(key, 0) + r.energy_wh
-    self_cons = max(0, gen - exp)
-    ren_onsite = max(0, ren - exp)
     go_wh = sum(int(g["energy_wh"]) for g in guarantees)
     go_applied = min(go_wh, imp)
 
