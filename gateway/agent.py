@@ -104,8 +104,8 @@ class Agent:
                 reasons.append(f"sink {fw.name} is disconnected: {fh.last_error}")
         if self.clock_guard is not None:
             ch = self.clock_guard.health
-            if not ch.plausible:
-                reasons.append(f"system clock is before {ch.floor}: {ch.held} readings held until it is set")
+            if not ch.plausible or ch.held:
+                reasons.append(f"system clock is before {ch.floor}: {ch.held} readings held until it passes it")
             if ch.dropped:
                 reasons.append(f"{ch.dropped} readings dropped while the clock was unset (hold buffer full)")
         if self.disk_guard is not None and self.disk_guard.health.low:

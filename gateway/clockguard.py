@@ -100,8 +100,10 @@ class ClockGuard:
         return not (self.require_ntp_sync and self.synced() is False)
 
     async def submit(self, samples: Sequence[Sample]) -> None:
-        """What pollers call instead of the ledger writer."""
-        if self.health.plausible:
+        """What pollers call instead of the ledger writer. Judged per submission, on the samples' own
+        timestamps: a clock stepped back between two `check` ticks must not slip through."""
+        tolerance = timedelta(seconds=JUMP_TOLERANCE_S)
+        if self._plausible() and all(s.ts >= self.floor - tolerance for s in samples):
             newest = max((s.ts for s in samples), default=None)
             if newest is not None and newest > self.floor:
                 self.floor = newest
