@@ -100,9 +100,9 @@ def calendar_exog(index: pd.DatetimeIndex, timezone: str, country: str, subdiv: 
     return pd.DataFrame(
         {
             "hour": local.hour.astype(float),
-            "weekday": local.dayofweek.astype(float),
+            "weekday": local.day_of_week.astype(float),
             "month": local.month.astype(float),
-            "doy": local.dayofyear.astype(float),
+            "doy": local.day_of_year.astype(float),
             "holiday": np.array([d in hol for d in local.date], dtype=float),
         },
         index=index,

@@ -126,7 +126,7 @@ def calendar_frame(index: pd.DatetimeIndex, spec: FeatureSpec) -> pd.DataFrame:
     """Local-time calendar features per grid position (DST-correct: local time comes from the zone)."""
     local = index.tz_convert(spec.timezone)
     hour = local.hour.to_numpy() + local.minute.to_numpy() / 60.0
-    weekday = local.dayofweek.to_numpy()
+    weekday = local.day_of_week.to_numpy()
     dates = local.date
     if spec.holidays_country and len(index):
         years = tuple(range(int(local.year.min()) - 1, int(local.year.max()) + 2))
@@ -140,7 +140,7 @@ def calendar_frame(index: pd.DatetimeIndex, spec: FeatureSpec) -> pd.DataFrame:
             "hour": hour,
             "weekday": weekday.astype(float),
             "month": local.month.to_numpy().astype(float),
-            "doy": local.dayofyear.to_numpy().astype(float),
+            "doy": local.day_of_year.to_numpy().astype(float),
             "holiday": is_hol.astype(float),
             "offday": offday.astype(float),
         },

@@ -106,7 +106,7 @@ def solar_cos_zenith(
 ) -> NDArray[np.float64]:
     """Cosine of the solar zenith angle (Spencer declination and equation of time), clipped at 0."""
     t = index.tz_convert("UTC") + pd.Timedelta(seconds=offset_s)
-    doy = t.dayofyear.to_numpy().astype(float)
+    doy = t.day_of_year.to_numpy().astype(float)
     hours = t.hour.to_numpy() + t.minute.to_numpy() / 60.0 + t.second.to_numpy() / 3600.0
     g = 2.0 * np.pi / 365.0 * (doy - 1 + (hours - 12) / 24)
     decl = (

@@ -324,7 +324,10 @@ class Problem:
     fix: str = ""
 
     def __str__(self) -> str:
-        return f"{self.path}: {self.message}" + (f" — fix: {self.fix}" if self.fix else "")
+        line = f"{self.path}: {self.message}" + (f" — fix: {self.fix}" if self.fix else "")
+        # One problem, one line: a key or value from the file may hold a newline or control
+        # characters, which must neither split the line nor forge another one.
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
 
 
 class ConfigError(Exception):
@@ -434,10 +437,13 @@ def _check_devices_raw(raw: dict[str, Any], base: Path) -> list[Problem]:
                     )
                 )
             seen.setdefault(dev_id, i)
-        for j, ch in enumerate(dev.get("channels") or []):
+        channels = dev.get("channels")
+        for j, ch in enumerate(channels if isinstance(channels, list) else []):
             if not isinstance(ch, dict):
                 continue
             cid = ch.get("id") or f"{dev_id}.{ch.get('role')}"
+            if not isinstance(cid, str):
+                continue  # the schema reports a non-text id; it cannot collide with anything here
             if cid in channel_ids:
                 problems.append(
                     Problem(
@@ -555,7 +561,17 @@ def load_settings(path: Path | None = None, *, extra_checks: Sequence[CrossCheck
             ]
         )
     try:
-        raw = yaml.safe_load(cfg_path.read_text()) or {}
+        text = cfg_path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            [Problem(str(cfg_path), f"not UTF-8 text (byte {exc.start})", "save the file as UTF-8")]
+        ) from None
+    except OSError as exc:
+        raise ConfigError(
+            [Problem(str(cfg_path), f"cannot be read: {exc.strerror}", "check the path and its permissions")]
+        ) from None
+    try:
+        raw = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "?"
@@ -576,6 +592,18 @@ def load_settings(path: Path | None = None, *, extra_checks: Sequence[CrossCheck
                     "the file must be a YAML mapping (site:, devices:, ...)",
                     "start from deploy/gia.example.yaml",
                 )
+            ]
+        )
+    odd = [k for k in raw if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(
+            [
+                Problem(
+                    "(top level)",
+                    f"key {k!r} is not a section name",
+                    "top-level keys are site, devices, ledger, mqtt, ...",
+                )
+                for k in odd
             ]
         )
     base = cfg_path.resolve().parent

@@ -149,3 +149,11 @@ def test_broken_yaml_points_at_the_line(tmp_path: Path) -> None:
     path.write_text("site:\n  id: x\n devices: [\n")
     res = run_cli("check-config", "--config", str(path), cwd=tmp_path)
     assert res.returncode == 2 and "line" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_wrong_shapes_are_problems_not_tracebacks(tmp_path: Path) -> None:
+    """Found by the config fuzzer: `channels: true` crashed the raw device checks."""
+    for path, value in [("devices.0.channels", True), ("devices.0", "grid"), ("devices", {"id": "x"})]:
+        with pytest.raises(ConfigError) as info:
+            load_settings(write(tmp_path, mutate(path, value)))
+        assert info.value.problems

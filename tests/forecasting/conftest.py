@@ -17,10 +17,10 @@ def make_load(days: int, *, start: str = "2024-01-01", seed: int = 0, res: str =
     rng = np.random.default_rng(seed)
     local = idx.tz_convert("Europe/Riga")
     hour = local.hour.to_numpy() + local.minute.to_numpy() / 60
-    doy = local.dayofyear.to_numpy()
+    doy = local.day_of_year.to_numpy()
     temp = 5 + 10 * np.sin(2 * np.pi * (doy - 110) / 365) + 4 * np.sin(2 * np.pi * (hour - 9) / 24)
     temp = temp + rng.normal(0, 1.0, len(idx))
-    work = (local.dayofweek.to_numpy() < 5).astype(float)
+    work = (local.day_of_week.to_numpy() < 5).astype(float)
     daily = np.where((hour >= 7) & (hour < 18), 1.0, 0.35)
     load = 50_000 + 80_000 * daily * (0.5 + 0.5 * work) + 1500 * np.abs(temp - 15) + rng.normal(0, 3000, len(idx))
     return pd.DataFrame({"value": load, "temperature_c": temp}, index=idx)

@@ -59,7 +59,7 @@ def test_dst_days_in_riga_have_correct_local_hours() -> None:
             assert 3 not in got and got[:4] == [0, 1, 2, 4]
         else:
             assert got.count(3) == 2
-        assert set(cal["doy"]) == {local_start.dayofyear}
+        assert set(cal["doy"]) == {local_start.day_of_year}
 
 
 def test_holidays_are_latvian() -> None:

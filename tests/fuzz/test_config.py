@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.settings import ConfigError, Settings, load_settings
@@ -124,25 +124,11 @@ def test_mutations_of_a_good_config(tmp_path_factory: pytest.TempPathFactory, da
             _get(doc, path)[data.draw(st.text(max_size=10))] = data.draw(values)
         else:
             doc = _set(doc, path, data.draw(values))
-    assume(not _known_channels_bug(doc))  # covered by test_regression_channels_not_a_list (xfail)
     try:
         text = yaml.safe_dump(doc)
     except (yaml.YAMLError, ValueError):
         return
     _load(tmp_path_factory.mktemp("cfg"), text)
-
-
-def _known_channels_bug(doc: Any) -> bool:
-    devices = doc.get("devices") if isinstance(doc, dict) else None
-    for d in devices if isinstance(devices, list) else []:
-        if not isinstance(d, dict) or not d.get("channels"):
-            continue
-        chans = d["channels"]
-        if not isinstance(chans, list):
-            return True
-        if any(isinstance(c, dict) and c.get("id") and not isinstance(c.get("id"), str) for c in chans):
-            return True
-    return False
 
 
 def _get(doc: Any, path: tuple[Any, ...]) -> Any:
@@ -154,20 +140,9 @@ def _get(doc: Any, path: tuple[Any, ...]) -> Any:
 @examples(100)
 @given(text=st.text(max_size=300) | st.binary(max_size=200).map(lambda b: b.decode("latin-1")))
 def test_random_documents(tmp_path_factory: pytest.TempPathFactory, text: str) -> None:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError:
-        doc = None
-    # A top-level key that is not text is the known bug of test_regression_top_level_key_not_text (xfail).
-    assume(not (isinstance(doc, dict) and any(not isinstance(k, str) for k in doc)))
     _load(tmp_path_factory.mktemp("cfg"), text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/settings.py passes the YAML mapping as keyword arguments: a key that is not text"
-    " (`1: 2`, `null: x`) raises TypeError instead of a problem line; patch in the fuzzing report",
-)
 @pytest.mark.parametrize("text", ["1: 2\n", "null: x\nsite: {id: s}\n"])
 def test_regression_top_level_key_not_text(tmp_path: Path, text: str) -> None:
     _load(tmp_path, text)
@@ -187,22 +162,12 @@ def test_regressions(tmp_path: Path, text: str) -> None:
     _load(tmp_path, text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway/settings.py prints a key holding a newline raw, so one problem spans two lines of"
-    " check-config output (and a crafted key can forge a line); patch in the fuzzing report",
-)
 def test_a_problem_is_one_line_whatever_the_key(tmp_path: Path) -> None:
     doc = copy.deepcopy(GOOD)
     doc["0\nsite.id: looks fine"] = None
     _load(tmp_path, yaml.safe_dump(doc), one_line=True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by GIA_FUZZ=long: gateway/settings.py _check_devices_raw iterates `channels:` without"
-    " checking it is a list (TypeError traceback instead of a problem line); patch in the fuzzing report",
-)
 @pytest.mark.parametrize("channels", ["1", "[{id: [1], role: grid_import}]"])
 def test_regression_channels_not_a_list(tmp_path: Path, channels: str) -> None:
     text = (
@@ -213,11 +178,6 @@ def test_regression_channels_not_a_list(tmp_path: Path, channels: str) -> None:
     _load(tmp_path, text)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by atheris: gateway/settings.py reads the file with read_text(); bytes that are not"
-    " UTF-8 raise UnicodeDecodeError (a traceback) instead of a problem line; patch in the fuzzing report",
-)
 def test_regression_config_not_utf8(tmp_path: Path) -> None:
     cfg = tmp_path / "gia.yaml"
     cfg.write_bytes(b"site: {id: \xff\xfe}\n")
