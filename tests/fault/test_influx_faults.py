@@ -12,8 +12,6 @@ restarts InfluxDB at random times.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -56,20 +54,26 @@ async def test_influx_errors_lose_and_double_nothing(tmp_path: Path, meters: Met
             seen_errors.add(err)
         return h
 
-    async def phase(mode: Mode, seconds: float) -> None:
+    async def phase(mode: Mode, marker: str) -> None:
+        """Hold `mode` until the sink has met it and health names it (the forwarder backs off up to 20 s)."""
         proxy.mode = mode
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            await asyncio.to_thread(health)
-            await asyncio.sleep(0.3)
+        await wait_for(
+            lambda: (
+                proxy.requests.get(mode, 0) > 0
+                and marker in (health()["sinks"]["influxdb"]["last_error"] or "").lower()
+            ),
+            30,
+            f"the sink to meet {mode}",
+        )
 
     try:
         await wait_for(lambda: health()["sinks"]["influxdb"]["forwarded"] > 0, 20, "first writes")
-        for mode in ("500", "429", "slow", "drop"):
-            await phase(mode, 3.0)
+        phases: list[tuple[Mode, str]] = [("500", "http 500"), ("429", "http 429"), ("slow", "timed out"), ("drop", "")]
+        for mode, marker in phases:
+            await phase(mode, marker)
         # The backlog is now larger than the proxy accepts in one request: 413 until the sink splits.
         proxy.max_body = 6000
-        await phase("pass", 1.0)
+        proxy.mode = "pass"
         await wait_for(lambda: health()["sinks"]["influxdb"]["lag"] < 60, 30, "the sink to catch up")
     finally:
         assert await agent.stop() == 0, agent.log()[-3000:]
