@@ -281,14 +281,19 @@ class Agent:
         if m is None or not any(isinstance(d, MqttDeviceConfig) for d in self.settings.devices):
             return None
         client_id = f"{m.client_id or 'gia-' + self.settings.site.id}-devices"
+        tls = m.tls
         return MqttHub(
             Broker(
                 url=m.url,
                 username=m.username,
                 password=m.password_value(),
-                ca_file=m.tls.ca_file if m.tls else None,
                 client_id=client_id,
                 timeout_s=m.timeout_s,
+                tls=m.tls_enabled,
+                ca_file=tls.ca_file if tls else None,
+                cert_file=tls.cert_file if tls else None,
+                key_file=tls.key_file if tls else None,
+                insecure=tls.insecure if tls else False,
             )
         )
 

@@ -43,6 +43,10 @@ class Broker:
     username: str | None = None
     password: str | None = None
     ca_file: Path | None = None
+    cert_file: Path | None = None  # client certificate, for brokers that require mutual TLS
+    key_file: Path | None = None
+    tls: bool = False  # TLS even on an mqtt:// URL (the mqtt: section has a tls: block)
+    insecure: bool = False  # skip hostname verification (testing only)
     client_id: str | None = None
     timeout_s: float = 10.0
 
@@ -106,7 +110,7 @@ class MqttHub:
 
     def _client_args(self) -> dict[str, Any]:
         parts = urlsplit(self.broker.url)
-        tls = parts.scheme == "mqtts"
+        tls = parts.scheme == "mqtts" or self.broker.tls
         args: dict[str, Any] = {
             "hostname": parts.hostname or "127.0.0.1",
             "port": parts.port or (8883 if tls else 1883),
@@ -118,6 +122,11 @@ class MqttHub:
         }
         if tls:
             ctx = ssl.create_default_context(cafile=str(self.broker.ca_file) if self.broker.ca_file else None)
+            if self.broker.cert_file is not None:
+                key = str(self.broker.key_file) if self.broker.key_file else None
+                ctx.load_cert_chain(str(self.broker.cert_file), key)
+            if self.broker.insecure:
+                ctx.check_hostname = False
             args["tls_context"] = ctx
         return args
 

@@ -61,10 +61,15 @@ class Authenticator:
             return False
 
     def _rate_limited(self, client: str) -> bool:
-        q = self._failures[client]
+        q = self._failures.get(client)
+        if q is None:
+            return False
         now = time.monotonic()
         while q and now - q[0] > AUTH_FAILURE_WINDOW_S:
             q.popleft()
+        if not q:
+            del self._failures[client]  # one entry per client with recent failures, not per client ever seen
+            return False
         return len(q) >= AUTH_FAILURE_LIMIT
 
     def _record_failure(self, client: str) -> None:

@@ -318,8 +318,18 @@ async def test_device_offline_and_back_without_delaying_others(
     assert log.count("device hall is online") >= 1
 
 
-async def test_mqtt_device_through_the_agent(tmp_path: Path, mosquitto_fresh: MosquittoBroker) -> None:
-    """An MQTT device (Tasmota SML profile) read by `gia run` through the site's broker, into the ledger."""
+@pytest.mark.parametrize("broker_kind", ["plain", "mutual-tls"])
+async def test_mqtt_device_through_the_agent(tmp_path: Path, mosquitto_factory: Any, broker_kind: str) -> None:
+    """An MQTT device (Tasmota SML profile) read by `gia run` through the site's broker, into the ledger;
+    also through a broker that requires a client certificate."""
+    mosquitto_fresh: MosquittoBroker = mosquitto_factory(require_certificate=broker_kind == "mutual-tls")
+    mqtt_cfg: dict[str, Any] = {"url": mosquitto_fresh.url}
+    if broker_kind == "mutual-tls":
+        mqtt_cfg["tls"] = {
+            "ca_file": str(mosquitto_fresh.ca_file),
+            "cert_file": str(mosquitto_fresh.cert_file),
+            "key_file": str(mosquitto_fresh.key_file),
+        }
     http_port = free_port()
     cfg = {
         "site": {"id": "mq"},
@@ -334,7 +344,7 @@ async def test_mqtt_device_through_the_agent(tmp_path: Path, mosquitto_fresh: Mo
                 "poll_interval_s": 0.5,
             }
         ],
-        "mqtt": {"url": mosquitto_fresh.url},
+        "mqtt": mqtt_cfg,
         "http": {"listen": f"127.0.0.1:{http_port}", "anonymous_viewer_on_loopback": True},
     }
     (tmp_path / "gia.yaml").write_text(yaml.safe_dump(cfg))

@@ -109,3 +109,19 @@ async def test_forecast_without_forecasting_is_a_clear_404(target: str) -> None:
     async with app() as c:
         r = await c.get(f"/api/v1/forecasts/{target}", headers=bearer(VIEWER))
         assert r.status_code == 404 and r.json()["error"] == "no_forecast"
+
+
+def test_failure_records_are_forgotten_after_the_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One entry per client with recent failures, not per client ever seen (memory stays bounded)."""
+    import gateway.api.auth as auth_mod
+
+    auth = Authenticator([], anonymous_viewer_on_loopback=False)
+    now = [1000.0]
+    monkeypatch.setattr(auth_mod.time, "monotonic", lambda: now[0])
+    for i in range(50):
+        auth._record_failure(f"10.0.0.{i}")
+    assert len(auth._failures) == 50
+    now[0] += auth_mod.AUTH_FAILURE_WINDOW_S + 1
+    for i in range(50):
+        assert not auth._rate_limited(f"10.0.0.{i}")
+    assert auth._failures == {}
