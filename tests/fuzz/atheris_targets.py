@@ -7,6 +7,7 @@ the config file. Run by tests/fuzz/test_atheris.py in a subprocess for a bounded
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import tempfile
 from pathlib import Path
@@ -29,15 +30,9 @@ def payload(data: bytes) -> None:
 
 def config(data: bytes) -> None:
     CFG.write_bytes(data)
-    try:
+    # The only acceptable failure is ConfigError (problem lines); anything else is a crash atheris reports.
+    with contextlib.suppress(ConfigError):
         load_settings(CFG)
-    except ConfigError:
-        pass
-    except TypeError as exc:  # known, xfail-marked in test_config.py: non-text keys, non-list channels
-        if "keywords must be strings" not in str(exc) and "not iterable" not in str(exc):
-            raise
-    except UnicodeDecodeError:  # known, xfail-marked in test_config.py (found by this target)
-        pass
 
 
 def main() -> None:

@@ -1,4 +1,6 @@
-"""Coverage-guided fuzzing with atheris for a bounded time (5 s per target after ~6 s of instrumenting; GIA_FUZZ=long: 300 s).
+"""Coverage-guided fuzzing with atheris for a bounded time.
+
+5 s per target after ~6 s of instrumenting; GIA_FUZZ=long: 300 s.
 
 atheris 3.0 installs from PyPI wheels here; where it cannot be built the test skips (outside CI) and
 the hypothesis tests in this folder cover the same parsers.
