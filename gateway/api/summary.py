@@ -88,28 +88,26 @@ class _DeviceLike(Protocol):
 def channels_from_devices(
     devices: Sequence[_DeviceLike], *, map_moduli: Mapping[tuple[str, str], int] | None = None
 ) -> list[Channel]:
-    """The channels of `settings.devices` (ids default to '<device>.<role>' as in the reports).
+    """The channels of `settings.devices`, by certification's own rules (ids, modulus precedence).
 
     `map_moduli`: (device, quantity) -> the wrap value of the register from its device map
     (`moduli_from_maps`); a channel's own `register_modulus_wh` wins.
     """
-    out = []
-    for dev in devices:
-        for ch in dev.channels:
-            modulus = getattr(ch, "register_modulus_wh", None) or (map_moduli or {}).get((dev.id, ch.quantity))
-            out.append(
-                Channel(
-                    id=ch.id or f"{dev.id}.{ch.role}",
-                    device=dev.id,
-                    quantity=ch.quantity,
-                    role=ch.role,
-                    source=ch.source,
-                    renewable=bool(ch.renewable),
-                    multiplier=ch.multiplier,
-                    modulus=modulus,
-                )
-            )
-    return out
+    from gateway.certification.service import specs_for_devices
+
+    return [
+        Channel(
+            id=s.id,
+            device=s.device,
+            quantity=s.quantity,
+            role=s.role,
+            source=s.source,
+            renewable=bool(s.renewable),
+            multiplier=s.multiplier,
+            modulus=s.register_modulus_wh,
+        )
+        for s in specs_for_devices(devices, map_moduli or {})
+    ]
 
 
 def moduli_from_maps(devices: Sequence[Any], *, base_dir: Path) -> dict[tuple[str, str], int]:

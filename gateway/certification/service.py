@@ -20,7 +20,7 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,16 +57,19 @@ class LedgerUnavailable(ReportError):
 
 
 def channel_specs(settings: Settings, *, base_dir: Path | None = None) -> list[ChannelSpec]:
-    """The metering channels from `devices[].channels` (ids default to '<device>.<role>').
-
-    A channel's register modulus comes from its config, else from the device map (a wrapping
-    counter must not be read as a meter reset).
-    """
+    """The metering channels from `devices[].channels`, with register moduli from the device maps."""
     from drivers.maps import map_moduli
 
-    moduli = map_moduli(settings.devices, base_dir=base_dir)
+    return specs_for_devices(settings.devices, map_moduli(settings.devices, base_dir=base_dir))
+
+
+def specs_for_devices(devices: Sequence[Any], moduli: Mapping[tuple[str, str], int]) -> list[ChannelSpec]:
+    """The one place the channel rules live (the report, the live balance and forecasting use them):
+    ids default to '<device>.<role>'; a channel's own register modulus wins over its map's (a wrapping
+    counter must not be read as a meter reset); CT/VT multipliers and capacities come along.
+    """
     out = []
-    for dev in settings.devices:
+    for dev in devices:
         for ch in dev.channels:
             out.append(
                 ChannelSpec(
