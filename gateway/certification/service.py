@@ -77,10 +77,10 @@ def specs_for_devices(devices: Sequence[Any], moduli: Mapping[tuple[str, str], i
                     role=ch.role,
                     device=dev.id,
                     quantity=ch.quantity,
-                    serial=dev.serial,
+                    serial=getattr(dev, "serial", None),
                     multiplier=ch.multiplier,
-                    register_modulus_wh=ch.register_modulus_wh or moduli.get((dev.id, ch.quantity)),
-                    rated_power_w=round(ch.rated_power_w) if ch.rated_power_w is not None else None,
+                    register_modulus_wh=getattr(ch, "register_modulus_wh", None) or moduli.get((dev.id, ch.quantity)),
+                    rated_power_w=round(rated) if (rated := getattr(ch, "rated_power_w", None)) is not None else None,
                     source=ch.source,
                     renewable=ch.renewable,
                 )
