@@ -29,16 +29,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.web.browser import CHROMIUM_ARGS as ARGS  # one list of the flags Chromium needs here
 
 
 def free_port() -> int:
