@@ -86,6 +86,18 @@ class ModbusDeviceConfig(BaseModel):
     options: dict[str, float | int | bool] = Field(
         default_factory=dict, description="device quirks, e.g. pause_after_connect_s, max_registers_per_read"
     )
+    proxy: str | None = Field(
+        default=None,
+        description="tcp://HOST:PORT on which to re-serve the registers the gateway polls from this device,"
+        " for other local clients (devices that accept only one Modbus client)",
+    )
+
+    @field_validator("proxy")
+    @classmethod
+    def _check_proxy(cls, v: str | None) -> str | None:
+        if v is not None and parse_connection(v).scheme != "tcp":
+            raise ValueError(f"{v!r}: the proxy listens on tcp://HOST:PORT")
+        return v
 
     @field_validator("connection")
     @classmethod

@@ -272,6 +272,19 @@ class Agent:
                 log.info("retention: pruned the payload of %d forwarded readings", pruned)
             await asyncio.sleep(3600)
 
+    def _proxies(self, pool: Any) -> dict[str, Any]:
+        """One Modbus proxy server per `proxy:` address; each unit id is routed to its device's bus."""
+        from drivers.config import ModbusDeviceConfig, parse_connection
+        from drivers.modbus.proxy import proxy_server
+
+        routes: dict[str, dict[int, str]] = {}
+        max_age: dict[str, float] = {}
+        for d in self.settings.devices:
+            if isinstance(d, ModbusDeviceConfig) and d.proxy:
+                routes.setdefault(d.proxy, {})[d.unit_id] = parse_connection(d.connection).bus_key
+                max_age[d.proxy] = max(max_age.get(d.proxy, 0.0), 3 * d.poll_interval_s)
+        return {listen: proxy_server(listen, pool, r, max_age_s=max_age[listen]) for listen, r in routes.items()}
+
     def _device_hub(self) -> Any:
         """One MQTT subscription connection for all MQTT devices (the `mqtt:` section's broker)."""
         from drivers.config import MqttDeviceConfig
@@ -399,6 +412,10 @@ class Agent:
         )
         try:
             async with BusPool() as pool, contextlib.AsyncExitStack() as stack:
+                for listen, proxy in self._proxies(pool).items():
+                    await proxy.start()
+                    stack.push_async_callback(proxy.stop)
+                    log.info("Modbus proxy on %s serving unit(s) %s", listen, ", ".join(map(str, proxy.unit_ids)))
                 device_hub = self._device_hub()
                 hub = await stack.enter_async_context(device_hub) if device_hub is not None else None
                 self.supervisor.add("ledger", writer.run)

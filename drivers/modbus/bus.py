@@ -120,6 +120,9 @@ class ModbusBus:
         self._silent = 0
         # RTU: 3.5 character times of silence between frames (1.75 ms minimum above 19200 baud).
         self._min_gap = max(3.5 * rtu_char_time_s(conn.baud), 0.00175) if conn.scheme in ("rtu", "rtu+tcp") else 0.0
+        #: (unit, register type, protocol address) -> (word, monotonic time read): what the Modbus proxy
+        #: re-serves to other local clients (drivers/modbus/proxy.py). Bounded by the registers polled.
+        self.cache: dict[tuple[int, RegisterType, int], tuple[int, float]] = {}
 
     @property
     def key(self) -> str:
@@ -200,7 +203,11 @@ class ModbusBus:
             attempt = 0
             while True:
                 try:
-                    return await self._read_once(rtype, address, count, unit)
+                    words = await self._read_once(rtype, address, count, unit)
+                    stamp = time.monotonic()
+                    for i, w in enumerate(words):
+                        self.cache[(unit, rtype, address + i)] = (w, stamp)
+                    return words
                 except BusyError:
                     self.stats.busy += 1
                     if attempt >= self.options.busy_retries:
@@ -312,6 +319,10 @@ class BusPool:
             bus.timeout_s = max(bus.timeout_s, timeout_s)
         bus.options.merge(options)
         return bus
+
+    def get(self, bus_key: str) -> ModbusBus | None:
+        """The bus of a connection if a driver has opened it (the proxy looks its cache up here)."""
+        return self._buses.get(bus_key)
 
     @property
     def buses(self) -> list[ModbusBus]:
