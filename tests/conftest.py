@@ -1,3 +1,36 @@
-"""Project-wide test setup: only registers the real-server fixtures of tests/servers.py."""
+"""Project-wide test setup: the real-server fixtures of tests/servers.py, and no silent skips in CI.
+
+With `CI` set, a skipped test fails with its skip reason: a missing server, binary or package must stop
+the run, never quietly shrink it (individual tests already do this for the servers they start; this
+hook makes it hold for every skip, `importorskip` included).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from typing import Any
+
+import pytest
 
 pytest_plugins = ["tests.servers"]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI (a missing dependency must fail the run): {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, Any, None]:
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("CI") and report.skipped:  # a module-level importorskip
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI (a missing dependency must fail the run): {reason}"
