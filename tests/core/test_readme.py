@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 #: (regex on the README line, where it is exercised: "this file::test" or another test file::test)
 README_LINES: list[tuple[str, str]] = [
     (r"make demo", "tests/core/test_demo.py::test_demo_runs_and_stops_cleanly (gia demo, what the target runs)"),
-    (r"make demo DEMO_ARGS=\"--backfill 60\"", "tests/core/test_readme.py::test_backfill_gives_a_verified_last_month"),
+    (r"make demo DEMO_ARGS=\"--backfill 62\"", "tests/core/test_readme.py::test_backfill_gives_a_verified_last_month"),
     (r"make demo DEMO_ARGS=\"--speed 60\"", "tests/core/test_readme.py::test_demo_speed_mqtt_and_influx"),
     (r"make demo DEMO_ARGS=\"--mqtt .*\"", "tests/core/test_readme.py::test_demo_speed_mqtt_and_influx"),
     (r"make demo DEMO_ARGS=\"--influx .*\"", "tests/core/test_readme.py::test_demo_speed_mqtt_and_influx"),
