@@ -126,7 +126,7 @@ def stop(proc: subprocess.Popen[str]) -> str:
 @pytest.mark.slow
 @pytest.mark.modbus
 def test_backfill_gives_a_verified_last_month(tmp_path: Path) -> None:
-    """README: make demo DEMO_ARGS="--backfill 60", then report / keys export / evidence / verify."""
+    """README: make demo DEMO_ARGS="--backfill 62", then report / keys export / evidence / verify."""
     riga = ZoneInfo("Europe/Riga")
     now = datetime.now(riga)
     first_of_this = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
