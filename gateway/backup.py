@@ -91,13 +91,14 @@ def restore_bundle(src: Path, *, config: Path, data_dir: Path, ledger_path: Path
         tar.extractall(tmp, filter="data")
         root = Path(tmp)
         if (root / "ledger.db").exists():
-            led = Ledger(root / "ledger.db")
+            led = Ledger(root / "ledger.db")  # opening migrates an older schema in the copy
             try:
-                check = led.verify()
+                check, events = led.verify(), led.verify_events()
             finally:
                 led.close()
-            if not check.ok:
-                raise BackupError(f"the ledger in {src} does not verify ({check.problem}); not restored")
+            for c in (check, events):
+                if not c.ok:
+                    raise BackupError(f"the ledger in {src} does not verify ({c.problem}); not restored")
         data_dir.mkdir(parents=True, exist_ok=True)
         if (root / "ledger.db").exists():
             for suffix in ("-wal", "-shm"):

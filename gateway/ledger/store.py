@@ -35,7 +35,7 @@ import rfc8785
 from drivers.model import Quality, Sample, Value, from_ms, is_counter, to_ms
 
 GENESIS: Final = bytes(32)
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -59,7 +59,8 @@ CREATE TABLE IF NOT EXISTS events (
     ts_ms    INTEGER NOT NULL,
     kind     TEXT NOT NULL,
     device   TEXT,
-    detail   TEXT NOT NULL
+    detail   TEXT NOT NULL,
+    hash     BLOB
 ) STRICT;
 """
 
@@ -134,8 +135,30 @@ def canonical_entry(seq: int, ts_ms: int, device: str, quantity: str, value: Val
     ).encode()
 
 
+def canonical_event(event_id: int, ts_ms: int, kind: str, device: str | None, detail: str) -> bytes:
+    """RFC 8785 bytes of one event (the events table's own chain hashes these)."""
+    return rfc8785.dumps({"id": event_id, "ts": ts_ms, "kind": kind, "device": device, "detail": detail})
+
+
 def chain_hash(prev: bytes, canonical: bytes) -> bytes:
     return hashlib.sha256(prev + canonical).digest()
+
+
+def _migrate_1_to_2(db: sqlite3.Connection) -> None:
+    """Schema 2 chains the events table: add the column and chain what a schema-1 ledger holds."""
+    cols = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    if "hash" not in cols:
+        db.execute("ALTER TABLE events ADD COLUMN hash BLOB")
+    prev = GENESIS
+    rows = db.execute("SELECT id, ts_ms, kind, device, detail FROM events ORDER BY id").fetchall()
+    for n, (old_id, ts_ms, kind, device, detail) in enumerate(rows, start=1):
+        if old_id != n:  # ids renumbered densely so the chain can prove nothing is missing
+            db.execute("UPDATE events SET id = ? WHERE id = ?", (n, old_id))
+        prev = chain_hash(prev, canonical_event(n, ts_ms, kind, device, detail))
+        db.execute("UPDATE events SET hash = ? WHERE id = ?", (prev, n))
+
+
+_MIGRATIONS: Final = {1: _migrate_1_to_2}
 
 
 class LedgerError(Exception):
@@ -173,6 +196,7 @@ class Ledger:
 
     # -- schema -------------------------------------------------------------------------------------
     def _migrate(self) -> None:
+        """Bring an older ledger to this release's schema, one step at a time, each in a transaction."""
         row = self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         if row is None:
             self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -183,6 +207,17 @@ class Ledger:
                 f"{self.path}: ledger schema {version} is newer than this gateway ({SCHEMA_VERSION}); "
                 "upgrade the gateway"
             )
+        while version < SCHEMA_VERSION:
+            step = _MIGRATIONS[version]
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                step(self._db)
+                version += 1
+                self._db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def _load_head(self) -> tuple[int, bytes]:
         row = self._db.execute("SELECT seq, hash FROM readings ORDER BY seq DESC LIMIT 1").fetchone()
@@ -238,12 +273,39 @@ class Ledger:
         return seq
 
     def record_event(self, kind: str, detail: str, *, ts_ms: int, device: str | None = None) -> int:
-        """Record something certification must see (clock jump, meter replacement, reset)."""
-        cur = self._db.execute(
-            "INSERT INTO events (ts_ms, kind, device, detail) VALUES (?, ?, ?, ?)",
-            (ts_ms, kind, device, detail),
-        )
-        return int(cur.lastrowid or 0)
+        """Record something certification must see (clock jump, meter replacement, reset).
+
+        Events are hash-chained like readings (their own chain: `verify_events`), so deleting a clock
+        jump or slipping in a meter replacement after the fact is evident.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            last = self._db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+            event_id = (int(last[0]) + 1) if last else 1
+            prev = bytes(last[1]) if last and last[1] is not None else GENESIS
+            h = chain_hash(prev, canonical_event(event_id, ts_ms, kind, device, detail))
+            self._db.execute(
+                "INSERT INTO events (id, ts_ms, kind, device, detail, hash) VALUES (?, ?, ?, ?, ?, ?)",
+                (event_id, ts_ms, kind, device, detail, h),
+            )
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+        return event_id
+
+    def verify_events(self) -> ChainCheck:
+        """Re-walk the events' chain (ids must run 1, 2, 3... with no gap)."""
+        prev, n = GENESIS, 0
+        for row in self._db.execute("SELECT id, ts_ms, kind, device, detail, hash FROM events ORDER BY id"):
+            event_id, ts_ms, kind, device, detail, h = row
+            if event_id != n + 1:
+                return ChainCheck(False, n, event_id, prev, f"event {n + 1} is missing (next is {event_id})")
+            if h is None or chain_hash(prev, canonical_event(event_id, ts_ms, kind, device, detail)) != bytes(h):
+                return ChainCheck(False, n, event_id, prev, f"event {event_id} does not match its chain hash")
+            prev, n = bytes(h), n + 1
+        return ChainCheck(True, n, n, prev)
 
     def events(self, *, kind: str | None = None, since_ms: int | None = None) -> list[Event]:
         sql = "SELECT id, ts_ms, kind, device, detail FROM events WHERE 1=1"
