@@ -9,15 +9,25 @@ validation with clear errors; every error leaves as JSON `{"error": ..., "detail
 
 import asyncio
 import json
+import os
 import re
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Annotated, Any, Literal, Protocol
+from typing import IO, Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from drivers.model import QUANTITIES, iso_utc
@@ -37,7 +47,7 @@ class ReportProvider(Protocol):
 
     def report_pdf(self, site: str, month: str) -> bytes: ...
 
-    def evidence_zip(self, site: str, month: str) -> bytes: ...
+    def write_evidence_zip(self, site: str, month: str, out: IO[bytes]) -> None: ...
 
     def public_keys(self) -> list[dict[str, str]]: ...
 
@@ -232,11 +242,23 @@ def create_app(services: ApiServices) -> FastAPI:
         _check_report_request(principal, site, month)
         assert services.reports is not None
         reports = services.reports
-        body = await _call_reports(lambda: reports.evidence_zip(site, month))
-        return Response(
-            body,
+
+        # Streamed through a temporary file: a month of register readings can be hundreds of MB.
+        def build() -> str:
+            with tempfile.NamedTemporaryFile(prefix="gia-evidence-", suffix=".zip", delete=False) as f:
+                try:
+                    reports.write_evidence_zip(site, month, f)
+                except BaseException:
+                    os.unlink(f.name)
+                    raise
+                return f.name
+
+        path = await _call_reports(build)
+        return FileResponse(
+            path,
             media_type="application/zip",
-            headers={"Content-Disposition": f'attachment; filename="{site}-{month}-evidence.zip"'},
+            filename=f"{site}-{month}-evidence.zip",
+            background=BackgroundTask(os.unlink, path),
         )
 
     @app.get("/api/v1/keys", tags=["certification"], summary="Public signing keys with fingerprints")

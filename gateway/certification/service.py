@@ -20,10 +20,11 @@ import io
 import json
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+import zipfile
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from gateway import __version__
 from gateway.certification import bundle
@@ -188,22 +189,24 @@ class ReportService:
         b = self._get(site, month)
         return render_pdf(b.report, b.results, hashlib.sha256(b.data).hexdigest())
 
-    def evidence_files(self, site: str, month: str) -> dict[str, bytes]:
+    def _evidence_parts(self, site: str, month: str) -> Iterator[tuple[str, Iterable[bytes]]]:
+        """(file name, chunks) of the bundle, in bundle order. Readings are produced line by line: a
+        month of 10-s register readings is millions of lines, which must never sit in memory at once."""
         b = self._get(site, month)
         rep = b.report
-        files: dict[str, bytes] = {bundle.REPORT: b.data}
+        yield bundle.REPORT, [b.data]
         prev = self._stored(shift_month(month, -1))
         if prev is not None:
-            files[bundle.PREVIOUS] = prev
+            yield bundle.PREVIOUS, [prev]
         max_seq = int(rep["evidence"]["chain_head_seq"])
-        src = self._source()
-        try:
-            lines: list[str] = []
-            for r in b.results:
-                rows = src.evidence_rows(r.spec.device, r.spec.quantity, r.used_bounds, max_seq=max_seq)
-                for seq, ts_ms, value, unit, quality, h, prev_h in rows:
-                    lines.append(
-                        bundle.reading_line(
+
+        def readings() -> Iterator[bytes]:
+            src = self._source()
+            try:
+                for r in b.results:
+                    rows = src.evidence_rows(r.spec.device, r.spec.quantity, r.used_bounds, max_seq=max_seq)
+                    for seq, ts_ms, value, unit, quality, h, prev_h in rows:
+                        line = bundle.reading_line(
                             channel=r.spec.id,
                             seq=seq,
                             ts_ms=ts_ms,
@@ -215,32 +218,51 @@ class ReportService:
                             hash_=h,
                             prev_hash=prev_h,
                         )
-                    )
-        finally:
-            src.close()
-        files[bundle.READINGS] = ("\n".join(lines) + "\n").encode() if lines else b""
-        iv = io.StringIO()
-        iv.write(bundle.INTERVALS_HEADER)
-        interval_s = rep["method"]["interval_s"]
-        for r in b.results:
-            iv.writelines(
-                bundle.intervals_csv_lines(
+                        yield (line + "\n").encode()
+            finally:
+                src.close()
+
+        yield bundle.READINGS, readings()
+
+        def intervals() -> Iterator[bytes]:
+            yield bundle.INTERVALS_HEADER.encode()
+            interval_s = rep["method"]["interval_s"]
+            for r in b.results:
+                for line in bundle.intervals_csv_lines(
                     r.spec.id, b.start_ms, interval_s, b.end_ms, r.interval_wh, r.interval_quality
-                )
-            )
-        files[bundle.INTERVALS] = iv.getvalue().encode()
-        files[bundle.PUBLIC_KEY] = public_pem(self.keys.public_key()).encode()
-        files[bundle.README] = bundle.README_TEXT.encode()
-        return files
+                ):
+                    yield line.encode()
+
+        yield bundle.INTERVALS, intervals()
+        yield bundle.PUBLIC_KEY, [public_pem(self.keys.public_key()).encode()]
+        yield bundle.README, [bundle.README_TEXT.encode()]
+
+    def evidence_files(self, site: str, month: str) -> dict[str, bytes]:
+        """The bundle in memory (tests, small months); the API and the CLI stream it instead."""
+        return {name: b"".join(chunks) for name, chunks in self._evidence_parts(site, month)}
+
+    def write_evidence_zip(self, site: str, month: str, out: IO[bytes]) -> None:
+        """Write the bundle as a reproducible zip to `out`, streaming (bounded memory)."""
+        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name, chunks in self._evidence_parts(site, month):
+                info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # reproducible archive
+                info.compress_type = zipfile.ZIP_DEFLATED
+                with z.open(info, "w", force_zip64=True) as f:
+                    for chunk in chunks:
+                        f.write(chunk)
 
     def evidence_zip(self, site: str, month: str) -> bytes:
-        return bundle.zip_files(self.evidence_files(site, month))
+        buf = io.BytesIO()
+        self.write_evidence_zip(site, month, buf)
+        return buf.getvalue()
 
     def write_evidence(self, site: str, month: str, directory: Path) -> list[Path]:
         directory.mkdir(parents=True, exist_ok=True)
         out = []
-        for name, data in self.evidence_files(site, month).items():
-            (directory / name).write_bytes(data)
+        for name, chunks in self._evidence_parts(site, month):
+            with (directory / name).open("wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
             out.append(directory / name)
         return out
 

@@ -117,7 +117,7 @@ def test_failure_records_are_forgotten_after_the_window(monkeypatch: pytest.Monk
 
     auth = Authenticator([], anonymous_viewer_on_loopback=False)
     now = [1000.0]
-    monkeypatch.setattr(auth_mod.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr("gateway.api.auth.time.monotonic", lambda: now[0])
     for i in range(50):
         auth._record_failure(f"10.0.0.{i}")
     assert len(auth._failures) == 50
