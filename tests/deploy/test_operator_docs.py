@@ -26,7 +26,7 @@ HERE = Path(__file__).parent
 #   "not here: <why>"  needs what this machine does not have
 COMMANDS: list[tuple[str, str]] = [
     (r"sudo apt-get install -y git python3 python3-venv", "not here: installs host packages"),
-    (r"git clone \S+", "not here: the public repository"),
+    (r"git clone \S+( \S+)?", "not here: the public repository"),
     (r"cd gia-gateway", "not here: part of the clone"),
     (r"sudo deploy/install\.sh", "covered: test_installer_in_a_clean_debian_root"),
     (r"pip download -d wheels \S+", "covered: test_installer_in_a_clean_debian_root"),
