@@ -369,15 +369,18 @@ class DemoSite:
         return result
 
     # -- the public view -------------------------------------------------------------------------------
-    def power_at(self, t: datetime) -> dict[str, float]:
-        """Active power (W) of every device at `t`, with the site's sign conventions."""
+    def _locate(self, t: datetime) -> tuple[_Day, int, float]:
+        """The day holding `t`, the index of the step `t` falls in, and how far into that step (0..1)."""
         ts = t.timestamp()
         day = self._day_index(ts)
         self._start_of(day)
-        d = self._day(day)
         sec = ts - (self._epoch_s + day * _DAY)
         k = min(int(sec // self.step_s), self._n - 1)
-        f = (sec - k * self.step_s) / self.step_s
+        return self._day(day), k, (sec - k * self.step_s) / self.step_s
+
+    def power_at(self, t: datetime) -> dict[str, float]:
+        """Active power (W) of every device at `t`, with the site's sign conventions."""
+        d, k, f = self._locate(t)
 
         def lin(ch: str) -> float:
             a, b = d.powers[ch][k], d.powers[ch][k + 1]
@@ -390,13 +393,7 @@ class DemoSite:
 
     def counters_at(self, t: datetime) -> dict[str, float]:
         """Cumulative energy (float Wh since the epoch plus the start offsets) at `t`."""
-        ts = t.timestamp()
-        day = self._day_index(ts)
-        self._start_of(day)
-        d = self._day(day)
-        sec = ts - (self._epoch_s + day * _DAY)
-        k = min(int(sec // self.step_s), self._n - 1)
-        f = (sec - k * self.step_s) / self.step_s
+        d, k, f = self._locate(t)
         hours = self.step_s / 3600
         p = d.powers
         la0, la1, lb0, lb1 = p["hall-a"][k], p["hall-a"][k + 1], p["hall-b"][k], p["hall-b"][k + 1]
