@@ -22,6 +22,14 @@ log = logging.getLogger(__name__)
 SampleSink = Callable[[Sequence[Sample]], Awaitable[None]]
 
 
+def _reraise_if_cancelling() -> None:
+    """Python 3.11's wait_for (used inside pymodbus) can turn a cancellation that coincides with a
+    timeout into TimeoutError; a poller being shut down must stop, not count a device failure."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class DevicePoller:
     def __init__(
         self,
@@ -46,6 +54,7 @@ class DevicePoller:
         self._backoff = Backoff(initial_s=min(1.0, interval_s), max_s=max(60.0, interval_s))
 
     def _failed(self, exc: BaseException) -> None:
+        _reraise_if_cancelling()
         status = self._live.devices[self.device_id]
         status.errors += 1
         status.consecutive_failures += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -31,7 +32,11 @@ async def run_until_signal(
         runner.cancel()
         done, _ = await asyncio.wait({runner}, timeout=shutdown_timeout_s)
         if not done:
+            # A part that will not stop must not keep the process alive (systemd would SIGKILL it
+            # later anyway). Every committed reading is durable: this is no worse than a power cut.
             log.error("shutdown took longer than %.0f s; exiting anyway", shutdown_timeout_s)
+            logging.shutdown()
+            os._exit(1)
         elif not runner.cancelled() and runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
     finally:
