@@ -89,9 +89,6 @@ class Forwarder:
                             tg.create_task(side(sink), name=f"{self.name}-side")
                         await self._forward(sink)
             except* (SinkError, OSError, TimeoutError) as group:
-                task = asyncio.current_task()
-                if task is not None and task.cancelling():
-                    raise asyncio.CancelledError from None  # shutting down: not a sink failure
                 exc = group.exceptions[0]
                 self.health.failures += 1
                 if self.health.connected or self.health.last_error is None:
