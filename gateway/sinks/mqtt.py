@@ -101,7 +101,7 @@ class MqttSink:
         outbox: RetainedOutbox,
         discovery: Sequence[DiscoveryDevice] = (),
     ) -> None:
-        self.batch_size = 2000
+        self.batch_size = 1000  # bounded catch-up memory, as the InfluxDB sink (settings.InfluxConfig)
         self._site = site
         self._discovery = list(discovery)
         self._sent: dict[str, bytes] = {}  # what this connection has published from the outbox

@@ -109,7 +109,7 @@ def test_unwritable_names_are_refused_at_construction() -> None:
 def test_sink_satisfies_the_protocol() -> None:
     sink: Sink = InfluxSink(v1_config("http://127.0.0.1:1", "x"), site="s1", device_classes=CLASSES)
     assert sink.name == "influxdb"
-    assert sink.batch_size == 5000
+    assert sink.batch_size == 1000
 
 
 # -- InfluxDB 1.x (api v1) --------------------------------------------------------------------------
