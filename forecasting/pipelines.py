@@ -9,7 +9,7 @@ Why this shape:
   conformalised quantile regression, scaled by the model's own interval width: one factor widens or
   narrows P10/P90 until the holdout coverage meets the configured target (0.8).
 * Quantiles are sorted row-wise at the end, so P10 <= P50 <= P90 holds whatever the trees do, and each
-  target's physical bounds (0..capacity, 0 above cut-out) are applied after.
+  target's physical bounds (the history's floor..capacity, 0 above cut-out) are applied after.
 
 scikit-learn is imported inside functions only: importing this module costs numpy/pandas, not sklearn.
 """
@@ -132,8 +132,9 @@ def postprocess(
         out = np.clip(out, lower, upper)
     if wind_speed is not None and cut_out_ms is not None:
         storm = np.nan_to_num(wind_speed, nan=0.0) >= cut_out_ms
-        out[storm, 0] = 0.0
+        out[storm, 0] = min(0.0, lower) if lower is not None else 0.0
         out[storm, 1] = 0.0
+        out[storm, 2] = np.maximum(out[storm, 2], 0.0)
     return out
 
 
@@ -290,5 +291,10 @@ def _width(lo: FloatArray, hi: FloatArray, floor: float) -> FloatArray:
 def _bounds(spec: FeatureSpec, y: FloatArray) -> tuple[float | None, float | None]:
     if spec.target in ("wind", "pv"):
         cap = spec.capacity if spec.capacity is not None else float(np.nanmax(y)) if np.isfinite(y).any() else None
-        return 0.0, cap
+        # Not 0: a plant's net output goes below zero when idle (turbine auxiliaries, inverter standby;
+        # ~10 % of hours at La Haute Borne, down to -20 kW). A floor at 0 made every such hour a miss of
+        # the P10 and cost the wind intervals 9 points of coverage. A low quantile, not the minimum, so
+        # one glitched reading does not open the floor.
+        floor = min(0.0, float(np.nanquantile(y, 0.005))) if np.isfinite(y).any() else 0.0
+        return floor, cap
     return (0.0 if np.nanmin(y) >= 0 else None), None

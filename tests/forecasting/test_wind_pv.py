@@ -51,6 +51,27 @@ def test_wind_model_respects_capacity_and_cut_out(tmp_path: Path) -> None:
     assert np.mean([p.p50 for p in fc.points[6:]]) > 0.6 * CAP  # strong wind below cut-out: near rated
 
 
+def test_wind_intervals_reach_the_plants_idle_consumption_not_a_glitch(tmp_path: Path) -> None:
+    """A plant's net output is negative when idle (auxiliaries): P10 must be able to go there, or every
+    calm hour is a miss of the interval (La Haute Borne: 10 % of hours, 9 points of coverage)."""
+    f = wind_frame(40)
+    calm = f["wind_speed_ms"] < 3.5
+    f.loc[calm, "value"] = -15_000.0 * np.random.default_rng(1).uniform(0.5, 1.0, int(calm.sum()))
+    f.iloc[500, f.columns.get_loc("value")] = -1e6  # one glitched reading
+    future = wind_frame(42).iloc[len(f) :].copy()
+    future["wind_speed_ms"] = 1.0  # a calm day ahead
+    weather = FrameWeather(pd.concat([f, future])[["wind_speed_ms", "wind_direction_deg"]])
+    cfg = ForecastingConfig(
+        enabled=True, min_history_days=14, max_iter=30, targets={"wind": TargetConfig(horizon_h=24, capacity_w=CAP)}
+    )
+    svc = ForecastService(cfg, FrameHistory({"wind": f["value"]}), artifact_dir=tmp_path, weather=weather)
+    fc = svc.predict("wind", future.index[0].to_pydatetime())
+    assert fc.kind == "model", fc.reason
+    assert min(p.p10 for p in fc.points) < 0  # the idle consumption is inside the interval
+    assert all(p.p10 >= -15_000.0 for p in fc.points)  # but the glitch did not open the floor
+    assert all(p.p10 <= p.p50 <= p.p90 <= CAP for p in fc.points)
+
+
 def test_outage_mask_flags_zero_output_in_strong_wind() -> None:
     y = np.array([0.0, 0.0, 1e6, 5.0])
     expected = np.array([1.5e6, 1e4, 1.5e6, 1.9e6])
