@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 from itertools import pairwise
 from pathlib import Path
 from typing import Literal
@@ -80,6 +81,24 @@ class TargetConfig(BaseModel):
     cut_out_ms: float = Field(default=25.0, gt=0, le=60, description="wind: cut-out wind speed, m/s")
     # pv
     tilt_deg: float = Field(default=30.0, ge=0, le=90, description="pv: module tilt (clear-sky feature)")
+
+    @field_validator("turbine_type")
+    @classmethod
+    def _known_turbine(cls, v: str | None) -> str | None:
+        """Checked at start, not at the first training a day later, so a typo is a config error."""
+        if v is None:
+            return v
+        from forecasting.physics import windpowerlib_turbine_types
+
+        try:
+            known = windpowerlib_turbine_types()
+        except RuntimeError as exc:
+            raise ValueError(str(exc)) from None
+        if v not in known:
+            close = difflib.get_close_matches(v, sorted(known), n=3, cutoff=0.5)
+            hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "e.g. 'E-82/2300'"
+            raise ValueError(f"unknown windpowerlib turbine type {v!r}; {hint} (or give power_curve points)")
+        return v
 
     @field_validator("power_curve")
     @classmethod

@@ -8,7 +8,9 @@ per cent of GHI at noon for the purpose, and keeps pvlib's dependency tree (h5py
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING
@@ -50,22 +52,22 @@ class PowerCurve:
     def from_windpowerlib(cls, turbine_type: str, *, capacity: float, cut_out_ms: float = 25.0) -> PowerCurve:
         """A manufacturer curve from windpowerlib's turbine library, scaled to the farm's capacity.
 
+        The library copy that ships inside the package is read, never the OpenEnergy database online: a
+        gateway on a site network often has no internet, and a curve must not change under a model.
         windpowerlib is optional (imported here only); a missing package or unknown type is a clear error.
         """
-        try:
-            from windpowerlib import data as wpl_data  # type: ignore[import-not-found,unused-ignore]
-        except ImportError:
-            raise RuntimeError(
-                "turbine_type needs the optional package windpowerlib (pip install windpowerlib), "
-                "or give power_curve points in the config"
-            ) from None
-        df = wpl_data.get_turbine_types(print_out=False, filter_=True)
-        if turbine_type not in set(df["turbine_type"]):
-            raise ValueError(f"unknown windpowerlib turbine type {turbine_type!r}")
-        curve = wpl_data.load_turbine_data_from_oedb(schema="supply", table="wind_turbine_library")
-        row = curve.loc[curve["turbine_type"] == turbine_type].iloc[0]
-        speeds = [float(v) for v in row["power_curve_wind_speeds"]]
-        values = [float(v) for v in row["power_curve_values"]]
+        if turbine_type not in windpowerlib_turbine_types():
+            raise ValueError(
+                f"unknown windpowerlib turbine type {turbine_type!r}; the names are those of "
+                "windpowerlib.data.get_turbine_types(print_out=False), e.g. 'E-82/2300'"
+            )
+        from windpowerlib import WindTurbine
+
+        # the hub height does not enter the power curve; windpowerlib requires one
+        with _quiet_library():
+            curve = WindTurbine(turbine_type=turbine_type, hub_height=100.0).power_curve
+        speeds = [float(v) for v in curve["wind_speed"]]
+        values = [float(v) for v in curve["value"]]
         peak = max(values)
         return cls(tuple(speeds), tuple(v / peak * capacity for v in values), cut_out_ms, capacity)
 
@@ -138,3 +140,26 @@ def clear_sky_ghi(
         ghi = np.where(cz > 0.01, 1098.0 * cz * np.exp(-0.059 / np.maximum(cz, 0.01)), 0.0)
     out: NDArray[np.float64] = ghi.astype(np.float64)
     return out
+
+
+def windpowerlib_turbine_types() -> frozenset[str]:
+    """Turbine types with a power curve in windpowerlib's bundled library (RuntimeError if not installed)."""
+    try:
+        from windpowerlib import data as wpl_data
+    except ImportError:
+        raise RuntimeError(
+            "turbine_type needs the optional package windpowerlib (installed with the 'forecast' extra), "
+            "or give power_curve points in the config"
+        ) from None
+    with _quiet_library():
+        df = wpl_data.get_turbine_types(turbine_library="local", print_out=False, filter_=True)
+    return frozenset(str(t) for t in df.loc[df["has_power_curve"].astype(bool), "turbine_type"])
+
+
+@contextmanager
+def _quiet_library() -> Iterator[None]:
+    """windpowerlib 0.2.2 uses pandas API that pandas 3 deprecates: its warnings are not the operator's."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        yield

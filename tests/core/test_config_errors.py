@@ -93,6 +93,12 @@ MISTAKES = [
     ("http.tokens.0.token", "short", "http.tokens[0]", "openssl rand -hex 32"),
     ("http.listen", "8080", "http.listen", "HOST:PORT"),
     ("devices.0.pol_interval", 5, "devices[0].pol_interval", "unknown field"),
+    (
+        "forecasting",
+        {"enabled": True, "targets": {"wind": {"turbine_type": "E-82/230", "capacity_w": 2.3e6}}},
+        "forecasting.targets.wind.turbine_type",
+        "did you mean",
+    ),
 ]
 
 

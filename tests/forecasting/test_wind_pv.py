@@ -7,10 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+from pydantic import ValidationError
 
 from forecasting.config import ForecastingConfig, Location, TargetConfig
 from forecasting.history import FrameHistory, FrameWeather
-from forecasting.physics import clear_sky_ghi
+from forecasting.physics import PowerCurve, clear_sky_ghi
 from forecasting.service import ForecastService, outage_mask
 
 CAP = 2_000_000.0
@@ -109,3 +111,35 @@ def test_pv_model_is_zero_at_night_and_follows_irradiance(tmp_path: Path) -> Non
     actual = f["value"].iloc[40 * 24 :].to_numpy()
     assert np.mean(np.abs(p50 - actual)) < 0.5 * np.mean(np.abs(actual - actual.mean()))
     assert all(0 <= p.p10 <= p.p50 <= p.p90 <= 400_000 for p in fc.points)
+
+
+def test_windpowerlib_curve_comes_from_the_bundled_library_scaled_to_capacity() -> None:
+    # read from the copy inside the package: no network on this path (the test machine has none either)
+    pc = PowerCurve.from_windpowerlib("E-82/2300", capacity=CAP, cut_out_ms=25)
+    p = pc.power(np.array([2.0, 8.0, 14.0, 26.0]))
+    assert p[0] < 0.01 * CAP and 0.2 * CAP < p[1] < 0.8 * CAP and p[2] == pytest.approx(CAP, rel=0.02)
+    assert p[3] == 0.0  # above cut-out
+    assert max(pc.powers) == pytest.approx(CAP)
+
+
+def test_unknown_turbine_type_is_a_config_error_with_suggestions() -> None:
+    with pytest.raises(
+        ValidationError, match=r"unknown windpowerlib turbine type 'E-82/230'; did you mean .*'E-82/2300'"
+    ):
+        TargetConfig(horizon_h=24, capacity_w=CAP, turbine_type="E-82/230")
+
+
+def test_wind_model_trains_on_a_windpowerlib_curve(tmp_path: Path) -> None:
+    f = wind_frame(40)
+    future = wind_frame(42).iloc[len(f) :]
+    weather = FrameWeather(pd.concat([f, future])[["wind_speed_ms", "wind_direction_deg"]])
+    cfg = ForecastingConfig(
+        enabled=True,
+        min_history_days=14,
+        max_iter=30,
+        targets={"wind": TargetConfig(horizon_h=24, capacity_w=CAP, turbine_type="E-82/2300")},
+    )
+    svc = ForecastService(cfg, FrameHistory({"wind": f["value"]}), artifact_dir=tmp_path, weather=weather)
+    fc = svc.predict("wind", future.index[0].to_pydatetime())
+    assert fc.kind == "model", fc.reason
+    assert svc._model("wind").spec.power_curve == PowerCurve.from_windpowerlib("E-82/2300", capacity=CAP)
