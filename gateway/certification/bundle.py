@@ -9,6 +9,8 @@ Files (a directory from `gia evidence`, or the same files in a zip from the API)
   `quantity`, `value`, `unit`, `quality`), its chain hash `hash` and the previous entry's hash `prev_hash`
   (hex), plus `channel` and a readable `time`;
 * `intervals.csv` — `channel,start,end,energy_wh,quality` with UTC timestamps and integer Wh;
+* `events.jsonl` — the ledger's events up to the report's `events_head_id` (clock jumps, meter
+  replacements), one per line in id order: `id`, `ts` (ms), `kind`, `device`, `detail`, chain `hash`;
 * `public_key.pem` — the site's public key (check its fingerprint against the published one);
 * `README.txt` — how to verify.
 """
@@ -27,6 +29,7 @@ from gateway.certification.exact import iso_ms
 REPORT: Final = "report.json"
 PREVIOUS: Final = "previous_report.json"
 READINGS: Final = "readings.jsonl"
+EVENTS: Final = "events.jsonl"
 INTERVALS: Final = "intervals.csv"
 PUBLIC_KEY: Final = "public_key.pem"
 README: Final = "README.txt"
@@ -37,6 +40,7 @@ report.json            the signed monthly report (RFC 8785 canonical JSON, Ed255
 previous_report.json   the previous month's signed report (if any): report.previous_report_sha256 is its SHA-256
 readings.jsonl         every register reading the report used, with its ledger chain hash and predecessor hash
 intervals.csv          interval energies (UTC, integer Wh, quality) recomputed from the readings
+events.jsonl           the ledger's events (clock jumps, meter replacements) with their own hash chain
 public_key.pem         the site's public key: compare its fingerprint with the one published out of band
 
 Verify offline:  gia verify report.json --public-key PUBLISHED.pem --evidence .
@@ -74,6 +78,14 @@ def reading_line(
     )
 
 
+def event_line(*, event_id: int, ts_ms: int, kind: str, device: str | None, detail: str, hash_: bytes) -> str:
+    return json.dumps(
+        {"id": event_id, "ts": ts_ms, "time": iso_ms(ts_ms), "kind": kind, "device": device, "detail": detail,
+         "hash": hash_.hex()},
+        separators=(",", ":"),
+    )  # fmt: skip
+
+
 def intervals_csv_lines(
     channel: str, start_ms: int, interval_s: int, end_ms: int, wh: list[int], quality: list[str]
 ) -> Iterable[str]:
@@ -94,7 +106,7 @@ def load_bundle(path: Path) -> dict[str, bytes]:
     """The bundle's files by name, from a directory or a zip file."""
     files: dict[str, bytes] = {}
     if path.is_dir():
-        for name in (REPORT, PREVIOUS, READINGS, INTERVALS, PUBLIC_KEY):
+        for name in (REPORT, PREVIOUS, READINGS, INTERVALS, EVENTS, PUBLIC_KEY):
             p = path / name
             if p.is_file():
                 files[name] = p.read_bytes()
@@ -119,7 +131,8 @@ def zip_files(files: dict[str, bytes]) -> bytes:
     return buf.getvalue()
 
 
-def parse_readings(data: bytes) -> list[dict[str, Any]]:
+def parse_readings(data: bytes, name: str = READINGS) -> list[dict[str, Any]]:
+    """One JSON object per line (readings.jsonl, events.jsonl); blank lines skipped."""
     out = []
     for n, line in enumerate(data.splitlines(), 1):
         if not line.strip():
@@ -127,8 +140,8 @@ def parse_readings(data: bytes) -> list[dict[str, Any]]:
         try:
             obj = json.loads(line)
         except ValueError as exc:
-            raise BundleError(f"{READINGS} line {n}: not JSON ({exc})") from None
+            raise BundleError(f"{name} line {n}: not JSON ({exc})") from None
         if not isinstance(obj, dict):
-            raise BundleError(f"{READINGS} line {n}: not an object")
+            raise BundleError(f"{name} line {n}: not an object")
         out.append(obj)
     return out

@@ -207,9 +207,18 @@ def report_quality(results: Sequence[ChannelResult], *, complete: bool, threshol
 
 
 def evidence_summary(
-    day_roots: Sequence[list[tuple[str, int, bytes]]], *, head_seq: int, head_hash: bytes
+    day_roots: Sequence[list[tuple[str, int, bytes]]],
+    *,
+    head_seq: int,
+    head_hash: bytes,
+    events_head: tuple[int, bytes] | None = None,
 ) -> dict[str, Any]:
-    """Chain head plus Merkle roots: per (channel, UTC day), per day over the channels, per month."""
+    """Chain head plus Merkle roots: per (channel, UTC day), per day over the channels, per month.
+
+    With `events_head`, the report also commits to the ledger's events chain (clock jumps, meter
+    replacements): deleting or editing an event after signing, on the gateway or in the bundle, then
+    shows against the signed head. Reports of ledgers without an events chain omit the two fields.
+    """
     by_day: dict[str, list[tuple[int, bytes]]] = {}
     for channel_roots in day_roots:
         for day, n, root in channel_roots:
@@ -220,7 +229,16 @@ def evidence_summary(
         root = merkle_root([r for _, r in by_day[day]])
         roots.append(root)
         days.append({"day": day, "entries": sum(n for n, _ in by_day[day]), "merkle_root": root.hex()})
+    events: dict[str, Any] = {}
+    if events_head is not None:
+        events = {
+            "events_chain": "hash_n = SHA-256(hash_{n-1} || RFC8785({id, ts, kind, device, detail}));"
+            " hash_0 = 32 zero bytes; ids run 1, 2, 3...",
+            "events_head": events_head[1].hex(),
+            "events_head_id": events_head[0],
+        }
     return {
+        **events,
         "chain": "hash_n = SHA-256(hash_{n-1} || RFC8785(entry)); hash_0 = 32 zero bytes",
         "merkle": "16-ary: node = SHA-256(0x01 || up to 16 children), a lone last child carried up; per"
         " channel and UTC day over"

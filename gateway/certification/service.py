@@ -234,6 +234,21 @@ class ReportService:
                     yield line.encode()
 
         yield bundle.INTERVALS, intervals()
+        if "events_head_id" in rep["evidence"]:
+            max_event = int(rep["evidence"]["events_head_id"])
+
+            def events() -> Iterator[bytes]:
+                src = self._source()
+                try:
+                    for eid, ts_ms, kind, device, detail, h in src.events_rows(max_event):
+                        line = bundle.event_line(
+                            event_id=eid, ts_ms=ts_ms, kind=kind, device=device, detail=detail, hash_=h
+                        )
+                        yield (line + "\n").encode()
+                finally:
+                    src.close()
+
+            yield bundle.EVENTS, events()
         yield bundle.PUBLIC_KEY, [public_pem(self.keys.public_key()).encode()]
         yield bundle.README, [bundle.README_TEXT.encode()]
 
@@ -308,6 +323,9 @@ class ReportService:
                 complete=True,
                 max_seq=int(ev["chain_head_seq"]),
                 head_hash=bytes.fromhex(ev["chain_head"]),
+                events_head=(int(ev["events_head_id"]), bytes.fromhex(ev["events_head"]))
+                if "events_head_id" in ev
+                else None,
                 generated_at=rep["generated_at"],
                 previous_sha=rep["previous_report_sha256"],
                 stored=stored,
@@ -316,6 +334,7 @@ class ReportService:
         src = self._source()
         try:
             head_seq, head_hash = src.head()
+            events_head = src.events_head()
         finally:
             src.close()
         built = self._build(
@@ -323,6 +342,7 @@ class ReportService:
             complete=complete,
             max_seq=head_seq,
             head_hash=head_hash,
+            events_head=events_head,
             generated_at=iso_ms(now),
             previous_sha=previous_sha,
             stored=None,
@@ -366,6 +386,7 @@ class ReportService:
         complete: bool,
         max_seq: int,
         head_hash: bytes,
+        events_head: tuple[int, bytes] | None,
         generated_at: str,
         previous_sha: str | None,
         stored: bytes | None,
@@ -429,7 +450,9 @@ class ReportService:
             factors=factors,
             guarantees=gos,
             results=results,
-            evidence=evidence_summary([r.day_roots for r in results], head_seq=max_seq, head_hash=head_hash),
+            evidence=evidence_summary(
+                [r.day_roots for r in results], head_seq=max_seq, head_hash=head_hash, events_head=events_head
+            ),
             previous_sha256=previous_sha,
             generated_at=generated_at,
             generator=f"gia-gateway {__version__}",

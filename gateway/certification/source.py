@@ -40,6 +40,24 @@ class LedgerSource:
         row = self._db.execute("SELECT seq, hash FROM readings ORDER BY seq DESC LIMIT 1").fetchone()
         return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
 
+    def events_head(self) -> tuple[int, bytes] | None:
+        """(id, chain hash) of the last ledger event; None for a schema-1 ledger the agent has not yet
+        migrated (its events carry no chain, so a report cannot commit to one)."""
+        try:
+            row = self._db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        if row is None:
+            return (0, GENESIS)
+        return (int(row[0]), bytes(row[1])) if row[1] is not None else None
+
+    def events_rows(self, max_id: int) -> Iterator[tuple[int, int, str, str | None, str, bytes]]:
+        """Every event up to `max_id` with its chain hash, in chain order (for the evidence bundle)."""
+        for eid, ts_ms, kind, device, detail, h in self._db.execute(
+            "SELECT id, ts_ms, kind, device, detail, hash FROM events WHERE id <= ? ORDER BY id", (max_id,)
+        ):
+            yield int(eid), int(ts_ms), str(kind), device, str(detail), bytes(h)
+
     def hash_at(self, seq: int) -> bytes:
         if seq <= 0:
             return GENESIS

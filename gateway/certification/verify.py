@@ -206,6 +206,53 @@ def _entry_hash(line: dict[str, Any]) -> bytes:
     return hashlib.sha256(bytes.fromhex(line["prev_hash"]) + rfc8785.dumps(entry)).digest()
 
 
+def _event_hash(prev: bytes, line: dict[str, Any]) -> bytes:
+    """As the ledger chains its events (gateway.ledger.store.canonical_event), kept here so `gia verify`
+    needs nothing of the agent."""
+    event = {k: line[k] for k in ("id", "ts", "kind", "device", "detail")}
+    return hashlib.sha256(prev + rfc8785.dumps(event)).digest()
+
+
+def _check_events(out: Outcome, report: dict[str, Any], files: dict[str, bytes]) -> None:
+    """The bundle's events re-chained to the signed head; the report's meter replacements among them."""
+    ev = report["evidence"]
+    if "events_head_id" not in ev:
+        out.notes.append("report predates the events chain: events not checked")
+        return
+    if bundle.EVENTS not in files:
+        out.fail("evidence.events", f"the report commits to an events chain but the bundle has no {bundle.EVENTS}")
+        return
+    try:
+        events = bundle.parse_readings(files[bundle.EVENTS], bundle.EVENTS)
+    except bundle.BundleError as exc:
+        raise Unusable(str(exc)) from None
+    prev = bytes(32)
+    by_id: dict[int, dict[str, Any]] = {}
+    for n, line in enumerate(events, 1):
+        if line.get("id") != n:
+            out.fail("evidence.events", f"event {n} is missing from {bundle.EVENTS} (found id {line.get('id')!r})")
+            return
+        prev = _event_hash(prev, line)
+        if prev.hex() != line.get("hash"):
+            out.fail("evidence.events", f"event {n} ({line.get('kind')}) does not match its chain hash")
+            return
+        by_id[n] = line
+    out.compare("evidence.events_head_id", int(ev["events_head_id"]), len(events))
+    out.compare("evidence.events_head", ev["events_head"], prev.hex())
+    for ch in report["channels"]:
+        for e in ch.get("register_events", []):
+            rep = e.get("replacement")
+            if rep is None:
+                continue
+            found = by_id.get(int(rep["event_id"]))
+            if found is None or found.get("kind") != "meter_replacement" or iso_ms(int(found["ts"])) != rep["ts"]:
+                out.fail(
+                    "evidence.events",
+                    f"channel {ch['id']}: meter replacement event {rep['event_id']} at {rep['ts']} is not in the"
+                    " events chain",
+                )
+
+
 def _check_evidence(out: Outcome, report: dict[str, Any], files: dict[str, bytes]) -> None:
     try:
         lines = bundle.parse_readings(files[bundle.READINGS])
@@ -320,6 +367,7 @@ def _check_evidence(out: Outcome, report: dict[str, Any], files: dict[str, bytes
             if ch.get(key) != res.json.get(key):
                 out.compare(f"channel.{ch['id']}.{key}", ch.get(key), res.json.get(key))
     _check_indicators(out, report, results, with_hourly=True)
+    _check_events(out, report, files)
     if bundle.INTERVALS in files:
         expected_csv = bundle.INTERVALS_HEADER + "".join(
             line

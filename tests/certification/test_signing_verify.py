@@ -20,6 +20,7 @@ from gateway.certification import service as svc_mod
 from gateway.certification.exact import FloatInSignedData, assert_no_float
 from gateway.certification.service import MalformedMonth, MonthInFuture, ReportService, UnknownSite
 from gateway.certification.signing import canonical, key_id, signing_bytes
+from gateway.certification.source import record_meter_replacement
 from gateway.certification.verify import verify_paths
 
 from .helpers import MARCH_START, channel, constant_400w, device, make_ledger, register_samples, service, settings
@@ -279,3 +280,75 @@ def test_concurrent_first_use_creates_one_key(tmp_path: Path) -> None:
     assert len(set(ids)) == 1 and len(ids) == 8
     assert sorted(p.name for p in (tmp_path / "keys").iterdir()) == ["site-ed25519.pem"]
     assert stat.S_IMODE((tmp_path / "keys").stat().st_mode) == 0o700
+
+
+@pytest.fixture(scope="module")
+def with_events(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A month with a clock jump and a meter replacement: both are ledger events the report commits to."""
+    d = tmp_path_factory.mktemp("events")
+    swap = datetime(2025, 3, 20, 10, tzinfo=UTC)
+    k_swap = int((swap - T0) / timedelta(minutes=15))
+
+    def value(k: int, ts: datetime) -> int:
+        return constant_400w(k, ts) if k <= k_swap else 570 + 100 * (k - k_swap - 1)
+
+    led = make_ledger(d / "ledger.db", register_samples("m1", "energy_import_wh", T0, T1, value=value))
+    led.record_event("clock_jump", '{"from": "2025-03-05T02:00:00Z", "by_s": 3600}', ts_ms=1741140000000)
+    record_meter_replacement(
+        led,
+        device="m1",
+        at=swap + timedelta(minutes=5),
+        registers={"energy_import_wh": (constant_400w(k_swap, swap) + 20, 500)},
+        old_serial="OLD-1",
+        new_serial="NEW-2",
+    )
+    led.close()
+    svc = service(settings(d, [device("m1", channel("grid_import", rated_power_w=1000))]))
+    svc.write_evidence("s1", "2025-03", d / "evidence")
+    (d / "site.pem").write_text(svc.public_keys()[0]["public_key_pem"])
+    return {"dir": d, "svc": svc}
+
+
+def _events(ev: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (ev / "events.jsonl").read_text().splitlines()]
+
+
+def test_report_commits_to_the_events_chain(with_events: dict[str, Any], tmp_path: Path) -> None:
+    src = with_events["dir"] / "evidence"
+    rep = json.loads((src / "report.json").read_bytes())
+    events = _events(src)
+    assert [e["kind"] for e in events] == ["clock_jump", "meter_replacement"]
+    assert rep["evidence"]["events_head_id"] == 2 and rep["evidence"]["events_head"] == events[-1]["hash"]
+    rc, out = _verify(src / "report.json", with_events["dir"] / "site.pem", src)
+    assert rc == 0, out
+    z = tmp_path / "ev.zip"
+    z.write_bytes(with_events["svc"].evidence_zip("s1", "2025-03"))
+    assert _verify(src / "report.json", with_events["dir"] / "site.pem", z)[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        ("delete the clock jump", "FAIL evidence.events: event 1 is missing"),
+        ("edit the clock jump", "FAIL evidence.events: event 1 (clock_jump) does not match its chain hash"),
+        ("drop the last event", "FAIL evidence.events_head_id: report says 2, recomputed 1"),
+        ("no events file", "the bundle has no events.jsonl"),
+    ],
+)
+def test_tampered_events_are_caught(with_events: dict[str, Any], tmp_path: Path, tamper: str, expected: str) -> None:
+    ev = tmp_path / "ev"
+    shutil.copytree(with_events["dir"] / "evidence", ev)
+    events = _events(ev)
+    if tamper == "delete the clock jump":
+        events = events[1:]
+    elif tamper == "edit the clock jump":
+        events[0]["detail"] = '{"from": "2025-03-05T02:00:00Z", "by_s": 60}'
+    elif tamper == "drop the last event":
+        events = events[:-1]
+    if tamper == "no events file":
+        (ev / "events.jsonl").unlink()
+    else:
+        (ev / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    rc, out = _verify(ev / "report.json", with_events["dir"] / "site.pem", ev)
+    assert rc == 1, out
+    assert expected in out, out
