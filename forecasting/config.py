@@ -43,6 +43,13 @@ class WeatherConfig(BaseModel):
     )
     path: Path | None = Field(default=None, description="CSV with `ts` (UTC) and weather columns (file)")
     timeout_s: float = Field(default=10.0, gt=0, le=120, description="deadline for one HTTP request, s")
+    max_past_days: float = Field(
+        default=92,
+        gt=0,
+        le=3660,
+        description="how far back the provider serves (Open-Meteo's forecast API: 92 days); older hours"
+        " come from the gateway's weather archive",
+    )
 
     @model_validator(mode="after")
     def _needs_path(self) -> WeatherConfig:

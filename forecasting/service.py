@@ -64,9 +64,17 @@ class TrainResult:
 
 
 def make_weather_provider(
-    config: ForecastingConfig, *, latitude: float | None = None, longitude: float | None = None
+    config: ForecastingConfig,
+    *,
+    latitude: float | None = None,
+    longitude: float | None = None,
+    archive_dir: Path | None = None,
 ) -> WeatherProvider | None:
-    """The configured provider, or None ('none', or Open-Meteo without a location)."""
+    """The configured provider, or None ('none', or Open-Meteo without a location).
+
+    With `archive_dir`, an HTTP provider is wrapped in the weather archive (`weather_archive`): requests
+    stay within the provider's reach and training windows longer than that come from fetched hours.
+    """
     w = config.weather
     if w.provider == "file" and w.path is not None:
         return FileProvider(w.path)
@@ -77,7 +85,17 @@ def make_weather_provider(
         if lat is None or lon is None:
             log.warning("forecasting: open-meteo weather needs a location (forecasting.location or site)")
             return None
-        return OpenMeteoProvider(url=w.url, latitude=lat, longitude=lon, timeout_s=w.timeout_s)
+        http = OpenMeteoProvider(url=w.url, latitude=lat, longitude=lon, timeout_s=w.timeout_s)
+        if archive_dir is None:
+            return http
+        from forecasting.weather_archive import ArchivingProvider
+
+        return ArchivingProvider(
+            http,
+            archive_dir / "weather.db",
+            max_past_days=w.max_past_days,
+            keep_days=config.train_window_days + 35,
+        )
     return None
 
 
@@ -194,6 +212,16 @@ class ForecastService:
         if self._weather is not None:
             raw, _ = self._fetch_weather(first, end)
             wframe = align(raw, index)
+            if wframe is not None and target in ("wind", "pv"):
+                # Weather may reach less far back than the plant's history (a forecast API serves ~3
+                # months until the archive has grown): train on the span with weather, not on nothing.
+                have = wframe[list(wanted)].notna().any(axis=1).to_numpy()
+                if have.any():
+                    since = index[int(np.argmax(have))]
+                    if since > first and (end - since) >= pd.Timedelta(days=self._cfg.min_history_days):
+                        keep = index >= since
+                        y, wframe = y[keep], wframe[keep]
+                        index = y.index
             if wframe is not None:
                 weather_cols = tuple(c for c in wanted if wframe[c].notna().mean() >= 0.8)
         if target in ("wind", "pv") and not weather_cols:

@@ -122,6 +122,7 @@ class OpenMeteoProvider:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:
                 body = resp.read(_MAX_BODY + 1)
         except urllib.error.HTTPError as exc:
+            exc.close()  # the error holds the response's socket open otherwise
             raise WeatherError(f"weather server answered HTTP {exc.code}") from None
         except OSError as exc:  # URLError, TimeoutError, ConnectionError are all OSErrors
             reason = getattr(exc, "reason", exc)

@@ -124,12 +124,16 @@ class ForecastRunner:
         s = self.settings
         cfg = s.forecasting
         loc = cfg.location or s.site.location
+        models = cfg.artifact_dir or s.data_dir / "models"
         return ForecastService(
             cfg,
             LedgerHistory(s.ledger_path, self.channels),
-            artifact_dir=cfg.artifact_dir or s.data_dir / "models",
+            artifact_dir=models,
             weather=make_weather_provider(
-                cfg, latitude=loc.latitude if loc else None, longitude=loc.longitude if loc else None
+                cfg,
+                latitude=loc.latitude if loc else None,
+                longitude=loc.longitude if loc else None,
+                archive_dir=models,
             ),
             timezone=s.site.timezone,
             latitude=loc.latitude if loc else None,
