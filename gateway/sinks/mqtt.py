@@ -22,6 +22,7 @@ from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.enums import MQTTErrorCode
 
 from drivers.model import Quality, from_ms, iso_utc
 from gateway import __version__
@@ -42,6 +43,7 @@ from gateway.sinks.topics import Topics
 
 log = logging.getLogger(__name__)
 
+EXIT_BUDGET_S = 3.0  # disconnecting may take this long of the agent's 10-s shutdown
 MAX_IN_FLIGHT = 100  # measured: more in flight only adds aiomqtt warnings, not throughput
 
 
@@ -151,14 +153,30 @@ class MqttSink:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         try:
-            if exc_type is None or exc_type is asyncio.CancelledError:
-                # Graceful stop: say so ourselves; the broker's last will covers crashes.
-                await asyncio.wait_for(self._publish(self.topics.status, b"offline", qos=1), 2.0)
-        except (aiomqtt.MqttError, TimeoutError, SinkError):
-            pass
-        finally:
-            with contextlib.suppress(aiomqtt.MqttError):
-                await self._client.__aexit__(exc_type, exc, tb)
+            # Bounded: aiomqtt waits up to `timeout_s` for the broker to take the DISCONNECT, which queues
+            # behind every publish still in flight; a catch-up backlog or a frozen broker then outlasted
+            # the agent's whole 10-s shutdown (found by tests/forecasting/test_demo_forecasts.py).
+            async with asyncio.timeout(EXIT_BUDGET_S):
+                if exc_type is None or exc_type is asyncio.CancelledError:
+                    # Graceful stop: say so ourselves; the broker's last will covers crashes.
+                    with contextlib.suppress(aiomqtt.MqttError, SinkError):
+                        await self._publish(self.topics.status, b"offline", qos=1)
+                with contextlib.suppress(aiomqtt.MqttError):
+                    await self._client.__aexit__(exc_type, exc, tb)
+        except TimeoutError:
+            # Drop the connection instead: the broker publishes our last will ("offline"), and batches
+            # it has not acknowledged are sent again from the ledger (same `seq`) on the next connect.
+            # paho's own path for a closed connection (as its keepalive check takes), so aiomqtt unregisters
+            # the socket from the event loop and completes its disconnect (as one we asked for).
+            paho = self._client._client
+            try:
+                paho._sock_close()
+                paho._do_on_disconnect(packet_from_broker=False, v1_rc=MQTTErrorCode.MQTT_ERR_SUCCESS)
+            except Exception:  # private API of paho 2.x; the socket must go regardless
+                sock = paho.socket()
+                if sock is not None:
+                    with contextlib.suppress(OSError):
+                        sock.close()
 
     async def _homeassistant(self) -> None:
         """Home Assistant discovery: remove sensors of devices no longer configured, announce the rest."""

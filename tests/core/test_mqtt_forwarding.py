@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -180,3 +183,27 @@ async def test_homeassistant_discovery_announces_and_removes(tmp_path: Path, mos
         line.split(" ", 1)[0] for line in retained(mosquitto_fresh, "homeassistant/sensor/+/+/config", 200, wait_s=1)
     }
     assert topics and not any("test_pv" in t for t in topics)
+
+
+async def test_stopping_against_a_frozen_broker_is_bounded(tmp_path: Path, mosquitto_fresh: MosquittoBroker) -> None:
+    """A broker that stops answering (SIGSTOP: the TCP connection stays open) must not hold the agent's
+    shutdown: the sink gives up its DISCONNECT after a few seconds and drops the connection."""
+    async with Harness(tmp_path, mosquitto_fresh, timeout_s=10) as h:  # the default publish timeout
+        for i in range(5):
+            await h.writer.submit(reading("grid", i))
+        await h.wait_forwarded(15)
+        assert mosquitto_fresh.pid is not None
+        os.kill(mosquitto_fresh.pid, signal.SIGSTOP)
+        try:
+            for i in range(5, 400):  # publishes pile up behind the frozen broker
+                await h.writer.submit(reading("grid", i))
+            await asyncio.sleep(1.0)
+            t0 = time.monotonic()
+            for t in h.tasks:
+                t.cancel()
+            await asyncio.gather(*h.tasks, return_exceptions=True)
+            took = time.monotonic() - t0
+        finally:
+            os.kill(mosquitto_fresh.pid, signal.SIGCONT)
+    assert took < 5.0, took  # well inside the agent's 10-s shutdown bound
+    assert h.forwarder.health.cursor < 400 * 3  # nothing past the acknowledged batches counts as sent
