@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import faulthandler
 import logging
 import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,7 @@ async def run_until_signal(
             # A part that will not stop must not keep the process alive (systemd would SIGKILL it
             # later anyway). Every committed reading is durable: this is no worse than a power cut.
             log.error("shutdown took longer than %.0f s; exiting anyway", shutdown_timeout_s)
+            _log_what_is_stuck()
             logging.shutdown()
             os._exit(1)
         elif not runner.cancelled() and runner.exception() is not None:
@@ -45,3 +49,17 @@ async def run_until_signal(
             loop.remove_signal_handler(sig)
             # Everything is committed and closed: a late signal must not turn a clean exit into a kill.
             signal.signal(sig, signal.SIG_IGN)
+
+
+def _log_what_is_stuck() -> None:
+    """Name the tasks still running and dump every thread's stack: the only clue to a stuck shutdown."""
+    for task in asyncio.all_tasks():
+        if task is asyncio.current_task() or task.done():
+            continue
+        frames = task.get_stack(limit=3)
+        where = " <- ".join(
+            f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}" for f in frames
+        )
+        log.error("still running: task %s at %s", task.get_name(), where or "?")
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # no usable stderr (closed, not a file)
+        faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
