@@ -53,6 +53,12 @@ BACKFILL_QUANTITIES = ("power_w", "energy_import_wh", "energy_export_wh", "wind_
 FIRST_PORT = 15020  # stable ports, so a running demo can be pointed at by hand (gia read tcp://...)
 
 
+#: The demo's weather file reaches this far back (the longest training window) ...
+WEATHER_PAST = timedelta(days=400)
+#: ... and this far ahead of the start, times the speed (a demo left running keeps model forecasts)
+WEATHER_AHEAD = timedelta(days=14)
+
+
 @dataclass(frozen=True)
 class DemoOptions:
     directory: Path
@@ -96,7 +102,28 @@ def _is_loopback(listen: str) -> bool:
     return listen.rpartition(":")[0].strip("[]") in ("127.0.0.1", "::1", "localhost")
 
 
-def write_config(opts: DemoOptions, urls: dict[str, str]) -> Path:
+def write_weather(site: DemoSite, path: Path, *, start: datetime, end: datetime) -> Path:
+    """The simulated site's weather "forecast" as an hourly CSV for the file provider.
+
+    No weather service is reachable offline, and without weather the wind and PV forecasts are labelled
+    baselines; with the site's own weather (plus a forecast-like error) the demo shows the real pipeline:
+    power curve, learnt correction, calibrated bands.
+    """
+    t0 = max(start, site.epoch).replace(minute=0, second=0, microsecond=0)
+    hours = max(0, int((end - t0).total_seconds() // 3600))
+    cols = ("wind_speed_ms", "wind_direction_deg", "ghi_wm2", "cloud_cover_pct")
+    lines = ["ts," + ",".join(cols)]
+    for h in range(hours):
+        t = t0 + timedelta(hours=h)
+        w = site.weather_forecast(t.timestamp())
+        lines.append(t.strftime("%Y-%m-%dT%H:%M:%SZ") + "," + ",".join(str(w[c]) for c in cols))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def write_config(opts: DemoOptions, urls: dict[str, str], *, weather: Path | None = None) -> Path:
     d = opts.directory
     http: dict[str, Any] = {"listen": opts.http}
     if _is_loopback(opts.http):
@@ -134,6 +161,7 @@ def write_config(opts: DemoOptions, urls: dict[str, str]) -> Path:
         # Forecasts need the scikit-learn extra; without it the demo runs without them (and says so).
         "forecasting": {
             "enabled": _forecasting_available(),
+            "weather": {"provider": "file", "path": str(weather)} if weather else {"provider": "none"},
             "targets": {
                 "load": {"resolution_s": 3600, "horizon_h": 48},
                 "wind": {"resolution_s": 3600, "horizon_h": 48, "capacity_w": WIND_RATED_W},
@@ -243,8 +271,14 @@ async def run_demo(opts: DemoOptions) -> None:
         ledger.close()
     origin = max(now, newest + timedelta(seconds=1)) if newest else now
     clock: Clock = WallClock() if opts.speed == 1 and origin <= now else ScaledClock(speed=opts.speed, origin=origin)
+    weather = write_weather(
+        site,
+        d / "weather.csv",
+        start=origin - WEATHER_PAST,
+        end=origin + min(WEATHER_PAST, WEATHER_AHEAD * max(1.0, opts.speed)),
+    )
     async with run_demo_servers(site, clock.now, ports=_ports()) as servers:
-        config = write_config(opts, servers.urls)
+        config = write_config(opts, servers.urls, weather=weather)
         settings = load_settings(config)
         agent = Agent(settings, base_dir=d, clock=clock)
         scheme = "https" if settings.http.tls_cert_file else "http"

@@ -224,7 +224,13 @@ class DemoSite:
         self._n = _DAY // self.step_s
 
     # -- the physics, at one instant (seconds since the Unix epoch) -------------------------------------
-    def pv_w(self, t: float) -> float:
+    def _cloud(self, t: float) -> float:
+        """Cloud cover 0..1: overcast days and clear days, with half-hour fluctuations."""
+        day_cloud = _hash01(self.seed, 11, int(t // _DAY))
+        return max(0.0, min(1.0, (0.6 * day_cloud + 0.4 * _noise(self.seed, 12, t, 1800)) * 1.2 - 0.1))
+
+    def ghi_wm2(self, t: float) -> float:
+        """Global horizontal irradiance (W/m²): Meinel clear sky on a NOAA-style sun, dimmed by cloud."""
         day_of_year = datetime.fromtimestamp(t, UTC).timetuple().tm_yday
         decl = math.radians(23.44) * math.sin(2 * math.pi * (284 + day_of_year) / 365)
         solar_hours = (t % _DAY) / 3600 + LONGITUDE / 15
@@ -233,11 +239,28 @@ class DemoSite:
         sin_el = math.sin(lat) * math.sin(decl) + math.cos(lat) * math.cos(decl) * math.cos(hour_angle)
         if sin_el <= 0.01:
             return 0.0
-        clear: float = 1040 * sin_el * 0.7 ** ((1 / sin_el) ** 0.678)  # W/m² (Meinel air-mass model)
-        day_cloud = _hash01(self.seed, 11, int(t // _DAY))  # overcast days and clear days
-        cloud = 0.6 * day_cloud + 0.4 * _noise(self.seed, 12, t, 1800)
-        factor = 1 - 0.8 * max(0.0, min(1.0, cloud * 1.2 - 0.1))
-        return float(PV_PEAK_W * 0.86 * clear / 1000 * factor)
+        clear: float = 1040 * sin_el * 0.7 ** ((1 / sin_el) ** 0.678)
+        return float(clear * (1 - 0.8 * self._cloud(t)))
+
+    def pv_w(self, t: float) -> float:
+        return float(PV_PEAK_W * 0.86 * self.ghi_wm2(t) / 1000)
+
+    def weather_forecast(self, hour_start: float) -> dict[str, float]:
+        """The site's weather for one hour as a day-ahead forecast would give it: the hour's mean of the
+        true wind and irradiance with a persistent error (a few hours long, ~0.6 m/s and ~10 % rms), so a
+        model trained on it in the demo meets the kind of input it would meet on a real site."""
+        pts = [hour_start + k * 900 + 450 for k in range(4)]
+        wind = sum(self.wind_ms(x) for x in pts) / 4
+        ghi = sum(self.ghi_wm2(x) for x in pts) / 4
+        cloud = sum(self._cloud(x) for x in pts) / 4
+        wind_err = (_noise(self.seed, 41, hour_start, 6 * 3600) - 0.5) * 2.0
+        ghi_err = 1 + (_noise(self.seed, 42, hour_start, 4 * 3600) - 0.5) * 0.35
+        return {
+            "wind_speed_ms": round(max(0.0, wind + wind_err), 2),
+            "wind_direction_deg": round(200 + 80 * (_noise(self.seed, 43, hour_start, _DAY) - 0.5), 1),
+            "ghi_wm2": round(max(0.0, ghi * ghi_err), 1),
+            "cloud_cover_pct": round(100 * cloud, 1),
+        }
 
     def wind_ms(self, t: float) -> float:
         """Hub-height wind: a daily regime plus hourly and 20-minute fluctuations (m/s)."""

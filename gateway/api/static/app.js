@@ -352,7 +352,7 @@
       if (S.chart) { S.chart.destroy(); S.chart = null; }
       box.dataset.state = "disabled";
       const detail = fc && fc.detail ? fc.detail : "";
-      box.innerHTML = `<div class="empty"><div><strong>Forecasting not enabled</strong>${esc(detail || "Enable the forecasting section of the configuration to see forecasts with P10–P90 bands here.")}</div></div>`;
+      box.innerHTML = `<div class="empty"><div><strong>No forecast yet</strong>${esc(detail || "Enable the forecasting section of the configuration to see forecasts with P10–P90 bands here.")}</div></div>`;
       note.textContent = "";
       return;
     }
@@ -530,6 +530,8 @@
     try {
       const { status, body } = await getJSON(`/api/v1/forecasts/${target}`);
       S.forecasts[target] = status === 200 ? body : { error: (body && body.error) || status, detail: body && body.detail };
+      // the first forecast comes seconds to a minute after start (training): ask again soon, not in 5 min
+      if (status === 404) setTimeout(() => { if (target === S.target) loadForecast(target); }, 15000);
     } catch (e) { S.forecasts[target] = { error: "network", detail: "gateway not reachable" }; }
     if (target === S.target) renderChart();
   }
