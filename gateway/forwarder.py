@@ -16,6 +16,7 @@ from functools import partial
 from typing import Any
 
 from drivers.backoff import Backoff
+from drivers.cancel import raise_if_cancelling
 from drivers.model import to_ms
 from gateway.clock import Clock
 from gateway.ledger.store import Entry, Ledger
@@ -78,6 +79,7 @@ class Forwarder:
     async def run(self) -> None:
         self.health.cursor = await self._writer.call(lambda led: led.cursor(self.name))
         while True:
+            raise_if_cancelling()  # a retry after a cancellation turned into TimeoutError (drivers/cancel.py)
             try:
                 async with self._sink_factory() as sink:
                     if not self.health.connected:
@@ -99,6 +101,7 @@ class Forwarder:
 
     async def _forward(self, sink: Sink) -> None:
         while True:
+            raise_if_cancelling()
             cursor = self.health.cursor
             batch = await self._writer.call(partial(Ledger.read_after, seq=cursor, limit=sink.batch_size))
             if not batch:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from drivers.backoff import Backoff
 from drivers.base import BusyError, Driver, DriverError, PermanentError
+from drivers.cancel import raise_if_cancelling
 from drivers.model import Sample
 from gateway.clock import Clock, next_aligned
 from gateway.live import LiveState
@@ -20,14 +21,6 @@ from gateway.live import LiveState
 log = logging.getLogger(__name__)
 
 SampleSink = Callable[[Sequence[Sample]], Awaitable[None]]
-
-
-def _reraise_if_cancelling() -> None:
-    """Python 3.11's wait_for (used inside pymodbus) can turn a cancellation that coincides with a
-    timeout into TimeoutError; a poller being shut down must stop, not count a device failure."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class DevicePoller:
@@ -54,7 +47,7 @@ class DevicePoller:
         self._backoff = Backoff(initial_s=min(1.0, interval_s), max_s=max(60.0, interval_s))
 
     def _failed(self, exc: BaseException) -> None:
-        _reraise_if_cancelling()
+        raise_if_cancelling()  # a device failure during shutdown is a cancellation, not a failure
         status = self._live.devices[self.device_id]
         status.errors += 1
         status.consecutive_failures += 1
@@ -87,6 +80,7 @@ class DevicePoller:
         status = self._live.devices[self.device_id]
         slot = next_aligned(self._clock.now(), self._interval_s)
         while True:
+            raise_if_cancelling()  # a read that swallowed the shutdown's cancellation (drivers/cancel.py)
             await self._clock.sleep_until(slot)
             ts = self._clock.now()
             status.polls += 1

@@ -52,14 +52,22 @@ async def run_until_signal(
 
 
 def _log_what_is_stuck() -> None:
-    """Name the tasks still running and dump every thread's stack: the only clue to a stuck shutdown."""
+    """Name the tasks still running with where each waits, and dump every thread's stack: the only clue
+    to a stuck shutdown."""
     for task in asyncio.all_tasks():
         if task is asyncio.current_task() or task.done():
             continue
-        frames = task.get_stack(limit=3)
-        where = " <- ".join(
-            f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}" for f in frames
-        )
-        log.error("still running: task %s at %s", task.get_name(), where or "?")
+        log.error("still running: task %s at %s", task.get_name(), " -> ".join(_await_chain(task.get_coro())) or "?")
     with contextlib.suppress(OSError, ValueError, AttributeError):  # no usable stderr (closed, not a file)
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+
+
+def _await_chain(coro: object) -> list[str]:
+    """file:line function of each coroutine down the chain of awaits (Task.get_stack shows only the top)."""
+    out: list[str] = []
+    while coro is not None and len(out) < 30:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            out.append(f"{frame.f_code.co_filename.rsplit('/', 1)[-1]}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return out

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 from paho.mqtt.enums import MQTTErrorCode
 
+from drivers.cancel import raise_if_cancelling
 from drivers.model import Quality, from_ms, iso_utc
 from gateway import __version__
 from gateway.ledger.store import Entry
@@ -218,6 +219,7 @@ class MqttSink:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._outbox_loop())
                 while True:
+                    raise_if_cancelling()  # aiomqtt's wait_for may swallow one (drivers/cancel.py)
                     event = await sub.get()
                     if event.kind == "availability":
                         payload = b"online" if event.online else b"offline"
@@ -228,6 +230,7 @@ class MqttSink:
     async def _outbox_loop(self) -> None:
         """Publish what changed since the connect (which published the whole snapshot)."""
         while True:
+            raise_if_cancelling()
             for topic, payload in self._outbox.snapshot().items():
                 if self._sent.get(topic) is not payload:
                     await self._publish(topic, payload, qos=1)
