@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TypeVar
 
+from drivers.cancel import raise_if_cancelling
 from drivers.model import Sample, is_counter
 from gateway.ledger.store import Ledger
 
@@ -95,6 +96,7 @@ class LedgerWriter:
         """Commit loop: a supervised task. On shutdown it commits what it holds before it stops."""
         try:
             while True:
+                raise_if_cancelling()  # 3.11's wait_for may have turned the shutdown into a TimeoutError
                 await self._has_data.wait()
                 if self._pending_count < self._max_batch:
                     with contextlib.suppress(TimeoutError):

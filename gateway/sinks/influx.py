@@ -43,6 +43,7 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, Protocol, Self
 
+from drivers.cancel import raise_if_cancelling
 from drivers.model import QUANTITIES, Quality, QuantityKind
 from gateway.ledger.store import Entry
 from gateway.settings import InfluxConfig
@@ -237,6 +238,7 @@ class InfluxSink:
                 if written.get(key) is not lines:
                     await self.write_lines(lines)
                     written[key] = lines
+            raise_if_cancelling()  # see drivers/cancel.py
             await outbox.wait_changed()
 
 

@@ -230,9 +230,11 @@ class MqttSink:
     async def _outbox_loop(self) -> None:
         """Publish what changed since the connect (which published the whole snapshot)."""
         while True:
-            raise_if_cancelling()
             for topic, payload in self._outbox.snapshot().items():
                 if self._sent.get(topic) is not payload:
                     await self._publish(topic, payload, qos=1)
                     self._sent[topic] = payload
+            # checked before waiting: a cancellation swallowed by a publish would leave this task waiting
+            # for a change that a stopping agent never makes (seen: the sink held shutdown for 10 s)
+            raise_if_cancelling()
             await self._outbox.wait_changed()
