@@ -28,6 +28,7 @@ import aiomqtt
 
 from drivers.backoff import Backoff
 from drivers.base import PermanentError, TransientError
+from drivers.cancel import raise_if_cancelling
 from drivers.config import MqttDeviceConfig
 from drivers.model import QUANTITIES, Quality, QuantityKind, Sample
 from drivers.mqtt.payload import PROFILES, FieldSpec, field_value, parse_json, topic_for
@@ -133,11 +134,13 @@ class MqttHub:
     async def _run(self) -> None:
         backoff = Backoff(initial_s=0.5, max_s=30.0)
         while True:
+            raise_if_cancelling()  # aiomqtt's wait_for may swallow the cancellation (drivers/cancel.py)
             try:
                 async with aiomqtt.Client(**self._client_args()) as client:
                     self._client = client
                     for topic in sorted(self._topics):
                         await client.subscribe(topic, qos=1)
+                    raise_if_cancelling()
                     self.stats.connects += 1
                     backoff.reset()
                     self._connected.set()
