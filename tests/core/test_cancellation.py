@@ -47,12 +47,8 @@ async def stopped(task: asyncio.Task[None]) -> bool:
     return ok
 
 
-class SwallowingDriver:
-    device_id = "m1"
-
-    def __init__(self) -> None:
-        self.reads = 0
-        self.in_read = asyncio.Event()
+class _Connection:
+    """Nothing to open or close: the doubles below only need to be async context managers."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -61,6 +57,14 @@ class SwallowingDriver:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         return None
+
+
+class SwallowingDriver(_Connection):
+    device_id = "m1"
+
+    def __init__(self) -> None:
+        self.reads = 0
+        self.in_read = asyncio.Event()
 
     async def read(self, ts: datetime) -> Sequence[Sample]:
         self.reads += 1
@@ -91,21 +95,13 @@ async def test_poller_stops_although_its_driver_swallowed_the_cancellation() -> 
     assert driver.reads == 1
 
 
-class SwallowingSink:
+class SwallowingSink(_Connection):
     name = "swallow"
     batch_size = 10
 
     def __init__(self) -> None:
         self.sent = 0
         self.in_send = asyncio.Event()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
 
     async def send(self, entries: Sequence[Entry]) -> None:
         self.sent += 1
