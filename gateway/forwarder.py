@@ -66,13 +66,15 @@ class Forwarder:
         writer: LedgerWriter,
         clock: Clock,
         side_tasks: Sequence[SideTask] = (),
-        max_backoff_s: float = 20.0,
+        max_backoff_s: float = 10.0,
     ) -> None:
         self.name = name
         self._sink_factory = sink_factory
         self._writer = writer
         self._clock = clock
         self._side_tasks = side_tasks
+        # Capped at 10 s, Telegraf's default flush interval: after a long outage the readings resume
+        # within ~10 s of the receiver's return, and the jitter still spreads a fleet's reconnects.
         self._backoff = Backoff(initial_s=1.0, max_s=max_backoff_s)
         self.health = ForwarderHealth(name)
 

@@ -112,6 +112,19 @@ def http(
         return int(exc.code), bytes(exc.read())
 
 
+def signal_child(proc: Any, sig: int) -> None:
+    """Signal an asyncio child process without reaping it.
+
+    `asyncio.subprocess.Process.send_signal` goes through `Popen.send_signal`, which first polls the
+    child with `waitpid(WNOHANG)`: when the child has just exited, that poll reaps it behind the back of
+    asyncio's child watcher, which then reports exit code 255 ("Unknown child process"). `os.kill` does
+    not reap; a zombie takes the signal harmlessly, a reaped child raises ProcessLookupError (ignored).
+    """
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, sig)
+
+
 def _die_with_parent() -> None:
     """In the child before exec: ask Linux to SIGKILL it when its parent goes away."""
     import ctypes

@@ -26,7 +26,7 @@ import yaml
 from drivers.maps import load_map
 from drivers.sim.server import SimServer
 from gateway.ledger.store import Ledger
-from tests.servers import InfluxDB1, MosquittoBroker, find_binary, free_port
+from tests.servers import InfluxDB1, MosquittoBroker, find_binary, free_port, signal_child
 
 pytestmark = [pytest.mark.modbus, pytest.mark.mosquitto, pytest.mark.influxdb]
 
@@ -173,12 +173,12 @@ def influx_points(influx: InfluxDB1) -> dict[tuple[str, int], dict[str, Any]]:
 
 
 async def stop_agent(proc: asyncio.subprocess.Process) -> int:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
+    signal_child(proc, signal.SIGTERM)
     return await asyncio.wait_for(proc.wait(), 20)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(240)  # a 60-s outage by design, plus start (≤ 30 s), catch-up (≤ 60 s) and stop (≤ 20 s)
 async def test_outage_of_influx_and_broker_loses_nothing(
     tmp_path: Path, site: Site, mosquitto_persistent: MosquittoBroker, influxdb_fresh: InfluxDB1
 ) -> None:
@@ -242,7 +242,7 @@ async def test_kill_9_loses_no_committed_reading_and_resumes(
     proc = await start_agent(config)
     await wait_for(lambda: get_json(f"http://127.0.0.1:{http_port}/healthz")[0] == 200, 30, "healthy agent")
     await asyncio.sleep(3)
-    proc.send_signal(signal.SIGKILL)
+    signal_child(proc, signal.SIGKILL)
     await proc.wait()
     db = tmp_path / "data" / "ledger.db"
     led = Ledger(db, readonly=True)

@@ -23,7 +23,7 @@ from drivers.maps import load_map
 from drivers.sim.server import SimServer
 from gateway.ledger.store import Ledger
 from tests.core.test_agent_e2e import get_json, wait_for
-from tests.servers import InfluxDB1, free_port
+from tests.servers import InfluxDB1, free_port, signal_child
 
 __all__ = [
     "AgentProcess",
@@ -170,15 +170,13 @@ class AgentProcess:
 
     async def kill(self) -> None:
         assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGKILL)
+        signal_child(self.proc, signal.SIGKILL)
         await self.proc.wait()
 
     async def stop(self, timeout_s: float = 20.0) -> int:
         """SIGTERM and wait; returns the exit code."""
         assert self.proc is not None
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
+        signal_child(self.proc, signal.SIGTERM)
         return await asyncio.wait_for(self.proc.wait(), timeout_s)
 
     def log(self) -> str:

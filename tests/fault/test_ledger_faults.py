@@ -6,7 +6,6 @@ Disk full is tests/core/test_disk_full.py (tiny tmpfs; raw samples go before reg
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import random
 import signal
@@ -21,7 +20,7 @@ import pytest
 from gateway.ledger.store import Ledger
 from tests.core.test_agent_e2e import ledger_groups
 from tests.fault.helpers import AgentProcess, Meters, get_json, influx_groups, ledger_entries, wait_for, write_config
-from tests.servers import InfluxDB1
+from tests.servers import InfluxDB1, signal_child
 
 pytestmark = [pytest.mark.modbus]
 
@@ -133,15 +132,14 @@ async def _sigterm_storm(agent: AgentProcess) -> int:
     await asyncio.sleep(0.5)
     proc = agent.proc
     assert proc is not None
-    proc.send_signal(signal.SIGTERM)
+    signal_child(proc, signal.SIGTERM)
     n = 0
     while proc.returncode is None:
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), 0.02)
         except TimeoutError:
             n += 1
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGINT if n % 3 == 0 else signal.SIGTERM)
+            signal_child(proc, signal.SIGINT if n % 3 == 0 else signal.SIGTERM)
         assert n < 1000, "the agent did not stop within 20 s"
     return await proc.wait()
 
