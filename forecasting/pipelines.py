@@ -17,6 +17,7 @@ scikit-learn is imported inside functions only: importing this module costs nump
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,10 @@ QUANTILES: tuple[float, float, float] = (0.1, 0.5, 0.9)
 #: larger leaves for the P10/P90 models: tail quantiles from small leaves are overfit (too narrow)
 INTERVAL_MIN_LEAF = 200
 LATEST_BLOCK = True
+
+
+class TrainingCancelled(Exception):
+    """Raised between two estimator fits when the caller asked training to stop (agent shutdown)."""
 
 
 @dataclass(slots=True)
@@ -197,8 +202,19 @@ def fit_model(
     max_rows: int = 60_000,
     holdout_fraction: float = 0.15,
     seed: int = 0,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainedModel:
-    """Train the P50 members on all rows; P10/P90 on ~85 % of the weeks, calibrated on the other weeks."""
+    """Train the P50 members on all rows; P10/P90 on ~85 % of the weeks, calibrated on the other weeks.
+
+    `should_stop` is asked before each of the 3–5 estimator fits: a fit cannot be interrupted, so this
+    bounds how long a stopping agent waits for its training thread to one estimator, not the whole model.
+    """
+
+    def fit(est: Any, X_: FloatArray, y_: FloatArray) -> Any:
+        if should_stop is not None and should_stop():
+            raise TrainingCancelled("training cancelled")
+        return est.fit(X_, y_)
+
     t0 = time.perf_counter()
     origins, steps = training_rows(y, spec, max_rows=max_rows, exclude=exclude)
     if len(origins) < 200:
@@ -210,7 +226,7 @@ def fit_model(
     tr, ho = holdout_split(origins, spec.steps_per_day, holdout_fraction)
 
     members: list[tuple[str | None, str, Any]] = [
-        (None, "direct", _estimator(0.5, max_iter=max_iter, seed=seed).fit(X, target))
+        (None, "direct", fit(_estimator(0.5, max_iter=max_iter, seed=seed), X, target))
     ]
     for anchor, mode in ANCHORS.get(spec.target, ()):
         if anchor not in names:
@@ -220,11 +236,11 @@ def fit_model(
         if ok.sum() < 200:
             continue
         resid = target[ok] / a[ok] if mode == "ratio" else target[ok] - a[ok]
-        members.append((anchor, mode, _estimator(0.5, max_iter=max_iter, seed=seed).fit(X[ok], resid)))
+        members.append((anchor, mode, fit(_estimator(0.5, max_iter=max_iter, seed=seed), X[ok], resid)))
     # the interval models see only the older part, so the holdout is honest for calibration
     it_q = max(50, max_iter // 3)  # calibrated afterwards, so fewer boosting rounds suffice
     interval = [
-        _estimator(q, max_iter=it_q, seed=seed, min_leaf=INTERVAL_MIN_LEAF).fit(X[tr], target[tr])
+        fit(_estimator(q, max_iter=it_q, seed=seed, min_leaf=INTERVAL_MIN_LEAF), X[tr], target[tr])
         for q in (QUANTILES[0], QUANTILES[2])
     ]
     yh = target[ho]

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -38,7 +38,7 @@ from forecasting.baselines import baseline_values, choose_baseline, climatology_
 from forecasting.config import ForecastingConfig, TargetConfig, TargetName
 from forecasting.features import FeatureSpec, to_grid
 from forecasting.physics import PowerCurve
-from forecasting.pipelines import TrainedModel, fit_model
+from forecasting.pipelines import TrainedModel, TrainingCancelled, fit_model
 from forecasting.types import Forecast, ForecastPoint, HistorySource
 from forecasting.weather import FileProvider, OpenMeteoProvider, WeatherError, WeatherProvider, align
 
@@ -52,6 +52,9 @@ TARGET_WEATHER: dict[str, tuple[str, ...]] = {
 }
 #: days of history read for a prediction (lags reach back 16 days; baselines are chosen on 4 weeks)
 PREDICT_HISTORY_DAYS = 28
+#: budget of the first model a target gets (see `train(quick=True)`): ~5x cheaper than the full one
+QUICK_MAX_ITER = 100
+QUICK_MAX_ROWS = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,15 @@ class TrainResult:
     reason: str
     metrics: dict[str, float] = field(default_factory=dict)
     weather_columns: tuple[str, ...] = ()
+
+
+class Trainer(Protocol):
+    """Runs `ForecastService.train` somewhere else (the agent: a child process, `gateway.forecast_training`)."""
+
+    def __call__(self, target: TargetName, now: datetime | None, quick: bool) -> TrainResult: ...
+
+    def stop(self) -> None:
+        """Abandon running and later trainings (the agent is stopping)."""
 
 
 def make_weather_provider(
@@ -118,8 +130,10 @@ class ForecastService:
         latitude: float | None = None,
         longitude: float | None = None,
         threads: int = 1,
+        trainer: Trainer | None = None,
     ) -> None:
         self._cfg = config
+        self._trainer = trainer
         self._history = history
         self._dir = artifact_dir
         self._weather = weather
@@ -132,6 +146,17 @@ class ForecastService:
         self._load_reason: dict[str, str] = {}
         self._last_weather_error: str | None = None
         self._failed_train: dict[str, tuple[pd.Timestamp, str]] = {}
+        self._stop = threading.Event()
+
+    def cancel_training(self) -> None:
+        """Make a running (and every later) `train` give up at its next estimator: the agent is stopping.
+
+        A training thread cannot be killed, and Python waits for it before the process exits; this
+        bounds that wait to one estimator fit instead of a whole model (tens of seconds on a Pi).
+        """
+        self._stop.set()
+        if self._trainer is not None:
+            self._trainer.stop()
 
     # ---------------------------------------------------------------- configuration helpers
     def target_config(self, target: TargetName) -> TargetConfig:
@@ -187,8 +212,26 @@ class ForecastService:
         return frame, ""
 
     # ---------------------------------------------------------------- training
-    def train(self, target: TargetName, *, now: datetime | None = None) -> TrainResult:
-        """Fit and save the target's model from history up to `now`; returns why when it cannot."""
+    def train(self, target: TargetName, *, now: datetime | None = None, quick: bool = False) -> TrainResult:
+        """Fit and save the target's model from history up to `now`; returns why when it cannot.
+
+        `quick` is for a target's first model, trained inside `predict` while the user waits for the first
+        forecast: fewer boosting rounds on fewer rows (QUICK_*), ~5x faster. Such a model is marked
+        (`metrics["quick"]`) and `needs_training` asks for the full one at the next round.
+        With a `trainer`, the work happens there and the saved model is loaded from the artifact directory.
+        """
+        if self._trainer is not None:
+            if self._stop.is_set():
+                return TrainResult(target, False, "training cancelled (stopping)")
+            result = self._trainer(target, now, quick)
+            if result.trained:
+                with self._lock:
+                    self._models.pop(target, None)  # `_model` loads the new artifact
+                    self._load_reason.pop(target, None)
+            return result
+        return self._train_here(target, now=now, quick=quick)
+
+    def _train_here(self, target: TargetName, *, now: datetime | None, quick: bool) -> TrainResult:
         tc = self.target_config(target)
         end = _utc(now or datetime.now(UTC)).floor(f"{tc.resolution_s}s")
         start = end - pd.Timedelta(days=self._cfg.train_window_days)
@@ -247,16 +290,28 @@ class ForecastService:
                     spec,
                     weather=wframe if weather_cols else None,
                     exclude=exclude,
-                    max_iter=self._cfg.max_iter,
+                    max_iter=min(self._cfg.max_iter, QUICK_MAX_ITER) if quick else self._cfg.max_iter,
+                    max_rows=QUICK_MAX_ROWS if quick else 60_000,
                     coverage=self._cfg.interval_coverage,
+                    should_stop=self._stop.is_set,
                 )
+        except TrainingCancelled:
+            return TrainResult(target, False, "training cancelled (stopping)")
         except ValueError as exc:
             return TrainResult(target, False, f"not trained: {exc}")
+        if quick:
+            model.metrics["quick"] = 1.0
         artifacts.save(model, self._dir, target)
         with self._lock:
             self._models[target] = model
             self._load_reason.pop(target, None)
-        log.info("forecasting: %s trained on %.0f days in %.1f s", target, days, model.metrics["fit_s"])
+        log.info(
+            "forecasting: %s trained on %.0f days in %.1f s%s",
+            target,
+            days,
+            model.metrics["fit_s"],
+            " (first, quick model; the full one follows at the next round)" if quick else "",
+        )
         return TrainResult(target, True, "", dict(model.metrics), weather_cols)
 
     def _power_curve(
@@ -273,9 +328,9 @@ class ForecastService:
         return PowerCurve.empirical(ws[:n], y[:n], capacity=capacity, cut_out_ms=tc.cut_out_ms)
 
     def needs_training(self, target: TargetName, now: datetime) -> bool:
-        """True when no usable model exists or the last one is older than `retrain_interval_h`."""
+        """True when no usable model exists, it is a quick first model, or older than `retrain_interval_h`."""
         model = self._model(target)
-        if model is None:
+        if model is None or model.metrics.get("quick"):
             return True
         age = _utc(now) - _utc(model.train_end)
         return bool(age > pd.Timedelta(hours=self._cfg.retrain_interval_h))
@@ -321,7 +376,7 @@ class ForecastService:
             if failed is not None and recent_failure:
                 reason = failed[1]
             elif days >= self._cfg.min_history_days:
-                result = self.train(target, now=now)
+                result = self.train(target, now=now, quick=True)
                 model = self._model(target) if result.trained else None
                 if not result.trained:
                     reason = result.reason

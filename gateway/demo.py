@@ -265,6 +265,10 @@ async def run_demo(opts: DemoOptions) -> None:
                 n = backfill(ledger, site, days=opts.backfill_days, until=now)
                 log.info("backfill: %d samples over %.0f days", n, opts.backfill_days)
                 newest = _newest_ts(ledger)
+                # The backfill is history for reports, forecasts and InfluxDB charts. MQTT carries live
+                # state: replaying a month of old states to the broker would only flood it (and cost the
+                # agent's first minute a core), so the MQTT sink starts after the backfill.
+                ledger.set_cursor("mqtt", ledger.head[0], now_ms=int(now.timestamp() * 1000))
             else:
                 log.info("backfill skipped: the ledger in %s already holds history", d)
     finally:

@@ -119,26 +119,9 @@ class ForecastRunner:
         return out
 
     def _service(self) -> Any:
-        from forecasting.service import ForecastService, make_weather_provider
+        from gateway.forecast_training import ProcessTrainer, build_service
 
-        s = self.settings
-        cfg = s.forecasting
-        loc = cfg.location or s.site.location
-        models = cfg.artifact_dir or s.data_dir / "models"
-        return ForecastService(
-            cfg,
-            LedgerHistory(s.ledger_path, self.channels),
-            artifact_dir=models,
-            weather=make_weather_provider(
-                cfg,
-                latitude=loc.latitude if loc else None,
-                longitude=loc.longitude if loc else None,
-                archive_dir=models,
-            ),
-            timezone=s.site.timezone,
-            latitude=loc.latitude if loc else None,
-            longitude=loc.longitude if loc else None,
-        )
+        return build_service(self.settings, self.channels, trainer=ProcessTrainer(self.settings, self.channels))
 
     def _publish_forecast(self, fc: Forecast) -> None:
         assert self._topics is not None
@@ -164,30 +147,47 @@ class ForecastRunner:
     async def run(self) -> None:
         service: Any = await asyncio.to_thread(self._service) if self.settings.forecasting.enabled else None
         targets = self._targets() if service is not None else []
-        while True:
-            now = self.clock.now()
-            for target in targets:
-                try:
-                    # `predict` trains by itself once there is enough history; scheduled retraining
-                    # (nightly by default) is only due once a model exists.
-                    previous = self.forecasts.get(target)
-                    if (
-                        previous is not None
-                        and previous.kind == "model"
-                        and await asyncio.to_thread(service.needs_training, target, now)
-                    ):
-                        result = await asyncio.to_thread(service.train, target, now=now)
-                        log.info("forecast %s retrained: %s", target, getattr(result, "reason", "") or "ok")
-                    fc = await asyncio.to_thread(service.predict, target, now)
-                    if previous is None or (previous.kind, previous.reason) != (fc.kind, fc.reason):
-                        log.info("forecast %s: %s%s", target, fc.kind, f" ({fc.reason})" if fc.reason else "")
-                except Exception as exc:  # one target's failure must not stop the others or the signal
-                    self.last_error = f"{target}: {type(exc).__name__}: {exc}"
-                    log.exception("forecast %s failed", target)
+        training: asyncio.Task[None] | None = None
+        try:
+            while True:
+                now = self.clock.now()
+                for target in targets:
+                    try:
+                        # `predict` trains a quick first model by itself once there is enough history
+                        previous = self.forecasts.get(target)
+                        fc = await asyncio.to_thread(service.predict, target, now)
+                        if previous is None or (previous.kind, previous.reason) != (fc.kind, fc.reason):
+                            log.info("forecast %s: %s%s", target, fc.kind, f" ({fc.reason})" if fc.reason else "")
+                    except Exception as exc:  # one target's failure must not stop the others or the signal
+                        self.last_error = f"{target}: {type(exc).__name__}: {exc}"
+                        log.exception("forecast %s failed", target)
+                        continue
+                    self.forecasts[target] = fc
+                    self._publish_forecast(fc)
+                if self.flex is not None:
+                    await self._flex_round(now)
+                self.rounds += 1
+                # Retraining (the full model after a quick first one, then nightly) runs beside the rounds:
+                # a forecast is never late because a model is being trained; the next round uses it.
+                if targets and (training is None or training.done()):
+                    training = asyncio.create_task(self._retrain_due(service, targets, now), name="forecast-train")
+                await self.clock.sleep_until(next_aligned(self.clock.now(), ROUND_S))
+        finally:
+            if service is not None:
+                service.cancel_training()  # the thread gives up at its next estimator, not after the model
+            if training is not None:
+                training.cancel()
+
+    async def _retrain_due(self, service: Any, targets: Sequence[str], now: datetime) -> None:
+        for target in targets:
+            current = self.forecasts.get(target)
+            try:
+                if current is None or current.kind != "model":
+                    continue  # no model yet: `predict` trains the first one when history allows
+                if not await asyncio.to_thread(service.needs_training, target, now):
                     continue
-                self.forecasts[target] = fc
-                self._publish_forecast(fc)
-            if self.flex is not None:
-                await self._flex_round(now)
-            self.rounds += 1
-            await self.clock.sleep_until(next_aligned(self.clock.now(), ROUND_S))
+                result = await asyncio.to_thread(service.train, target, now=now)
+                log.info("forecast %s retrained: %s", target, getattr(result, "reason", "") or "ok")
+            except Exception as exc:  # a failed retraining keeps the current model; say so, go on
+                self.last_error = f"{target}: {type(exc).__name__}: {exc}"
+                log.exception("forecast %s: retraining failed", target)

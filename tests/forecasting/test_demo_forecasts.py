@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,24 @@ from tests.web.browser import get_json, start_gia, stop_process
 pytestmark = [pytest.mark.mosquitto, pytest.mark.modbus, pytest.mark.slow]
 
 TARGETS = ("load", "wind", "pv")
+
+
+def alive(pids: set[int]) -> set[int]:
+    return {pid for pid in pids if os.path.exists(f"/proc/{pid}")}
+
+
+def training_children(parent: int) -> set[int]:
+    """PIDs of `gateway.forecast_training` processes whose parent is `parent` (from /proc)."""
+    out = set()
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            ppid = next(line for line in status.read_text().splitlines() if line.startswith("PPid:"))
+            cmdline = (status.parent / "cmdline").read_bytes()
+        except (OSError, StopIteration):
+            continue
+        if int(ppid.split()[1]) == parent and b"gateway.forecast_training" in cmdline:
+            out.add(int(status.parent.name))
+    return out
 
 
 async def test_demo_publishes_model_forecasts_within_a_minute_and_refreshes(
@@ -62,6 +81,14 @@ async def test_demo_publishes_model_forecasts_within_a_minute_and_refreshes(
                         pass
                     await asyncio.sleep(0.2)
 
+            trainers: set[int] = set()
+
+            async def sample_trainers() -> None:
+                while True:
+                    trainers.update(await asyncio.to_thread(training_children, proc.pid))
+                    await asyncio.sleep(0.3)
+
+            sampler = asyncio.create_task(sample_trainers())
             try:
                 watcher = asyncio.create_task(watch())
                 agent_at = await asyncio.wait_for(agent_started(), timeout=120)
@@ -72,9 +99,15 @@ async def test_demo_publishes_model_forecasts_within_a_minute_and_refreshes(
                 ) from None
             status, api = await asyncio.to_thread(get_json, f"http://127.0.0.1:{port}/api/v1/forecasts/wind")
         finally:
+            sampler.cancel()
             rc = stop_process(proc)
             text = log.read_text()
             assert rc == 0, "\n".join(line for line in text.splitlines() if "ERROR" in line) + text[-1500:]
+    # Models are trained in child processes (the agent's loop keeps its core), and a stopping agent
+    # leaves none of them behind, although the full retraining after the quick first models was running.
+    assert trainers, "no training child process seen"
+    assert not alive(trainers), trainers
+    assert text.count("(first, quick model") == 3
     print(f"\nagent serving {agent_at:.1f} s after the process start (backfill); first forecasts at {arrived}")
     assert max(arrived.values()) - agent_at < 60, (agent_at, arrived)  # within a minute of the agent's start
     for target in TARGETS:

@@ -220,3 +220,46 @@ def test_cut_out_forces_zero_p50() -> None:
     out = postprocess(q, lower=0.0, upper=2.5, wind_speed=np.array([10.0, 30.0]), cut_out_ms=25.0)
     assert out[0].tolist() == [1.0, 2.0, 2.5]
     assert out[1, 0] == 0.0 and out[1, 1] == 0.0
+
+
+def test_first_model_is_quick_and_the_full_one_is_asked_for(tmp_path: Path) -> None:
+    """`predict` trains a cheap first model (the user waits for it); `needs_training` then asks for the
+    full one, after which it is satisfied until the retraining interval."""
+    cfg = ForecastingConfig(
+        enabled=True, targets={"load": TargetConfig(horizon_h=24)}, min_history_days=14, max_iter=150
+    )
+    f = make_load(40)
+    now = end_of(f)
+    svc = service(cfg, f, tmp_path)
+    assert svc.predict("load", now).kind == "model"
+    quick = json.loads((tmp_path / "models" / "load.json").read_text())["metrics"]
+    assert quick["quick"] == 1.0 and quick["rows"] <= 20_000
+    assert svc.needs_training("load", now)
+    res = svc.train("load", now=now)
+    assert res.trained and "quick" not in res.metrics
+    assert not svc.needs_training("load", now)
+    assert svc.needs_training("load", now + timedelta(hours=25))  # nightly, as before
+
+
+def test_cancelled_training_stops_at_the_next_estimator(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    from forecasting.pipelines import TrainingCancelled, fit_model
+
+    f = make_load(40)
+    svc = service(fast_config, f, tmp_path)
+    svc.cancel_training()
+    res = svc.train("load", now=end_of(f))
+    assert not res.trained and "cancelled" in res.reason
+    assert not (tmp_path / "models" / "load.joblib").exists()
+    calls: list[int] = []
+
+    def stop_after_two() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    from forecasting.features import FeatureSpec
+
+    spec = FeatureSpec(target="load", resolution_s=3600, horizon_steps=24, timezone="Europe/Riga")
+    y = f["value"].to_numpy(dtype=np.float64)
+    with pytest.raises(TrainingCancelled):
+        fit_model(y, pd.DatetimeIndex(f.index), spec, max_iter=10, should_stop=stop_after_two)
+    assert len(calls) == 3  # asked before each estimator; the third question stopped it
