@@ -94,6 +94,7 @@ class Agent:
             fh = fw.health
             sinks[fw.name] = {
                 "connected": fh.connected,
+                "phase": fh.phase,
                 "cursor": fh.cursor,
                 "lag": head - fh.cursor,
                 "forwarded": fh.forwarded,

@@ -36,6 +36,9 @@ class ForwarderHealth:
     rejected_entries: int = 0
     failures: int = 0
     last_error: str | None = None
+    #: what the loop is doing now: connecting, forwarding, retrying (in backoff); a sink stuck in one
+    #: phase is visible in /healthz instead of only as a growing lag
+    phase: str = "starting"
 
 
 def whole_groups(entries: list[Entry], *, full: bool) -> list[Entry]:
@@ -55,6 +58,15 @@ def whole_groups(entries: list[Entry], *, full: bool) -> list[Entry]:
 
 
 SideTask = Callable[[Sink], Coroutine[Any, Any, None]]
+
+
+def _first_leaf(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first real error in a (nested) exception group: `SinkError: ...`, not "unhandled errors in a
+    TaskGroup (1 sub-exception)"."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
 
 
 class Forwarder:
@@ -82,8 +94,10 @@ class Forwarder:
         self.health.cursor = await self._writer.call(lambda led: led.cursor(self.name))
         while True:
             raise_if_cancelling()  # a retry after a cancellation turned into TimeoutError (drivers/cancel.py)
+            self.health.phase = "connecting"
             try:
                 async with self._sink_factory() as sink:
+                    self.health.phase = "forwarding"
                     if not self.health.connected:
                         log.info("%s: connected; forwarding from entry %d", self.name, self.health.cursor + 1)
                     self.health.connected = True
@@ -93,12 +107,17 @@ class Forwarder:
                             tg.create_task(side(sink), name=f"{self.name}-side")
                         await self._forward(sink)
             except* (SinkError, OSError, TimeoutError) as group:
-                exc = group.exceptions[0]
+                error = _first_leaf(group)
+                del group  # its traceback holds the failed sink (and its connection) until the next failure
                 self.health.failures += 1
-                if self.health.connected or self.health.last_error is None:
-                    log.error("%s: %s; keeping readings in the ledger and retrying", self.name, exc)
+                text = str(error) or type(error).__name__
+                if self.health.connected or self.health.last_error != text:
+                    # once per outage, and again only when the cause changes: not once per retry
+                    log.error("%s: %s; keeping readings in the ledger and retrying", self.name, text)
                 self.health.connected = False
-                self.health.last_error = str(exc) or type(exc).__name__
+                self.health.last_error = text
+                del error
+                self.health.phase = "retrying"
                 await asyncio.sleep(self._backoff.next_delay())
 
     async def _forward(self, sink: Sink) -> None:

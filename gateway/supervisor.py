@@ -47,6 +47,7 @@ class _Part:
 class Supervisor:
     def __init__(self) -> None:
         self._parts: dict[str, _Part] = {}
+        self._owner: asyncio.Task[None] | None = None
 
     def add(self, name: str, factory: Callable[[], Awaitable[None]], *, max_backoff_s: float = 60.0) -> None:
         if name in self._parts:
@@ -58,6 +59,7 @@ class Supervisor:
 
     async def run(self) -> None:
         """Run every part until cancelled; cancellation stops them all."""
+        self._owner = asyncio.current_task()
         async with asyncio.TaskGroup() as tg:
             for part in self._parts.values():
                 tg.create_task(self._guard(part), name=part.name)
@@ -70,8 +72,11 @@ class Supervisor:
                 part.health.state = PartState.STOPPED
                 return
             except asyncio.CancelledError:
-                part.health.state = PartState.STOPPED
-                raise
+                if not self._stray(part):
+                    part.health.state = PartState.STOPPED
+                    raise
+                delay = part.backoff.next_delay()
+                await asyncio.sleep(delay)
             except Exception as exc:
                 part.health.restarts += 1
                 part.health.last_error = f"{type(exc).__name__}: {exc}"
@@ -79,3 +84,23 @@ class Supervisor:
                 delay = part.backoff.next_delay()
                 log.exception("part %s failed; restarting in %.1f s", part.name, delay)
                 await asyncio.sleep(delay)
+
+    def _stray(self, part: _Part) -> bool:
+        """True (and the request cleared) for a CancelledError that no one stopping the agent asked for.
+
+        A part must never end silently while the agent runs: a sink that did stopped forwarding for good
+        with a healthy-looking agent. Such a cancellation came from a library or stdlib corner (Python
+        3.11's TaskGroup can leave a cancel request behind, CPython gh-116720); the part is restarted
+        like a failed one and health says so.
+        """
+        owner = self._owner
+        if owner is None or owner.done() or owner.cancelling():
+            return False  # the supervisor itself is being stopped: a real stop
+        task = asyncio.current_task()
+        while task is not None and task.cancelling():
+            task.uncancel()
+        part.health.restarts += 1
+        part.health.last_error = "CancelledError: stopped by a cancellation no one asked for"
+        part.health.state = PartState.RESTARTING
+        log.error("part %s was cancelled while the agent runs; restarting it", part.name)
+        return True

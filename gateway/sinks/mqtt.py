@@ -205,12 +205,20 @@ class MqttSink:
 
     async def send(self, entries: Sequence[Entry]) -> None:
         async with asyncio.TaskGroup() as tg:
+            pending = []
             for group in group_by_reading(entries):
                 body = json.dumps(state_payload(group), separators=(",", ":")).encode()
-                tg.create_task(self._publish(self.topics.state(group[0].device), body, qos=self._cfg.qos))
+                pending.append(
+                    tg.create_task(self._publish(self.topics.state(group[0].device), body, qos=self._cfg.qos))
+                )
                 # Publishes keep order per topic: paho sends in call order and the semaphore only caps
                 # how many wait for their acknowledgement at once.
                 await asyncio.sleep(0)
+            # Wait here, not in the group's exit: in Python 3.11 a task that fails after the body has ended
+            # makes the TaskGroup cancel this task without ever uncancelling it (CPython gh-116720, fixed
+            # in 3.12). The stale request then stopped the forwarder for good at its next
+            # raise_if_cancelling() after a broker outage (tests/core/test_mqtt_forwarding.py).
+            await asyncio.wait(pending)
 
     async def live_publisher(self, _sink: object) -> None:
         """Side task while connected: availability transitions and changed retained extras."""

@@ -197,11 +197,16 @@ async def test_outage_of_influx_and_broker_loses_nothing(
         mosquitto_persistent.start()
         influxdb_fresh.start()
 
-        def caught_up() -> bool:
-            h = get_json(f"http://127.0.0.1:{http_port}/healthz")[1]
-            return h["status"] == "ok" and all(s["lag"] < 40 for s in h["sinks"].values())
+        health = {}
 
-        await wait_for(caught_up, 60, "sinks to catch up")
+        def caught_up() -> bool:
+            health.update(get_json(f"http://127.0.0.1:{http_port}/healthz")[1])
+            return health["status"] == "ok" and all(s["lag"] < 40 for s in health["sinks"].values())
+
+        try:
+            await wait_for(caught_up, 60, "sinks to catch up")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; health: {health}") from None
     finally:
         assert await stop_agent(proc) == 0, (tmp_path / "agent.log").read_text()
     ledger = ledger_groups(tmp_path / "data" / "ledger.db", sink="influxdb")

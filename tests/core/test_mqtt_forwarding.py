@@ -207,3 +207,30 @@ async def test_stopping_against_a_frozen_broker_is_bounded(tmp_path: Path, mosqu
             os.kill(mosquitto_fresh.pid, signal.SIGCONT)
     assert took < 5.0, took  # well inside the agent's 10-s shutdown bound
     assert h.forwarder.health.cursor < 400 * 3  # nothing past the acknowledged batches counts as sent
+
+
+async def test_forwarding_resumes_after_publishes_time_out(tmp_path: Path, mosquitto_fresh: MosquittoBroker) -> None:
+    """Publishes that time out (a frozen broker) fail the batch; once the broker answers again the same
+    forwarder goes on. Regression: Python 3.11's TaskGroup left a stale cancellation request on the
+    forwarder when a publish failed after the batch's body had ended, and the forwarder then stopped
+    itself for good ("sink:mqtt stopped", lag growing) after about one broker outage in three."""
+    async with Harness(tmp_path, mosquitto_fresh, timeout_s=1) as h:
+        for i in range(3):
+            await h.writer.submit(reading("grid", i))
+        await h.wait_forwarded(9)  # three entries per reading
+        assert mosquitto_fresh.pid is not None
+        os.kill(mosquitto_fresh.pid, signal.SIGSTOP)
+        try:
+            await h.writer.submit(reading("grid", 3))  # its publish waits for an acknowledgement, in vain
+            async with asyncio.timeout(10):
+                while h.forwarder.health.failures == 0:
+                    await asyncio.sleep(0.05)
+        finally:
+            os.kill(mosquitto_fresh.pid, signal.SIGCONT)
+        await h.writer.submit(reading("grid", 4))
+        try:
+            await h.wait_forwarded(15, timeout=30)
+        except TimeoutError:
+            raise AssertionError(f"{h.forwarder.health}, task done: {h.tasks[1].done()}") from None
+        assert not h.tasks[1].done(), "the forwarder stopped itself"
+        assert h.forwarder.health.connected and h.forwarder.health.phase == "forwarding"

@@ -51,3 +51,34 @@ def test_part_names_are_unique() -> None:
     sup.add("a", part)
     with pytest.raises(ValueError, match="duplicate"):
         sup.add("a", part)
+
+
+async def test_a_part_cancelled_by_no_one_is_restarted_not_lost() -> None:
+    """A part that ends with CancelledError while the supervisor runs (a stray request left by a library)
+    is restarted and reported; cancelling the supervisor still stops every part."""
+    sup = Supervisor()
+    runs = {"stray": 0}
+
+    async def stray() -> None:
+        runs["stray"] += 1
+        if runs["stray"] == 1:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()  # as a TaskGroup that never uncancels its parent would leave it
+            await asyncio.sleep(0)
+        await asyncio.sleep(3600)
+
+    sup.add("stray", stray)
+    sup._parts["stray"].backoff.initial_s = 0.01
+    task = asyncio.create_task(sup.run())
+    for _ in range(200):
+        await asyncio.sleep(0.01)
+        if runs["stray"] >= 2:
+            break
+    health = sup.health()["stray"]
+    assert runs["stray"] == 2 and health.restarts == 1 and "cancellation" in (health.last_error or "")
+    assert health.state is PartState.RUNNING
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sup.health()["stray"].state is PartState.STOPPED
