@@ -223,6 +223,7 @@ async def soak(args: argparse.Namespace) -> int:
             if h.get("sinks") and all(s["lag"] < 5 * args.devices * 20 for s in h["sinks"].values()):
                 break
             await asyncio.sleep(1)
+        final_health = h
     finally:
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(30)
@@ -282,7 +283,18 @@ async def soak(args: argparse.Namespace) -> int:
         f"RSS after warm-up (baseline, t={warm[0]:.0f}s): {warm[1]:.1f} MB; at the end: {rss_end:.1f} MB;"
         f" growth {growth:+.1f} % (target <= 5 %); FDs {warm[2]} -> {samples[-1][2]}"
     )
-    ok = check.ok and exact and rep.returncode == 0 and ver.returncode == 0 and code == 0
+    # Every sink caught up and every part still running: a sink that ended itself after an outage
+    # (as the MQTT one once did, see gateway/sinks/mqtt.py send) would otherwise pass unnoticed.
+    sinks = final_health.get("sinks", {})
+    lag_ok = bool(sinks) and all(v["lag"] < 5 * args.devices * 20 for v in sinks.values())
+    parts = {name: v["state"] for name, v in final_health.get("parts", {}).items()}
+    parts_ok = bool(parts) and all(state == "running" for state in parts.values())
+    print(
+        "sinks at the end: "
+        + ", ".join(f"{n} lag {v['lag']} ({v.get('phase', '?')}, forwarded {v['forwarded']})" for n, v in sinks.items())
+        + f"; parts not running: {[n for n, st in parts.items() if st != 'running'] or 'none'}"
+    )
+    ok = check.ok and exact and rep.returncode == 0 and ver.returncode == 0 and code == 0 and lag_ok and parts_ok
     if ok and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:

@@ -50,7 +50,7 @@ def test_model_trained_in_a_child_is_used_and_stop_kills_a_running_training(tmp_
     assert fc.kind == "model", fc.reason
     assert (settings.data_dir / "models" / "load.joblib").exists()
 
-    # A full training of the wind model takes seconds; stop() must end it within about one.
+    # A full training of the wind model takes ~10 s; stop() must end it within a few seconds.
     result: list[Any] = []
     worker = threading.Thread(target=lambda: result.append(service.train("wind", now=now)))
     worker.start()
@@ -63,6 +63,6 @@ def test_model_trained_in_a_child_is_used_and_stop_kills_a_running_training(tmp_
     service.cancel_training()
     worker.join(10)
     assert not worker.is_alive()
-    assert time.monotonic() - t0 < 2.0
+    assert time.monotonic() - t0 < 3.0  # without the kill: the rest of the fit, 9.7 s here
     assert not result[0].trained and result[0].reason == CANCELLED
     assert service.train("pv", now=now).reason == CANCELLED  # and no later training starts
