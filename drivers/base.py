@@ -32,6 +32,19 @@ class Driver(Protocol):
         ...
 
 
+class SharedConnection:
+    """Base of drivers whose connection belongs to someone else (a Modbus bus from the pool, the MQTT
+    hub): entering and leaving hold nothing of their own, so both do nothing unless overridden."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        return None
+
+
 @runtime_checkable
 class Writable(Protocol):
     """Optional capability: write a setpoint (power in W, positive = discharge/produce)."""

@@ -18,10 +18,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
-from types import TracebackType
-from typing import Self
 
-from drivers.base import PermanentError
+from drivers.base import PermanentError, SharedConnection
 from drivers.modbus.bus import ILLEGAL_ADDRESS, DeviceException, ModbusBus
 from drivers.modbus.decode import FLOATS, DataType, compile_decoder, decode, is_not_implemented
 from drivers.modbus.plan import Field, ReadRequest, plan_reads
@@ -158,7 +156,7 @@ def build_fields(register_map: RegisterMap, registers: Sequence[Register], *, of
     return out
 
 
-class ModbusDriver:
+class ModbusDriver(SharedConnection):
     """Reads one Modbus device (one unit id on a shared bus) through its register map."""
 
     def __init__(
@@ -184,15 +182,6 @@ class ModbusDriver:
             (r, QUANTITIES[r.quantity].unit, QUANTITIES[r.quantity].kind is QuantityKind.COUNTER, compile_register(r))
             for r in register_map.registers
         ]
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        # The bus belongs to the pool (other devices may share it): nothing to release here.
-        return None
 
     def _due(self) -> tuple[PollClass, ...]:
         classes: list[PollClass] = ["fast"]

@@ -20,10 +20,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Final, Self
+from typing import Any, Final
 
-from drivers.base import PermanentError
+from drivers.base import PermanentError, SharedConnection
 from drivers.modbus.bus import DeviceException, ModbusBus
 from drivers.modbus.decode import DataType, decode, is_not_implemented
 from drivers.modbus.driver import ModbusDriver
@@ -374,7 +373,7 @@ async def discover(bus: ModbusBus, unit: int, *, models: dict[int, ModelDef] | N
     return SunSpecDevice(base, found, common, sunspec_register_map(found, common=common))
 
 
-class SunSpecDriver:
+class SunSpecDriver(SharedConnection):
     """A SunSpec device: discovers its models on first read, then reads them like any mapped device."""
 
     def __init__(self, *, device_id: str, bus: ModbusBus, unit_id: int, quirks: Quirks | None = None) -> None:
@@ -384,14 +383,6 @@ class SunSpecDriver:
         self.quirks = quirks or Quirks()
         self.device: SunSpecDevice | None = None
         self._inner: ModbusDriver | None = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
 
     async def read(self, ts: datetime) -> Sequence[Sample]:
         if self._inner is None:

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import aiomqtt
 
 from drivers.backoff import Backoff
-from drivers.base import PermanentError, TransientError
+from drivers.base import PermanentError, SharedConnection, TransientError
 from drivers.cancel import raise_if_cancelling
 from drivers.config import MqttDeviceConfig
 from drivers.model import QUANTITIES, Quality, QuantityKind, Sample
@@ -187,7 +187,7 @@ def device_fields(cfg: MqttDeviceConfig) -> dict[str, FieldSpec]:
     return out
 
 
-class MqttDriver:
+class MqttDriver(SharedConnection):
     """An MQTT-publishing device, read from the hub's latest payloads."""
 
     def __init__(
@@ -211,11 +211,6 @@ class MqttDriver:
         for t in self.topics:
             await self.hub.subscribe(t)
         return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
 
     async def read(self, ts: datetime) -> Sequence[Sample]:
         now = time.monotonic()

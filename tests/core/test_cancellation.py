@@ -13,9 +13,8 @@ import contextlib
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
+from drivers.base import SharedConnection
 from drivers.model import Sample
 from gateway.clock import WallClock
 from gateway.forwarder import Forwarder
@@ -47,19 +46,7 @@ async def stopped(task: asyncio.Task[None]) -> bool:
     return ok
 
 
-class _Connection:
-    """Nothing to open or close: the doubles below only need to be async context managers."""
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        return None
-
-
-class SwallowingDriver(_Connection):
+class SwallowingDriver(SharedConnection):
     device_id = "m1"
 
     def __init__(self) -> None:
@@ -95,7 +82,7 @@ async def test_poller_stops_although_its_driver_swallowed_the_cancellation() -> 
     assert driver.reads == 1
 
 
-class SwallowingSink(_Connection):
+class SwallowingSink(SharedConnection):  # nothing to open or close, as a driver on a shared bus
     name = "swallow"
     batch_size = 10
 
