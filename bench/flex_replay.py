@@ -1,7 +1,7 @@
 """Does following the flexibility signals raise the hourly-matched renewable share? A month, replayed.
 
 Two sites, each replayed hour by hour under three policies on the same actuals and forecasts
-(gateway/flexibility/replay.py): `idle` (battery unused, shiftable process at a fixed time), `default`
+(bench/replay.py): `idle` (battery unused, shiftable process at a fixed time), `default`
 (the battery's own self-consumption rule, process at a fixed time: what a site does without signals),
 `signals` (battery and process follow the FlexibilityService's plan, re-planned every hour on fresh
 noisy forecasts). Printed side by side: hourly-matched share (certification's definition, and counting
@@ -31,9 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
+from bench.replay import NoiseModel, Result, SiteSeries, hourly_means, simulate
 from drivers.sim.site import BATTERY_EFF, BATTERY_W, BATTERY_WH, PV_PEAK_W, TIMEZONE, WIND_RATED_W, DemoSite
 from gateway.flexibility.config import FlexibilityConfig
-from gateway.flexibility.replay import NoiseModel, Result, SiteSeries, hourly_means, simulate
 
 
 def flex_config(*, connection_w: float) -> FlexibilityConfig:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from drivers.model import Quality
 from gateway.ledger.store import Entry
 from gateway.settings import InfluxConfig
-from gateway.sinks.influx import InfluxSink
+from gateway.sinks.influx.sink import InfluxSink
 from tests.servers import InfluxDB1, VictoriaMetrics
 
 QUANTITIES = [("power_w", "W"), ("voltage_l1_v", "V"), ("current_l1_a", "A"), ("energy_import_wh", "Wh")]

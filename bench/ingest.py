@@ -40,13 +40,14 @@ import yaml
 from drivers.maps import load_map
 from drivers.model import Sample
 from drivers.sim.server import SimServer
-from gateway.clock import WallClock
-from gateway.forwarder import Forwarder
+from gateway.ledger.reader import LedgerReader
 from gateway.ledger.store import Ledger
 from gateway.ledger.writer import LedgerWriter
+from gateway.runtime.clock import WallClock
 from gateway.settings import InfluxConfig
 from gateway.sinks.base import Sink
-from gateway.sinks.influx import InfluxSink
+from gateway.sinks.forwarder import Forwarder
+from gateway.sinks.influx.sink import InfluxSink
 from tests.servers import VictoriaMetrics, free_port
 
 QUANTITIES = [
@@ -91,10 +92,13 @@ def baseline(vm: VictoriaMetrics, samples: list[Sample]) -> float:
     with tempfile.TemporaryDirectory() as tmp:
         led = Ledger(Path(tmp) / "l.db", synchronous="OFF")
         led.append(samples)
-        entries = led.read_after(0, len(samples))
+        batches, seq = [], 0
+        while polls := led.read_polls_after(seq, BATCH_ENTRIES):
+            batches.append(polls)
+            seq = polls[-1].last_seq
         led.close()
     sink = InfluxSink(cfg(vm, "a"), site="bench-a", device_classes={f"m{i}": "meter" for i in range(10)})
-    bodies = ["\n".join(sink.lines(entries[i : i + BATCH_ENTRIES])) for i in range(0, len(entries), BATCH_ENTRIES)]
+    bodies = ["\n".join(sink.lines(polls)) for polls in batches]
     with InfluxDBClient(url=vm.url, token="bench-token", org="gia") as client:
         api = client.write_api(write_options=SYNCHRONOUS)
         t = time.perf_counter()
@@ -114,7 +118,8 @@ async def pipeline(vm: VictoriaMetrics, samples: list[Sample]) -> tuple[float, f
         def factory() -> Sink:
             return InfluxSink(cfg(vm, "b"), site="bench-b", device_classes=classes)
 
-        fw = Forwarder(sink_factory=factory, name="influxdb", writer=writer, clock=WallClock())
+        reader = LedgerReader(Path(tmp) / "l.db")
+        fw = Forwarder(sink_factory=factory, name="influxdb", writer=writer, reader=reader, clock=WallClock())
         tasks = [asyncio.create_task(writer.run()), asyncio.create_task(fw.run())]
         t = time.perf_counter()
         await writer.submit(samples)
@@ -127,6 +132,7 @@ async def pipeline(vm: VictoriaMetrics, samples: list[Sample]) -> tuple[float, f
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        reader.close()
         writer.close()
     return len(samples) / elapsed, len(samples) / committed
 

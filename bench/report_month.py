@@ -25,6 +25,7 @@ from gateway.certification.periods import month_period
 from gateway.certification.service import ReportService
 from gateway.ledger.store import GENESIS, Ledger, canonical_entry
 from gateway.settings import Settings, SiteConfig
+from gateway.site.resolve import resolve_site
 
 QUANTITIES = ("energy_import_wh", "energy_export_wh")
 
@@ -128,7 +129,7 @@ def main() -> None:
             scans.append(time.perf_counter() - t)
         base = min(scans)
         print(f"baseline scan: {rows:,} rows in {base:.2f} s ({rows / base / 1e6:.2f} M rows/s)", flush=True)
-        svc = ReportService(settings, now_ms=lambda: now, reports_dir=d / "r1")
+        svc = ReportService(settings, resolve_site(settings, base_dir=d), now_ms=lambda: now, reports_dir=d / "r1")
         svc.public_keys()  # create the key outside the timing
         t = time.perf_counter()
         data = svc.report_json("bench", args.month)

@@ -43,18 +43,18 @@ sys.path.insert(0, str(ROOT))
 def _agent_main(config: Path, speed: float, origin: str) -> None:
     """Child mode: the agent with a ScaledClock (what `gia run` is, plus simulated time)."""
     from gateway.agent import Agent
-    from gateway.clock import ScaledClock, WallClock
-    from gateway.logs import setup_logging
-    from gateway.runner import run_until_signal
-    from gateway.settings import load_settings
+    from gateway.runtime.clock import ScaledClock, WallClock
+    from gateway.runtime.logs import setup_logging
+    from gateway.runtime.runner import run_until_signal
+    from gateway.settings import load_config
 
-    settings = load_settings(config)
+    cfg = load_config(config)
     setup_logging(level="warning")
     clock = WallClock() if speed == 1 else ScaledClock(speed=speed, origin=datetime.fromisoformat(origin))
 
     async def main() -> None:
-        agent = Agent(settings, base_dir=config.parent, clock=clock)
-        await run_until_signal(agent.run, on_stop=agent.request_http_stop)
+        agent = Agent(cfg, clock=clock)
+        await run_until_signal(agent.run, on_stop=agent.request_stop)
 
     asyncio.run(main())
 
@@ -121,8 +121,8 @@ async def soak(args: argparse.Namespace) -> int:
     from drivers.maps import load_map
     from drivers.sim.serial import PtyPair
     from drivers.sim.server import SimServer
-    from gateway.clock import ScaledClock
     from gateway.ledger.store import Ledger
+    from gateway.runtime.clock import ScaledClock
     from tests.servers import InfluxDB1, MosquittoBroker, free_port
 
     rng = random.Random(args.seed)

@@ -12,6 +12,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Protocol, Self, runtime_checkable
 
+from drivers.errors import GiaError
 from drivers.model import Sample
 
 
@@ -45,14 +46,7 @@ class SharedConnection:
         return None
 
 
-@runtime_checkable
-class Writable(Protocol):
-    """Optional capability: write a setpoint (power in W, positive = discharge/produce)."""
-
-    async def write_setpoint(self, quantity: str, value: float) -> None: ...
-
-
-class DriverError(Exception):
+class DriverError(GiaError):
     """Base of driver failures.
 
     DriverError
@@ -71,4 +65,4 @@ class BusyError(TransientError):
 
 
 class PermanentError(DriverError):
-    pass
+    exit_code = 2

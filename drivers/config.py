@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from drivers.model import DeviceClass
+
 DeviceId = Annotated[
     str,
     Field(
@@ -30,7 +32,6 @@ Role = Literal[
     "auxiliary",
 ]
 Source = Literal["wind", "pv", "chp", "other"]
-DeviceClass = Literal["meter", "inverter", "wind_turbine", "battery"]
 
 
 class ChannelConfig(BaseModel):

@@ -1,7 +1,8 @@
 """Build a driver from a device's configuration: the one place that knows which class reads what.
 
 Errors here are configuration errors, raised as `PermanentError` with a message that names the fix,
-so the agent refuses a bad device at start instead of failing on every poll.
+so the agent refuses a bad device at start instead of failing on every poll. Maps are loaded by the
+caller once per start (`gateway.site.resolve`) and passed in: a poller restart never re-reads them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from drivers.modbus.bus import BusPool
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.registermap import Quirks, RegisterMap
 from drivers.modbus.sunspec import SunSpecDriver
+from drivers.model import DeviceClass
 from drivers.mqtt.driver import MqttDriver, MqttHub, device_fields
 
 
@@ -32,30 +34,32 @@ def device_quirks(register_map: RegisterMap | None, options: dict[str, float | i
         raise PermanentError(f"options.{where}: {err['msg']} (known options: {known})") from None
 
 
-def _map_of(cfg: ModbusDeviceConfig, base_dir: Path) -> RegisterMap:
-    if cfg.map is None:
-        raise PermanentError(f"{cfg.id}: set 'map' or 'sunspec: true'")
+def device_map(cfg: DeviceConfig, *, base_dir: Path) -> RegisterMap | None:
+    """The device's register map (Modbus devices with `map:`), None for devices that have none."""
+    if not isinstance(cfg, ModbusDeviceConfig) or cfg.map is None:
+        return None
     try:
         return load_map(cfg.map, base_dir=base_dir)
     except MapError as exc:
         raise PermanentError(f"{cfg.id}: {exc}") from None
 
 
-def device_class_of(cfg: DeviceConfig, *, base_dir: Path) -> str:
+def device_class_of(cfg: DeviceConfig, register_map: RegisterMap | None) -> DeviceClass:
     """meter, inverter, wind_turbine or battery: configured, else from the map (SunSpec: inverter)."""
     if cfg.device_class is not None:
         return cfg.device_class
-    assert isinstance(cfg, ModbusDeviceConfig)  # MQTT devices always have a class (default meter)
-    if cfg.sunspec:
-        return "inverter"
-    return _map_of(cfg, base_dir).device_class
+    if register_map is not None:
+        return register_map.device_class
+    return "inverter"  # a Modbus device without a map is a SunSpec device
 
 
-def create_driver(cfg: DeviceConfig, *, pool: BusPool, base_dir: Path, mqtt: MqttHub | None = None) -> Driver:
+def create_driver(
+    cfg: DeviceConfig, *, register_map: RegisterMap | None, pool: BusPool, mqtt: MqttHub | None = None
+) -> Driver:
     """A ready-to-enter driver for one configured device (raises PermanentError on bad config).
 
     Modbus devices share the pool's buses; MQTT devices share `mqtt` (one `MqttHub` per broker,
-    entered by the caller).
+    entered by the caller). `register_map` is the device's loaded map (`device_map`).
     """
     if isinstance(cfg, MqttDeviceConfig):
         fields = device_fields(cfg)
@@ -76,7 +80,8 @@ def create_driver(cfg: DeviceConfig, *, pool: BusPool, base_dir: Path, mqtt: Mqt
         quirks = device_quirks(None, cfg.options)
         bus = pool.bus(conn, timeout_s=cfg.timeout_s, options=quirks.model_dump())
         return SunSpecDriver(device_id=cfg.id, bus=bus, unit_id=cfg.unit_id, quirks=quirks)
-    register_map = _map_of(cfg, base_dir)
+    if register_map is None:
+        raise PermanentError(f"{cfg.id}: set 'map' or 'sunspec: true'")
     quirks = device_quirks(register_map, cfg.options)
     bus = pool.bus(conn, timeout_s=cfg.timeout_s, options=quirks.model_dump())
     return ModbusDriver(device_id=cfg.id, register_map=register_map, bus=bus, unit_id=cfg.unit_id, quirks=quirks)

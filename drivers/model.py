@@ -22,7 +22,11 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Final
+from typing import Final, Literal
+
+#: What a device is: the InfluxDB measurement, the page's icon, the default of its forecasts.
+DeviceClass = Literal["meter", "inverter", "wind_turbine", "battery"]
+DEVICE_CLASSES: Final[tuple[DeviceClass, ...]] = ("meter", "inverter", "wind_turbine", "battery")
 
 
 class Quality(StrEnum):

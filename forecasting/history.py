@@ -17,11 +17,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from drivers.errors import GiaError
 from forecasting.features import WEATHER_COLUMNS, to_grid
 
 
-class DataError(ValueError):
+class DataError(GiaError, ValueError):
     """The input file cannot be used; the message names the fix."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True, slots=True)

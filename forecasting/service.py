@@ -67,7 +67,7 @@ class TrainResult:
 
 
 class Trainer(Protocol):
-    """Runs `ForecastService.train` somewhere else (the agent: a child process, `gateway.forecast_training`)."""
+    """Runs `ForecastService.train` somewhere else (the agent: a child process, `gateway.forecasts.training`)."""
 
     def __call__(self, target: TargetName, now: datetime | None, quick: bool) -> TrainResult: ...
 

@@ -23,6 +23,7 @@ from typing import Any, Final, Protocol
 
 import pandas as pd
 
+from drivers.errors import GiaError
 from forecasting.features import WEATHER_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ _PRECEDING_HOUR: Final = frozenset({"shortwave_radiation"})
 _MAX_BODY: Final = 20 * 1024 * 1024
 
 
-class WeatherError(Exception):
+class WeatherError(GiaError):
     """Weather could not be obtained (network, timeout, malformed data). Transient: retry next time."""
 
 

@@ -8,23 +8,7 @@ from typing import Annotated
 
 import typer
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", "-c", help="config file (default ./gia.yaml, then /etc/gia/gia.yaml)")
-]
-LogFormatOpt = Annotated[str, typer.Option("--log-format", help="text or json")]
-
-
-def _load_or_exit(config: Path | None) -> tuple[object, Path]:
-    from gateway.settings import ConfigError, find_config, load_settings
-
-    path = find_config(config)
-    try:
-        settings = load_settings(path)
-    except ConfigError as exc:
-        for p in exc.problems:
-            typer.echo(str(p), err=True)
-        raise typer.Exit(2) from None
-    return settings, path.resolve().parent
+from gateway.cli_options import ConfigOpt, LogFormatOpt, load_or_exit
 
 
 def register(app: typer.Typer) -> None:
@@ -33,26 +17,24 @@ def register(app: typer.Typer) -> None:
         """Validate the config and device maps: exit 0, or 2 with one line per problem (field, what, fix)."""
         from gateway.settings import find_config
 
-        settings, _ = _load_or_exit(config)
-        typer.echo(f"{find_config(config)}: OK ({len(settings.devices)} devices)")  # type: ignore[attr-defined]
+        cfg = load_or_exit(config)
+        typer.echo(f"{find_config(config)}: OK ({len(cfg.site.devices)} devices)")
 
     @app.command("run")
     def run(config: ConfigOpt = None, log_format: LogFormatOpt = "text") -> None:
         """Run the agent: poll devices, keep every reading in the ledger, forward to InfluxDB and MQTT."""
         from gateway.agent import Agent
-        from gateway.logs import setup_logging
-        from gateway.runner import run_until_signal
-        from gateway.settings import Settings
+        from gateway.runtime.logs import setup_logging
+        from gateway.runtime.runner import run_until_signal
 
-        settings, base = _load_or_exit(config)
-        assert isinstance(settings, Settings)
-        setup_logging(level=settings.log_level, fmt=log_format)
+        cfg = load_or_exit(config)
+        setup_logging(level=cfg.settings.log_level, fmt=log_format)
 
         async def main() -> None:
-            agent = Agent(settings, base_dir=base)
-            await run_until_signal(agent.run, on_stop=agent.request_http_stop)
+            agent = Agent(cfg)
+            await run_until_signal(agent.run, on_stop=agent.request_stop)
 
-        from gateway.backup import BackupError
+        from gateway.runtime.backup import BackupError
 
         try:
             asyncio.run(main())
@@ -72,13 +54,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """A simulated site (site id 'demo') plus the agent on embedded defaults; state in ./gia-demo/."""
         from gateway.demo import DemoOptions, run_demo
-        from gateway.logs import setup_logging
+        from gateway.runtime.logs import setup_logging
 
         setup_logging(level="info", fmt=log_format)
         opts = DemoOptions(
             directory=directory, http=http, speed=speed, backfill_days=backfill, mqtt=mqtt, influx=influx
         )
-        from gateway.backup import BackupError
+        from gateway.runtime.backup import BackupError
 
         try:
             asyncio.run(run_demo(opts))
@@ -94,12 +76,11 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
     ) -> None:
         """Consistent backup while the agent runs (SQLite online backup)."""
-        from gateway.backup import create_bundle
         from gateway.ledger.store import Ledger
-        from gateway.settings import Settings, find_config
+        from gateway.runtime.backup import create_bundle
+        from gateway.settings import find_config
 
-        settings, _ = _load_or_exit(config)
-        assert isinstance(settings, Settings)
+        settings = load_or_exit(config).settings
         if dest.name.endswith((".tar.gz", ".tgz")):
             members = create_bundle(
                 dest, config=find_config(config), data_dir=settings.data_dir, ledger_path=settings.ledger_path
@@ -120,11 +101,10 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option(help="replace an existing ledger and keys")] = False,
     ) -> None:
         """Restore ledger, keys and reports from a backup (agent stopped; the ledger must verify)."""
-        from gateway.backup import BackupError, restore_bundle
-        from gateway.settings import Settings, find_config
+        from gateway.runtime.backup import BackupError, restore_bundle
+        from gateway.settings import find_config
 
-        settings, _ = _load_or_exit(config)
-        assert isinstance(settings, Settings)
+        settings = load_or_exit(config).settings
         try:
             done = restore_bundle(
                 bundle,

@@ -121,7 +121,7 @@ def register(app: typer.Typer) -> None:
         """Read a device once and print its samples: "does my meter work?"."""
         from drivers.base import DriverError
         from drivers.config import ModbusDeviceConfig
-        from drivers.factory import create_driver
+        from drivers.factory import create_driver, device_map
         from drivers.modbus.bus import BusPool
         from drivers.model import iso_utc
 
@@ -139,8 +139,9 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
 
         async def run() -> Sequence[Sample]:
+            register_map = device_map(cfg, base_dir=Path.cwd())
             async with BusPool() as pool:
-                driver = create_driver(cfg, pool=pool, base_dir=Path.cwd())
+                driver = create_driver(cfg, register_map=register_map, pool=pool)
                 async with driver:
                     return await driver.read(datetime.now(UTC).replace(microsecond=0))
 

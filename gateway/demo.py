@@ -37,11 +37,11 @@ from drivers.sim.site import (
     run_demo_servers,
 )
 from gateway.agent import Agent
-from gateway.backup import BackupError, agent_running
-from gateway.clock import Clock, ScaledClock, WallClock
 from gateway.ledger.store import Ledger
-from gateway.runner import run_until_signal
-from gateway.settings import load_settings
+from gateway.runtime.backup import BackupError, agent_running
+from gateway.runtime.clock import Clock, ScaledClock, WallClock
+from gateway.runtime.runner import run_until_signal
+from gateway.settings import load_config
 
 log = logging.getLogger(__name__)
 
@@ -283,9 +283,9 @@ async def run_demo(opts: DemoOptions) -> None:
     )
     async with run_demo_servers(site, clock.now, ports=_ports()) as servers:
         config = write_config(opts, servers.urls, weather=weather)
-        settings = load_settings(config)
-        agent = Agent(settings, base_dir=d, clock=clock)
-        scheme = "https" if settings.http.tls_cert_file else "http"
+        cfg = load_config(config)
+        agent = Agent(cfg, clock=clock)
+        scheme = "https" if cfg.settings.http.tls_cert_file else "http"
         print(
             f"\nGIA demo: site '{SITE_ID}', {len(servers.urls)} simulated Modbus devices"
             f"{f', time x{opts.speed:g}' if opts.speed != 1 else ''}\n"
@@ -295,7 +295,7 @@ async def run_demo(opts: DemoOptions) -> None:
             file=sys.stderr,
             flush=True,
         )
-        await run_until_signal(agent.run, on_stop=agent.request_http_stop)
+        await run_until_signal(agent.run, on_stop=agent.request_stop)
 
 
 __all__ = ["DemoOptions", "run_demo"]

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -34,9 +34,13 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from drivers.config import DeviceConfig, ModbusDeviceConfig
+from drivers.errors import GiaError
 from forecasting.config import ForecastingConfig
 from gateway.certification.config import CertificationConfig
 from gateway.flexibility.config import FlexibilityConfig
+
+if TYPE_CHECKING:
+    from gateway.site.resolve import Site
 
 DEFAULT_CONFIG_PATHS = (Path("gia.yaml"), Path("/etc/gia/gia.yaml"))
 
@@ -333,7 +337,11 @@ class Problem:
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
 
 
-class ConfigError(Exception):
+class ConfigError(GiaError):
+    exit_code = 2
+    http_status = 400
+    error_code = "bad_config"
+
     def __init__(self, problems: list[Problem], source: str = "") -> None:
         self.problems = problems
         self.source = source
@@ -456,10 +464,19 @@ def _check_devices_raw(raw: dict[str, Any], base: Path) -> list[Problem]:
                     )
                 )
             channel_ids[cid] = str(dev_id)
-        map_name = dev.get("map")
-        if isinstance(map_name, str) and dev.get("driver", "modbus") == "modbus":
-            from drivers.maps import MapError, load_map
+    return problems
 
+
+def _check_maps_raw(raw: dict[str, Any], base: Path) -> list[Problem]:
+    """Map problems of a file whose schema is wrong too (a valid file's maps are loaded, once, by
+    `gateway.site.resolve.resolve_site`), so one run of check-config names every mistake."""
+    from drivers.maps import MapError, load_map
+
+    problems: list[Problem] = []
+    devices = raw.get("devices")
+    for i, dev in enumerate(devices if isinstance(devices, list) else []):
+        map_name = dev.get("map") if isinstance(dev, dict) else None
+        if isinstance(map_name, str) and dev.get("driver", "modbus") == "modbus":
             try:
                 load_map(map_name, base_dir=base)
             except MapError as exc:
@@ -550,8 +567,40 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         raw["data_dir"] = str(base / raw["data_dir"])
 
 
+@dataclass(frozen=True, slots=True)
+class Config:
+    """What a command starts from: the settings, the site resolved from them, and the config's folder."""
+
+    settings: Settings
+    site: Site
+    base_dir: Path
+
+
 def load_settings(path: Path | None = None, *, extra_checks: Sequence[CrossCheck] = ()) -> Settings:
-    """Read and validate the configuration; raise ConfigError with every problem found."""
+    """Read and validate the configuration; raise ConfigError with every problem found.
+
+    Device maps are not loaded here (see `load_config`, which also resolves the site)."""
+    settings, _base, problems, source = _load(path, extra_checks)
+    if problems:
+        raise ConfigError(problems, source)
+    return settings
+
+
+def load_config(path: Path | None = None, *, extra_checks: Sequence[CrossCheck] = ()) -> Config:
+    """The settings and the resolved site (each device map loaded once); ConfigError with every problem."""
+    from gateway.site.resolve import resolve_site
+
+    settings, base, problems, source = _load(path, extra_checks)
+    try:
+        site = resolve_site(settings, base_dir=base)
+    except ConfigError as exc:
+        problems = problems + exc.problems
+    if problems:
+        raise ConfigError(problems, source)
+    return Config(settings, site, base)
+
+
+def _load(path: Path | None, extra_checks: Sequence[CrossCheck]) -> tuple[Settings, Path, list[Problem], str]:
     cfg_path = find_config(path)
     if not cfg_path.exists():
         raise ConfigError(
@@ -618,9 +667,7 @@ def load_settings(path: Path | None = None, *, extra_checks: Sequence[CrossCheck
     except ValidationError as exc:
         schema_problems = _problems_from_validation(exc)
         known = {(p.path, p.message) for p in schema_problems}
-        extra = [p for p in raw_problems if (p.path, p.message) not in known]
+        extra = [p for p in raw_problems + _check_maps_raw(raw, base) if (p.path, p.message) not in known]
         raise ConfigError(schema_problems + extra, str(cfg_path)) from None
     problems = raw_problems + [p for check in [*CROSS_CHECKS, *extra_checks] for p in check(settings, base)]
-    if problems:
-        raise ConfigError(problems, str(cfg_path))
-    return settings
+    return settings, base, problems, str(cfg_path)

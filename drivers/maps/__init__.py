@@ -7,20 +7,24 @@ way: `MapError` naming the file, the line (when the YAML parser knows it) and th
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from drivers.errors import GiaError
 from drivers.modbus.registermap import RegisterMap
 
 MAPS_DIR = Path(__file__).resolve().parent
 
 
-class MapError(Exception):
+class MapError(GiaError):
     """A device map that cannot be used; the message names the file, line and field."""
+
+    exit_code = 2
+    http_status = 400
+    error_code = "bad_map"
 
     def __init__(self, message: str, *, file: str = "", line: int | None = None, field: str = "") -> None:
         self.file = file
@@ -117,25 +121,3 @@ def load_map(name_or_path: str, *, base_dir: Path | None = None) -> RegisterMap:
     except OSError as exc:
         raise MapError(f"cannot read: {exc.strerror}", file=str(path)) from None
     return parse_map(text, source=str(path), name=path.stem)
-
-
-def map_moduli(devices: Sequence[Any], *, base_dir: Path | None = None) -> dict[tuple[str, str], int]:
-    """(device id, quantity) -> the register modulus (Wh) each Modbus device's map declares.
-
-    Counters wrap (a 16-bit 0.1 kWh register every 6553.6 kWh); certification and the live balance
-    both need the modulus, and the map is where it is written down. Unloadable maps are skipped here:
-    `gia check-config` reports them.
-    """
-    out: dict[tuple[str, str], int] = {}
-    for dev in devices:
-        name = getattr(dev, "map", None)
-        if not name:
-            continue
-        try:
-            rmap = load_map(name, base_dir=base_dir)
-        except MapError:
-            continue
-        for reg in rmap.registers:
-            if reg.modulus is not None:
-                out[(dev.id, reg.quantity)] = int(reg.modulus)
-    return out

@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 
 from drivers.modbus.bus import BusPool
 from drivers.modbus.registermap import RegisterType
-from drivers.sim.server import LookupServer
+from drivers.modbus.server import LookupServer
 
 
 def cache_lookup(

@@ -19,11 +19,10 @@ from typing import Annotated, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from drivers.modbus.decode import FLOATS, DataType, WordOrder, word_count
-from drivers.model import QUANTITIES, QuantityKind
+from drivers.model import QUANTITIES, DeviceClass, QuantityKind
 
 RegisterType = Literal["holding", "input", "coil", "discrete"]
 PollClass = Literal["fast", "slow", "static"]
-DeviceClass = Literal["meter", "inverter", "wind_turbine", "battery"]
 
 #: Which per-register options each data type allows (beyond address/type/quantity/poll/unit).
 LEGAL_OPTIONS: Final[dict[DataType, frozenset[str]]] = {

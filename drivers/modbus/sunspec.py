@@ -28,14 +28,13 @@ from drivers.modbus.decode import DataType, decode, is_not_implemented
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.registermap import (
     Defaults,
-    DeviceClass,
     Product,
     Quirks,
     Register,
     RegisterMap,
     ScaleFactor,
 )
-from drivers.model import Sample
+from drivers.model import DeviceClass, Sample
 
 SUNSPEC_BASES: Final = (40000, 0, 50000)
 SUNS_MARKER: Final = (0x5375, 0x6E53)  # "SunS"

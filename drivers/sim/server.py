@@ -1,4 +1,4 @@
-"""A simulated Modbus device serving any register map; the only module that calls the pymodbus server.
+"""A simulated Modbus device serving any register map (pymodbus server; the proxy has its own in modbus/server.py).
 
 The register image is computed from a `values()` callback at every request, so a simulator driven by a
 physical model (drivers/sim/site.py) serves what the model says *now*. Addresses the map does not cover
@@ -16,8 +16,7 @@ import logging
 import math
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pymodbus.constants import ExcCodes
@@ -35,14 +34,13 @@ from drivers.modbus.decode import (
     int_range,
 )
 from drivers.modbus.registermap import Register, RegisterMap, RegisterType
+from drivers.modbus.server import FC_TYPE, ServerStats
 from drivers.model import QUANTITIES, QuantityKind
 
 log = logging.getLogger(__name__)
 
 Values = Callable[[], Mapping[str, float | int | None]]
 Fault = Literal["busy", "illegal_address", "device_failure", "garbled", "truncated", "close"]
-
-_FC_TYPE: Final[dict[int, RegisterType]] = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}
 
 
 def free_tcp_port(host: str = "127.0.0.1") -> int:
@@ -113,12 +111,6 @@ def _span(addresses: Sequence[int]) -> tuple[int, int]:
     return min(addresses), max(addresses) + 1
 
 
-@dataclass
-class SimStats:
-    requests: int = 0
-    faults: int = 0
-
-
 class SimServer:
     """Serve one register map on `listen` (tcp://HOST:PORT, rtu+tcp://HOST:PORT or rtu:///dev/pts/N)."""
 
@@ -140,7 +132,7 @@ class SimServer:
         self._faults: list[Fault] = []
         self._server: ModbusTcpServer | ModbusSerialServer | None = None
         self._task: asyncio.Task[None] | None = None
-        self.stats = SimStats()
+        self.stats = ServerStats()
         self._static = {k: dict(v) for k, v in (static or {}).items()}
         self._layout = self._image({})
 
@@ -210,7 +202,7 @@ class SimServer:
                 "illegal_address": ExcCodes.ILLEGAL_ADDRESS,
                 "device_failure": ExcCodes.DEVICE_FAILURE,
             }[fault]
-        rtype = _FC_TYPE.get(function_code)
+        rtype = FC_TYPE.get(function_code)
         if rtype is None or set_values is not None:
             return ExcCodes.ILLEGAL_FUNCTION if set_values is not None else None
         try:
@@ -290,71 +282,3 @@ class SimServer:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
-
-
-#: answer(unit, register type, first protocol address, count) -> the words, or None when not available
-Lookup = Callable[[int, RegisterType, int, int], "list[int] | None"]
-
-
-class LookupServer:
-    """A Modbus TCP server answering holding/input reads from a lookup function (the Modbus proxy).
-
-    A read the lookup cannot answer gets exception 0x0B, "gateway target device failed to respond":
-    what a Modbus gateway says when it has no fresh answer from the device behind it. Writes are
-    refused (illegal function): the proxy is read-only, the device has one master.
-    """
-
-    def __init__(self, *, listen: str, unit_ids: Sequence[int], lookup: Lookup) -> None:
-        self.listen = listen
-        self.unit_ids = tuple(unit_ids)
-        self._lookup = lookup
-        self._server: ModbusTcpServer | None = None
-        self.stats = SimStats()
-
-    def _action_for(self, unit: int) -> Callable[..., Any]:
-        async def action(
-            function_code: int,
-            start_address: int,
-            address: int,
-            count: int,
-            registers: list[int],
-            set_values: list[int] | list[bool] | None,
-        ) -> ExcCodes | None:
-            self.stats.requests += 1
-            rtype = _FC_TYPE.get(function_code)
-            if set_values is not None or rtype not in ("holding", "input"):
-                return ExcCodes.ILLEGAL_FUNCTION
-            words = self._lookup(unit, rtype, address, count)
-            offset = address - start_address  # `registers` is the block from start_address
-            if words is None or len(words) != count or not 0 <= offset <= len(registers) - count:
-                self.stats.faults += 1
-                return ExcCodes.GATEWAY_NO_RESPONSE
-            registers[offset : offset + count] = words
-            return None
-
-        return action
-
-    async def start(self) -> None:
-        blocks = [SimData(0, count=65535, values=0, datatype=SimDataType.REGISTERS)]
-        bits = [SimData(0, values=[False] * 16, datatype=SimDataType.BITS)]
-        devices = [
-            SimDevice(
-                unit, simdata=(bits, bits, blocks, blocks), action=self._action_for(unit), use_bit_addressing=True
-            )
-            for unit in self.unit_ids
-        ]
-        parts = urlsplit(self.listen)
-        if parts.scheme != "tcp":
-            raise ValueError(f"{self.listen!r}: the Modbus proxy listens on tcp://HOST:PORT")
-        self._server = ModbusTcpServer(
-            devices,
-            framer=FramerType.SOCKET,
-            address=(parts.hostname or "127.0.0.1", parts.port or 502),
-            ignore_missing_devices=True,
-        )
-        await self._server.serve_forever(background=True)
-
-    async def stop(self) -> None:
-        if self._server is not None:
-            await self._server.shutdown()  # type: ignore[no-untyped-call]
-            self._server = None

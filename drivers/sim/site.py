@@ -176,9 +176,6 @@ def _pos_integral(a: float, b: float, f: float) -> float:
     return a / 2 * z if a > 0 else end / 2 * (f - z)
 
 
-_GRID_COUNTERS: Final = ("energy_import_wh", "energy_export_wh")
-
-
 @dataclass
 class _Day:
     """Knot values and cumulative energy (Wh, from the epoch) at every knot of one UTC day."""

@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import IO, Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -30,26 +30,14 @@ from fastapi.responses import (
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from drivers.errors import GiaError
 from drivers.model import QUANTITIES, iso_utc
 from gateway import __version__
 from gateway.api.auth import ApiError, Authenticator, Principal, Role
-from gateway.live import LiveEvent, LiveState
+from gateway.rooms import ReportProvider
+from gateway.runtime.live import LiveEvent, LiveState
 
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
-
-
-class ReportProvider(Protocol):
-    """What the certification layer offers the API (gateway/certification/service.py: ReportService)."""
-
-    def report_json(self, site: str, month: str) -> bytes: ...
-
-    def report_csv(self, site: str, month: str) -> bytes: ...
-
-    def report_pdf(self, site: str, month: str) -> bytes: ...
-
-    def write_evidence_zip(self, site: str, month: str, out: IO[bytes]) -> None: ...
-
-    def public_keys(self) -> list[dict[str, str]]: ...
 
 
 @dataclass
@@ -61,8 +49,6 @@ class ApiServices:
     reports: ReportProvider | None = None
     forecast: Callable[[str], dict[str, Any] | None] = field(default=lambda _t: None)
     flexibility: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
-    #: Report errors the provider raises, mapped to (status, error code), most specific first.
-    report_errors: list[tuple[type[Exception], int, str]] = field(default_factory=list)
 
 
 def _error(status: int, error: str, detail: Any = "") -> JSONResponse:
@@ -215,11 +201,8 @@ def create_app(services: ApiServices) -> FastAPI:
     async def _call_reports(fn: Callable[[], Any]) -> Any:
         try:
             return await asyncio.to_thread(fn)
-        except Exception as exc:
-            for kind, status, code in services.report_errors:
-                if isinstance(exc, kind):
-                    raise ApiError(status, code, str(exc)) from None
-            raise
+        except GiaError as exc:  # the error says its own status and code (drivers/errors.py)
+            raise ApiError(exc.http_status, exc.error_code, str(exc)) from None
 
     @app.get("/api/v1/sites/{site}/reports/{month}", tags=["certification"], summary="Signed monthly report")
     async def report(

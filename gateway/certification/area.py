@@ -29,6 +29,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
 
+from drivers.errors import GiaError
 from gateway.certification.exact import dec_ge, ratio
 from gateway.certification.signing import KeyFileError, key_id, load_public_pem
 from gateway.certification.verify import Outcome, Unusable, verify_report
@@ -48,7 +49,7 @@ _SUMMED: Final = (
 )
 
 
-class AreaError(Exception):
+class AreaError(GiaError):
     """The area report cannot be built: the message lists every problem."""
 
 

@@ -17,13 +17,13 @@ Files (a directory from `gia evidence`, or the same files in a zip from the API)
 
 from __future__ import annotations
 
-import io
 import json
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
+from drivers.errors import GiaError
 from gateway.certification.exact import iso_ms
 
 REPORT: Final = "report.json"
@@ -98,7 +98,7 @@ def intervals_csv_lines(
 INTERVALS_HEADER: Final = "channel,start,end,energy_wh,quality\n"
 
 
-class BundleError(Exception):
+class BundleError(GiaError):
     """The bundle cannot be read (missing file, not a zip/directory)."""
 
 
@@ -119,16 +119,6 @@ def load_bundle(path: Path) -> dict[str, bytes]:
     if READINGS not in files:
         raise BundleError(f"{path}: no {READINGS} in the evidence bundle")
     return files
-
-
-def zip_files(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        for name, data in files.items():
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))  # reproducible archive
-            info.compress_type = zipfile.ZIP_DEFLATED
-            z.writestr(info, data)
-    return buf.getvalue()
 
 
 def parse_readings(data: bytes, name: str = READINGS) -> list[dict[str, Any]]:

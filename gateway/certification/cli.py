@@ -15,31 +15,17 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from gateway.cli_options import ConfigOpt, load_or_exit
+
 if TYPE_CHECKING:
     from gateway.certification.service import ReportService
-    from gateway.settings import Settings
-
-ConfigOpt = Annotated[
-    Path | None,
-    typer.Option("--config", "-c", help="gia.yaml (default ./gia.yaml, then /etc/gia/gia.yaml)"),
-]
-
-
-def _settings(config: Path | None) -> Settings:
-    from gateway.settings import ConfigError, load_settings
-
-    try:
-        return load_settings(config)
-    except ConfigError as exc:
-        for p in exc.problems:
-            typer.echo(str(p), err=True)
-        raise typer.Exit(2) from None
 
 
 def _service(config: Path | None) -> ReportService:
     from gateway.certification.service import ReportService
 
-    return ReportService(_settings(config))
+    cfg = load_or_exit(config)
+    return ReportService(cfg.settings, cfg.site)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -144,7 +130,7 @@ def meter_replacement(
     from gateway.certification.source import record_meter_replacement
     from gateway.ledger.store import Ledger
 
-    settings = _settings(config)
+    settings = load_or_exit(config).settings
     try:
         ts = datetime.fromisoformat(at.replace("Z", "+00:00")).astimezone(UTC)
         regs: dict[str, tuple[int, int]] = {}

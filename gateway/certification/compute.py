@@ -34,50 +34,11 @@ from typing import Any, Final, Literal
 from gateway.certification.exact import dec_ge, dec_le, iso_ms, ratio
 from gateway.certification.merkle import DAY_MS, day_of, merkle_root
 from gateway.certification.solar import sun_elevation_deg
+from gateway.site.channels import ChannelSpec
 
 Method = Literal["measured", "interpolated", "estimated", "missing"]
 _RANK: Final[dict[str, int]] = {"measured": 0, "interpolated": 1, "estimated": 2, "missing": 3}
 MAX_GAPS_LISTED: Final = 200
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelSpec:
-    """What the report needs to know about a metering channel (built from config or from a report)."""
-
-    id: str
-    role: str
-    device: str
-    quantity: str
-    serial: str | None = None
-    multiplier: int = 1
-    register_modulus_wh: int | None = None
-    rated_power_w: int | None = None
-    source: str | None = None
-    renewable: bool | None = None
-
-    def meter_json(self) -> dict[str, Any]:
-        return {
-            "serial": self.serial,
-            "multiplier": self.multiplier,
-            "register_modulus_wh": self.register_modulus_wh,
-            "rated_power_w": self.rated_power_w,
-        }
-
-    @staticmethod
-    def from_report(ch: dict[str, Any]) -> ChannelSpec:
-        m = ch["meter"]
-        return ChannelSpec(
-            id=ch["id"],
-            role=ch["role"],
-            device=ch["device"],
-            quantity=ch["quantity"],
-            serial=m.get("serial"),
-            multiplier=int(m["multiplier"]),
-            register_modulus_wh=m.get("register_modulus_wh"),
-            rated_power_w=m.get("rated_power_w"),
-            source=ch.get("source"),
-            renewable=ch.get("renewable"),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,3 @@ def month_period(month: str, timezone: str) -> Period:
     return Period(month, timezone, _local_midnight_ms(y, m, tz), _local_midnight_ms(ny, nm, tz))
 
 
-def month_of(ts_ms: int, timezone: str) -> str:
-    local = datetime.fromtimestamp(ts_ms / 1000, ZoneInfo(timezone))
-    return f"{local.year:04d}-{local.month:02d}"

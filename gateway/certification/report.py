@@ -17,12 +17,11 @@ Energy balance conventions (certification.md, "Site indicators"):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any, Final, Protocol
+from collections.abc import Sequence
+from typing import Any, Final
 
 from gateway.certification.compute import (
     ChannelResult,
-    ChannelSpec,
     Params,
     Replacement,
     Series,
@@ -31,13 +30,11 @@ from gateway.certification.compute import (
 )
 from gateway.certification.exact import dec_ge, iso_ms, ratio, wh_times_factor_kg
 from gateway.certification.merkle import merkle_root
+from gateway.site.balance import energy_balance
+from gateway.site.channels import LOAD_SIGN, ChannelSpec
 
 SCHEMA: Final = "gia-monthly-report/1"
 GRADES: Final = ("verified", "provisional", "unverified")
-
-
-def _sum(results: Sequence[ChannelResult], role: str) -> int:
-    return sum(r.energy_wh for r in results if r.spec.role == role)
 
 
 def _series_sum(results: Sequence[ChannelResult], n: int, pick: Any) -> list[int]:
@@ -52,55 +49,6 @@ def _series_sum(results: Sequence[ChannelResult], n: int, pick: Any) -> list[int
 
 def _hourly(values: list[int], per_hour: int) -> list[int]:
     return [sum(values[k : k + per_hour]) for k in range(0, len(values), per_hour)]
-
-
-class BalanceChannel(Protocol):
-    @property
-    def id(self) -> str: ...
-    @property
-    def role(self) -> str: ...
-    @property
-    def source(self) -> str | None: ...
-    @property
-    def renewable(self) -> bool | None: ...
-
-
-def energy_balance(energy: Mapping[str, int], channels: Sequence[BalanceChannel]) -> dict[str, Any]:
-    """The site's energy balance from channel energies (channel id -> Wh; missing channels count 0).
-
-    The one place these formulas are written: the signed report and the live page's provisional
-    balance both call it, so the two can never disagree about what "consumption" means.
-    consumption = import + generation - export + discharge - charge (at the connection point), or the
-    metered consumption channels when the site has no grid meter.
-    """
-
-    def total(role: str) -> int:
-        return sum(energy.get(c.id, 0) for c in channels if c.role == role)
-
-    imp, exp, gen = total("grid_import"), total("grid_export"), total("generation")
-    charge, discharge = total("storage_charge"), total("storage_discharge")
-    ren = sum(energy.get(c.id, 0) for c in channels if c.role == "generation" and c.renewable)
-    has_grid = any(c.role in ("grid_import", "grid_export") for c in channels)
-    consumption = imp + gen - exp + discharge - charge if has_grid else total("consumption")
-    by_source: dict[str, int] = {}
-    for c in channels:
-        if c.role == "generation":
-            key = c.source or "other"
-            by_source[key] = by_source.get(key, 0) + energy.get(c.id, 0)
-    return {
-        "consumption_wh": consumption,
-        "metered_consumption_wh": total("consumption"),
-        "generation_wh": gen,
-        "generation_by_source_wh": dict(sorted(by_source.items())),
-        "renewable_generation_wh": ren,
-        "renewable_consumed_on_site_wh": max(0, ren - exp),
-        "grid_import_wh": imp,
-        "grid_export_wh": exp,
-        "storage_charge_wh": charge,
-        "storage_discharge_wh": discharge,
-        "auxiliary_wh": total("auxiliary"),
-        "self_consumption_wh": max(0, gen - exp),
-    }
 
 
 def site_indicators(
@@ -129,9 +77,8 @@ def site_indicators(
     go_applied = min(go_wh, imp)
 
     n = max((len(r.interval_wh) for r in results), default=0)
-    signs = {"grid_import": 1, "grid_export": -1, "generation": 1, "storage_discharge": 1, "storage_charge": -1}
     if has_grid:
-        load = _series_sum(results, n, lambda r: signs.get(r.spec.role, 0))
+        load = _series_sum(results, n, lambda r: LOAD_SIGN.get(r.spec.role, 0))
     else:
         load = _series_sum(results, n, lambda r: 1 if r.spec.role == "consumption" else 0)
     ren_iv = _series_sum(results, n, lambda r: 1 if r.spec.role == "generation" and r.spec.renewable else 0)

@@ -21,14 +21,15 @@ import json
 import os
 import time
 import zipfile
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
+from drivers.errors import GiaError
 from gateway import __version__
 from gateway.certification import bundle
-from gateway.certification.compute import ChannelResult, ChannelSpec, Params, Series, compute_channel, night_flags
+from gateway.certification.compute import ChannelResult, Params, Series, compute_channel, night_flags
 from gateway.certification.exact import iso_ms
 from gateway.certification.periods import BadMonth, Period, month_period, shift_month
 from gateway.certification.report import assemble, evidence_summary, period_json
@@ -36,57 +37,46 @@ from gateway.certification.signing import KeyStore, canonical, public_pem
 from gateway.certification.source import LedgerSource
 from gateway.settings import Settings
 
+if TYPE_CHECKING:
+    from gateway.site.resolve import Site
 
-class ReportError(Exception):
+
+class ReportError(GiaError):
     """Base of every error the service raises; the message is fit for an API `detail`."""
+
+    http_status = 500
+    error_code = "report_error"
 
 
 class UnknownSite(ReportError):
     """The site id is not this gateway's site (HTTP 404)."""
 
+    exit_code = 2
+    http_status = 404
+    error_code = "unknown_site"
+
 
 class MalformedMonth(ReportError, ValueError):
     """The month is not YYYY-MM (HTTP 400)."""
+
+    exit_code = 2
+    http_status = 400
+    error_code = "bad_month"
 
 
 class MonthInFuture(ReportError):
     """The month has not started yet (HTTP 400)."""
 
+    exit_code = 2
+    http_status = 400
+    error_code = "month_in_future"
+
 
 class LedgerUnavailable(ReportError):
     """The ledger file is missing or unreadable (HTTP 503)."""
 
-
-def channel_specs(settings: Settings, *, base_dir: Path | None = None) -> list[ChannelSpec]:
-    """The metering channels from `devices[].channels`, with register moduli from the device maps."""
-    from drivers.maps import map_moduli
-
-    return specs_for_devices(settings.devices, map_moduli(settings.devices, base_dir=base_dir))
-
-
-def specs_for_devices(devices: Sequence[Any], moduli: Mapping[tuple[str, str], int]) -> list[ChannelSpec]:
-    """The one place the channel rules live (the report, the live balance and forecasting use them):
-    ids default to '<device>.<role>'; a channel's own register modulus wins over its map's (a wrapping
-    counter must not be read as a meter reset); CT/VT multipliers and capacities come along.
-    """
-    out = []
-    for dev in devices:
-        for ch in dev.channels:
-            out.append(
-                ChannelSpec(
-                    id=ch.id or f"{dev.id}.{ch.role}",
-                    role=ch.role,
-                    device=dev.id,
-                    quantity=ch.quantity,
-                    serial=getattr(dev, "serial", None),
-                    multiplier=ch.multiplier,
-                    register_modulus_wh=getattr(ch, "register_modulus_wh", None) or moduli.get((dev.id, ch.quantity)),
-                    rated_power_w=round(rated) if (rated := getattr(ch, "rated_power_w", None)) is not None else None,
-                    source=ch.source,
-                    renewable=ch.renewable,
-                )
-            )
-    return out
+    http_status = 503
+    error_code = "ledger_unavailable"
 
 
 @dataclass(slots=True)
@@ -102,12 +92,12 @@ class ReportService:
     def __init__(
         self,
         settings: Settings,
+        site: Site,
         ledger_path: Path | None = None,
         keys_dir: Path | None = None,
         *,
         reports_dir: Path | None = None,
         now_ms: Callable[[], int] | None = None,
-        base_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         self.ledger_path = Path(ledger_path) if ledger_path is not None else settings.ledger_path
@@ -121,7 +111,7 @@ class ReportService:
             else settings.data_dir / "reports"
         )
         self._now_ms = now_ms or (lambda: time.time_ns() // 1_000_000)
-        self.specs = channel_specs(settings, base_dir=base_dir)
+        self.specs = list(site.channels)
         c = settings.certification
         loc = settings.site.location
         self.params = Params(
@@ -251,10 +241,6 @@ class ReportService:
             yield bundle.EVENTS, events()
         yield bundle.PUBLIC_KEY, [public_pem(self.keys.public_key()).encode()]
         yield bundle.README, [bundle.README_TEXT.encode()]
-
-    def evidence_files(self, site: str, month: str) -> dict[str, bytes]:
-        """The bundle in memory (tests, small months); the API and the CLI stream it instead."""
-        return {name: b"".join(chunks) for name, chunks in self._evidence_parts(site, month)}
 
     def write_evidence_zip(self, site: str, month: str, out: IO[bytes]) -> None:
         """Write the bundle as a reproducible zip to `out`, streaming (bounded memory)."""

@@ -22,14 +22,17 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from drivers.errors import GiaError
 from gateway.certification.exact import assert_no_float
 
 ALG: Final = "Ed25519"
 KEY_FILE: Final = "site-ed25519.pem"
 
 
-class KeyFileError(Exception):
+class KeyFileError(GiaError):
     """A key file is unusable (wrong type, unreadable, too open)."""
+
+    exit_code = 2
 
 
 def canonical(obj: Any) -> bytes:

@@ -1,10 +1,10 @@
-"""Read-only access to the ledger file for certification (raw SQL, no writes, no Entry objects).
+"""Certification's view of the ledger: readings as the method's `Series`, meter replacements as records.
 
-Why raw SQL instead of `Ledger.series`: a month of 10-second readings is ~260 k rows per channel, and
-building a dataclass per row costs more than the whole computation. This module opens its own read-only
-connection (WAL readers never block the agent's writer) and returns parallel integer lists. Filters are
-those of the method: kept (not pruned), quality `good`, integer values, and `seq <= max_seq` so a report
-is reproducible from the ledger as it was at build time even after later appends.
+The SQL lives with the schema in `gateway.ledger.store.Ledger` (one reader of the ledger); this adapter
+only turns its rows into the method's types. It opens its own read-only connection (WAL readers never
+block the agent's writer, and never run on its thread). Filters are those of the method: kept (not
+pruned), quality `good`, integer values, and `seq <= max_seq` so a report is reproducible from the
+ledger as it was at build time even after later appends.
 
 Meter replacements are ledger events (`kind="meter_replacement"`) written by `record_meter_replacement`.
 """
@@ -12,7 +12,6 @@ Meter replacements are ledger events (`kind="meter_replacement"`) written by `re
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -20,55 +19,31 @@ from typing import Any, Final
 
 from drivers.model import to_ms
 from gateway.certification.compute import Replacement, Series
-from gateway.ledger.store import GENESIS, Ledger
+from gateway.ledger.store import Ledger
 
 REPLACEMENT: Final = "meter_replacement"
-_GOOD: Final = "pruned = 0 AND quality = 'good' AND typeof(value) = 'integer' AND seq <= ?"
 
 
 class LedgerSource:
     def __init__(self, path: Path) -> None:
         if not Path(path).exists():
             raise FileNotFoundError(f"ledger {path} does not exist (has the agent run yet?)")
-        self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        self._db.execute("PRAGMA busy_timeout = 5000")
+        self.ledger = Ledger(path, readonly=True)
 
     def close(self) -> None:
-        self._db.close()
+        self.ledger.close()
 
     def head(self) -> tuple[int, bytes]:
-        row = self._db.execute("SELECT seq, hash FROM readings ORDER BY seq DESC LIMIT 1").fetchone()
-        return (int(row[0]), bytes(row[1])) if row else (0, GENESIS)
+        return self.ledger.head
 
     def events_head(self) -> tuple[int, bytes] | None:
-        """(id, chain hash) of the last ledger event; None for a schema-1 ledger the agent has not yet
-        migrated (its events carry no chain, so a report cannot commit to one)."""
-        try:
-            row = self._db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
-        except sqlite3.OperationalError:
-            return None
-        if row is None:
-            return (0, GENESIS)
-        return (int(row[0]), bytes(row[1])) if row[1] is not None else None
+        return self.ledger.events_head()
 
     def events_rows(self, max_id: int) -> Iterator[tuple[int, int, str, str | None, str, bytes]]:
-        """Every event up to `max_id` with its chain hash, in chain order (for the evidence bundle)."""
-        for eid, ts_ms, kind, device, detail, h in self._db.execute(
-            "SELECT id, ts_ms, kind, device, detail, hash FROM events WHERE id <= ? ORDER BY id", (max_id,)
-        ):
-            yield int(eid), int(ts_ms), str(kind), device, str(detail), bytes(h)
-
-    def hash_at(self, seq: int) -> bytes:
-        if seq <= 0:
-            return GENESIS
-        row = self._db.execute("SELECT hash FROM readings WHERE seq = ?", (seq,)).fetchone()
-        if row is None:
-            raise KeyError(seq)
-        return bytes(row[0])
+        return self.ledger.events_rows(max_id)
 
     def first_counter_ms(self) -> int | None:
-        row = self._db.execute("SELECT min(ts_ms) FROM readings WHERE counter = 1 AND pruned = 0").fetchone()
-        return int(row[0]) if row and row[0] is not None else None
+        return self.ledger.first_counter_ms()
 
     def series(
         self, device: str, quantity: str, start_ms: int, end_ms: int, *, margin_ms: int, max_seq: int
@@ -76,29 +51,15 @@ class LedgerSource:
         """Good readings in [start - margin, end + margin) plus the nearest good one outside on each side,
         and the number of kept but unusable readings (not good, or not an integer) inside [start, end)."""
         lo, hi = start_ms - margin_ms, end_ms + margin_ms
-        # one pass over the range: the quality filter is applied here, not in SQL, so the same scan also
-        # counts the unusable readings for the meter-status rule (a second COUNT query costs a full scan)
-        rows = self._db.execute(
-            "SELECT ts_ms, value, seq, hash, quality = 'good' AND typeof(value) = 'integer' FROM readings"
-            " WHERE device = ? AND quantity = ? AND ts_ms >= ? AND ts_ms < ? AND pruned = 0 AND seq <= ?"
-            " ORDER BY ts_ms, seq",
-            (device, quantity, lo, hi, max_seq),
-        ).fetchall()
-        ok = [r[4] for r in rows]
+        # one pass over the range: the usable flag comes with each row, so the same scan also counts the
+        # unusable readings for the meter-status rule (a second COUNT query costs a full scan)
+        rows: list[Any] = self.ledger.register_rows(device, quantity, lo, hi, max_seq=max_seq)
         bad = 0
-        if 0 in ok:
+        if any(not r[4] for r in rows):
             bad = sum(1 for r in rows if not r[4] and start_ms <= r[0] < end_ms)
             rows = [r for r in rows if r[4]]
-        before = self._db.execute(
-            f"SELECT ts_ms, value, seq, hash FROM readings WHERE device = ? AND quantity = ? AND ts_ms < ?"
-            f" AND {_GOOD} ORDER BY ts_ms DESC, seq DESC LIMIT 1",
-            (device, quantity, lo, max_seq),
-        ).fetchone()
-        after = self._db.execute(
-            f"SELECT ts_ms, value, seq, hash FROM readings WHERE device = ? AND quantity = ? AND ts_ms >= ?"
-            f" AND {_GOOD} ORDER BY ts_ms, seq LIMIT 1",
-            (device, quantity, hi, max_seq),
-        ).fetchone()
+        before = self.ledger.usable_register_row(device, quantity, lo, before=True, max_seq=max_seq)
+        after = self.ledger.usable_register_row(device, quantity, hi, before=False, max_seq=max_seq)
         if before is not None:
             rows.insert(0, before)
         if after is not None:
@@ -106,30 +67,20 @@ class LedgerSource:
         series = Series([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
         return series, bad
 
-    def bad_count(self, device: str, quantity: str, start_ms: int, end_ms: int, *, max_seq: int) -> int:
-        row = self._db.execute(
-            "SELECT count(*) FROM readings WHERE device = ? AND quantity = ? AND ts_ms >= ? AND ts_ms < ?"
-            " AND pruned = 0 AND seq <= ? AND (quality != 'good' OR typeof(value) != 'integer')",
-            (device, quantity, start_ms, end_ms, max_seq),
-        ).fetchone()
-        return int(row[0])
-
     def replacements(self, *, until_ms: int | None = None) -> list[Replacement]:
         """Every recorded meter replacement register pair, sorted by time."""
         out: list[Replacement] = []
-        for eid, ts_ms, device, detail in self._db.execute(
-            "SELECT id, ts_ms, device, detail FROM events WHERE kind = ? ORDER BY ts_ms, id", (REPLACEMENT,)
-        ):
-            if until_ms is not None and ts_ms > until_ms:
+        for event in self.ledger.events(kind=REPLACEMENT):
+            if until_ms is not None and event.ts_ms > until_ms:
                 continue
             try:
-                d = json.loads(detail)
+                d = json.loads(event.detail)
                 for quantity, pair in sorted(d["registers"].items()):
                     out.append(
                         Replacement(
-                            event_id=int(eid),
-                            ts_ms=int(ts_ms),
-                            device=str(device),
+                            event_id=event.id,
+                            ts_ms=event.ts_ms,
+                            device=str(event.device),
                             quantity=str(quantity),
                             closing_wh=int(pair["closing_wh"]),
                             opening_wh=int(pair["opening_wh"]),
@@ -139,6 +90,7 @@ class LedgerSource:
                     )
             except (ValueError, KeyError, TypeError, AttributeError):
                 continue  # a malformed event is ignored here; the resulting decrease is flagged as a reset
+        out.sort(key=lambda r: (r.ts_ms, r.event_id))
         return out
 
     def evidence_rows(
@@ -149,26 +101,10 @@ class LedgerSource:
         if bounds is None:
             return
         t0, s0, t1, s1 = bounds
-        cur = self._db.execute(
-            "SELECT r.seq, r.ts_ms, r.value, r.unit, r.quality, r.hash, p.hash FROM readings r"
-            " LEFT JOIN readings p ON p.seq = r.seq - 1"
-            " WHERE r.device = ? AND r.quantity = ? AND r.ts_ms >= ? AND r.ts_ms <= ?"
-            " AND r.pruned = 0 AND r.quality = 'good' AND typeof(r.value) = 'integer' AND r.seq <= ?"
-            " ORDER BY r.ts_ms, r.seq",
-            (device, quantity, t0, t1, max_seq),
-        )
-        for seq, ts_ms, value, unit, quality, h, prev in cur:
-            if (ts_ms, seq) < (t0, s0) or (ts_ms, seq) > (t1, s1):
+        for row in self.ledger.usable_rows_with_prev_hash(device, quantity, t0, t1, max_seq=max_seq):
+            if (row[1], row[0]) < (t0, s0) or (row[1], row[0]) > (t1, s1):
                 continue
-            yield (
-                int(seq),
-                int(ts_ms),
-                int(value),
-                str(unit),
-                str(quality),
-                bytes(h),
-                bytes(prev) if prev is not None else GENESIS,
-            )
+            yield row
 
 
 def record_meter_replacement(

@@ -35,10 +35,10 @@ from typing import Any
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from drivers.errors import GiaError
 from gateway.certification import bundle
 from gateway.certification.compute import (
     ChannelResult,
-    ChannelSpec,
     Params,
     Replacement,
     Series,
@@ -54,12 +54,13 @@ from gateway.certification.report import (
     site_indicators,
 )
 from gateway.certification.signing import KeyFileError, load_public_pem, verify_signature
+from gateway.site.channels import ChannelSpec
 
-_GENESIS_HEX = "00" * 32
 
-
-class Unusable(Exception):
+class Unusable(GiaError):
     """The input cannot be verified at all (exit 2)."""
+
+    exit_code = 2
 
 
 @dataclass(frozen=True, slots=True)

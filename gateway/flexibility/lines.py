@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from gateway.flexibility.plan import Plan
 from gateway.flexibility.signal import LEVEL_CODE, FlexSignal
-from gateway.sinks.lineprotocol import FieldValue, format_line
+from gateway.sinks.influx.lineprotocol import FieldValue, format_line
 
 MEASUREMENT = "flex"
 

@@ -8,7 +8,7 @@ each interval (hysteresis across updates) and the shiftable energy its earlier p
 The latest outputs are swapped in as one immutable snapshot, so readers on another thread (the HTTP API,
 the MQTT outbox) never see half an update.
 
-Wiring (gateway/forecasts.py, ForecastRunner): every forecast refresh and at least every `resolution_s`:
+Wiring (gateway/forecasts/runner.py, ForecastRunner): every forecast refresh and at least every `resolution_s`:
 
     signal = await asyncio.to_thread(flex.update, forecasts, now, soc_pct, levels=readings)
     for topic, payload in flex.mqtt_messages(topics).items(): outbox.put(topic, payload)
@@ -47,7 +47,7 @@ from gateway.flexibility.signal import (
 from gateway.flexibility.signal import (
     levels as level_series,
 )
-from gateway.sinks.topics import Topics
+from gateway.sinks.mqtt.topics import Topics
 
 
 @dataclass(frozen=True)

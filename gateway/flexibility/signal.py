@@ -195,12 +195,6 @@ class FlexSignal:
         """True when the signal rests on current forecasts (not a neutral fallback)."""
         return not self.reason
 
-    def level_at(self, ts: datetime) -> Level:
-        for iv in self.intervals:
-            if iv.start <= ts < iv.end:
-                return iv.level
-        return "neutral"
-
     def to_payload(self) -> dict[str, Any]:
         """The contract's JSON for `gia/{site}/flex/signal` and GET /api/v1/flexibility."""
         return {

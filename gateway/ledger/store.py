@@ -32,7 +32,8 @@ from typing import Any, Final
 
 import rfc8785
 
-from drivers.model import Quality, Sample, Value, from_ms, is_counter, to_ms
+from drivers.errors import GiaError
+from drivers.model import Quality, Sample, Value, is_counter, to_ms
 
 GENESIS: Final = bytes(32)
 SCHEMA_VERSION: Final = 2
@@ -79,8 +80,22 @@ class Entry:
     hash: bytes
     pruned: bool = False
 
-    def to_sample(self) -> Sample:
-        return Sample(self.device, self.quantity, self.value, self.unit, from_ms(self.ts_ms), self.quality)
+
+@dataclass(frozen=True, slots=True)
+class Poll:
+    """The entries of one poll of one device: consecutive entries with the same (device, ts).
+
+    A poll is appended contiguously and read back as this one unit, so every consumer (an InfluxDB
+    point, an MQTT state message) sees it whole, and nobody regroups flattened entries.
+    """
+
+    device: str
+    ts_ms: int
+    entries: tuple[Entry, ...]
+
+    @property
+    def last_seq(self) -> int:
+        return self.entries[-1].seq
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +176,11 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
 _MIGRATIONS: Final = {1: _migrate_1_to_2}
 
 
-class LedgerError(Exception):
+class LedgerError(GiaError):
     """The ledger file is unusable (corrupt, wrong schema, chain broken): the message says what to do."""
+
+    http_status = 503
+    error_code = "ledger_unavailable"
 
 
 class Ledger:
@@ -227,6 +245,10 @@ class Ledger:
 
     def close(self) -> None:
         self._db.close()
+
+    def refresh_head(self) -> None:
+        """Re-read the head (a read-only connection's view moves on as the writer commits)."""
+        self._head_seq, self._head_hash = self._load_head()
 
     # -- writing ------------------------------------------------------------------------------------
     @property
@@ -361,6 +383,25 @@ class Ledger:
         )
         return [self._entry(r) for r in rows]
 
+    def read_polls_after(self, seq: int, limit: int = 1000) -> list[Poll]:
+        """Whole polls with entries after `seq`, oldest first, about `limit` entries in all.
+
+        A poll cut by the limit is left for the next call, unless it is the only one: a poll larger than
+        the limit comes in parts, each written downstream as the same point (InfluxDB merges the fields of
+        one point; an MQTT state carries the part). Pruned entries are skipped.
+        """
+        entries = self.read_after(seq, limit)
+        polls: list[Poll] = []
+        run: list[Entry] = []
+        for e in entries:
+            if run and (run[0].device != e.device or run[0].ts_ms != e.ts_ms):
+                polls.append(Poll(run[0].device, run[0].ts_ms, tuple(run)))
+                run = []
+            run.append(e)
+        if run and (len(entries) < limit or not polls):
+            polls.append(Poll(run[0].device, run[0].ts_ms, tuple(run)))
+        return polls
+
     def series(self, device: str, quantity: str, start_ms: int, end_ms: int) -> list[Entry]:
         """Kept entries of one series with start_ms <= ts < end_ms, in time order."""
         rows = self._db.execute(
@@ -401,12 +442,86 @@ class Ledger:
             seq = int(rows[-1][0])
 
     def hash_at(self, seq: int) -> bytes:
-        if seq == 0:
+        """The chain hash after entry `seq` (GENESIS for seq <= 0); KeyError when there is no such entry."""
+        if seq <= 0:
             return GENESIS
         row = self._db.execute("SELECT hash FROM readings WHERE seq = ?", (seq,)).fetchone()
         if row is None:
             raise KeyError(seq)
         return bytes(row[0])
+
+    # -- what certification reads (plain tuples: a month of 10-s readings is ~260 k rows per channel,
+    #    and building a dataclass per row costs more than the whole computation) --------------------
+    def register_rows(
+        self, device: str, quantity: str, start_ms: int, end_ms: int, *, max_seq: int
+    ) -> list[tuple[int, Any, int, bytes, int]]:
+        """(ts_ms, value, seq, hash, usable) of kept readings in [start_ms, end_ms) with seq <= max_seq, in
+        (ts, seq) order; `usable` is 1 for a good integer reading (what the method may use), else 0."""
+        return self._db.execute(
+            "SELECT ts_ms, value, seq, hash, quality = 'good' AND typeof(value) = 'integer' FROM readings"
+            " WHERE device = ? AND quantity = ? AND ts_ms >= ? AND ts_ms < ? AND pruned = 0 AND seq <= ?"
+            " ORDER BY ts_ms, seq",
+            (device, quantity, start_ms, end_ms, max_seq),
+        ).fetchall()
+
+    def usable_register_row(
+        self, device: str, quantity: str, ts_ms: int, *, before: bool, max_seq: int
+    ) -> tuple[int, int, int, bytes] | None:
+        """(ts_ms, value, seq, hash) of the nearest usable reading before `ts_ms` (or at/after it)."""
+        where = "ts_ms < ? ORDER BY ts_ms DESC, seq DESC" if before else "ts_ms >= ? ORDER BY ts_ms, seq"
+        row = self._db.execute(
+            "SELECT ts_ms, value, seq, hash FROM readings WHERE device = ? AND quantity = ? AND pruned = 0"
+            f" AND quality = 'good' AND typeof(value) = 'integer' AND seq <= ? AND {where} LIMIT 1",
+            (device, quantity, max_seq, ts_ms),
+        ).fetchone()
+        return (int(row[0]), int(row[1]), int(row[2]), bytes(row[3])) if row else None
+
+    def usable_rows_with_prev_hash(
+        self, device: str, quantity: str, first_ms: int, last_ms: int, *, max_seq: int
+    ) -> Iterator[tuple[int, int, int, str, str, bytes, bytes]]:
+        """(seq, ts_ms, value, unit, quality, hash, previous entry's hash) of usable readings in
+        [first_ms, last_ms], in (ts, seq) order: the evidence bundle's lines."""
+        cur = self._db.execute(
+            "SELECT r.seq, r.ts_ms, r.value, r.unit, r.quality, r.hash, p.hash FROM readings r"
+            " LEFT JOIN readings p ON p.seq = r.seq - 1"
+            " WHERE r.device = ? AND r.quantity = ? AND r.ts_ms >= ? AND r.ts_ms <= ?"
+            " AND r.pruned = 0 AND r.quality = 'good' AND typeof(r.value) = 'integer' AND r.seq <= ?"
+            " ORDER BY r.ts_ms, r.seq",
+            (device, quantity, first_ms, last_ms, max_seq),
+        )
+        for seq, ts_ms, value, unit, quality, h, prev in cur:
+            yield (
+                int(seq),
+                int(ts_ms),
+                int(value),
+                str(unit),
+                str(quality),
+                bytes(h),
+                bytes(prev) if prev is not None else GENESIS,
+            )
+
+    def first_counter_ms(self) -> int | None:
+        """The time of the oldest kept energy-register reading (None when there is none)."""
+        row = self._db.execute("SELECT min(ts_ms) FROM readings WHERE counter = 1 AND pruned = 0").fetchone()
+        return int(row[0]) if row and row[0] is not None else None
+
+    def events_head(self) -> tuple[int, bytes] | None:
+        """(id, chain hash) of the last event; (0, GENESIS) when there is none; None for a schema-1 ledger
+        not yet migrated (its events carry no chain, so a report cannot commit to one)."""
+        try:
+            row = self._db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        except sqlite3.OperationalError:
+            return None
+        if row is None:
+            return (0, GENESIS)
+        return (int(row[0]), bytes(row[1])) if row[1] is not None else None
+
+    def events_rows(self, max_id: int) -> Iterator[tuple[int, int, str, str | None, str, bytes]]:
+        """Every event up to `max_id` with its chain hash, in chain order (for the evidence bundle)."""
+        for eid, ts_ms, kind, device, detail, h in self._db.execute(
+            "SELECT id, ts_ms, kind, device, detail, hash FROM events WHERE id <= ? ORDER BY id", (max_id,)
+        ):
+            yield int(eid), int(ts_ms), str(kind), device, str(detail), bytes(h)
 
     def newest_ts_ms(self) -> int | None:
         """The latest reading time in the ledger (kept entries): time must not run back past it."""

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
-from gateway.ledger.store import Entry
+from drivers.errors import GiaError
+from gateway.ledger.store import Poll
 
 
 class Sink(Protocol):
@@ -27,8 +28,8 @@ class Sink(Protocol):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None: ...
 
-    async def send(self, entries: Sequence[Entry]) -> None:
-        """Deliver entries (oldest first) and return only once the receiver acknowledged them.
+    async def send(self, polls: Sequence[Poll]) -> None:
+        """Deliver whole polls (oldest first) and return only once the receiver acknowledged them.
 
         Raise `SinkError` (transient: the forwarder retries with backoff, reconnecting via a new context)
         or `SinkRejected` (the receiver refused the data itself: logged, counted, skipped after retries).
@@ -36,9 +37,9 @@ class Sink(Protocol):
         ...
 
 
-class SinkError(Exception):
+class SinkError(GiaError):
     """Transient failure (connection refused, timeout, 5xx, 429): retry later from the same cursor."""
 
 
-class SinkRejected(Exception):
+class SinkRejected(SinkError):
     """The receiver refused this batch as such (400 bad data, 413 too large): split or skip, and count it."""

@@ -12,6 +12,7 @@ from drivers.model import Sample
 from gateway.certification.service import ReportService
 from gateway.ledger.store import Ledger
 from gateway.settings import Settings, SiteConfig
+from gateway.site.resolve import resolve_site
 
 RIGA = "Europe/Riga"
 # March 2025 in Riga: 2025-02-28T22:00Z .. 2025-03-31T21:00Z (743 h, DST starts 30 March)
@@ -79,7 +80,7 @@ def settings(
 
 
 def service(s: Settings, *, now: datetime = datetime(2025, 6, 1, tzinfo=UTC)) -> ReportService:
-    return ReportService(s, now_ms=lambda: ms(now))
+    return ReportService(s, resolve_site(s, base_dir=Path.cwd()), now_ms=lambda: ms(now))
 
 
 def constant_400w(k: int, ts: datetime) -> int:

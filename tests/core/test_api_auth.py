@@ -10,7 +10,7 @@ import pytest
 from drivers.model import Sample
 from gateway.api.app import ApiServices, create_app
 from gateway.api.auth import Authenticator, Principal, TokenEntry
-from gateway.live import LiveState
+from gateway.runtime.live import LiveState
 
 VIEWER = "v" * 40
 CERT = "c" * 40

@@ -17,13 +17,10 @@ from drivers.model import to_ms
 from gateway.api.app import ApiServices, create_app
 from gateway.api.auth import Authenticator, Principal, TokenEntry
 from gateway.certification.service import (
-    LedgerUnavailable,
-    MalformedMonth,
-    MonthInFuture,
     ReportService,
-    UnknownSite,
 )
-from gateway.live import LiveState
+from gateway.runtime.live import LiveState
+from gateway.site.resolve import resolve_site
 from tests.certification.helpers import MARCH_END, MARCH_START, channel, device, make_ledger, register_samples, settings
 
 CERT = "c" * 40
@@ -36,7 +33,9 @@ def client(tmp_path: Path) -> httpx.AsyncClient:
         s.ledger_path,
         register_samples("grid", "energy_import_wh", MARCH_START, MARCH_END, value=lambda k, _ts: 1_000_000 + 250 * k),
     ).close()
-    service = ReportService(s, now_ms=lambda: to_ms(datetime(2025, 4, 15, tzinfo=UTC)))
+    service = ReportService(
+        s, resolve_site(s, base_dir=Path.cwd()), now_ms=lambda: to_ms(datetime(2025, 4, 15, tzinfo=UTC))
+    )
     services = ApiServices(
         site="s1",
         live=LiveState(),
@@ -46,12 +45,6 @@ def client(tmp_path: Path) -> httpx.AsyncClient:
             [TokenEntry(CERT.encode(), Principal("cert", frozenset({"certifier"}), frozenset({"s1"})))],
             anonymous_viewer_on_loopback=False,
         ),
-        report_errors=[
-            (UnknownSite, 404, "unknown_site"),
-            (MalformedMonth, 400, "bad_month"),
-            (MonthInFuture, 400, "month_in_future"),
-            (LedgerUnavailable, 503, "ledger_unavailable"),
-        ],
     )
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=create_app(services)),

@@ -17,8 +17,8 @@ import yaml
 
 from drivers.maps import load_map
 from drivers.sim.server import SimServer
-from gateway.backup import acquire_agent_lock
 from gateway.ledger.store import Ledger
+from gateway.runtime.backup import acquire_agent_lock
 from tests.core.test_agent_e2e import get_json, meter_values, wait_for
 from tests.servers import free_port
 
@@ -132,7 +132,7 @@ def test_restore_refuses_a_tampered_ledger(tmp_path: Path) -> None:
 
 
 def test_lock_is_exclusive(tmp_path: Path) -> None:
-    from gateway.backup import BackupError, agent_running
+    from gateway.runtime.backup import BackupError, agent_running
 
     lock = acquire_agent_lock(tmp_path)
     try:

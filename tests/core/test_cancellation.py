@@ -16,12 +16,13 @@ from pathlib import Path
 
 from drivers.base import SharedConnection
 from drivers.model import Sample
-from gateway.clock import WallClock
-from gateway.forwarder import Forwarder
-from gateway.ledger.store import Entry, Ledger
+from gateway.devices.poller import DevicePoller
+from gateway.ledger.reader import LedgerReader
+from gateway.ledger.store import Ledger, Poll
 from gateway.ledger.writer import LedgerWriter
-from gateway.live import LiveState
-from gateway.poller import DevicePoller
+from gateway.runtime.clock import WallClock
+from gateway.runtime.live import LiveState
+from gateway.sinks.forwarder import Forwarder
 
 SWALLOW = {"on": True}  # switched off to end a loop that did not stop, so a failing test ends too
 
@@ -90,7 +91,7 @@ class SwallowingSink(SharedConnection):  # nothing to open or close, as a driver
         self.sent = 0
         self.in_send = asyncio.Event()
 
-    async def send(self, entries: Sequence[Entry]) -> None:
+    async def send(self, polls: Sequence[Poll]) -> None:
         self.sent += 1
         self.in_send.set()
         await _swallow_cancellation(0.05)
@@ -103,7 +104,8 @@ async def test_forwarder_stops_although_its_sink_swallowed_the_cancellation(tmp_
     )
     writer = LedgerWriter(ledger, commit_interval_s=0.05, max_batch=100, max_queue=100)
     sink = SwallowingSink()
-    fw = Forwarder(sink_factory=lambda: sink, name="swallow", writer=writer, clock=WallClock())
+    reader = LedgerReader(tmp_path / "ledger.db")
+    fw = Forwarder(sink_factory=lambda: sink, name="swallow", writer=writer, reader=reader, clock=WallClock())
     writer_task = asyncio.create_task(writer.run())
     task = asyncio.create_task(fw.run())
     try:
@@ -114,4 +116,5 @@ async def test_forwarder_stops_although_its_sink_swallowed_the_cancellation(tmp_
     finally:
         writer_task.cancel()
         await asyncio.gather(writer_task, return_exceptions=True)
+        reader.close()
         writer.close()

@@ -18,8 +18,8 @@ import yaml
 from drivers.maps import load_map
 from drivers.model import Quality, Sample
 from drivers.sim.server import SimServer
-from gateway.clockguard import RELEASE_FLOOR, ClockGuard
 from gateway.ledger.store import Ledger
+from gateway.runtime.clockguard import RELEASE_FLOOR, ClockGuard
 from tests.core.test_agent_e2e import get_json, wait_for
 from tests.servers import free_port
 

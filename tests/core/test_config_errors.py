@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.settings import ConfigError, load_settings
+from gateway.settings import ConfigError, load_config
 
 TOKEN = "a" * 40
 
@@ -67,7 +67,7 @@ def mutate(path: str, value: Any) -> dict[str, Any]:
 
 
 def test_good_config_loads(tmp_path: Path) -> None:
-    s = load_settings(write(tmp_path, GOOD))
+    s = load_config(write(tmp_path, GOOD)).settings
     assert s.site.id == "riga-north" and len(s.devices) == 2
     assert s.data_dir == tmp_path / "data"  # relative to the file, not the working directory
     assert s.influxdb is not None and s.influxdb.token_value() == "t" * 20
@@ -105,7 +105,7 @@ MISTAKES = [
 @pytest.mark.parametrize(("path", "value", "field", "words"), MISTAKES, ids=[m[0] + "=" + str(m[1]) for m in MISTAKES])
 def test_each_mistake_names_field_and_fix(tmp_path: Path, path: str, value: Any, field: str, words: str) -> None:
     with pytest.raises(ConfigError) as info:
-        load_settings(write(tmp_path, mutate(path, value)))
+        load_config(write(tmp_path, mutate(path, value)))
     lines = [str(p) for p in info.value.problems]
     matching = [line for line in lines if line.startswith(field)]
     assert matching, lines
@@ -117,14 +117,14 @@ def test_all_problems_reported_at_once(tmp_path: Path) -> None:
     cfg["devices"][1]["unit_id"] = -1
     cfg["mqtt"]["url"] = "nope"
     with pytest.raises(ConfigError) as info:
-        load_settings(write(tmp_path, cfg))
+        load_config(write(tmp_path, cfg))
     assert len(info.value.problems) >= 3
 
 
 def test_env_overrides_file_and_secrets_stay_secret(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = mutate("influxdb.token", None)
     monkeypatch.setenv("GIA_INFLUXDB__TOKEN", "from-env-token")
-    s = load_settings(write(tmp_path, cfg))
+    s = load_config(write(tmp_path, cfg)).settings
     assert s.influxdb is not None and s.influxdb.token_value() == "from-env-token"
     assert "from-env-token" not in repr(s)
 
@@ -161,5 +161,5 @@ def test_wrong_shapes_are_problems_not_tracebacks(tmp_path: Path) -> None:
     """Found by the config fuzzer: `channels: true` crashed the raw device checks."""
     for path, value in [("devices.0.channels", True), ("devices.0", "grid"), ("devices", {"id": "x"})]:
         with pytest.raises(ConfigError) as info:
-            load_settings(write(tmp_path, mutate(path, value)))
+            load_config(write(tmp_path, mutate(path, value)))
         assert info.value.problems

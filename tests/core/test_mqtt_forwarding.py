@@ -15,14 +15,16 @@ import aiomqtt
 import pytest
 
 from drivers.model import Quality, Sample
-from gateway.clock import WallClock
-from gateway.forwarder import Forwarder
+from gateway.ledger.reader import LedgerReader
 from gateway.ledger.store import Ledger
 from gateway.ledger.writer import LedgerWriter
-from gateway.live import LiveState
+from gateway.runtime.clock import WallClock
+from gateway.runtime.live import LiveState
 from gateway.settings import MqttConfig, MqttTls
 from gateway.sinks.base import Sink
-from gateway.sinks.mqtt import MqttSink, RetainedOutbox
+from gateway.sinks.forwarder import Forwarder
+from gateway.sinks.mqtt.sink import MqttSink
+from gateway.sinks.outbox import LatestOutbox
 from tests.servers import MosquittoBroker, find_binary
 
 pytestmark = pytest.mark.mosquitto
@@ -43,11 +45,12 @@ class Harness:
     def __init__(self, tmp: Path, broker: MosquittoBroker, **mqtt: object) -> None:
         self.ledger = Ledger(tmp / "ledger.db")
         self.writer = LedgerWriter(self.ledger, commit_interval_s=0.05, max_batch=1000, max_queue=10_000)
+        self.reader = LedgerReader(tmp / "ledger.db")
         self.live = LiveState.for_devices({"grid": "meter", "pv": "inverter"})
         self.cfg = MqttConfig.model_validate({"url": broker.url, "client_id": "gia-test", "timeout_s": 3, **mqtt})
 
         def factory() -> Sink:
-            return MqttSink(self.cfg, site="test", live=self.live, outbox=RetainedOutbox())
+            return MqttSink(self.cfg, site="test", live=self.live, outbox=LatestOutbox())
 
         async def side(sink: Sink) -> None:
             assert isinstance(sink, MqttSink)
@@ -57,6 +60,7 @@ class Harness:
             sink_factory=factory,
             name="mqtt",
             writer=self.writer,
+            reader=self.reader,
             clock=WallClock(),
             side_tasks=[side],
             max_backoff_s=1.0,
@@ -70,6 +74,7 @@ class Harness:
         for t in self.tasks:
             t.cancel()
         await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.reader.close()
         self.writer.close()
 
     async def wait_forwarded(self, seq: int, timeout: float = 20.0) -> None:
@@ -157,13 +162,13 @@ async def test_wrong_password_is_reported_and_nothing_is_lost(tmp_path: Path, mo
 
 async def test_homeassistant_discovery_announces_and_removes(tmp_path: Path, mosquitto_fresh: MosquittoBroker) -> None:
     from drivers.maps import load_map
-    from gateway.sinks.homeassistant import device_from_map
+    from gateway.sinks.mqtt.discovery import device_from_map
 
     sdm = load_map("eastron-sdm630")
     both = [device_from_map("grid", sdm), device_from_map("pv", sdm)]
     cfg = MqttConfig.model_validate({"url": mosquitto_fresh.url, "homeassistant_discovery": True, "client_id": "ha"})
     live = LiveState.for_devices({"grid": "meter", "pv": "meter"})
-    async with MqttSink(cfg, site="test", live=live, outbox=RetainedOutbox(), discovery=both):
+    async with MqttSink(cfg, site="test", live=live, outbox=LatestOutbox(), discovery=both):
         pass
     topics = {
         line.split(" ", 1)[0] for line in retained(mosquitto_fresh, "homeassistant/sensor/+/+/config", 200, wait_s=1)
@@ -177,7 +182,7 @@ async def test_homeassistant_discovery_announces_and_removes(tmp_path: Path, mos
     config = json.loads(config_line.split(" ", 1)[1])
     assert config["state_class"] == "total_increasing" and config["state_topic"] == "gia/test/grid/state"
     # pv leaves the configuration: its sensors are removed (empty retained payloads clear them).
-    async with MqttSink(cfg, site="test", live=live, outbox=RetainedOutbox(), discovery=both[:1]):
+    async with MqttSink(cfg, site="test", live=live, outbox=LatestOutbox(), discovery=both[:1]):
         pass
     topics = {
         line.split(" ", 1)[0] for line in retained(mosquitto_fresh, "homeassistant/sensor/+/+/config", 200, wait_s=1)

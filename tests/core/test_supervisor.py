@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.supervisor import PartState, Supervisor
+from gateway.runtime.supervisor import PartState, Supervisor
 
 
 async def test_a_failing_part_restarts_alone_and_reports_it() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway import systemd
+from gateway.runtime import systemd
 
 
 def test_notify_reaches_the_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from drivers.base import BusyError, Driver, PermanentError, TransientError
 from drivers.config import ModbusDeviceConfig, parse_connection
-from drivers.factory import create_driver, device_class_of
+from drivers.factory import create_driver, device_class_of, device_map
 from drivers.maps import bundled_maps, load_map, parse_map
 from drivers.modbus.bus import BusPool
 from drivers.modbus.driver import ModbusDriver
@@ -172,8 +172,9 @@ async def test_many_units_share_one_bus(sim_factory: SimFactory, tmp_path: Path)
         drivers = []
         for unit in (1, 2, 3):
             cfg = ModbusDeviceConfig(id=f"m{unit}", connection=server.listen, unit_id=unit, map="eastron-sdm630")
-            drivers.append(create_driver(cfg, pool=pool, base_dir=tmp_path))
-            assert device_class_of(cfg, base_dir=tmp_path) == "meter"
+            rmap = device_map(cfg, base_dir=tmp_path)
+            drivers.append(create_driver(cfg, register_map=rmap, pool=pool))
+            assert device_class_of(cfg, rmap) == "meter"
         assert len(pool.buses) == 1
         for d in drivers:
             assert len(await d.read(TS)) == 16
@@ -184,13 +185,13 @@ def test_factory_rejects_unknown_options_and_mqtt(tmp_path: Path) -> None:
 
     cfg = ModbusDeviceConfig(id="m", connection="tcp://127.0.0.1:1502", map="eastron-sdm630", options={"colour": 1})
     with pytest.raises(PermanentError, match=r"options\.colour"):
-        create_driver(cfg, pool=BusPool(), base_dir=tmp_path)
+        create_driver(cfg, register_map=device_map(cfg, base_dir=tmp_path), pool=BusPool())
     mq = MqttDeviceConfig(id="q", driver="mqtt", topic="tele/x/SENSOR", profile="tasmota-sml")
     with pytest.raises(PermanentError, match="MQTT devices need a broker"):
-        create_driver(mq, pool=BusPool(), base_dir=tmp_path)
+        create_driver(mq, register_map=None, pool=BusPool())
     bad = ModbusDeviceConfig(id="m", connection="tcp://127.0.0.1:1502", map="nosuch")
     with pytest.raises(PermanentError, match="no bundled map"):
-        create_driver(bad, pool=BusPool(), base_dir=tmp_path)
+        device_map(bad, base_dir=tmp_path)
 
 
 async def test_counter_rollover_is_reported_not_hidden(sim_factory: SimFactory) -> None:

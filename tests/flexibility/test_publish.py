@@ -14,7 +14,7 @@ from s2python.pebc import PEBCInstruction, PEBCPowerConstraints
 from s2python.s2_parser import S2Parser
 
 from gateway.flexibility.service import FlexibilityService
-from gateway.sinks.topics import Topics
+from gateway.sinks.mqtt.topics import Topics
 from tests.servers import InfluxDB1, MosquittoBroker, find_binary
 
 from .helpers import NOW, START, config, forecasts

@@ -6,9 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from bench.replay import NoiseModel, SiteSeries, hourly_means, simulate
 from drivers.sim.site import PV_PEAK_W, TIMEZONE, WIND_RATED_W, DemoSite
 from gateway.flexibility.config import FlexibilityConfig
-from gateway.flexibility.replay import NoiseModel, SiteSeries, hourly_means, simulate
 
 DAYS = 7
 

@@ -12,7 +12,7 @@ from s2python.s2_parser import S2Parser
 from gateway.flexibility.config import Thresholds
 from gateway.flexibility.service import FlexibilityService
 from gateway.flexibility.signal import combine, levels
-from gateway.sinks.topics import Topics
+from gateway.sinks.mqtt.topics import Topics
 
 from .helpers import NOW, START, config, forecast, forecasts
 

@@ -30,7 +30,7 @@ def alive(pids: set[int]) -> set[int]:
 
 
 def training_children(parent: int) -> set[int]:
-    """PIDs of `gateway.forecast_training` processes whose parent is `parent` (from /proc)."""
+    """PIDs of `gateway.forecasts.training` processes whose parent is `parent` (from /proc)."""
     out = set()
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
@@ -38,7 +38,7 @@ def training_children(parent: int) -> set[int]:
             cmdline = (status.parent / "cmdline").read_bytes()
         except (OSError, StopIteration):
             continue
-        if int(ppid.split()[1]) == parent and b"gateway.forecast_training" in cmdline:
+        if int(ppid.split()[1]) == parent and b"gateway.forecasts.training" in cmdline:
             out.add(int(status.parent.name))
     return out
 

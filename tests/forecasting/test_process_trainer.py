@@ -1,4 +1,4 @@
-"""Training in a child process (`gateway.forecast_training`): the agent's model arrives from the child,
+"""Training in a child process (`gateway.forecasts.training`): the agent's model arrives from the child,
 and a stopping agent kills a running training at once instead of waiting for the fit to end.
 
 Real child processes over a ledger filled by the demo's backfill; no broker or device needed.
@@ -15,11 +15,10 @@ from typing import Any
 import pytest
 
 from drivers.sim.site import DemoSite
-from gateway.api.summary import channels_from_devices, moduli_from_maps
 from gateway.demo import DemoOptions, backfill, write_config, write_weather
-from gateway.forecast_training import CANCELLED, ProcessTrainer, build_service
+from gateway.forecasts.training import CANCELLED, ProcessTrainer, build_service
 from gateway.ledger.store import Ledger
-from gateway.settings import load_settings
+from gateway.settings import load_config
 
 pytestmark = [pytest.mark.slow]
 
@@ -37,9 +36,8 @@ def demo_site(tmp_path: Path, days: float) -> tuple[Any, list[Any], datetime]:
     )
     urls = {d: f"tcp://127.0.0.1:{1 + i}" for i, d in enumerate(("grid", "hall-a", "hall-b", "pv", "wind", "battery"))}
     config = write_config(DemoOptions(tmp_path, backfill_days=days), urls, weather=weather)
-    settings = load_settings(config)
-    channels = channels_from_devices(settings.devices, map_moduli=moduli_from_maps(settings.devices, base_dir=tmp_path))
-    return settings, channels, now
+    cfg = load_config(config)
+    return cfg.settings, list(cfg.site.channels), now
 
 
 def test_model_trained_in_a_child_is_used_and_stop_kills_a_running_training(tmp_path: Path) -> None:

@@ -23,8 +23,9 @@ from gateway.api.app import ApiServices, create_app  # noqa: E402
 from gateway.api.auth import Authenticator, Principal, TokenEntry  # noqa: E402
 from gateway.certification.service import ReportService  # noqa: E402
 from gateway.ledger.store import Ledger  # noqa: E402
-from gateway.live import LiveState  # noqa: E402
+from gateway.runtime.live import LiveState  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
+from gateway.site.resolve import resolve_site  # noqa: E402
 from tests.fuzz.budget import LONG  # noqa: E402
 
 TOKEN = "fuzz-certifier-token-0123456789"
@@ -43,7 +44,9 @@ def _app(tmp: Path) -> Any:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     led.append(Sample("m", "energy_import_wh", 1000 * i, "Wh", t0 + timedelta(minutes=15 * i)) for i in range(3000))
     led.close()
-    reports = ReportService(s, now_ms=lambda: int(datetime(2026, 3, 5, tzinfo=UTC).timestamp() * 1000), base_dir=tmp)
+    reports = ReportService(
+        s, resolve_site(s, base_dir=tmp), now_ms=lambda: int(datetime(2026, 3, 5, tzinfo=UTC).timestamp() * 1000)
+    )
     auth = Authenticator(
         [TokenEntry(TOKEN.encode(), Principal("c", frozenset({"certifier", "viewer"}), frozenset({"fz"})))],
         anonymous_viewer_on_loopback=False,

@@ -1,6 +1,6 @@
 """Fuzzing the config loader: random YAML documents and mutations of a good config.
 
-Property: `load_settings` returns Settings or raises ConfigError whose problems each name a field path
+Property: `load_config` returns the settings or raises ConfigError whose problems each name a field path
 and a fix: never another exception (the operator would get a traceback instead of `gia check-config`'s
 one line per problem).
 """
@@ -16,7 +16,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.settings import ConfigError, Settings, load_settings
+from gateway.settings import ConfigError, Settings, load_config
 from tests.fuzz.budget import examples
 
 GOOD: dict[str, Any] = {
@@ -80,7 +80,7 @@ def _load(tmp: Path, text: str, *, one_line: bool = False) -> None:
     cfg.write_text(text)
     problems = None
     try:
-        settings = load_settings(cfg)
+        settings = load_config(cfg).settings
     except ConfigError as exc:
         problems = exc.problems
     if problems is None:
@@ -105,7 +105,7 @@ def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_good_config_loads(tmp_path: Path) -> None:
     cfg = tmp_path / "gia.yaml"
     cfg.write_text(yaml.safe_dump(GOOD))
-    assert load_settings(cfg).site.id == "fuzz"
+    assert load_config(cfg).site.id == "fuzz"
 
 
 @examples(150)
@@ -183,7 +183,7 @@ def test_regression_config_not_utf8(tmp_path: Path) -> None:
     cfg.write_bytes(b"site: {id: \xff\xfe}\n")
     problems = None
     try:
-        load_settings(cfg)
+        load_config(cfg)
     except ConfigError as exc:
         problems = exc.problems
     assert problems

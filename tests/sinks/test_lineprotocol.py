@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.sinks.lineprotocol import (
+from gateway.sinks.influx.lineprotocol import (
     FieldValue,
     escape_key,
     escape_measurement,

@@ -16,7 +16,7 @@ import pytest
 
 from drivers.maps import load_map
 from drivers.model import QUANTITIES
-from gateway.sinks.homeassistant import (
+from gateway.sinks.mqtt.discovery import (
     HA_SENSORS,
     DiscoveryContext,
     DiscoveryDevice,
@@ -28,7 +28,7 @@ from gateway.sinks.homeassistant import (
     sensor_from_topic,
     state_class,
 )
-from gateway.sinks.topics import Topics
+from gateway.sinks.mqtt.topics import Topics
 from tests.servers import MosquittoBroker, find_binary
 
 # -- what Home Assistant documents --------------------------------------------------------------------

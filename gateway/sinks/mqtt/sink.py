@@ -27,11 +27,11 @@ from paho.mqtt.enums import MQTTErrorCode
 from drivers.cancel import raise_if_cancelling
 from drivers.model import Quality, from_ms, iso_utc
 from gateway import __version__
-from gateway.ledger.store import Entry
-from gateway.live import LiveState
+from gateway.ledger.store import Entry, Poll
+from gateway.runtime.live import LiveState
 from gateway.settings import MqttConfig
 from gateway.sinks.base import SinkError
-from gateway.sinks.homeassistant import (
+from gateway.sinks.mqtt.discovery import (
     DiscoveryContext,
     DiscoveryDevice,
     discovery_messages,
@@ -39,8 +39,8 @@ from gateway.sinks.homeassistant import (
     sensor_from_topic,
     subscription_topic,
 )
+from gateway.sinks.mqtt.topics import Topics
 from gateway.sinks.outbox import LatestOutbox
-from gateway.sinks.topics import Topics
 
 log = logging.getLogger(__name__)
 
@@ -66,21 +66,6 @@ def state_payload(entries: Sequence[Entry]) -> dict[str, Any]:
     return payload
 
 
-def group_by_reading(entries: Sequence[Entry]) -> list[list[Entry]]:
-    """Consecutive entries of the same (device, ts) form one state message."""
-    groups: list[list[Entry]] = []
-    for e in entries:
-        if groups and groups[-1][0].device == e.device and groups[-1][0].ts_ms == e.ts_ms:
-            groups[-1].append(e)
-        else:
-            groups.append([e])
-    return groups
-
-
-class RetainedOutbox(LatestOutbox[str, bytes]):
-    """Latest payload per topic for retained live values; published on every (re)connect and on change."""
-
-
 def tls_context(cfg: MqttConfig) -> ssl.SSLContext | None:
     if not cfg.tls_enabled:
         return None
@@ -101,7 +86,7 @@ class MqttSink:
         *,
         site: str,
         live: LiveState,
-        outbox: RetainedOutbox,
+        outbox: LatestOutbox[str, bytes],
         discovery: Sequence[DiscoveryDevice] = (),
     ) -> None:
         self.batch_size = 1000  # bounded catch-up memory, as the InfluxDB sink (settings.InfluxConfig)
@@ -113,7 +98,7 @@ class MqttSink:
         self._outbox = outbox
         self.topics = Topics.for_site(cfg.prefix, site)
         parts = urlsplit(cfg.url)
-        quiet = logging.getLogger("gateway.sinks.mqtt.paho")
+        quiet = logging.getLogger("gateway.sinks.mqtt.sink.paho")
         quiet.setLevel(logging.ERROR)  # paho warns on every publish beyond 10 pending: noise, not news
         self._client = aiomqtt.Client(
             parts.hostname or "127.0.0.1",
@@ -203,14 +188,12 @@ class MqttSink:
             except aiomqtt.MqttError as exc:
                 raise SinkError(f"MQTT publish to {topic} failed: {exc}") from None
 
-    async def send(self, entries: Sequence[Entry]) -> None:
+    async def send(self, polls: Sequence[Poll]) -> None:
         async with asyncio.TaskGroup() as tg:
             pending = []
-            for group in group_by_reading(entries):
-                body = json.dumps(state_payload(group), separators=(",", ":")).encode()
-                pending.append(
-                    tg.create_task(self._publish(self.topics.state(group[0].device), body, qos=self._cfg.qos))
-                )
+            for poll in polls:
+                body = json.dumps(state_payload(poll.entries), separators=(",", ":")).encode()
+                pending.append(tg.create_task(self._publish(self.topics.state(poll.device), body, qos=self._cfg.qos)))
                 # Publishes keep order per topic: paho sends in call order and the semaphore only caps
                 # how many wait for their acknowledgement at once.
                 await asyncio.sleep(0)

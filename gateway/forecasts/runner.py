@@ -1,14 +1,10 @@
-"""Forecasting and flexibility inside the agent: history from the ledger, work off the loop, publication.
+"""Forecasting and flexibility inside the agent: the rounds that predict, then update the signal.
 
-The forecasting package knows nothing of the ledger; `LedgerHistory` adapts it. History is the mean
-power of the site's flows per interval computed from energy-register advances (the same arithmetic as
-the live balance and the monthly report), so a forecast is compared with what certification will count:
-target `load` is the site's consumption, `wind`/`pv` its wind/PV generation. Each read opens its own
-read-only SQLite connection in the worker thread: training on a year of history never blocks commits.
-
-One supervised part runs the rounds: train when due (nightly by default), predict every target, then
-update the flexibility signal; every result goes to MQTT (retained), the API, and InfluxDB. scikit-learn
-is imported only here and only when forecasting is enabled, so an agent without it stays small.
+History comes from the ledger through `gateway.forecasts.history.LedgerHistory`; models are trained in a
+child process (`gateway.forecasts.training`). One supervised part runs the rounds: train when due
+(nightly by default), predict every target, then update the flexibility signal; every result goes to
+MQTT (retained), the API, and InfluxDB. scikit-learn is imported only in the forecasting package and only
+when forecasting is enabled, so an agent without it stays small.
 """
 
 from __future__ import annotations
@@ -19,45 +15,23 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-from drivers.model import from_ms, to_ms
+from drivers.model import to_ms
+from forecasting.config import ForecastingConfig
 from forecasting.types import Forecast
-from gateway.clock import Clock, next_aligned
-from gateway.ledger.store import Ledger
-from gateway.live import LiveState
+from gateway.rooms import Part, Room, Services
+from gateway.runtime.clock import Clock, next_aligned
+from gateway.runtime.live import LiveState
 from gateway.settings import Settings
-from gateway.sinks.lineprotocol import format_line
+from gateway.sinks.influx.lineprotocol import format_line
+from gateway.sinks.mqtt.topics import Topics
 from gateway.sinks.outbox import LatestOutbox
-from gateway.sinks.topics import Topics
+from gateway.site.resolve import Site
 
 log = logging.getLogger(__name__)
 
-#: forecast target -> the site flow (gateway/api/summary.py) it forecasts
-TARGET_FLOW = {"load": "consumption", "wind": "generation_wind", "pv": "generation_pv"}
 ROUND_S = 900  # a round every quarter of an hour (forecast and signal refresh)
-
-
-class LedgerHistory:
-    """`forecasting.types.HistorySource` over the ledger's energy registers."""
-
-    def __init__(self, ledger_path: Path, channels: Sequence[Any]) -> None:
-        self._path = ledger_path
-        self._channels = list(channels)
-
-    def values(self, series: str, start: datetime, end: datetime, resolution_s: int) -> list[tuple[datetime, float]]:
-        from gateway.api.summary import flow_history
-
-        if not self._path.exists():
-            return []
-        led = Ledger(self._path, readonly=True)
-        try:
-            hist = flow_history(self._channels, led, start_ms=to_ms(start), end_ms=to_ms(end), step_s=resolution_s)
-        finally:
-            led.close()
-        flow = hist["flows"].get(TARGET_FLOW.get(series, series), [])
-        return [(from_ms(ts), float(v)) for ts, v in zip(hist["ts"], flow, strict=False) if v is not None]
 
 
 def forecast_lines(site: str, fc: Forecast) -> list[str]:
@@ -88,6 +62,7 @@ class ForecastRunner:
     _topics: Topics | None = None
 
     def __post_init__(self) -> None:
+        # the flexibility service lives inside the rounds: every forecast refresh updates its signal
         prefix = self.settings.mqtt.prefix if self.settings.mqtt else "gia/{site}"
         self._topics = Topics.for_site(prefix, self.settings.site.id)
         if self.settings.flexibility.enabled:
@@ -119,7 +94,7 @@ class ForecastRunner:
         return out
 
     def _service(self) -> Any:
-        from gateway.forecast_training import ProcessTrainer, build_service
+        from gateway.forecasts.training import ProcessTrainer, build_service
 
         return build_service(self.settings, self.channels, trainer=ProcessTrainer(self.settings, self.channels))
 
@@ -191,3 +166,24 @@ class ForecastRunner:
             except Exception as exc:  # a failed retraining keeps the current model; say so, go on
                 self.last_error = f"{target}: {type(exc).__name__}: {exc}"
                 log.exception("forecast %s: retraining failed", target)
+
+
+async def parts(site: Site, services: Services) -> Sequence[Part]:
+    """The forecasting room (sections `forecasting` and `flexibility`): one part running the rounds."""
+    s = services.settings
+    if not (s.forecasting.enabled or s.flexibility.enabled):
+        return []
+    runner = ForecastRunner(
+        settings=s,
+        clock=services.clock,
+        live=services.live,
+        channels=site.channels,
+        mqtt_outbox=services.retained if s.mqtt is not None else None,
+        influx_outbox=services.influx_extras if s.influxdb is not None else None,
+    )
+    services.providers.forecast = runner.forecast_payload
+    services.providers.flexibility = runner.flex_payload
+    return [Part("forecasting", runner.run)]
+
+
+ROOM = Room("forecasting", parts, section="forecasting", config=ForecastingConfig)

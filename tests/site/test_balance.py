@@ -15,20 +15,31 @@ from hypothesis import strategies as st
 from drivers.model import Quality, Sample, to_ms
 from gateway.api.app import ApiServices, create_app
 from gateway.api.auth import Authenticator
-from gateway.api.summary import (
-    Channel,
-    channels_from_devices,
-    energy_balance,
+from gateway.api.summary_routes import add_summary_routes
+from gateway.ledger.store import Ledger
+from gateway.runtime.live import LiveState
+from gateway.site.balance import (
     energy_summary,
     flow_history,
     indicators,
-    moduli_from_maps,
     period_starts,
+    register_balance,
     site_layout,
 )
-from gateway.api.summary_routes import add_summary_routes
-from gateway.ledger.store import Ledger
-from gateway.live import LiveState
+from gateway.site.channels import ChannelSpec, channel_specs
+
+
+def Channel(
+    id: str,
+    device: str,
+    quantity: str,
+    role: str,
+    source: str | None = None,
+    renewable: bool | None = None,
+    modulus: int | None = None,
+) -> ChannelSpec:
+    return ChannelSpec(id, role, device, quantity, source=source, renewable=renewable, register_modulus_wh=modulus)
+
 
 T0 = datetime(2026, 3, 10, 0, 0, tzinfo=UTC)
 CHANNELS = [
@@ -77,7 +88,7 @@ def fill(ledger: Ledger, *, hours: int, step_min: int = 15) -> None:
 
 def test_balance_from_register_advances(ledger: Ledger) -> None:
     fill(ledger, hours=12)
-    b = energy_balance(CHANNELS, ledger, start_ms=to_ms(T0), end_ms=to_ms(T0 + timedelta(hours=10)))
+    b = register_balance(CHANNELS, ledger, start_ms=to_ms(T0), end_ms=to_ms(T0 + timedelta(hours=10)))
     i = b["indicators"]
     assert i["grid_import_wh"] == 1_000_000
     assert i["grid_export_wh"] == 0
@@ -94,7 +105,7 @@ def test_partial_missing_and_decreasing_registers_are_flagged(ledger: Ledger) ->
     t = T0 + timedelta(hours=4, minutes=15)
     later = t + timedelta(minutes=1)
     ledger.append([sample("grid", "energy_import_wh", 5, t), sample("grid", "energy_import_wh", None, later)])
-    b = energy_balance(
+    b = register_balance(
         [*CHANNELS, Channel("ghost.consumption", "ghost", "energy_import_wh", "consumption")],
         ledger,
         start_ms=to_ms(T0 - timedelta(hours=1)),
@@ -111,7 +122,7 @@ def test_partial_missing_and_decreasing_registers_are_flagged(ledger: Ledger) ->
 
 def test_stale_closing_reading(ledger: Ledger) -> None:
     fill(ledger, hours=2)
-    b = energy_balance(CHANNELS, ledger, start_ms=to_ms(T0), end_ms=to_ms(T0 + timedelta(hours=3)))
+    b = register_balance(CHANNELS, ledger, start_ms=to_ms(T0), end_ms=to_ms(T0 + timedelta(hours=3)))
     assert {r["status"] for r in b["channels"]} == {"stale"}
 
 
@@ -150,19 +161,22 @@ def test_channels_from_the_demo_config() -> None:
 
     from drivers.sim.site import demo_devices
     from gateway.demo import DemoOptions, write_config
-    from gateway.settings import load_settings
+    from gateway.settings import load_config
 
     with tempfile.TemporaryDirectory() as d:
         urls = {dev.id: f"tcp://127.0.0.1:{15020 + i}" for i, dev in enumerate(demo_devices())}
-        settings = load_settings(write_config(DemoOptions(Path(d)), urls))
-        moduli = moduli_from_maps(settings.devices, base_dir=Path(d))
-        chans = channels_from_devices(settings.devices, map_moduli=moduli)
+        chans = list(load_config(write_config(DemoOptions(Path(d)), urls)).site.channels)
     by_id = {c.id: c for c in chans}
-    assert by_id["grid.grid_import"].modulus is None
+    assert by_id["grid.grid_import"].register_modulus_wh is None
     assert by_id["battery.storage_charge"].role == "storage_charge"
     # A map that declares a wrapping register (Victron's 16-bit 0.1 kWh counters) gives its modulus.
-    victron = SimpleNamespace(id="bat", map="victron-gx")
-    assert moduli_from_maps([victron], base_dir=Path("."))[("bat", "energy_import_wh")] == 6_553_600
+    from gateway.settings import Settings
+    from gateway.site.resolve import resolve_site
+
+    victron = {"id": "bat", "driver": "modbus", "connection": "tcp://127.0.0.1:502", "map": "victron-gx",
+               "channels": [{"role": "storage_charge", "quantity": "energy_import_wh"}]}  # fmt: skip
+    site = resolve_site(Settings(site={"id": "s"}, devices=[victron]), base_dir=Path("."))
+    assert site.channels[0].register_modulus_wh == 6_553_600
     assert by_id["wind.generation"].source == "wind" and by_id["wind.generation"].renewable
     layout = site_layout(chans, {"wind": "wind_turbine"})
     assert layout["wind"]["flow"] == "generation"  # not "auxiliary", its second channel
@@ -228,5 +242,5 @@ def test_namespace_devices_work_too() -> None:
         channels=[SimpleNamespace(id=None, role="consumption", quantity="energy_import_wh", source=None,
                                   renewable=None, multiplier=2, register_modulus_wh=None)],
     )  # fmt: skip
-    (ch,) = channels_from_devices([dev])
+    (ch,) = channel_specs([dev], {})
     assert ch.id == "m1.consumption" and ch.multiplier == 2 and not ch.renewable

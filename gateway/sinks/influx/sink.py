@@ -45,15 +45,14 @@ from typing import Any, Final, Protocol, Self
 
 from drivers.cancel import raise_if_cancelling
 from drivers.model import QUANTITIES, Quality, QuantityKind
-from gateway.ledger.store import Entry
+from gateway.ledger.store import Poll
 from gateway.settings import InfluxConfig
 from gateway.sinks.base import SinkError, SinkRejected
-from gateway.sinks.lineprotocol import escape_key, escape_measurement, format_float, format_int, format_string
+from gateway.sinks.influx.lineprotocol import escape_key, escape_measurement, format_float, format_int, format_string
 from gateway.sinks.outbox import LatestOutbox
 
 log = logging.getLogger(__name__)
 
-DEVICE_CLASSES: Final = ("meter", "inverter", "wind_turbine", "battery")
 _INT_KINDS: Final = (QuantityKind.COUNTER, QuantityKind.STATE)
 _RANK: Final = {q: q.rank for q in Quality}
 _QUALITY_BY_RANK: Final = {q.rank: f"quality={format_string(q.value)}" for q in Quality}
@@ -118,28 +117,19 @@ class InfluxSink:
             self._fields[quantity] = f
         return f
 
-    def lines(self, entries: Sequence[Entry]) -> list[str]:
-        """One line per (device, ts) group, in order of first appearance. Pure: no I/O.
+    def lines(self, polls: Sequence[Poll]) -> list[str]:
+        """One line per poll, in order. Pure: no I/O.
 
-        Within a group a later entry of the same quantity wins (a replay is identical anyway).
+        Within a poll a later entry of the same quantity wins (a replay is identical anyway).
         """
-        groups: dict[tuple[str, int], dict[str, Entry]] = {}
-        for e in entries:
-            if e.pruned:
-                continue
-            key = (e.device, e.ts_ms)
-            g = groups.get(key)
-            if g is None:
-                groups[key] = {e.quantity: e}
-            else:
-                g[e.quantity] = e
         # The hot loop of the sink (~0.5 us per entry on a laptop core): locals, no per-value calls on
         # the common path (a float quantity holding a float).
         fields, field, prefix, rank = self._fields, self._field, self._prefix, _RANK
         out: list[str] = []
-        for (device, ts_ms), group in groups.items():
+        for poll in polls:
             worst = 0
             parts: list[str] = []
+            group = {e.quantity: e for e in poll.entries}
             for quantity, e in group.items():
                 r = rank[e.quality]
                 if r > worst:
@@ -156,8 +146,7 @@ class InfluxSink:
                 else:
                     parts.append(f[0] + self._value(v, f[1]))
             parts.append(_QUALITY_BY_RANK[worst])
-            p = prefix(device)
-            out.append(f"{p}{','.join(parts)} {ts_ms}")
+            out.append(f"{prefix(poll.device)}{','.join(parts)} {poll.ts_ms}")
         return out
 
     @staticmethod
@@ -188,11 +177,11 @@ class InfluxSink:
             return _V1Transport(self.config)
         return _V2Transport(self.config)
 
-    async def send(self, entries: Sequence[Entry]) -> None:
-        """Write the entries' points; returns once InfluxDB acknowledged them (HTTP 204)."""
+    async def send(self, polls: Sequence[Poll]) -> None:
+        """Write the polls' points; returns once InfluxDB acknowledged them (HTTP 204)."""
         if self._transport is None:
             raise RuntimeError("InfluxSink.send outside 'async with'")
-        lines = self.lines(entries)
+        lines = self.lines(polls)
         if not lines:
             return
         # The HTTP clients block: run the requests in a worker thread so polling never stalls.

@@ -22,9 +22,9 @@ from functools import partial
 from pathlib import Path
 
 from drivers.model import to_ms
-from gateway.clock import Clock
 from gateway.ledger.store import Ledger
 from gateway.ledger.writer import LedgerWriter
+from gateway.runtime.clock import Clock
 
 log = logging.getLogger(__name__)
 

@@ -1,48 +1,36 @@
-"""Energy balance for the web page: today and this month so far, and recent site flows, from registers.
+"""The site's energy arithmetic: the balance formulas and register advances over the ledger.
 
 Why registers and not integrated live power: a period's energy is the advance of each channel's
-cumulative register between the period start and now (the certification rule, see
-gateway/certification), so the page's "this month" converges to the signed report instead of drifting
-away from it, and a page opened at 15:00 knows the morning without having watched it. The same rule
-gives the flow history: the mean power over an interval is register advance / interval length.
+cumulative register between the period's start and its end (the certification rule), so the page's
+"this month" converges to the signed report instead of drifting away from it, and a page opened at
+15:00 knows the morning without having watched it. The same rule gives the flow history: the mean
+power over an interval is register advance / interval length, which is what forecasting learns from.
 
-Everything here is a pure function over a `RegisterLookup` (the `Ledger` satisfies it structurally):
-no I/O of its own, no clock. The agent runs it on the ledger's thread (`LedgerWriter.call`), never on
-the event loop. These figures are *provisional*: no boundary interpolation, no VEE; the signed monthly
-report is the authority, and the page says so.
+`energy_balance` is the one place the balance formulas are written (the signed report, the live page
+and forecasting history all call it). The rest are pure functions over a `RegisterLookup` (a ledger
+reader satisfies it structurally): no I/O of their own, no clock. Standard library only.
 
-Indicator formulas follow gateway/certification/report.py (`site_indicators`):
-consumption = import + generation - export + discharge - charge (when a grid meter exists, else the
-sum of consumption meters); renewable share = max(0, renewable generation - export) / consumption.
+Energy balance conventions (certification.md, "Site indicators"):
+
+* consumption = grid import + generation - grid export + storage discharge - storage charge when the site
+  has grid channels; otherwise the sum of `consumption` channels;
+* self-consumption = generation - export (same connection point, never below 0);
+* renewable energy consumed on site = renewable generation - export, never below 0: exports are counted
+  as renewable first, the conservative choice for a renewable share.
+
+Figures from `register_balance` are *provisional*: no boundary interpolation, no VEE; the signed monthly
+report is the authority.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from pathlib import Path
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo
 
 from drivers.model import from_ms, iso_utc, to_ms
-
-Flow = Literal["grid", "generation", "consumption", "storage", "auxiliary"]
-
-#: A channel's role -> the site flow it belongs to and its sign in that flow (grid: + import,
-#: storage: + discharge, as drivers/model.py defines power signs).
-ROLE_FLOW: Final[dict[str, tuple[Flow, int]]] = {
-    "grid_import": ("grid", 1),
-    "grid_export": ("grid", -1),
-    "generation": ("generation", 1),
-    "consumption": ("consumption", 1),
-    "storage_discharge": ("storage", 1),
-    "storage_charge": ("storage", -1),
-    "auxiliary": ("auxiliary", 1),
-}
-
-#: How far back to look for an invalid-free register reading before giving up on a boundary.
-_MAX_INVALID_SKIPS: Final = 20
+from gateway.site.channels import ROLE_FLOW, ChannelSpec
 
 
 class _EntryLike(Protocol):
@@ -61,63 +49,60 @@ class RegisterLookup(Protocol):
     def first_at_or_after(self, device: str, quantity: str, ts_ms: int) -> _EntryLike | None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Channel:
-    """One metering channel with its role in the site balance (from the device config)."""
-
-    id: str
-    device: str
-    quantity: str
-    role: str
-    source: str | None = None
-    renewable: bool = False
-    multiplier: int = 1
-    #: The register wraps at this value (Wh): advances are then summed over chunks short enough to hold
-    #: at most one wrap each.
-    modulus: int | None = None
-
-
-class _DeviceLike(Protocol):
+class BalanceChannel(Protocol):
     @property
     def id(self) -> str: ...
-
     @property
-    def channels(self) -> Sequence[Any]: ...
+    def role(self) -> str: ...
+    @property
+    def source(self) -> str | None: ...
+    @property
+    def renewable(self) -> bool | None: ...
 
 
-def channels_from_devices(
-    devices: Sequence[_DeviceLike], *, map_moduli: Mapping[tuple[str, str], int] | None = None
-) -> list[Channel]:
-    """The channels of `settings.devices`, by certification's own rules (ids, modulus precedence).
+def energy_balance(energy: Mapping[str, int], channels: Sequence[BalanceChannel]) -> dict[str, Any]:
+    """The site's energy balance from channel energies (channel id -> Wh; missing channels count 0).
 
-    `map_moduli`: (device, quantity) -> the wrap value of the register from its device map
-    (`moduli_from_maps`); a channel's own `register_modulus_wh` wins.
+    The one place these formulas are written: the signed report and the live page's provisional
+    balance both call it, so the two can never disagree about what "consumption" means.
+    consumption = import + generation - export + discharge - charge (at the connection point), or the
+    metered consumption channels when the site has no grid meter.
     """
-    from gateway.certification.service import specs_for_devices
 
-    return [
-        Channel(
-            id=s.id,
-            device=s.device,
-            quantity=s.quantity,
-            role=s.role,
-            source=s.source,
-            renewable=bool(s.renewable),
-            multiplier=s.multiplier,
-            modulus=s.register_modulus_wh,
-        )
-        for s in specs_for_devices(devices, map_moduli or {})
-    ]
+    def total(role: str) -> int:
+        return sum(energy.get(c.id, 0) for c in channels if c.role == role)
+
+    imp, exp, gen = total("grid_import"), total("grid_export"), total("generation")
+    charge, discharge = total("storage_charge"), total("storage_discharge")
+    ren = sum(energy.get(c.id, 0) for c in channels if c.role == "generation" and c.renewable)
+    has_grid = any(c.role in ("grid_import", "grid_export") for c in channels)
+    consumption = imp + gen - exp + discharge - charge if has_grid else total("consumption")
+    by_source: dict[str, int] = {}
+    for c in channels:
+        if c.role == "generation":
+            key = c.source or "other"
+            by_source[key] = by_source.get(key, 0) + energy.get(c.id, 0)
+    return {
+        "consumption_wh": consumption,
+        "metered_consumption_wh": total("consumption"),
+        "generation_wh": gen,
+        "generation_by_source_wh": dict(sorted(by_source.items())),
+        "renewable_generation_wh": ren,
+        "renewable_consumed_on_site_wh": max(0, ren - exp),
+        "grid_import_wh": imp,
+        "grid_export_wh": exp,
+        "storage_charge_wh": charge,
+        "storage_discharge_wh": discharge,
+        "auxiliary_wh": total("auxiliary"),
+        "self_consumption_wh": max(0, gen - exp),
+    }
 
 
-def moduli_from_maps(devices: Sequence[Any], *, base_dir: Path) -> dict[tuple[str, str], int]:
-    """(device, quantity) -> register modulus (Wh) declared by each Modbus device's map."""
-    from drivers.maps import map_moduli
-
-    return map_moduli(devices, base_dir=base_dir)
+#: How far back to look for an invalid-free register reading before giving up on a boundary.
+_MAX_INVALID_SKIPS: Final = 20
 
 
-def site_layout(channels: Sequence[Channel], device_classes: Mapping[str, str]) -> dict[str, dict[str, Any]]:
+def site_layout(channels: Sequence[ChannelSpec], device_classes: Mapping[str, str]) -> dict[str, dict[str, Any]]:
     """device id -> {class, flow, source}: how the page turns each device's live `power_w` into a site flow.
 
     A device's flow is that of its first channel role (a grid meter has import+export, a battery
@@ -166,16 +151,16 @@ def _first_reading(lookup: RegisterLookup, device: str, quantity: str, ts_ms: in
 WRAP_CHUNK_MS: Final = 6 * 3_600_000
 
 
-def _advance(lookup: RegisterLookup, ch: Channel, opening: tuple[int, int], closing: tuple[int, int]) -> int | None:
+def _advance(lookup: RegisterLookup, ch: ChannelSpec, opening: tuple[int, int], closing: tuple[int, int]) -> int | None:
     """Register advance (counts) between two readings; None when it went backwards without a modulus."""
-    if ch.modulus is None:
+    if ch.register_modulus_wh is None:
         diff = closing[1] - opening[1]
         return diff if diff >= 0 else None
     total, prev = 0, opening
     t = opening[0] + WRAP_CHUNK_MS
     while True:
         nxt = closing if t >= closing[0] else (_reading_at(lookup, ch.device, ch.quantity, t) or prev)
-        total += (nxt[1] - prev[1]) % ch.modulus
+        total += (nxt[1] - prev[1]) % ch.register_modulus_wh
         prev = nxt
         if nxt is closing:
             return total
@@ -186,13 +171,11 @@ def _ratio(num: int, den: int) -> float | None:
     return round(num / den, 4) if den > 0 else None
 
 
-def indicators(energy: Mapping[str, int], channels: Sequence[Channel]) -> dict[str, Any]:
+def indicators(energy: Mapping[str, int], channels: Sequence[ChannelSpec]) -> dict[str, Any]:
     """Site indicators from channel energies (channel id -> Wh); channels missing from `energy` count 0.
 
-    The balance is the signed report's own function; the page adds two provisional shares as floats.
+    The balance plus two provisional shares as floats (the page's; the signed report has its own).
     """
-    from gateway.certification.report import energy_balance
-
     out = energy_balance(energy, channels)
     consumption, imp = out["consumption_wh"], out["grid_import_wh"]
     out["renewable_share"] = _ratio(out["renewable_consumed_on_site_wh"], consumption)
@@ -200,8 +183,13 @@ def indicators(energy: Mapping[str, int], channels: Sequence[Channel]) -> dict[s
     return out
 
 
-def energy_balance(
-    channels: Sequence[Channel], lookup: RegisterLookup, *, start_ms: int, end_ms: int, stale_after_ms: int = 600_000
+def register_balance(
+    channels: Sequence[ChannelSpec],
+    lookup: RegisterLookup,
+    *,
+    start_ms: int,
+    end_ms: int,
+    stale_after_ms: int = 600_000,
 ) -> dict[str, Any]:
     """Register advance of every channel over [start_ms, end_ms] and the site indicators.
 
@@ -272,7 +260,7 @@ def period_starts(now: datetime, timezone: str) -> dict[str, datetime]:
 
 
 def energy_summary(
-    channels: Sequence[Channel],
+    channels: Sequence[ChannelSpec],
     lookup: RegisterLookup,
     *,
     site: str,
@@ -287,8 +275,8 @@ def energy_summary(
     """
     starts = period_starts(now, timezone)
     end_ms = to_ms(now)
-    today = energy_balance(channels, lookup, start_ms=to_ms(starts["today"]), end_ms=end_ms)
-    month = energy_balance(channels, lookup, start_ms=to_ms(starts["month"]), end_ms=end_ms)
+    today = register_balance(channels, lookup, start_ms=to_ms(starts["today"]), end_ms=end_ms)
+    month = register_balance(channels, lookup, start_ms=to_ms(starts["month"]), end_ms=end_ms)
     local_day = starts["today"]
     today["label"] = local_day.strftime("%Y-%m-%d")
     month["label"] = starts["month"].strftime("%Y-%m")
@@ -307,7 +295,7 @@ def energy_summary(
 
 
 def flow_history(
-    channels: Sequence[Channel], lookup: RegisterLookup, *, start_ms: int, end_ms: int, step_s: int = 900
+    channels: Sequence[ChannelSpec], lookup: RegisterLookup, *, start_ms: int, end_ms: int, step_s: int = 900
 ) -> dict[str, Any]:
     """Mean power of each site flow per interval, from register advances: the 'actual' beside a forecast.
 
@@ -336,9 +324,9 @@ def flow_history(
                 continue
             diff = b[1] - a[1]
             if diff < 0:
-                if ch.modulus is None:
+                if ch.register_modulus_wh is None:
                     continue
-                diff %= ch.modulus
+                diff %= ch.register_modulus_wh
             energy_per_interval[i][ch.id] = diff * ch.multiplier
     names = ["grid", "storage", "consumption", "generation"]
     sources = sorted({c.source or "other" for c in channels if c.role == "generation"})
@@ -360,18 +348,3 @@ def flow_history(
         for s in sources:
             flows[f"generation_{s}"].append(round(ind["generation_by_source_wh"].get(s, 0) / hours, 1))
     return {"ts": grid[:-1], "step_s": step_s, "flows": flows}
-
-
-__all__ = [
-    "ROLE_FLOW",
-    "Channel",
-    "RegisterLookup",
-    "channels_from_devices",
-    "energy_balance",
-    "energy_summary",
-    "flow_history",
-    "indicators",
-    "moduli_from_maps",
-    "period_starts",
-    "site_layout",
-]

@@ -18,9 +18,11 @@ from typing import Any
 from drivers.backoff import Backoff
 from drivers.cancel import raise_if_cancelling
 from drivers.model import to_ms
-from gateway.clock import Clock
-from gateway.ledger.store import Entry, Ledger
+from gateway.ledger.reader import LedgerReader
+from gateway.ledger.store import Ledger
 from gateway.ledger.writer import LedgerWriter
+from gateway.rooms import Part, Services
+from gateway.runtime.clock import Clock
 from gateway.sinks.base import Sink, SinkError, SinkRejected
 
 log = logging.getLogger(__name__)
@@ -39,22 +41,6 @@ class ForwarderHealth:
     #: what the loop is doing now: connecting, forwarding, retrying (in backoff); a sink stuck in one
     #: phase is visible in /healthz instead of only as a growing lag
     phase: str = "starting"
-
-
-def whole_groups(entries: list[Entry], *, full: bool) -> list[Entry]:
-    """Drop a trailing (device, ts) group that may continue past the batch, so no line is sent in halves.
-
-    A poll's samples are appended contiguously, so a group is a run of equal (device, ts). When the
-    batch was cut at its size limit, the last run may be incomplete; it is sent with the next batch.
-    A batch that is one single run is sent as it is (it cannot be made whole within the limit).
-    """
-    if not full or not entries:
-        return entries
-    last = (entries[-1].device, entries[-1].ts_ms)
-    i = len(entries)
-    while i > 0 and (entries[i - 1].device, entries[i - 1].ts_ms) == last:
-        i -= 1
-    return entries[:i] if i > 0 else entries
 
 
 SideTask = Callable[[Sink], Coroutine[Any, Any, None]]
@@ -76,6 +62,7 @@ class Forwarder:
         sink_factory: Callable[[], Sink],
         name: str,
         writer: LedgerWriter,
+        reader: LedgerReader,
         clock: Clock,
         side_tasks: Sequence[SideTask] = (),
         max_backoff_s: float = 10.0,
@@ -83,6 +70,7 @@ class Forwarder:
         self.name = name
         self._sink_factory = sink_factory
         self._writer = writer
+        self._reader = reader
         self._clock = clock
         self._side_tasks = side_tasks
         # Capped at 10 s, Telegraf's default flush interval: after a long outage the readings resume
@@ -90,8 +78,20 @@ class Forwarder:
         self._backoff = Backoff(initial_s=1.0, max_s=max_backoff_s)
         self.health = ForwarderHealth(name)
 
+    def status(self, head_seq: int) -> dict[str, Any]:
+        fh = self.health
+        return {
+            "connected": fh.connected,
+            "phase": fh.phase,
+            "cursor": fh.cursor,
+            "lag": head_seq - fh.cursor,
+            "forwarded": fh.forwarded,
+            "rejected_entries": fh.rejected_entries,
+            "last_error": fh.last_error,
+        }
+
     async def run(self) -> None:
-        self.health.cursor = await self._writer.call(lambda led: led.cursor(self.name))
+        self.health.cursor = await self._reader.call(lambda led: led.cursor(self.name))
         while True:
             raise_if_cancelling()  # a retry after a cancellation turned into TimeoutError (drivers/cancel.py)
             self.health.phase = "connecting"
@@ -124,25 +124,48 @@ class Forwarder:
         while True:
             raise_if_cancelling()
             cursor = self.health.cursor
-            batch = await self._writer.call(partial(Ledger.read_after, seq=cursor, limit=sink.batch_size))
-            if not batch:
+            # read beside the writer, never on its thread (a catch-up must not stretch commits)
+            polls = await self._reader.call(partial(Ledger.read_polls_after, seq=cursor, limit=sink.batch_size))
+            if not polls:
                 await self._writer.wait_beyond(cursor, 5.0)
                 continue
-            batch = whole_groups(batch, full=len(batch) >= sink.batch_size)
+            n = sum(len(p.entries) for p in polls)
             try:
-                await sink.send(batch)
+                await sink.send(polls)
             except SinkRejected as exc:
                 # The receiver refuses this data as such; retrying forever would stall every later
                 # reading. The entries stay in the ledger (and in certification); count and say so.
                 self.health.rejected_batches += 1
-                self.health.rejected_entries += len(batch)
-                log.error(
-                    "%s: rejected %d entries (%d..%d): %s", self.name, len(batch), batch[0].seq, batch[-1].seq, exc
-                )
+                self.health.rejected_entries += n
+                first, last = polls[0].entries[0].seq, polls[-1].last_seq
+                log.error("%s: rejected %d entries (%d..%d): %s", self.name, n, first, last, exc)
             else:
-                self.health.forwarded += len(batch)
-            new_cursor = batch[-1].seq
+                self.health.forwarded += n
+            new_cursor = polls[-1].last_seq
             now_ms = to_ms(self._clock.now())
             await self._writer.call(partial(Ledger.set_cursor, name=self.name, seq=new_cursor, now_ms=now_ms))
             self.health.cursor = new_cursor
             self._backoff.reset()
+
+
+def sink_part(
+    name: str, sink_factory: Callable[[], Sink], services: Services, *, side_tasks: Sequence[SideTask] = ()
+) -> Part:
+    """The part that forwards the ledger to one sink: its cursor counts for retention and the disk guard,
+    and its state is `health["sinks"][name]` (a disconnected sink is a reason)."""
+    fw = Forwarder(
+        sink_factory=sink_factory,
+        name=name,
+        writer=services.writer,
+        reader=services.reader,
+        clock=services.clock,
+        side_tasks=side_tasks,
+    )
+    services.cursors[name] = lambda: fw.health.cursor
+    services.health.add("sinks", lambda: fw.status(services.writer.head_seq), key=name)
+
+    def reasons() -> list[str]:
+        fh = fw.health
+        return [f"sink {name} is disconnected: {fh.last_error}"] if not fh.connected and fh.last_error else []
+
+    return Part(f"sink:{name}", fw.run, reasons=reasons)

@@ -15,8 +15,8 @@ from drivers.backoff import Backoff
 from drivers.base import BusyError, Driver, DriverError, PermanentError
 from drivers.cancel import raise_if_cancelling
 from drivers.model import Sample
-from gateway.clock import Clock, next_aligned
-from gateway.live import LiveState
+from gateway.runtime.clock import Clock, next_aligned
+from gateway.runtime.live import LiveState
 
 log = logging.getLogger(__name__)
 

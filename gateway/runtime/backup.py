@@ -15,12 +15,13 @@ import tempfile
 from pathlib import Path
 from typing import IO
 
+from drivers.errors import GiaError
 from gateway.ledger.store import Ledger
 
 LOCK_NAME = "agent.lock"
 
 
-class BackupError(Exception):
+class BackupError(GiaError):
     """A backup or restore that cannot proceed; the message says why and what to do."""
 
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from drivers.model import QUANTITIES, QuantityKind
-from gateway.sinks.topics import Topics
+from gateway.sinks.mqtt.topics import Topics
 
 #: quantity -> (HA device_class or None, HA unit or None). Units are the ones HA accepts for the class
 #: (https://www.home-assistant.io/integrations/sensor/#device-class).
@@ -279,7 +279,7 @@ def device_from_map(
     device_id: str, register_map: Any, *, name: str | None = None, device_class: str | None = None
 ) -> DiscoveryDevice:
     """A DiscoveryDevice from a loaded `drivers.modbus.registermap.RegisterMap` (quantities, brand, model)."""
-    quantities = tuple(r.quantity for r in register_map.registers)
+    quantities = tuple(dict.fromkeys(r.quantity for r in register_map.registers))
     return DiscoveryDevice(
         id=device_id,
         quantities=quantities,

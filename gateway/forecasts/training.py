@@ -38,7 +38,7 @@ CANCELLED = "training cancelled (stopping)"
 def build_service(settings: Settings, channels: Sequence[Any], *, trainer: Any = None) -> ForecastService:
     """The site's forecast service: ledger history, weather provider and artifact directory from settings."""
     from forecasting.service import ForecastService, make_weather_provider
-    from gateway.forecasts import LedgerHistory
+    from gateway.forecasts.history import LedgerHistory
 
     cfg = settings.forecasting
     loc = cfg.location or settings.site.location
@@ -61,7 +61,7 @@ def build_service(settings: Settings, channels: Sequence[Any], *, trainer: Any =
 
 
 class ProcessTrainer:
-    """`forecasting.service.Trainer` that runs each training in `python -m gateway.forecast_training`."""
+    """`forecasting.service.Trainer` that runs each training in `python -m gateway.forecasts.training`."""
 
     def __init__(self, settings: Settings, channels: Sequence[Any]) -> None:
         self._payload = pickle.dumps((settings, list(channels)))
@@ -78,7 +78,7 @@ class ProcessTrainer:
             if self._stopped:
                 return TrainResult(target, False, CANCELLED)
             proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway.forecast_training", logging.getLevelName(root.level).lower(), fmt],
+                [sys.executable, "-m", "gateway.forecasts.training", logging.getLevelName(root.level).lower(), fmt],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
             )
@@ -121,7 +121,7 @@ def main(argv: Sequence[str]) -> int:
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the demo's terminal: the agent stops us
     _die_with_parent()
-    from gateway.logs import setup_logging
+    from gateway.runtime.logs import setup_logging
 
     setup_logging(level=argv[0] if argv else "info", fmt=argv[1] if len(argv) > 1 else "text")
     payload, target, now, quick = pickle.load(sys.stdin.buffer)

@@ -1,0 +1,102 @@
+"""The devices room: one supervised poller per configured device, plus what devices share.
+
+* Modbus devices share the bus pool (one bus object per physical connection, from `Services.pool`);
+* MQTT devices share one subscription connection to the `mqtt:` section's broker (`MqttHub`), opened
+  here for the agent's lifetime;
+* a Modbus device with `proxy:` re-serves the registers the gateway polls to other local clients.
+
+Each poller builds its driver from the device's map loaded once at start (`Site`), never re-reading it
+on a restart. Health: `health["devices"]` (state per device) and the reason "device X is offline".
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from drivers.config import ModbusDeviceConfig, MqttDeviceConfig, parse_connection
+from drivers.factory import create_driver
+from drivers.mqtt.driver import Broker, MqttHub
+from gateway.devices.poller import DevicePoller
+from gateway.rooms import Part, Room, Services
+from gateway.site.resolve import Site, SiteDevice
+
+log = logging.getLogger(__name__)
+
+
+def _device_hub(services: Services) -> MqttHub | None:
+    """One MQTT subscription connection for all MQTT devices (the `mqtt:` section's broker)."""
+    m = services.settings.mqtt
+    if m is None or not any(isinstance(d.config, MqttDeviceConfig) for d in services.site.devices):
+        return None
+    tls = m.tls
+    return MqttHub(
+        Broker(
+            url=m.url,
+            username=m.username,
+            password=m.password_value(),
+            client_id=f"{m.client_id or 'gia-' + services.site.id}-devices",
+            timeout_s=m.timeout_s,
+            tls=m.tls_enabled,
+            ca_file=tls.ca_file if tls else None,
+            cert_file=tls.cert_file if tls else None,
+            key_file=tls.key_file if tls else None,
+            insecure=tls.insecure if tls else False,
+        )
+    )
+
+
+async def _start_proxies(site: Site, services: Services) -> None:
+    """One Modbus proxy server per `proxy:` address; each unit id is routed to its device's bus."""
+    from drivers.modbus.proxy import proxy_server
+
+    routes: dict[str, dict[int, str]] = {}
+    max_age: dict[str, float] = {}
+    for d in site.devices:
+        cfg = d.config
+        if isinstance(cfg, ModbusDeviceConfig) and cfg.proxy:
+            routes.setdefault(cfg.proxy, {})[cfg.unit_id] = parse_connection(cfg.connection).bus_key
+            max_age[cfg.proxy] = max(max_age.get(cfg.proxy, 0.0), 3 * cfg.poll_interval_s)
+    for listen, r in routes.items():
+        proxy = proxy_server(listen, services.pool, r, max_age_s=max_age[listen])
+        await proxy.start()
+        services.stack.push_async_callback(proxy.stop)
+        log.info("Modbus proxy on %s serving unit(s) %s", listen, ", ".join(map(str, proxy.unit_ids)))
+
+
+def _poller(device: SiteDevice, services: Services, hub: MqttHub | None) -> DevicePoller:
+    cfg = device.config
+
+    def factory() -> Any:
+        return create_driver(cfg, register_map=device.register_map, pool=services.pool, mqtt=hub)
+
+    return DevicePoller(
+        device_id=cfg.id,
+        driver_factory=factory,
+        interval_s=cfg.poll_interval_s,
+        timeout_s=getattr(cfg, "timeout_s", cfg.poll_interval_s),
+        clock=services.clock,
+        live=services.live,
+        on_samples=services.guard.submit,
+    )
+
+
+async def parts(site: Site, services: Services) -> Sequence[Part]:
+    await _start_proxies(site, services)
+    hub = _device_hub(services)
+    if hub is not None:
+        await services.stack.enter_async_context(hub)
+    live = services.live
+
+    def offline(device_id: str) -> list[str]:
+        return [f"device {device_id} is offline"] if live.devices[device_id].online is False else []
+
+    services.health.add("devices", lambda: {d: s.as_json()["state"] for d, s in live.devices.items()})
+    return [
+        Part(f"device:{d.id}", _poller(d, services, hub).run, reasons=lambda i=d.id: offline(i))  # type: ignore[misc]
+        for d in site.devices
+    ]
+
+
+ROOM = Room("devices", parts, section="devices")

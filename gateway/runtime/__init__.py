@@ -1,0 +1,1 @@
+"""The machinery parts run in: supervision, shutdown, clocks and their guards, disk, systemd, logs."""

@@ -1,0 +1,1 @@
+"""The InfluxDB sink room: committed readings as points, forecasts and flexibility as extras."""

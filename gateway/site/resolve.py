@@ -1,0 +1,117 @@
+"""`resolve_site`: the settings turned once into the site every part reads.
+
+Before this object existed each device map was loaded about six times per start (settings checks,
+the agent, certification, the live balance, Home Assistant discovery) and again on every poller
+restart. Now `resolve_site` loads each device's map exactly once, derives its device class and the
+metering channels (with register moduli from the maps), and everything else — pollers, certification,
+the live balance, forecasting history, the InfluxDB sink, Home Assistant discovery — reads the result.
+A map that cannot be loaded is a `ConfigError` naming the device and the fix, like any config mistake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from drivers.base import PermanentError
+from drivers.config import DeviceConfig, ModbusDeviceConfig
+from drivers.factory import device_class_of, device_map
+from drivers.modbus.registermap import RegisterMap
+from drivers.model import DeviceClass
+from gateway.site.channels import ChannelSpec, channel_specs
+
+if TYPE_CHECKING:
+    from gateway.settings import Location, Settings
+
+
+@dataclass(frozen=True, slots=True)
+class SiteDevice:
+    """One configured device with what was derived from it at start."""
+
+    config: DeviceConfig
+    device_class: DeviceClass
+    #: the loaded register map (Modbus devices with `map:`), None otherwise
+    register_map: RegisterMap | None
+    channels: tuple[ChannelSpec, ...]
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    @property
+    def quantities(self) -> tuple[str, ...]:
+        """The quantities this device is known to deliver (from its map; empty when not known ahead)."""
+        if self.register_map is None:
+            return ()
+        return tuple(dict.fromkeys(r.quantity for r in self.register_map.registers))
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    id: str
+    name: str
+    area: str | None
+    timezone: str
+    location: Location | None
+    devices: tuple[SiteDevice, ...]
+    channels: tuple[ChannelSpec, ...]
+    _by_id: dict[str, SiteDevice] = field(default_factory=dict, repr=False, compare=False)
+
+    def device(self, device_id: str) -> SiteDevice:
+        return self._by_id[device_id]
+
+    @property
+    def device_classes(self) -> Mapping[str, DeviceClass]:
+        return {d.id: d.device_class for d in self.devices}
+
+    def has_generation(self, source: str) -> bool:
+        return any(c.role == "generation" and c.source == source for c in self.channels)
+
+
+def resolve_site(settings: Settings, *, base_dir: Path) -> Site:
+    """Load every device's map once and derive classes and channels; raise ConfigError on a bad map."""
+    from gateway.settings import ConfigError, Problem
+
+    problems: list[Problem] = []
+    resolved: list[SiteDevice] = []
+    for i, cfg in enumerate(settings.devices):
+        try:
+            rmap = device_map(cfg, base_dir=base_dir)
+        except PermanentError as exc:
+            problems.append(
+                Problem(
+                    f"devices[{i}].map",
+                    str(exc).removeprefix(f"{cfg.id}: "),
+                    "use a bundled map name (see 'gia sim --list') or a valid map file",
+                )
+            )
+            continue
+        moduli = {(cfg.id, r.quantity): int(r.modulus) for r in (rmap.registers if rmap else ()) if r.modulus}
+        resolved.append(
+            SiteDevice(
+                config=cfg,
+                device_class=device_class_of(cfg, rmap),
+                register_map=rmap,
+                channels=tuple(channel_specs([cfg], moduli)),
+            )
+        )
+    if problems:
+        raise ConfigError(problems)
+    s = settings.site
+    return Site(
+        id=s.id,
+        name=s.name,
+        area=s.area,
+        timezone=s.timezone,
+        location=s.location,
+        devices=tuple(resolved),
+        channels=tuple(c for d in resolved for c in d.channels),
+        _by_id={d.id: d for d in resolved},
+    )
+
+
+def modbus_devices(site: Site) -> list[tuple[ModbusDeviceConfig, SiteDevice]]:
+    """The site's Modbus devices with their configs typed as such (the proxy and scan need them)."""
+    return [(d.config, d) for d in site.devices if isinstance(d.config, ModbusDeviceConfig)]
