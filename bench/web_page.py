@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.web.browser import CHROMIUM_ARGS as ARGS  # one list of the flags Chromium needs here
+from tests.support.browser import CHROMIUM_ARGS as ARGS  # one list of the flags Chromium needs here
 
 
 def free_port() -> int:

@@ -28,6 +28,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    create_model,
     field_validator,
     model_validator,
 )
@@ -40,6 +41,7 @@ from gateway.certification.config import CertificationConfig
 from gateway.flexibility.config import FlexibilityConfig
 
 if TYPE_CHECKING:
+    from gateway.rooms import Room
     from gateway.site.resolve import Site
 
 DEFAULT_CONFIG_PATHS = (Path("gia.yaml"), Path("/etc/gia/gia.yaml"))
@@ -405,7 +407,7 @@ def _model_of(annotation: Any) -> Any:
     return None
 
 
-def _problems_from_validation(exc: ValidationError) -> list[Problem]:
+def _problems_from_validation(exc: ValidationError, model: type[Settings] = Settings) -> list[Problem]:
     problems = []
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
@@ -415,9 +417,9 @@ def _problems_from_validation(exc: ValidationError) -> list[Problem]:
             fix = "remove it or check its spelling against deploy/gia.example.yaml"
         elif err["type"] == "missing":
             msg = "required field is missing"
-            fix = _fix_for(Settings, loc)
+            fix = _fix_for(model, loc)
         else:
-            fix = _fix_for(Settings, loc)
+            fix = _fix_for(model, loc)
         problems.append(Problem(_loc(loc), msg, fix))
     return problems
 
@@ -576,21 +578,45 @@ class Config:
     base_dir: Path
 
 
-def load_settings(path: Path | None = None, *, extra_checks: Sequence[CrossCheck] = ()) -> Settings:
+def settings_class(rooms: Sequence[Room] = ()) -> type[Settings]:
+    """`Settings` plus a section for each room whose section it does not declare already.
+
+    The built-in rooms' sections are declared on `Settings` itself (typed, documented in the example
+    file); a room added later (a new sink, a protocol) brings its own config model and gets its section
+    here, so adding it touches its folder and the registry only.
+    """
+    extra: dict[str, Any] = {
+        r.section: (r.config | None, Field(default=None, description=f"the {r.name} room; omit to disable"))
+        for r in rooms
+        if r.section and r.config is not None and r.section not in Settings.model_fields
+    }
+    if not extra:
+        return Settings
+    model: type[Settings] = create_model("Settings", __base__=Settings, **extra)
+    return model
+
+
+def load_settings(
+    path: Path | None = None, *, extra_checks: Sequence[CrossCheck] = (), rooms: Sequence[Room] = ()
+) -> Settings:
     """Read and validate the configuration; raise ConfigError with every problem found.
 
     Device maps are not loaded here (see `load_config`, which also resolves the site)."""
-    settings, _base, problems, source = _load(path, extra_checks)
+    settings, _base, problems, source = _load(path, extra_checks, rooms)
     if problems:
         raise ConfigError(problems, source)
     return settings
 
 
-def load_config(path: Path | None = None, *, extra_checks: Sequence[CrossCheck] = ()) -> Config:
-    """The settings and the resolved site (each device map loaded once); ConfigError with every problem."""
+def load_config(
+    path: Path | None = None, *, extra_checks: Sequence[CrossCheck] = (), rooms: Sequence[Room] = ()
+) -> Config:
+    """The settings and the resolved site (each device map loaded once); ConfigError with every problem.
+
+    `rooms`: rooms beyond the built-in ones whose config sections the file may hold."""
     from gateway.site.resolve import resolve_site
 
-    settings, base, problems, source = _load(path, extra_checks)
+    settings, base, problems, source = _load(path, extra_checks, rooms)
     try:
         site = resolve_site(settings, base_dir=base)
     except ConfigError as exc:
@@ -600,7 +626,9 @@ def load_config(path: Path | None = None, *, extra_checks: Sequence[CrossCheck] 
     return Config(settings, site, base)
 
 
-def _load(path: Path | None, extra_checks: Sequence[CrossCheck]) -> tuple[Settings, Path, list[Problem], str]:
+def _load(
+    path: Path | None, extra_checks: Sequence[CrossCheck], rooms: Sequence[Room]
+) -> tuple[Settings, Path, list[Problem], str]:
     cfg_path = find_config(path)
     if not cfg_path.exists():
         raise ConfigError(
@@ -663,9 +691,10 @@ def _load(path: Path | None, extra_checks: Sequence[CrossCheck]) -> tuple[Settin
     secrets_dir = os.environ.get("GIA_SECRETS_DIR") or os.environ.get("CREDENTIALS_DIRECTORY")
     raw_problems = _check_devices_raw(raw, base)
     try:
-        settings = Settings(**raw, _secrets_dir=secrets_dir)
+        model = settings_class(rooms)
+        settings = model(**raw, _secrets_dir=secrets_dir)
     except ValidationError as exc:
-        schema_problems = _problems_from_validation(exc)
+        schema_problems = _problems_from_validation(exc, model)
         known = {(p.path, p.message) for p in schema_problems}
         extra = [p for p in raw_problems + _check_maps_raw(raw, base) if (p.path, p.message) not in known]
         raise ConfigError(schema_problems + extra, str(cfg_path)) from None

@@ -61,5 +61,3 @@ def month_period(month: str, timezone: str) -> Period:
     tz = ZoneInfo(timezone)
     ny, nm = (y + 1, 1) if m == 12 else (y, m + 1)
     return Period(month, timezone, _local_midnight_ms(y, m, tz), _local_midnight_ms(ny, nm, tz))
-
-

@@ -18,7 +18,7 @@ import aiomqtt
 import pytest
 
 from tests.servers import MosquittoBroker, free_port
-from tests.web.browser import get_json, start_gia, stop_process
+from tests.support.browser import get_json, start_gia, stop_process
 
 pytestmark = [pytest.mark.mosquitto, pytest.mark.modbus, pytest.mark.slow]
 

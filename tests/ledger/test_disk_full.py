@@ -18,7 +18,7 @@ import yaml
 from drivers.maps import load_map
 from drivers.sim.server import SimServer
 from gateway.ledger.store import Ledger
-from tests.core.test_agent_e2e import get_json, meter_values, wait_for
+from tests.agent.test_agent_e2e import get_json, meter_values, wait_for
 from tests.servers import free_port
 
 pytestmark = [pytest.mark.modbus, pytest.mark.slow]

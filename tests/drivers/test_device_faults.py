@@ -28,9 +28,9 @@ import pytest
 
 from drivers.model import Quality
 from gateway.certification.compute import ChannelSpec, Params, Series, compute_channel
-from tests.fault.helpers import AgentProcess, Meters, constant_meter, get_json, ledger_entries, wait_for, write_config
+from tests.support.faults import AgentProcess, Meters, constant_meter, get_json, ledger_entries, wait_for, write_config
 
-pytestmark = [pytest.mark.modbus]
+pytestmark = [pytest.mark.fault, pytest.mark.modbus]
 
 BOOT_BEFORE = 5_000_000
 

@@ -25,7 +25,7 @@ import yaml
 from drivers.sim.site import DemoSite, run_demo_servers
 from gateway.demo import DemoOptions, write_config
 from tests.servers import InfluxDB1, free_port
-from tests.web.browser import start_gia, stop_process, wait_http
+from tests.support.browser import start_gia, stop_process, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAFANA = ROOT / "deploy" / "grafana"

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuzz.budget import atheris_seconds
+from tests.support.fuzz_budget import atheris_seconds
+
+pytestmark = [pytest.mark.fuzz]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,7 +35,7 @@ def test_atheris_finds_no_crash(target: str, tmp_path: Path) -> None:
     res = subprocess.run(
         [
             sys.executable,
-            str(ROOT / "tests" / "fuzz" / "atheris_targets.py"),
+            str(ROOT / "tests" / "support" / "atheris_targets.py"),
             target,
             f"-max_total_time={seconds}",
             "-rss_limit_mb=1024",

@@ -17,7 +17,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gateway.settings import ConfigError, Settings, load_config
-from tests.fuzz.budget import examples
+from tests.support.fuzz_budget import examples
+
+pytestmark = [pytest.mark.fuzz]
 
 GOOD: dict[str, Any] = {
     "site": {"id": "fuzz", "name": "Fuzz site", "timezone": "Europe/Riga"},

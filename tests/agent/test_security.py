@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
-from tests.fault.helpers import AgentProcess, Meters, wait_for, write_config
 from tests.servers import TlsMaterial
+from tests.support.faults import AgentProcess, Meters, wait_for, write_config
+
+pytestmark = [pytest.mark.fault]
 
 TOKEN = "s3cr3t-certifier-token-0123456789abcdef"
 VIEWER = "viewer-token-abcdef0123456789abcdef"

@@ -22,7 +22,7 @@ import yaml
 from drivers.maps import load_map
 from drivers.sim.server import SimServer
 from gateway.ledger.store import Ledger
-from tests.core.test_agent_e2e import get_json, wait_for
+from tests.agent.test_agent_e2e import get_json, wait_for
 from tests.servers import InfluxDB1, free_port, signal_child
 
 __all__ = [

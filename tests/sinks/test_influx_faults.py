@@ -1,12 +1,12 @@
 """Fault matrix, InfluxDB rows: down, slow, 500, 429 and 413, between the agent and a real InfluxDB 1.x.
 
-The agent writes through `InfluxProxy` (tests/fault/proxies.py), which forwards to the real server and
+The agent writes through `InfluxProxy` (tests/support/proxies.py), which forwards to the real server and
 stubs only the answers no real InfluxDB gives on demand (see its docstring). What must hold after every
 fault: each reading the sink's cursor passed is in InfluxDB exactly once, nothing was skipped as
 "rejected", health named the fault while it lasted, and the sink caught up by itself.
 
 A real outage (the server process stopped and started) is the end-to-end test
-tests/core/test_agent_e2e.py::test_outage_of_influx_and_broker_loses_nothing; the soak (bench/soak.py)
+tests/agent/test_agent_e2e.py::test_outage_of_influx_and_broker_loses_nothing; the soak (bench/soak.py)
 restarts InfluxDB at random times.
 """
 
@@ -18,12 +18,12 @@ from typing import Any
 
 import pytest
 
-from tests.core.test_agent_e2e import ledger_groups
-from tests.fault.helpers import AgentProcess, Meters, get_json, influx_groups, wait_for, write_config
-from tests.fault.proxies import InfluxProxy, Mode
+from tests.agent.test_agent_e2e import ledger_groups
 from tests.servers import InfluxDB1
+from tests.support.faults import AgentProcess, Meters, get_json, influx_groups, wait_for, write_config
+from tests.support.proxies import InfluxProxy, Mode
 
-pytestmark = [pytest.mark.modbus, pytest.mark.influxdb]
+pytestmark = [pytest.mark.fault, pytest.mark.modbus, pytest.mark.influxdb]
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Fault matrix, broker rows: broker down and back, broker refusing the agent's credentials.
 
-The long outage of both receivers (60 s) is tests/core/test_agent_e2e.py (marked slow); here the
+The long outage of both receivers (60 s) is tests/agent/test_agent_e2e.py (marked slow); here the
 broker is down for a few seconds and a persistent QoS 1 subscriber checks that every committed reading
 reaches it, in ledger order, once per ledger entry (a replayed batch carries the same `seq`).
 """
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.core.test_agent_e2e import ledger_groups
-from tests.fault.helpers import AgentProcess, Meters, get_json, wait_for, write_config
+from tests.agent.test_agent_e2e import ledger_groups
 from tests.servers import MosquittoBroker, MosquittoFactory, find_binary
+from tests.support.faults import AgentProcess, Meters, get_json, wait_for, write_config
 
-pytestmark = [pytest.mark.modbus, pytest.mark.mosquitto]
+pytestmark = [pytest.mark.fault, pytest.mark.modbus, pytest.mark.mosquitto]
 
 
 @pytest.fixture

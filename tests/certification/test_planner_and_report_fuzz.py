@@ -16,6 +16,7 @@ and certified as negative energy; it is now a reset.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,7 +24,9 @@ from drivers.modbus.plan import Field, plan_reads
 from drivers.modbus.registermap import RegisterType
 from gateway.certification.compute import ChannelSpec, Params, Series, compute_channel
 from gateway.certification.exact import assert_no_float
-from tests.fuzz.budget import examples
+from tests.support.fuzz_budget import examples
+
+pytestmark = [pytest.mark.fuzz]
 
 
 @st.composite

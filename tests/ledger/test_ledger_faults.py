@@ -1,6 +1,6 @@
 """Fault matrix, ledger and process rows: SQLite locked, SIGKILL during commits, SIGTERM during shutdown.
 
-Disk full is tests/core/test_disk_full.py (tiny tmpfs; raw samples go before registers).
+Disk full is tests/ledger/test_disk_full.py (tiny tmpfs; raw samples go before registers).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 
 from gateway.ledger.store import Ledger
-from tests.core.test_agent_e2e import ledger_groups
-from tests.fault.helpers import AgentProcess, Meters, get_json, influx_groups, ledger_entries, wait_for, write_config
+from tests.agent.test_agent_e2e import ledger_groups
 from tests.servers import InfluxDB1, signal_child
+from tests.support.faults import AgentProcess, Meters, get_json, influx_groups, ledger_entries, wait_for, write_config
 
-pytestmark = [pytest.mark.modbus]
+pytestmark = [pytest.mark.fault, pytest.mark.modbus]
 
 POLL_S = 0.25
 

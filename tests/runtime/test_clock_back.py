@@ -1,4 +1,4 @@
-"""Fault matrix, clock row: the wall clock jumps BACK while the agent runs (tests/core/test_clock_safety.py
+"""Fault matrix, clock row: the wall clock jumps BACK while the agent runs (tests/runtime/test_clock_safety.py
 covers a start in 1970 and the forward jump when NTP sets the clock).
 
 The agent runs under libfaketime with a timestamp file, so the test moves its wall clock while the
@@ -21,10 +21,10 @@ import pytest
 
 from drivers.model import Quality
 from gateway.ledger.store import Ledger
-from tests.core.test_clock_safety import FAKETIME_LIBS
-from tests.fault.helpers import AgentProcess, Meters, agent_env, get_json, wait_for, write_config
+from tests.runtime.test_clock_safety import FAKETIME_LIBS
+from tests.support.faults import AgentProcess, Meters, agent_env, get_json, wait_for, write_config
 
-pytestmark = [pytest.mark.modbus]
+pytestmark = [pytest.mark.fault, pytest.mark.modbus]
 
 JUMP_S = 8
 

@@ -1,8 +1,8 @@
 """atheris (libFuzzer) targets for the two parsers that take hostile bytes: MQTT device payloads and
-the config file. Run by tests/fuzz/test_atheris.py in a subprocess for a bounded time:
+the config file. Run by tests/agent/test_atheris.py in a subprocess for a bounded time:
 
-    .venv/bin/python tests/fuzz/atheris_targets.py payload -max_total_time=60
-    .venv/bin/python tests/fuzz/atheris_targets.py config -max_total_time=60
+    .venv/bin/python tests/support/atheris_targets.py payload -max_total_time=60
+    .venv/bin/python tests/support/atheris_targets.py config -max_total_time=60
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from drivers.model import Quality, Sample
 from drivers.sim.server import SimServer
 from gateway.ledger.store import Ledger
 from gateway.runtime.clockguard import RELEASE_FLOOR, ClockGuard
-from tests.core.test_agent_e2e import get_json, wait_for
+from tests.agent.test_agent_e2e import get_json, wait_for
 from tests.servers import free_port
 
 FAKETIME_LIBS = [

@@ -25,13 +25,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 #: (regex on the README line, where it is exercised: "this file::test" or another test file::test)
 README_LINES: list[tuple[str, str]] = [
-    (r"make demo", "tests/core/test_demo.py::test_demo_runs_and_stops_cleanly (gia demo, what the target runs)"),
-    (r"make demo DEMO_ARGS=\"--backfill 62\"", "tests/core/test_readme.py::test_backfill_gives_a_verified_last_month"),
-    (r"make demo DEMO_ARGS=\"--speed 60\"", "tests/core/test_readme.py::test_demo_speed_mqtt_and_influx"),
-    (r"make demo DEMO_ARGS=\"--mqtt .*\"", "tests/core/test_readme.py::test_demo_speed_mqtt_and_influx"),
-    (r"make demo DEMO_ARGS=\"--influx .*\"", "tests/core/test_readme.py::test_demo_speed_mqtt_and_influx"),
+    (r"make demo", "tests/agent/test_demo.py::test_demo_runs_and_stops_cleanly (gia demo, what the target runs)"),
+    (r"make demo DEMO_ARGS=\"--backfill 62\"", "tests/agent/test_readme.py::test_backfill_gives_a_verified_last_month"),
+    (r"make demo DEMO_ARGS=\"--speed 60\"", "tests/agent/test_readme.py::test_demo_speed_mqtt_and_influx"),
+    (r"make demo DEMO_ARGS=\"--mqtt .*\"", "tests/agent/test_readme.py::test_demo_speed_mqtt_and_influx"),
+    (r"make demo DEMO_ARGS=\"--influx .*\"", "tests/agent/test_readme.py::test_demo_speed_mqtt_and_influx"),
     (r"make test", "CI: .ci/run runs it"),
-    (r"make check", "tests/core/test_readme.py::test_make_check"),
+    (r"make check", "tests/agent/test_readme.py::test_make_check"),
     (
         r"make bench",
         "not in the suite: the benchmarks run minutes each; every script is run by hand and its"
@@ -39,7 +39,7 @@ README_LINES: list[tuple[str, str]] = [
     ),
     (
         r"\.venv/bin/gia (report|keys export|evidence|verify) .*",
-        "tests/core/test_readme.py::test_backfill_gives_a_verified_last_month",
+        "tests/agent/test_readme.py::test_backfill_gives_a_verified_last_month",
     ),
     (
         r"gia (scan|read) tcp://192\.0\.2\.10.*",

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fault.helpers import AgentProcess, Meters, get_json, wait_for, write_config
-from tests.fault.proxies import TcpProxy
+from tests.support.faults import AgentProcess, Meters, get_json, wait_for, write_config
+from tests.support.proxies import TcpProxy
 
-pytestmark = [pytest.mark.modbus]
+pytestmark = [pytest.mark.fault, pytest.mark.modbus]
 
 
 async def test_half_open_connection_is_dropped_and_device_recovers(tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ import yaml
 from drivers.sim.site import DemoSite, run_demo_servers
 from gateway.demo import POLL_INTERVAL_S, DemoOptions, write_config
 from tests.servers import free_port
-from tests.web.browser import ARTIFACTS, browser_page, get_json, start_gia, stop_process, wait_http
+from tests.support.browser import ARTIFACTS, browser_page, get_json, start_gia, stop_process, wait_http
 
 pytestmark = [pytest.mark.browser, pytest.mark.modbus, pytest.mark.slow]
 

@@ -20,7 +20,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.mqtt.payload import PROFILES, FieldSpec, extract, field_value, parse_json
-from tests.fuzz.budget import examples
+from tests.support.fuzz_budget import examples
+
+pytestmark = [pytest.mark.fuzz]
 
 SPECS = [FieldSpec.parse(f) for profile in PROFILES.values() for f in profile.values()]
 

@@ -26,7 +26,9 @@ from gateway.ledger.store import Ledger  # noqa: E402
 from gateway.runtime.live import LiveState  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
 from gateway.site.resolve import resolve_site  # noqa: E402
-from tests.fuzz.budget import LONG  # noqa: E402
+from tests.support.fuzz_budget import LONG  # noqa: E402
+
+pytestmark = [pytest.mark.fuzz]
 
 TOKEN = "fuzz-certifier-token-0123456789"
 
