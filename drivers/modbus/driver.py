@@ -21,7 +21,7 @@ from decimal import Decimal
 
 from drivers.base import PermanentError, SharedConnection
 from drivers.modbus.bus import ILLEGAL_ADDRESS, DeviceException, ModbusBus
-from drivers.modbus.decode import FLOATS, DataType, compile_decoder, decode, is_not_implemented
+from drivers.modbus.decode import FLOATS, DataType, compile_decoder, decode, is_not_implemented, raw_int
 from drivers.modbus.plan import Field, ReadRequest, plan_reads
 from drivers.modbus.registermap import PollClass, Quirks, Register, RegisterMap
 from drivers.model import QUANTITIES, Quality, QuantityKind, Sample, Value
@@ -68,6 +68,16 @@ def compile_register(reg: Register) -> Converter:
     decode_words: Callable[[Sequence[int]], tuple[int | float, bool]] = (
         _decode_bit if dt is DataType.BOOL else compile_decoder(dt, reg.order)
     )
+    custom = reg.sentinel_bits
+    if custom is not None:
+        # The map names the device's own 'not available' pattern, replacing the data type's.
+        typed = compile_decoder(dt, reg.order)
+        order, n_words = reg.order, reg.words
+
+        def decode_words(words: Sequence[int]) -> tuple[int | float, bool]:
+            value, _ = typed(words)
+            return value, raw_int(words[:n_words], dt, order) == custom
+
     if dt in (DataType.ENUM, DataType.BITFIELD, DataType.BOOL):
         mask = reg.mask if reg.mask is not None else 0xFFFFFFFF
 

@@ -22,6 +22,15 @@ from drivers.modbus.decode import FLOATS, DataType, WordOrder, word_count
 from drivers.model import QUANTITIES, QuantityKind
 
 RegisterType = Literal["holding", "input", "coil", "discrete"]
+INTEGERS: Final = (
+    DataType.INT16,
+    DataType.UINT16,
+    DataType.INT32,
+    DataType.UINT32,
+    DataType.INT64,
+    DataType.UINT64,
+)
+
 PollClass = Literal["fast", "slow", "static"]
 DeviceClass = Literal["meter", "inverter", "wind_turbine", "battery"]
 
@@ -209,8 +218,12 @@ class Register(BaseModel):
     scale_factor: str | None = Field(default=None, description="name of a scale-factor register (10^sf)")
     offset: float | None = Field(default=None, description="added after scaling")
     invert: bool | None = Field(default=None, description="flip the sign (device's sign convention differs)")
-    sentinel: bool | None = Field(
-        default=None, description="treat 0x8000/0xFFFF.../NaN as 'not implemented' (default true)"
+    sentinel: bool | int | None = Field(
+        default=None,
+        description=(
+            "true (default): 0x8000/0xFFFF.../NaN mean 'not implemented'; false: no such value; a number:"
+            " this raw bit pattern means 'not available' instead (e.g. 0x7FFFFFFF for ABB's signed values)"
+        ),
     )
     range: tuple[float, float] | None = Field(
         default=None, description="plausible [min, max] after scaling; outside -> quality invalid"
@@ -249,6 +262,11 @@ class Register(BaseModel):
     @property
     def rtype(self) -> RegisterType:
         return self.type or "holding"
+
+    @property
+    def sentinel_bits(self) -> int | None:
+        """The raw pattern a map declared as 'not available' (None: the data type's own, if any)."""
+        return self.sentinel if type(self.sentinel) is int else None
 
 
 class Defaults(BaseModel):
@@ -325,6 +343,11 @@ class RegisterMap(BaseModel):
                 raise ValueError(f"{where}: 'modulus' is only for energy counters")
             if reg.scale_factor is not None and reg.scale_factor not in sf_names:
                 raise ValueError(f"{where}: scale_factor {reg.scale_factor!r} is not in scale_factors")
+            if type(reg.sentinel) is int:
+                if dt not in (*INTEGERS, DataType.ENUM, DataType.BITFIELD):
+                    raise ValueError(f"{where}: a sentinel number is only for integer data types")
+                if not 0 <= reg.sentinel < 1 << (16 * word_count(dt)):
+                    raise ValueError(f"{where}: sentinel {reg.sentinel:#x} does not fit a {dt} (give the raw bits)")
             if reg.parts is not None and reg.scale_factor is not None:
                 raise ValueError(f"{where}: 'parts' and 'scale_factor' cannot be combined")
             if reg.parts is not None:

@@ -51,6 +51,17 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _sentinel_words(reg: Register) -> list[int]:
+    """What the device holds for 'not available': the map's own pattern, else the data type's."""
+    bits = reg.sentinel_bits
+    if bits is None:
+        return encode_sentinel(reg.dt, reg.order)
+    return encode(bits, _UNSIGNED[reg.words], reg.order)
+
+
+_UNSIGNED: Final = {1: DataType.UINT16, 2: DataType.UINT32, 4: DataType.UINT64}
+
+
 def split_parts(reg: Register, value: float) -> list[float]:
     """`value` (after the register's scale) shared out over the register and its parts.
 
@@ -83,7 +94,7 @@ def encode_register(reg: Register, value: float | int | None, *, sf_exponent: in
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         if dt is DataType.BOOL:
             return [0]
-        return encode_sentinel(dt, reg.order)
+        return _sentinel_words(reg)
     if dt is DataType.BOOL:
         return [1 if value else 0]
     if dt in (DataType.ENUM, DataType.BITFIELD):
@@ -117,7 +128,7 @@ def encode_parts(reg: Register, value: float | int | None) -> list[list[int]]:
     if not reg.parts:
         return []
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return [encode_sentinel(reg.dt, reg.order) for _ in reg.parts]
+        return [_sentinel_words(reg) for _ in reg.parts]
     v = float(value)
     if reg.modulus is not None:
         v = v % reg.modulus
