@@ -43,10 +43,12 @@ LEGAL_OPTIONS: Final[dict[DataType, frozenset[str]]] = {
         for t in (DataType.INT16, DataType.UINT16, DataType.INT32, DataType.UINT32)
     },
     **{
-        t: frozenset({"word_order", "scale", "scale_factor", "offset", "invert", "sentinel", "range", "modulus"})
+        t: frozenset(
+            {"word_order", "scale", "scale_factor", "offset", "invert", "sentinel", "range", "modulus", "parts"}
+        )
         for t in (DataType.INT64, DataType.UINT64)
     },
-    **{t: frozenset({"word_order", "scale", "offset", "invert", "sentinel", "range"}) for t in FLOATS},
+    **{t: frozenset({"word_order", "scale", "offset", "invert", "sentinel", "range", "parts"}) for t in FLOATS},
     DataType.STRING: frozenset({"word_order", "length"}),
     DataType.BITFIELD: frozenset({"word_order", "sentinel", "mask"}),
     DataType.ENUM: frozenset({"word_order", "sentinel", "enum"}),
