@@ -24,7 +24,7 @@ from drivers.modbus.bus import ILLEGAL_ADDRESS, DeviceException, ModbusBus
 from drivers.modbus.decode import FLOATS, DataType, compile_decoder, decode, is_not_implemented, raw_int
 from drivers.modbus.plan import Field, ReadRequest, plan_reads
 from drivers.modbus.registermap import PollClass, Quirks, Register, RegisterMap
-from drivers.model import QUANTITIES, Quality, QuantityKind, Sample, Value
+from drivers.model import MAX_SAFE_INT, QUANTITIES, Quality, QuantityKind, Sample, Value
 
 
 def sf_key(name: str) -> str:
@@ -128,15 +128,19 @@ def compile_register(reg: Register) -> Converter:
             value = -value
         if not math.isfinite(value):
             return None, Quality.INVALID
-        if counter:
-            count = round(value)
-            if count < 0:
+        if counter or state:
+            number = round(value)
+            # A count beyond 2**53 is no meter reading (a 64-bit register holding something else,
+            # e.g. float bits at a guessed address during `gia scan`); JSON could not carry it exactly.
+            if abs(number) > MAX_SAFE_INT:
                 return None, Quality.INVALID
-            if rng is not None and not rng[0] <= count <= rng[1]:
-                return count, Quality.INVALID
-            return count, Quality.GOOD
-        if state:
-            return round(value), Quality.GOOD
+            if state:
+                return number, Quality.GOOD
+            if number < 0:
+                return None, Quality.INVALID
+            if rng is not None and not rng[0] <= number <= rng[1]:
+                return number, Quality.INVALID
+            return number, Quality.GOOD
         if rng is not None and not rng[0] <= value <= rng[1]:
             return value, Quality.INVALID
         return value, Quality.GOOD

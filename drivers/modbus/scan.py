@@ -37,6 +37,9 @@ class ScanHit:
     product: str = ""
     plausible: bool = False  # matched by plausible values, not by an identity register
     details: dict[str, str] = field(default_factory=dict)  # label -> value (model, serial, ...)
+    #: maps of further devices behind the same unit id, matched by identity with a device class other
+    #: than the first map's (the battery behind a hybrid inverter): each becomes its own device
+    companions: list[str] = field(default_factory=list)
 
 
 def parse_units(spec: str) -> list[int]:
@@ -99,6 +102,9 @@ async def scan_unit(bus: ModbusBus, unit: int, maps: dict[str, RegisterMap]) -> 
     for name, m in maps.items():
         tests = m.identity_tests
         if tests and all([await _identity_matches(bus, unit, m, i) for i in tests]):
+            if hit.maps and m.device_class != maps[hit.maps[0]].device_class:
+                hit.companions.append(name)
+                continue
             hit.maps.append(name)
             hit.product = hit.product or f"{m.product.brand} {m.product.model}"
     if hit.maps:
@@ -166,8 +172,8 @@ async def scan(bus: ModbusBus, units: Sequence[int], maps: dict[str, RegisterMap
     return hits
 
 
-def _device_id(hit: ScanHit, used: set[str]) -> str:
-    stem = hit.maps[0] if hit.maps else ("sunspec" if hit.sunspec_models else "device")
+def _device_id(hit: ScanHit, used: set[str], stem: str | None = None) -> str:
+    stem = stem or (hit.maps[0] if hit.maps else ("sunspec" if hit.sunspec_models else "device"))
     base = re.sub(r"[^a-z0-9_-]", "-", f"{stem}-{hit.unit}".lower())[:60]
     name, n = base, 2
     while name in used:
@@ -205,6 +211,16 @@ def config_snippet(connection: str, hits: Sequence[ScanHit], *, site_id: str = "
             notes.append(f"# unit {hit.unit} answers but matches no bundled map: write a map (drivers/maps/README.md)")
             continue
         devices.append(dev)
+        for companion in hit.companions:
+            devices.append(
+                {
+                    "id": _device_id(hit, used, companion),
+                    "driver": "modbus",
+                    "connection": connection,
+                    "unit_id": hit.unit,
+                    "map": companion,
+                }
+            )
     doc = {"site": {"id": site_id}, "devices": devices, "http": {"enabled": False}}
     header = [f"# gia scan {connection}: {len(hits)} unit(s) answered", *notes]
     return "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
@@ -220,6 +236,8 @@ def describe(hit: ScanHit) -> str:
         parts.append(f"SunSpec at {hit.sunspec_base}, models {', '.join(map(str, hit.sunspec_models))}")
     if hit.maps:
         parts.append(("probably map " if hit.plausible else "map ") + ", ".join(hit.maps))
+    if hit.companions:
+        parts.append("and behind it " + ", ".join(hit.companions))
     if len(parts) == 1:
         parts.append("answers, no known map")
     return " ".join(parts)
