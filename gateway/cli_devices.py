@@ -169,15 +169,14 @@ def register(app: typer.Typer) -> None:
 
 
 async def _serve(register_map: RegisterMap, *, listen: str, units: tuple[int, ...], speed: float) -> None:
-    from drivers.sim.generators import ProfileValues
-    from drivers.sim.server import SimServer
+    from drivers.sim.generators import simulated_device
 
     start = datetime.now(UTC)
 
     def now() -> datetime:
         return start + (datetime.now(UTC) - start) * speed
 
-    server = SimServer(register_map, listen=listen, unit_ids=units, values=ProfileValues(register_map, now=now))
+    server = simulated_device(register_map, listen=listen, unit_ids=units, now=now)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -20,19 +20,24 @@ END = "<!-- supported-devices:end -->"
 
 def supported_devices_table() -> str:
     rows = [
-        "| map | class | brand | model | quantities | source document |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| map | class | brand | model | quantities | `gia scan` | source document |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name in bundled_maps():
         m = load_map(name)
         quantities = ", ".join(f"`{q}`" for q in m.quantities())
         source = m.product.manual.replace("|", "/")
+        scan = "identity" if m.identity_tests else "plausible values"
+        shown = sorted({i.label for i in m.identity if i.label is not None})
+        if shown:
+            scan += " (shows " + ", ".join(shown) + ")"
         rows.append(
-            f"| `{name}` | {m.device_class} | {m.product.brand} | {m.product.model} | {quantities} | {source} |"
+            f"| `{name}` | {m.device_class} | {m.product.brand} | {m.product.model} | {quantities} | {scan}"
+            f" | {source} |"
         )
     rows.append(
         "| (`sunspec: true`) | from the models | any SunSpec device | models 1, 101-103, 111-113, 120-124, 160,"
-        " 201-204, 211-214, 802 | discovered | SunSpec Alliance information models |"
+        " 201-204, 211-214, 802 | discovered | SunSpec marker | SunSpec Alliance information models |"
     )
     return "\n".join(rows)
 

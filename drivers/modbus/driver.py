@@ -21,14 +21,23 @@ from decimal import Decimal
 
 from drivers.base import PermanentError, SharedConnection
 from drivers.modbus.bus import ILLEGAL_ADDRESS, DeviceException, ModbusBus
-from drivers.modbus.decode import FLOATS, DataType, compile_decoder, decode, is_not_implemented
+from drivers.modbus.decode import FLOATS, DataType, compile_decoder, decode, is_not_implemented, raw_int
 from drivers.modbus.plan import Field, ReadRequest, plan_reads
 from drivers.modbus.registermap import PollClass, Quirks, Register, RegisterMap
-from drivers.model import QUANTITIES, Quality, QuantityKind, Sample, Value
+from drivers.model import MAX_SAFE_INT, QUANTITIES, Quality, QuantityKind, Sample, Value
 
 
 def sf_key(name: str) -> str:
     return f"sf:{name}"
+
+
+def part_key(quantity: str, index: int) -> str:
+    return f"part:{quantity}:{index}"
+
+
+def _is_aux(key: str) -> bool:
+    """A field read only to complete another value (a scale factor or a counter's part)."""
+    return key.startswith(("sf:", "part:"))
 
 
 Converter = Callable[[Sequence[int], int | None], tuple[Value, Quality]]
@@ -47,10 +56,11 @@ def _decode_bit(words: Sequence[int]) -> tuple[int | float, bool]:
 def compile_register(reg: Register) -> Converter:
     """The map's whole arithmetic for one register, prepared once: (words, sf) -> (value, quality).
 
-    Order: sentinel check, decode, mask, scale factor (10^sf) and fixed scale, offset, sign flip, then
-    range check and the quantity's type (integer Wh for counters, integer codes for status). Integer
-    registers are rounded to the decimals their scale implies (2302 x 0.1 is 230.2, not
-    230.20000000000002).
+    Order: sentinel check, decode, mask, scale factor (10^sf) and fixed scale, the register's `parts`
+    (each decoded and scaled, then added), offset, sign flip, then range check and the quantity's type
+    (integer Wh for counters, integer codes for status). Integer registers are rounded to the decimals
+    their scale implies (2302 x 0.1 is 230.2, not 230.20000000000002). A register with parts gets its
+    own words followed by each part's words, in the order the map lists them.
     """
     dt = reg.dt
     kind = QUANTITIES[reg.quantity].kind
@@ -58,6 +68,16 @@ def compile_register(reg: Register) -> Converter:
     decode_words: Callable[[Sequence[int]], tuple[int | float, bool]] = (
         _decode_bit if dt is DataType.BOOL else compile_decoder(dt, reg.order)
     )
+    custom = reg.sentinel_bits
+    if custom is not None:
+        # The map names the device's own 'not available' pattern, replacing the data type's.
+        typed = compile_decoder(dt, reg.order)
+        order, n_words = reg.order, reg.words
+
+        def decode_words(words: Sequence[int]) -> tuple[int | float, bool]:
+            value, _ = typed(words)
+            return value, raw_int(words[:n_words], dt, order) == custom
+
     if dt in (DataType.ENUM, DataType.BITFIELD, DataType.BOOL):
         mask = reg.mask if reg.mask is not None else 0xFFFFFFFF
 
@@ -74,6 +94,10 @@ def compile_register(reg: Register) -> Converter:
     integer_raw = dt not in FLOATS
     scale_decimals = _decimals(scale) if scale is not None else 0
     counter, state = kind is QuantityKind.COUNTER, kind is QuantityKind.STATE
+    n = reg.words
+    parts = [(n * (i + 1), p.scale) for i, p in enumerate(reg.parts or ())]
+    if parts:
+        scale_decimals = max([scale_decimals, *(_decimals(p_scale) for _, p_scale in parts)])
 
     def convert(words: Sequence[int], sf: int | None) -> tuple[Value, Quality]:
         raw, missing = decode_words(words)
@@ -88,6 +112,14 @@ def compile_register(reg: Register) -> Converter:
             decimals += max(0, -sf)
         if scale is not None:
             value *= scale
+        for start, p_scale in parts:
+            p_words = words[start : start + n]
+            if len(p_words) < n:
+                return None, Quality.INVALID
+            p_raw, p_missing = decode_words(p_words)
+            if check_sentinel and p_missing:
+                return None, Quality.INVALID
+            value += float(p_raw) * p_scale
         if integer_raw and decimals:
             value = round(value, decimals)
         if offset is not None:
@@ -96,15 +128,19 @@ def compile_register(reg: Register) -> Converter:
             value = -value
         if not math.isfinite(value):
             return None, Quality.INVALID
-        if counter:
-            count = round(value)
-            if count < 0:
+        if counter or state:
+            number = round(value)
+            # A count beyond 2**53 is no meter reading (a 64-bit register holding something else,
+            # e.g. float bits at a guessed address during `gia scan`); JSON could not carry it exactly.
+            if abs(number) > MAX_SAFE_INT:
                 return None, Quality.INVALID
-            if rng is not None and not rng[0] <= count <= rng[1]:
-                return count, Quality.INVALID
-            return count, Quality.GOOD
-        if state:
-            return round(value), Quality.GOOD
+            if state:
+                return number, Quality.GOOD
+            if number < 0:
+                return None, Quality.INVALID
+            if rng is not None and not rng[0] <= number <= rng[1]:
+                return number, Quality.INVALID
+            return number, Quality.GOOD
         if rng is not None and not rng[0] <= value <= rng[1]:
             return value, Quality.INVALID
         return value, Quality.GOOD
@@ -144,6 +180,9 @@ def build_fields(register_map: RegisterMap, registers: Sequence[Register], *, of
         if reg.scale_factor is not None:
             sf = register_map.scale_factor(reg.scale_factor)
             needs = (Field(sf_key(sf.name), sf.type, register_map.protocol_address(sf.address, offset=offset), 1),)
+        for i, part in enumerate(reg.parts or ()):
+            address = register_map.protocol_address(part.address, offset=offset)
+            needs += (Field(part_key(reg.quantity, i), reg.rtype, address, reg.words),)
         out.append(
             Field(
                 reg.quantity,
@@ -211,7 +250,7 @@ class ModbusDriver(SharedConnection):
         except DeviceException as exc:
             if exc.code != ILLEGAL_ADDRESS:
                 raise
-            values_fields = [f for f in req.fields if not f.key.startswith("sf:")]
+            values_fields = [f for f in req.fields if not _is_aux(f.key)]
             if len(values_fields) <= 1:
                 for f in values_fields:
                     self.stats.unsupported.add(f.key)
@@ -253,6 +292,9 @@ class ModbusDriver(SharedConnection):
                 if reg.scale_factor is not None:
                     sf_words = words.get(sf_key(reg.scale_factor))
                     exp = sf_exponent(sf_words) if sf_words is not None else None
+                if reg.parts:
+                    pieces = [words.get(part_key(reg.quantity, i)) for i in range(len(reg.parts))]
+                    reg_words = [*reg_words, *(w for piece in pieces if piece is not None for w in piece)]
                 value, quality = convert(reg_words, exp)
             if quality is Quality.INVALID:
                 self.stats.invalid_values += 1

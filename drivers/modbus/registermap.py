@@ -22,19 +22,32 @@ from drivers.modbus.decode import FLOATS, DataType, WordOrder, word_count
 from drivers.model import QUANTITIES, DeviceClass, QuantityKind
 
 RegisterType = Literal["holding", "input", "coil", "discrete"]
+INTEGERS: Final = (
+    DataType.INT16,
+    DataType.UINT16,
+    DataType.INT32,
+    DataType.UINT32,
+    DataType.INT64,
+    DataType.UINT64,
+)
+
 PollClass = Literal["fast", "slow", "static"]
 
 #: Which per-register options each data type allows (beyond address/type/quantity/poll/unit).
 LEGAL_OPTIONS: Final[dict[DataType, frozenset[str]]] = {
     **{
-        t: frozenset({"word_order", "scale", "scale_factor", "offset", "invert", "sentinel", "range", "modulus"})
+        t: frozenset(
+            {"word_order", "scale", "scale_factor", "offset", "invert", "sentinel", "range", "modulus", "parts"}
+        )
         for t in (DataType.INT16, DataType.UINT16, DataType.INT32, DataType.UINT32)
     },
     **{
-        t: frozenset({"word_order", "scale", "scale_factor", "offset", "invert", "sentinel", "range", "modulus"})
+        t: frozenset(
+            {"word_order", "scale", "scale_factor", "offset", "invert", "sentinel", "range", "modulus", "parts"}
+        )
         for t in (DataType.INT64, DataType.UINT64)
     },
-    **{t: frozenset({"word_order", "scale", "offset", "invert", "sentinel", "range"}) for t in FLOATS},
+    **{t: frozenset({"word_order", "scale", "offset", "invert", "sentinel", "range", "parts"}) for t in FLOATS},
     DataType.STRING: frozenset({"word_order", "length"}),
     DataType.BITFIELD: frozenset({"word_order", "sentinel", "mask"}),
     DataType.ENUM: frozenset({"word_order", "sentinel", "enum"}),
@@ -54,6 +67,7 @@ _OPTIONAL_FIELDS: Final = (
     "length",
     "mask",
     "enum",
+    "parts",
 )
 
 Address = Annotated[int, Field(ge=0, le=65535, description="register address as the manual prints it")]
@@ -117,8 +131,16 @@ class ScaleFactor(BaseModel):
     sim_value: int = Field(default=0, ge=-10, le=10, description="the exponent the simulator serves")
 
 
+IdentityLabel = Literal["model", "serial", "firmware", "manufacturer"]
+
+
 class Identity(BaseModel):
-    """A register whose content identifies the product (used by `gia scan`)."""
+    """A register whose content identifies the product (used by `gia scan`).
+
+    An entry with a test (`equals`, `one_of`, `startswith`) must hold for the map to match; an entry
+    with only a `label` is not a test but is read and shown (model name, serial number, firmware), so
+    `gia scan` can tell an operator *which* meter answered at a unit id.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -130,13 +152,17 @@ class Identity(BaseModel):
     equals: int | None = Field(default=None, description="the device holds exactly this number")
     one_of: list[int] | None = Field(default=None, description="the device holds one of these numbers")
     startswith: str | None = Field(default=None, description="the string begins with this text")
+    label: IdentityLabel | None = Field(default=None, description="what the register holds, shown by gia scan")
     sim_value: int | str | None = Field(default=None, description="what the simulator serves")
 
     @model_validator(mode="after")
     def _one_test(self) -> Identity:
         tests = [self.equals is not None, self.one_of is not None, self.startswith is not None]
-        if sum(tests) != 1:
-            raise ValueError("an identity register needs exactly one of equals, one_of or startswith")
+        if sum(tests) > 1 or (sum(tests) == 0 and self.label is None):
+            raise ValueError(
+                "an identity register needs exactly one of equals, one_of or startswith"
+                " (or only a label: model, serial, firmware, manufacturer)"
+            )
         if self.startswith is not None and self.data_type is not DataType.STRING:
             raise ValueError("'startswith' needs data_type: string")
         if self.data_type is DataType.STRING and not self.length:
@@ -146,6 +172,34 @@ class Identity(BaseModel):
     @property
     def words(self) -> int:
         return word_count(self.data_type, self.length)
+
+    @property
+    def is_test(self) -> bool:
+        """True when the entry must hold for the map to match (a label alone is only shown)."""
+        return self.equals is not None or self.one_of is not None or self.startswith is not None
+
+
+class Part(BaseModel):
+    """Another register whose value adds to a register's own (a counter split over several registers).
+
+    Heat pump controllers and some meters keep one counter in pieces: kWh 0..999 in one register and
+    MWh in the next, or the heating and hot-water consumption in separate counters that together are
+    the electrical energy the appliance used. The quantity is `raw x scale + sum(part raw x part
+    scale)`, read in the same request so that a carry between the pieces is never seen half done.
+    A part has the register's type, data type and word order.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: Address
+    scale: float = Field(default=1.0, description="multiply this part's raw value (in the quantity's unit)")
+
+    @field_validator("scale")
+    @classmethod
+    def _nonzero(cls, v: float) -> float:
+        if v == 0:
+            raise ValueError("scale 0 would erase the part")
+        return v
 
 
 class Register(BaseModel):
@@ -165,8 +219,12 @@ class Register(BaseModel):
     scale_factor: str | None = Field(default=None, description="name of a scale-factor register (10^sf)")
     offset: float | None = Field(default=None, description="added after scaling")
     invert: bool | None = Field(default=None, description="flip the sign (device's sign convention differs)")
-    sentinel: bool | None = Field(
-        default=None, description="treat 0x8000/0xFFFF.../NaN as 'not implemented' (default true)"
+    sentinel: bool | int | None = Field(
+        default=None,
+        description=(
+            "true (default): 0x8000/0xFFFF.../NaN mean 'not implemented'; false: no such value; a number:"
+            " this raw bit pattern means 'not available' instead (e.g. 0x7FFFFFFF for ABB's signed values)"
+        ),
     )
     range: tuple[float, float] | None = Field(
         default=None, description="plausible [min, max] after scaling; outside -> quality invalid"
@@ -174,6 +232,9 @@ class Register(BaseModel):
     modulus: int | None = Field(default=None, gt=0, description="a counter wraps at this value (after scaling)")
     mask: int | None = Field(default=None, ge=1, le=0xFFFF, description="bits of a bitfield to keep")
     enum: dict[int, str] | None = Field(default=None, description="meaning of each status code")
+    parts: list[Part] | None = Field(
+        default=None, min_length=1, max_length=8, description="registers whose values add to this one"
+    )
     unit: str | None = Field(default=None, description="unit after scaling; must equal the quantity's unit")
     poll: PollClass | None = None
     example: float | None = Field(default=None, description="a typical value (simulator default, docs)")
@@ -202,6 +263,11 @@ class Register(BaseModel):
     @property
     def rtype(self) -> RegisterType:
         return self.type or "holding"
+
+    @property
+    def sentinel_bits(self) -> int | None:
+        """The raw pattern a map declared as 'not available' (None: the data type's own, if any)."""
+        return self.sentinel if type(self.sentinel) is int else None
 
 
 class Defaults(BaseModel):
@@ -278,12 +344,30 @@ class RegisterMap(BaseModel):
                 raise ValueError(f"{where}: 'modulus' is only for energy counters")
             if reg.scale_factor is not None and reg.scale_factor not in sf_names:
                 raise ValueError(f"{where}: scale_factor {reg.scale_factor!r} is not in scale_factors")
+            if type(reg.sentinel) is int:
+                if dt not in (*INTEGERS, DataType.ENUM, DataType.BITFIELD):
+                    raise ValueError(f"{where}: a sentinel number is only for integer data types")
+                if not 0 <= reg.sentinel < 1 << (16 * word_count(dt)):
+                    raise ValueError(f"{where}: sentinel {reg.sentinel:#x} does not fit a {dt} (give the raw bits)")
+            if reg.parts is not None and reg.scale_factor is not None:
+                raise ValueError(f"{where}: 'parts' and 'scale_factor' cannot be combined")
+            if reg.parts is not None:
+                starts = [reg.address, *(p.address for p in reg.parts)]
+                span = max(starts) + reg.words - min(starts)
+                if span > self.options.max_registers_per_read:
+                    raise ValueError(
+                        f"{where}: the register and its parts span {span} registers; one request reads"
+                        f" at most {self.options.max_registers_per_read}"
+                    )
             if reg.scale == 0:
                 raise ValueError(f"{where}: scale 0 would erase the value")
             if reg.range is not None and reg.range[0] >= reg.range[1]:
                 raise ValueError(f"{where}: range must be [min, max] with min < max")
-            if self.address_base == 1 and reg.address == 0:
+            if self.address_base == 1 and (reg.address == 0 or any(p.address == 0 for p in reg.parts or ())):
                 raise ValueError(f"{where}: with address_base 1 the first register is 1, not 0")
+        for i, ident in enumerate(self.identity):
+            if self.address_base == 1 and ident.address == 0:
+                raise ValueError(f"identity[{i}]: with address_base 1 the first register is 1, not 0")
         return self
 
     # -- helpers the driver, planner and simulator share -------------------------------------------------
@@ -305,6 +389,11 @@ class RegisterMap(BaseModel):
 
     def quantities(self) -> list[str]:
         return [r.quantity for r in self.registers]
+
+    @property
+    def identity_tests(self) -> list[Identity]:
+        """The identity entries that must hold for `gia scan` to name this map (labels excluded)."""
+        return [i for i in self.identity if i.is_test]
 
     def by_poll(self, *classes: PollClass) -> Iterator[Register]:
         return (r for r in self.registers if r.poll in classes)

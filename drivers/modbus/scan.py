@@ -2,7 +2,9 @@
 
 A unit counts as present when it answers at all, even with an exception (a meter that rejects
 register 0 is still there); a timeout or a gateway exception (10/11) means nobody is home. Known maps
-are recognised by their identity registers (model codes, model-name strings). Maps whose products have
+are recognised by their identity registers (model codes, model-name strings); identity entries with
+only a `label` (model, serial, firmware, manufacturer) are read once a map matched and printed, so the
+operator sees which meter answered. Maps whose products have
 no identity register (Eastron's SDM meters, a battery behind an inverter) are tried by *plausibility*:
 every register of the map must answer (no exception response) and every value must be physically
 possible; among several such maps the one explaining the most registers wins. A plausible match is
@@ -34,6 +36,10 @@ class ScanHit:
     sunspec_models: list[int] = field(default_factory=list)
     product: str = ""
     plausible: bool = False  # matched by plausible values, not by an identity register
+    details: dict[str, str] = field(default_factory=dict)  # label -> value (model, serial, ...)
+    #: maps of further devices behind the same unit id, matched by identity with a device class other
+    #: than the first map's (the battery behind a hybrid inverter): each becomes its own device
+    companions: list[str] = field(default_factory=list)
 
 
 def parse_units(spec: str) -> list[int]:
@@ -61,12 +67,20 @@ async def _present(bus: ModbusBus, unit: int) -> bool:
     return True
 
 
-async def _identity_matches(bus: ModbusBus, unit: int, register_map: RegisterMap, ident: Identity) -> bool:
+async def _identity_value(
+    bus: ModbusBus, unit: int, register_map: RegisterMap, ident: Identity
+) -> int | float | str | None:
     try:
         words = await bus.read(ident.type, register_map.protocol_address(ident.address), ident.words, unit=unit)
     except (DeviceException, TransientError):
+        return None
+    return decode(words, ident.data_type, ident.word_order)
+
+
+async def _identity_matches(bus: ModbusBus, unit: int, register_map: RegisterMap, ident: Identity) -> bool:
+    value = await _identity_value(bus, unit, register_map, ident)
+    if value is None:
         return False
-    value = decode(words, ident.data_type, ident.word_order)
     if ident.startswith is not None:
         return isinstance(value, str) and value.startswith(ident.startswith)
     if ident.equals is not None:
@@ -86,12 +100,26 @@ async def scan_unit(bus: ModbusBus, unit: int, maps: dict[str, RegisterMap]) -> 
     except (PermanentError, TransientError):
         pass  # not SunSpec, or nothing in its models GIA reads: maps may still match
     for name, m in maps.items():
-        if m.identity and all([await _identity_matches(bus, unit, m, i) for i in m.identity]):
+        tests = m.identity_tests
+        if tests and all([await _identity_matches(bus, unit, m, i) for i in tests]):
+            if hit.maps and m.device_class != maps[hit.maps[0]].device_class:
+                hit.companions.append(name)
+                continue
             hit.maps.append(name)
             hit.product = hit.product or f"{m.product.brand} {m.product.model}"
+    if hit.maps:
+        m = maps[hit.maps[0]]
+        for ident in m.identity:
+            if ident.label is not None and ident.label not in hit.details:
+                value = await _identity_value(bus, unit, m, ident)
+                if value not in (None, ""):
+                    # device text goes into a YAML comment and a terminal: printable ASCII, bounded
+                    hit.details[ident.label] = re.sub(r"[^\x20-\x7e]", "?", str(value))[:40]
     if not hit.maps and not hit.sunspec_models:
         scored = [
-            (n, name) for name, m in maps.items() if not m.identity and (n := await _plausible_values(bus, unit, m)) > 0
+            (n, name)
+            for name, m in maps.items()
+            if not m.identity_tests and (n := await _plausible_values(bus, unit, m)) > 0
         ]
         if scored:
             best = max(n for n, _ in scored)
@@ -144,8 +172,8 @@ async def scan(bus: ModbusBus, units: Sequence[int], maps: dict[str, RegisterMap
     return hits
 
 
-def _device_id(hit: ScanHit, used: set[str]) -> str:
-    stem = hit.maps[0] if hit.maps else ("sunspec" if hit.sunspec_models else "device")
+def _device_id(hit: ScanHit, used: set[str], stem: str | None = None) -> str:
+    stem = stem or (hit.maps[0] if hit.maps else ("sunspec" if hit.sunspec_models else "device"))
     base = re.sub(r"[^a-z0-9_-]", "-", f"{stem}-{hit.unit}".lower())[:60]
     name, n = base, 2
     while name in used:
@@ -168,6 +196,9 @@ def config_snippet(connection: str, hits: Sequence[ScanHit], *, site_id: str = "
         }
         if hit.maps:
             dev["map"] = hit.maps[0]
+            if hit.details:
+                shown = ", ".join(f"{k} {v}" for k, v in hit.details.items())
+                notes.append(f"# unit {hit.unit}: {hit.product} ({shown})")
             if hit.plausible:
                 notes.append(
                     f"# unit {hit.unit}: {hit.maps[0]} matched by plausible values (no identity register);"
@@ -180,6 +211,16 @@ def config_snippet(connection: str, hits: Sequence[ScanHit], *, site_id: str = "
             notes.append(f"# unit {hit.unit} answers but matches no bundled map: write a map (drivers/maps/README.md)")
             continue
         devices.append(dev)
+        for companion in hit.companions:
+            devices.append(
+                {
+                    "id": _device_id(hit, used, companion),
+                    "driver": "modbus",
+                    "connection": connection,
+                    "unit_id": hit.unit,
+                    "map": companion,
+                }
+            )
     doc = {"site": {"id": site_id}, "devices": devices, "http": {"enabled": False}}
     header = [f"# gia scan {connection}: {len(hits)} unit(s) answered", *notes]
     return "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
@@ -189,10 +230,14 @@ def describe(hit: ScanHit) -> str:
     parts = [f"unit {hit.unit}:"]
     if hit.product:
         parts.append(hit.product)
+    if hit.details:
+        parts.append("(" + ", ".join(f"{k} {v}" for k, v in hit.details.items()) + ")")
     if hit.sunspec_models:
         parts.append(f"SunSpec at {hit.sunspec_base}, models {', '.join(map(str, hit.sunspec_models))}")
     if hit.maps:
         parts.append(("probably map " if hit.plausible else "map ") + ", ".join(hit.maps))
+    if hit.companions:
+        parts.append("and behind it " + ", ".join(hit.companions))
     if len(parts) == 1:
         parts.append("answers, no known map")
     return " ".join(parts)

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from drivers.modbus.registermap import RegisterMap
 from drivers.model import QUANTITIES, QuantityKind
+from drivers.sim.server import SimServer
 
 _PROFILED = ("power_w", "power_l", "current", "dc_power", "apparent", "reactive")
 
@@ -69,6 +70,10 @@ class ProfileValues:
                 out[reg.quantity] = max(0.0, min(100.0, example + 20 * math.sin(2 * math.pi * t / self.period_s)))
             else:
                 out[reg.quantity] = example * (1 + self._rng.uniform(-0.002, 0.002))
+            if reg.range is not None:
+                # noise must not push a value the map bounds (a power factor of 1.0) out of its range:
+                # the reader would flag a simulated device's value invalid
+                out[reg.quantity] = min(max(float(out[reg.quantity] or 0.0), reg.range[0]), reg.range[1])
         power = float(out.get("power_w") or 0.0)
         if self._last is not None and t > self._last:
             hours = (t - self._last) / 3600
@@ -80,3 +85,14 @@ class ProfileValues:
         for key, wh in self._counters.items():
             out[key] = math.floor(wh)
         return out
+
+
+def simulated_device(
+    register_map: RegisterMap, *, listen: str, unit_ids: Sequence[int], now: Callable[[], datetime]
+) -> SimServer:
+    """The server `gia sim MAP` runs: the map's registers, values following the daily profile.
+
+    One function for the command and the tests, so a test that serves every bundled map this way
+    checks exactly what an operator gets from `gia sim`.
+    """
+    return SimServer(register_map, listen=listen, unit_ids=unit_ids, values=ProfileValues(register_map, now=now))

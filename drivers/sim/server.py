@@ -49,13 +49,50 @@ def free_tcp_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+def _sentinel_words(reg: Register) -> list[int]:
+    """What the device holds for 'not available': the map's own pattern, else the data type's."""
+    bits = reg.sentinel_bits
+    if bits is None:
+        return encode_sentinel(reg.dt, reg.order)
+    return encode(bits, _UNSIGNED[reg.words], reg.order)
+
+
+_UNSIGNED: Final = {1: DataType.UINT16, 2: DataType.UINT32, 4: DataType.UINT64}
+
+
+def split_parts(reg: Register, value: float) -> list[float]:
+    """`value` (after the register's scale) shared out over the register and its parts.
+
+    The largest-scale piece takes as many whole units as fit, the next the remainder, and so on (MWh
+    then kWh), the way the device's own counter carries; returned in map order (register first), each
+    in the quantity's unit, for `encode_register` to finish.
+    """
+    pieces = [(reg.scale or 1.0, -1), *((p.scale, i) for i, p in enumerate(reg.parts or ()))]
+    out = [0.0] * len(pieces)
+    rest = value
+    ordered = sorted(pieces, key=lambda x: -abs(x[0]))
+    for k, (scale, idx) in enumerate(ordered):
+        units = rest / scale if k == len(ordered) - 1 else math.floor(rest / scale)
+        out[idx + 1] = units * scale
+        rest -= units * scale
+    return out
+
+
+def _encode_part(reg: Register, value: float, scale: float) -> list[int]:
+    lo, hi = int_range(reg.dt)
+    return encode(min(max(round(value / scale), lo), hi), reg.dt, reg.order)
+
+
 def encode_register(reg: Register, value: float | int | None, *, sf_exponent: int = 0) -> list[int]:
-    """The words a device holds for `value` (in the quantity's unit): the inverse of register_value."""
+    """The words a device holds for `value` (in the quantity's unit): the inverse of register_value.
+
+    For a register with `parts` these are the register's own words; `encode_parts` gives the rest.
+    """
     dt = reg.dt
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         if dt is DataType.BOOL:
             return [0]
-        return encode_sentinel(dt, reg.order)
+        return _sentinel_words(reg)
     if dt is DataType.BOOL:
         return [1 if value else 0]
     if dt in (DataType.ENUM, DataType.BITFIELD):
@@ -67,6 +104,8 @@ def encode_register(reg: Register, value: float | int | None, *, sf_exponent: in
         v = -v
     if reg.offset is not None:
         v -= reg.offset
+    if reg.parts:
+        return _encode_part(reg, split_parts(reg, v)[0], reg.scale or 1.0)
     if reg.scale is not None:
         v /= reg.scale
     if reg.scale_factor is not None:
@@ -80,6 +119,23 @@ def encode_register(reg: Register, value: float | int | None, *, sf_exponent: in
     n = min(max(n, lo), hi)
     # Keep clear of the 'not implemented' sentinel for a real value.
     return encode(n, dt, reg.order)
+
+
+def encode_parts(reg: Register, value: float | int | None) -> list[list[int]]:
+    """The words of each of the register's `parts` for `value` (map order); sentinels for None."""
+    if not reg.parts:
+        return []
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return [_sentinel_words(reg) for _ in reg.parts]
+    v = float(value)
+    if reg.modulus is not None:
+        v = v % reg.modulus
+    if reg.invert:
+        v = -v
+    if reg.offset is not None:
+        v -= reg.offset
+    pieces = split_parts(reg, v)[1:]
+    return [_encode_part(reg, piece, p.scale) for piece, p in zip(pieces, reg.parts, strict=True)]
 
 
 def build_image(
@@ -104,6 +160,10 @@ def build_image(
         base = register_map.protocol_address(reg.address)
         for i, w in enumerate(words):
             image[reg.rtype][base + i] = w
+        for part, part_words in zip(reg.parts or (), encode_parts(reg, value), strict=True):
+            base = register_map.protocol_address(part.address)
+            for i, w in enumerate(part_words):
+                image[reg.rtype][base + i] = w
     return image
 
 
