@@ -16,7 +16,7 @@ import logging
 import math
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Final, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from pymodbus.constants import ExcCodes
