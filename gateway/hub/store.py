@@ -174,12 +174,20 @@ class HubStore:
         )
         return [PinnedKey(r.key_id, r.public_pem.encode()) for r in rows]
 
-    def authenticate_site(self, site: str, token: str) -> bool:
-        """Constant-time check of a per-site push token (only its hash is stored)."""
+    def site_for_token(self, token: str) -> str | None:
+        """The enrolled site a push token belongs to, or None. Only SHA-256 hashes of tokens are stored,
+        and the lookup is by hash: timing reveals nothing about a token an attacker does not hold."""
+        digest = _token_hash(token)
         with self.engine.connect() as conn:
-            row = conn.execute(select(db.sites.c.token_sha256).where(db.sites.c.id == site)).first()
-        expected = row[0] if row is not None and row[0] else "0" * 64
-        return hmac.compare_digest(expected, _token_hash(token)) and row is not None and bool(row[0])
+            row = conn.execute(
+                select(db.sites.c.id, db.sites.c.token_sha256).where(
+                    db.sites.c.token_sha256 == digest, db.sites.c.status == "enrolled"
+                )
+            ).first()
+        return str(row.id) if row is not None and hmac.compare_digest(row.token_sha256, digest) else None
+
+    def authenticate_site(self, site: str, token: str) -> bool:
+        return self.site_for_token(token) == site
 
     def sites(self) -> list[SiteInfo]:
         with self.engine.connect() as conn:
