@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from sqlalchemy import (
+    Boolean,
     Column,
     Connection,
     Engine,
@@ -182,6 +183,9 @@ receipts = Table(
     Column("status", String(16), nullable=False),
     Column("body", LargeBinary, nullable=False),  # the signed receipt, canonical JSON
     Column("created_ms", Ms, nullable=False),
+    # Retained on MQTT unless the month already has an accepted report: the retained receipt of a month
+    # stays the one of the report that counts; a refused replacement is announced without displacing it.
+    Column("retain", Boolean, nullable=False),
     Column("published_ms", Ms, nullable=True),  # MQTT outbox: NULL until published
     UniqueConstraint("site", "month", "report_sha256", name="receipts_site_month_sha"),
     Index("receipts_unpublished", "published_ms"),

@@ -177,6 +177,7 @@ class Ingestor:
             reasons=reasons,
             log_index=log_index,
             tree_size=tree_size,
+            retain=status == "accepted" or current is None,
         )
         logger.info("report %s %s from %s: %s%s", site, month, via, status, f" ({reasons[0]})" if reasons else "")
         return Outcome(status, site, month, sha, reasons, log_index, receipt)

@@ -201,8 +201,8 @@ class HubMqtt:
                 if not _transient(exc):
                     raise
                 due = []
-            for _id, site, month, body in due:
-                await client.publish(self.topics.receipt(site, month), body, qos=1, retain=True)
+            for _id, site, month, body, retain in due:
+                await client.publish(self.topics.receipt(site, month), body, qos=1, retain=retain)
             if due:
                 try:
                     await asyncio.to_thread(store.mark_published, [d[0] for d in due])

@@ -353,6 +353,7 @@ class HubStore:
         reasons: Sequence[str],
         log_index: int | None,
         tree_size: int | None,
+        retain: bool = True,
     ) -> dict[str, Any]:
         """Sign and store a receipt (the MQTT outbox picks it up); one per site, month and report."""
         now = self.now_ms()
@@ -371,7 +372,13 @@ class HubStore:
         )
         conn.execute(
             insert(db.receipts).values(
-                site=site, month=month, report_sha256=sha256, status=status, body=canonical(body), created_ms=now
+                site=site,
+                month=month,
+                report_sha256=sha256,
+                status=status,
+                body=canonical(body),
+                created_ms=now,
+                retain=retain,
             )
         )
         return body
@@ -384,16 +391,18 @@ class HubStore:
         ).first()
         return json.loads(row[0]) if row is not None else None
 
-    def unpublished_receipts(self, limit: int = 100) -> list[tuple[int, str, str, bytes]]:
-        """(id, site, month, body) of receipts not yet published on MQTT, oldest first."""
+    def unpublished_receipts(self, limit: int = 100) -> list[tuple[int, str, str, bytes, bool]]:
+        """(id, site, month, body, retain) of receipts not yet published on MQTT, oldest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(db.receipts.c.id, db.receipts.c.site, db.receipts.c.month, db.receipts.c.body)
+                select(
+                    db.receipts.c.id, db.receipts.c.site, db.receipts.c.month, db.receipts.c.body, db.receipts.c.retain
+                )
                 .where(db.receipts.c.published_ms.is_(None))
                 .order_by(db.receipts.c.id)
                 .limit(limit)
             ).all()
-        return [(int(r.id), r.site, r.month, bytes(r.body)) for r in rows]
+        return [(int(r.id), r.site, r.month, bytes(r.body), bool(r.retain)) for r in rows]
 
     def mark_published(self, ids: Sequence[int]) -> None:
         if not ids:
