@@ -163,3 +163,49 @@ def test_revoked_site_is_quarantined(store: HubStore, mill: SignedSite) -> None:
     assert out.quarantine_kind == "revoked_site"
     assert not store.authenticate_site("mill", enrolled.token)
     assert store.sites()[0].status == "revoked"
+
+
+def test_two_hubs_sharing_one_database_append_one_at_a_time(
+    store: HubStore, mill: SignedSite, tmp_path, hub_db
+) -> None:  # type: ignore[no-untyped-def]
+    """Two hub processes' stores (own engines, own caches) ingest concurrently: the write lock orders them,
+    the log has every accepted report once, and both see the same signed tree."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.hub.conftest import hub_config
+
+    other = HubStore.open(hub_config(tmp_path, hub_db))
+    try:
+        sites = [f"s{i}" for i in range(12)]
+        for s in sites:
+            store.enroll(s, "zemgale", mill.public_pem)
+
+        def report(site: str) -> bytes:
+            doc = json.loads(mill.reports["2025-02"])
+            doc["site"]["id"] = site
+            return json.dumps(mill.keys.sign_report(doc)).encode()
+
+        payloads = [report(s) for s in sites]
+        a, b = ingest(store), ingest(other)
+        with ThreadPoolExecutor(4) as pool:
+            futs = [
+                pool.submit((a if i % 2 else b).submit_report, s, p, via="mqtt")
+                for i, (s, p) in enumerate(zip(sites, payloads, strict=True))
+            ]
+            # and each report a second time through the other hub: replays
+            futs += [
+                pool.submit((b if i % 2 else a).submit_report, s, p, via="http")
+                for i, (s, p) in enumerate(zip(sites, payloads, strict=True))
+            ]
+            outcomes = [f.result() for f in futs]
+        assert sorted(o.log_index for o in outcomes if not o.replay) == list(range(12))  # type: ignore[type-var]
+        assert sum(o.replay for o in outcomes) == 12
+        assert store.leaf_count() == 12
+        assert store.tree_head() == other.tree_head()
+        head = store.tree_head()
+        assert head is not None
+        for s, p in zip(sites, payloads, strict=True):
+            proof = other.inclusion_proof(s, "2025-02")
+            assert log.check_report_inclusion(p, proof, head, store.keys.public_key()) == []
+    finally:
+        other.close()
