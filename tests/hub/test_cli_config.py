@@ -153,3 +153,8 @@ def test_gia_hub_run_serves_healthz_and_stops_cleanly_on_sigterm(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_the_example_config_loads() -> None:
+    s = load_hub_settings(Path(__file__).parents[2] / "deploy" / "hub.example.yaml")
+    assert s.hub.areas[0].id == "zemgale" and s.hub.database_config.url.startswith("postgresql://")
