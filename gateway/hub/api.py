@@ -121,7 +121,7 @@ def create_hub_app(
         data = await _read_limited(request, max_body_bytes)
         try:
             kind = json.loads(data).get("schema", "")
-        except (ValueError, UnicodeDecodeError, AttributeError):
+        except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
             kind = ""
         if isinstance(kind, str) and kind.startswith("gia-key-transition"):
             outcome = await _db(lambda: ingestor.submit_key_transition(site, data, via="http"))

@@ -86,6 +86,8 @@ def identify(data: bytes) -> Identity:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise Malformed(f"not JSON ({exc})") from None
+    except RecursionError:  # json's C scanner recurses per nesting level: '[' * 200000 gets here
+        raise Malformed("not JSON (nested too deeply)") from None
     if not isinstance(doc, dict):
         raise Malformed("not a JSON object")
     if doc.get("schema") != "gia-monthly-report/1":

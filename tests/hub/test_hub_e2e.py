@@ -126,8 +126,9 @@ async def test_push_api_refuses_what_it_must_and_keeps_running(
 
         r = await http.post(url, content=chunks(), headers=auth)
         assert r.status_code == 413
-        r = await http.post(url, content=b"not json", headers=auth)
-        assert (r.status_code, r.json()["error"]) == (422, "quarantined")
+        for junk in (b"not json", b"[" * 200_000):
+            r = await http.post(url, content=junk, headers=auth)
+            assert (r.status_code, r.json()["error"]) == (422, "quarantined")
         # accepted, then replayed (idempotent), then a different report for the month: a conflict
         r = await http.post(url, content=feb, headers=auth)
         assert (r.status_code, r.json()["status"], r.json()["log_index"]) == (200, "accepted", 0)

@@ -142,7 +142,8 @@ def test_previous_report_chain_is_checked(store: HubStore, mill: SignedSite) -> 
 def test_malformed_payloads_and_site_mismatch_are_quarantined(store: HubStore, mill: SignedSite) -> None:
     store.enroll("mill", "zemgale", mill.public_pem)
     ing = ingest(store)
-    for payload in (b"", b"\xff\xfe", b"[1, 2]", b'{"schema": "gia-monthly-report/1"}', b"{" * 10_000):
+    deep = b"[" * 200_000  # json recurses per level: a RecursionError, not a ValueError
+    for payload in (b"", b"\xff\xfe", b"[1, 2]", b'{"schema": "gia-monthly-report/1"}', b"{" * 10_000, deep):
         out = ing.submit_report("mill", payload, via="mqtt")
         assert (out.status, out.quarantine_kind) == ("quarantined", "malformed"), payload[:20]
     doc = json.loads(mill.reports["2025-02"])
