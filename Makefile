@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-DEB_PKGS := mosquitto mosquitto-clients influxdb victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium
-DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium
+DEB_PKGS := mosquitto mosquitto-clients influxdb victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium postgresql
+DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium initdb
 PYTEST_ARGS ?=
 
 .PHONY: demo test check bench venv deps-system clean
@@ -22,7 +22,7 @@ demo: venv
 
 # Installs the real servers the tests talk to (Debian packages) when they are missing.
 deps-system:
-	@missing=""; for b in $(DEB_BINS); do command -v $$b >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin" command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
+	@missing=""; for b in $(DEB_BINS); do command -v $$b >/dev/null 2>&1 || PATH="$$PATH:/usr/sbin:/usr/lib/postgresql/15/bin" command -v $$b >/dev/null 2>&1 || missing="$$missing $$b"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "missing test servers:$$missing"; \
 	  if [ "$$(id -u)" = "0" ]; then \

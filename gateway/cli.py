@@ -3,7 +3,7 @@
 Command groups live beside what they drive and register themselves here:
 `gateway/cli_agent.py` (run, demo, check-config, backup, restore), `gateway/cli_devices.py` (scan, sim,
 read), `gateway/certification/cli.py` (report, evidence, verify, area-report, keys) and
-`forecasting/cli.py` (forecast ...).
+`forecasting/cli.py` (forecast ...), `gateway/hub/cli.py` (hub ...).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import typer
 from forecasting import cli as forecast_cli
 from gateway import cli_agent, cli_devices
 from gateway.certification import cli as cert_cli
+from gateway.hub import cli as hub_cli
 
 
 def build_app() -> typer.Typer:
@@ -27,6 +28,7 @@ def build_app() -> typer.Typer:
     cli_devices.register(app)
     cert_cli.register(app)
     forecast_cli.register(app)
+    hub_cli.register(app)
     return app
 
 

@@ -20,6 +20,9 @@ Fixtures (registered by tests/conftest.py):
   tls=True)`` gives one with ``auth-enabled`` and an admin user and/or https with the test CA.
 * ``victoriametrics`` (session) / ``victoriametrics_fresh`` / ``victoriametrics_tls`` (function):
   VictoriaMetrics, the available real server for the InfluxDB v2 *write* API.
+* ``postgres`` (session): PostgreSQL 15 with password (SCRAM) auth; ``postgres_db`` (function) gives a
+  fresh database on it (``PostgresDatabase``: url without password, password_file, dsn());
+  ``postgres_factory`` (function) a server of one's own, for stop()/start() (restart) tests.
 
 A missing binary fails the test when the environment variable CI is set, and skips it otherwise with
 the apt-get command that installs it.
@@ -63,6 +66,8 @@ _APT: Final = {
     "mosquitto_sub": "mosquitto-clients",
     "influxd": "influxdb",
     "victoria-metrics": "victoria-metrics",
+    "initdb": "postgresql",
+    "postgres": "postgresql",
 }
 
 
@@ -676,6 +681,177 @@ class VictoriaMetrics(ServerProcess):
             time.sleep(0.1)
 
 
+# -- PostgreSQL -------------------------------------------------------------------------------------
+PG_BIN: Final = Path("/usr/lib/postgresql/15/bin")
+
+
+def find_pg_binary(name: str) -> str:
+    """Debian keeps the server binaries off PATH, in /usr/lib/postgresql/15/bin."""
+    path = PG_BIN / name
+    if path.is_file():
+        return str(path)
+    return find_binary(name)
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """One database on a test server: `url` never holds the password (it is in `password_file`)."""
+
+    host: str
+    port: int
+    name: str
+    user: str
+    password: str
+    password_file: Path
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.name}"
+
+    def dsn(self) -> str:
+        return f"host={self.host} port={self.port} dbname={self.name} user={self.user} password={self.password}"
+
+
+class PostgresServer(ServerProcess):
+    """PostgreSQL (Debian's `postgresql`, 15) in its own data dir on 127.0.0.1:port, never the machine's own.
+
+    `initdb` makes a cluster whose superuser `gia` logs in with a password (scram-sha-256, also on
+    loopback), so the hub's password handling is exercised. PostgreSQL refuses to run as root: as root,
+    initdb and the server run as the `postgres` user (`setpriv`, which execs, so signals reach the server
+    itself) in a data dir that user owns. `stop()` is a fast shutdown (SIGINT: clients disconnected,
+    clean checkpoint); `stop(kill=True)` a crash (SIGKILL; crash recovery at the next start).
+    Methods: create_database(name) -> PostgresDatabase, execute(sql, dbname="postgres").
+    """
+
+    name = "postgres"
+    user = "gia"
+
+    def __init__(self, workdir: Path, *, port: int | None = None, password: str = "gia-test-pg-password") -> None:
+        super().__init__(workdir)
+        self.initdb = find_pg_binary("initdb")
+        self.binary = find_pg_binary("postgres")
+        self.host = HOST
+        self.port = port or free_port()
+        self.password = password
+        self.password_file = workdir / "db-password"
+        self.password_file.write_text(password + "\n")
+        self.password_file.chmod(0o600)
+        # pytest's temp dirs are private to root; the server user needs a directory of its own.
+        import tempfile
+
+        self.data_root = Path(tempfile.mkdtemp(prefix="gia-pg-"))
+        self.data_dir = self.data_root / "data"
+        self._initialised = False
+
+    def _as_server_user(self, cmd: list[str]) -> list[str]:
+        if os.geteuid() != 0:
+            return cmd
+        return ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--", *cmd]
+
+    def _init_cluster(self) -> None:
+        if os.geteuid() == 0:
+            shutil.chown(self.data_root, "postgres", "postgres")
+        pwfile = self.data_root / "pw"
+        pwfile.write_text(self.password + "\n")
+        if os.geteuid() == 0:
+            shutil.chown(pwfile, "postgres", "postgres")
+        try:
+            subprocess.run(
+                self._as_server_user(
+                    [
+                        self.initdb,
+                        "-D",
+                        str(self.data_dir),
+                        "-U",
+                        self.user,
+                        f"--pwfile={pwfile}",
+                        "--auth=scram-sha-256",
+                        "--encoding=UTF8",
+                        "--no-sync",
+                        "--locale=C",
+                    ]
+                ),
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from None
+        finally:
+            pwfile.unlink()
+        self._initialised = True
+
+    def command(self) -> list[str]:
+        return self._as_server_user(
+            [
+                self.binary,
+                "-D",
+                str(self.data_dir),
+                "-p",
+                str(self.port),
+                "-h",
+                self.host,
+                "-k",
+                "",  # no Unix socket: TCP on loopback only
+                "-c",
+                "fsync=off",  # a test cluster: speed over durability across power cuts (not across kills)
+                "-c",
+                "shared_buffers=16MB",
+                "-c",
+                "max_connections=50",
+            ]
+        )
+
+    def ready(self) -> bool:
+        if not port_open(self.host, self.port):
+            return False
+        try:
+            self.execute("SELECT 1")
+        except Exception:
+            return False
+        return True
+
+    def start(self, timeout: float = START_TIMEOUT_S) -> None:
+        if not self._initialised:
+            self._init_cluster()
+        super().start(timeout)
+
+    def stop(self, *, kill: bool = False, timeout: float = STOP_TIMEOUT_S) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(9 if kill else 2)  # SIGKILL: a crash; SIGINT: PostgreSQL's fast shutdown
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout)
+
+    def remove(self) -> None:
+        """Stop and delete the data dir (it lives outside pytest's temp dirs)."""
+        self.stop()
+        shutil.rmtree(self.data_root, ignore_errors=True)
+
+    def execute(self, sql: str, dbname: str = "postgres") -> list[tuple[Any, ...]]:
+        import psycopg
+
+        with psycopg.connect(
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            password=self.password,
+            dbname=dbname,
+            connect_timeout=2,
+            autocommit=True,
+        ) as conn:
+            cur = conn.execute(sql)  # type: ignore[arg-type]
+            return list(cur.fetchall()) if cur.description else []
+
+    def create_database(self, name: str) -> PostgresDatabase:
+        self.execute(f'CREATE DATABASE "{name}"')
+        return PostgresDatabase(self.host, self.port, name, self.user, self.password, self.password_file)
+
+
 # -- fixtures ---------------------------------------------------------------------------------------
 _S = TypeVar("_S", bound=ServerProcess)
 
@@ -824,6 +1000,8 @@ def victoriametrics_tls(
 __all__ = [
     "InfluxDB1",
     "MosquittoBroker",
+    "PostgresDatabase",
+    "PostgresServer",
     "ServerProcess",
     "TlsMaterial",
     "VictoriaMetrics",
@@ -833,3 +1011,51 @@ __all__ = [
     "make_tls_material",
     "port_open",
 ]
+
+
+# -- PostgreSQL fixtures ----------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A shared PostgreSQL for the session: use `postgres_db` for a database of your own; do not stop it."""
+    server = PostgresServer(tmp_path_factory.mktemp("postgres"))
+    try:
+        yield from _running(server)
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def postgres_db(postgres: PostgresServer, request: pytest.FixtureRequest) -> Iterator[PostgresDatabase]:
+    """A fresh, empty database on the shared server, dropped at test end."""
+    import re
+    import uuid
+
+    name = ("t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()))[:40] + "_" + uuid.uuid4().hex[:8]
+    db = postgres.create_database(name)
+    try:
+        yield db
+    finally:
+        with contextlib.suppress(Exception):
+            postgres.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+PostgresFactory = Callable[..., PostgresServer]
+
+
+@pytest.fixture
+def postgres_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresFactory]:
+    """`make(port=None, start=True)`: a PostgreSQL server of the test's own (restart tests), removed at end."""
+    made: list[PostgresServer] = []
+
+    def make(*, port: int | None = None, start: bool = True) -> PostgresServer:
+        server = PostgresServer(tmp_path_factory.mktemp("postgres"), port=port)
+        made.append(server)
+        if start:
+            server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.remove()

@@ -1,0 +1,241 @@
+"""Ingestion: one submitted report (or key transition) decided, stored and logged in one transaction.
+
+The decision, in order (each step's outcome is final):
+
+1. too large -> refused, nothing stored; not a monthly report at all -> quarantine `malformed`;
+2. a replay (same site, month and bytes already decided) -> the stored decision, nothing changes;
+3. not attributable to an enrolled site's pinned key -> quarantine (`site_mismatch` when the topic or
+   URL names another site than the report, `unknown_site`, `revoked_site`, `unpinned_key`,
+   `bad_signature`): kept and listed, never counted, and no receipt in the site's name (a forged
+   report must not overwrite the genuine site's receipt);
+4. verified with the adapter (`verifier.verify_site_report`: pinned key, previous-report chain, the
+   area's policy) -> `rejected` with reasons, or
+5. the first accepted report of a site-month wins: a different one is a `conflict` unless it is a
+   valid reissue (`reissue_of` = the SHA-256 of the report that counts now);
+6. accepted -> appended to the log (leaf `site_report`), a new signed tree head;
+7. a signed receipt (accepted / rejected with reasons, log index) stored for the MQTT outbox.
+
+Everything from step 2 on runs inside `db.write_transaction`, so concurrent submissions (threads, or
+hub replicas sharing a database) are decided one at a time and a crash leaves either all of it or none.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from sqlalchemy import Connection, insert, select
+
+from gateway.certification.periods import shift_month
+from gateway.hub import db, log
+from gateway.hub.store import HubStore
+from gateway.hub.verifier import Identity, Malformed, identify, verify_key_transition, verify_site_report
+
+logger = logging.getLogger(__name__)
+
+Via = Literal["mqtt", "http"]
+Status = Literal["accepted", "rejected", "quarantined", "refused"]
+MAX_REASONS: Final = 50
+
+
+@dataclass(slots=True)
+class Outcome:
+    status: Status
+    site: str
+    month: str | None
+    sha256: str
+    reasons: list[str] = field(default_factory=list)
+    log_index: int | None = None
+    receipt: dict[str, Any] | None = None
+    replay: bool = False
+    quarantine_kind: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        if self.receipt is not None:
+            return {**self.receipt, "replay": self.replay}
+        return {
+            "status": self.status,
+            "site": self.site,
+            "month": self.month,
+            "report_sha256": self.sha256,
+            "reasons": self.reasons,
+            "replay": self.replay,
+        }
+
+
+class Ingestor:
+    def __init__(self, store: HubStore, *, max_bytes: int) -> None:
+        self.store = store
+        self.max_bytes = max_bytes
+
+    # -- reports --------------------------------------------------------------------------------------
+    def submit_report(self, claimed_site: str, data: bytes, *, via: Via) -> Outcome:
+        sha = hashlib.sha256(data).hexdigest()
+        if len(data) > self.max_bytes:
+            return Outcome("refused", claimed_site, None, sha, [f"report of {len(data)} bytes > {self.max_bytes}"])
+        try:
+            ident = identify(data)
+        except Malformed as exc:
+            with db.write_transaction(self.store.engine) as conn:
+                return self._quarantine(conn, claimed_site, None, sha, data, via, "malformed", str(exc))
+        with db.write_transaction(self.store.engine) as conn:
+            return self._decide(conn, claimed_site, ident, data, via)
+
+    def _decide(
+        self,
+        conn: Connection,
+        claimed: str,
+        ident: Identity,
+        data: bytes,
+        via: Via,
+    ) -> Outcome:
+        s = self.store
+        site, month, sha, key_id, reissue_of = ident.site, ident.month, ident.sha256, ident.key_id, ident.reissue_of
+        if site != claimed:
+            return self._quarantine(
+                conn, claimed, month, sha, data, via, "site_mismatch", f"sent as site {claimed!r}, report is {site!r}"
+            )
+        row = conn.execute(
+            select(db.reports.c.status, db.reports.c.reasons, db.reports.c.log_index).where(
+                db.reports.c.site == site, db.reports.c.month == month, db.reports.c.sha256 == sha
+            )
+        ).first()
+        if row is not None:  # a replay: the decision stands, nothing changes
+            receipt = s.stored_receipt(conn, site, month, sha)
+            was: Status = "accepted" if row.status == "accepted" else "rejected"
+            return Outcome(was, site, month, sha, json.loads(row.reasons), row.log_index, receipt, replay=True)
+        site_row = s.site_row(conn, site)
+        if site_row is None:
+            return self._quarantine(conn, site, month, sha, data, via, "unknown_site", f"site {site!r} is not enrolled")
+        if site_row.status != "enrolled":
+            return self._quarantine(conn, site, month, sha, data, via, "revoked_site", f"site {site!r} is revoked")
+        pinned = s.pinned_keys(conn, site)
+        if not any(k.key_id == key_id for k in pinned):
+            return self._quarantine(
+                conn, site, month, sha, data, via, "unpinned_key", f"signed by key {key_id}, not pinned for {site!r}"
+            )
+        previous = self._authoritative(conn, site, shift_month(month, -1))
+        verdict = verify_site_report(
+            data,
+            pinned=pinned,
+            previous=previous[1] if previous is not None else None,
+            policy=s.area_policy(conn, site_row.area),
+        )
+        if not verdict.signature_ok:
+            return self._quarantine(conn, site, month, sha, data, via, "bad_signature", "; ".join(verdict.reasons))
+        reasons = verdict.reasons[:MAX_REASONS]
+        status: Status = "accepted" if verdict.ok else "rejected"
+        db_status: str = status
+        current = self._authoritative(conn, site, month)
+        if verdict.ok and current is not None and reissue_of != current[0]:
+            status, db_status = "rejected", "conflict"
+            reasons = [
+                f"conflict: a different report for {month} is stored (sha256 {current[0]}); a replacement must be"
+                " a reissue naming it in reissue_of"
+            ]
+        log_index = tree_size = None
+        if status == "accepted":
+            log_index, head = s.append_leaf(conn, "site_report", log.site_report_leaf(site, month, sha))
+            tree_size = int(head["tree_size"])
+        conn.execute(
+            insert(db.reports).values(
+                site=site,
+                month=month,
+                sha256=sha,
+                raw=data,
+                received_ms=s.now_ms(),
+                via=via,
+                status=db_status,
+                reasons=json.dumps(reasons),
+                key_id=key_id,
+                grade=verdict.grade,
+                reissue_of=reissue_of,
+                log_index=log_index,
+            )
+        )
+        if db_status == "conflict":
+            assert current is not None
+            conn.execute(
+                insert(db.conflicts).values(
+                    site=site,
+                    month=month,
+                    stored_sha256=current[0],
+                    other_sha256=sha,
+                    detected_ms=s.now_ms(),
+                    detail=reasons[0],
+                )
+            )
+        receipt = s.make_receipt(
+            conn,
+            site=site,
+            month=month,
+            sha256=sha,
+            status=status,
+            reasons=reasons,
+            log_index=log_index,
+            tree_size=tree_size,
+            retain=status == "accepted" or current is None,
+        )
+        logger.info("report %s %s from %s: %s%s", site, month, via, status, f" ({reasons[0]})" if reasons else "")
+        return Outcome(status, site, month, sha, reasons, log_index, receipt)
+
+    def _authoritative(self, conn: Connection, site: str, month: str) -> tuple[str, bytes] | None:
+        """(sha256, bytes) of the report that counts for a site-month: the last accepted one."""
+        row = conn.execute(
+            select(db.reports.c.sha256, db.reports.c.raw)
+            .where(db.reports.c.site == site, db.reports.c.month == month, db.reports.c.status == "accepted")
+            .order_by(db.reports.c.log_index.desc())
+            .limit(1)
+        ).first()
+        return (row.sha256, bytes(row.raw)) if row is not None else None
+
+    def _quarantine(
+        self,
+        conn: Connection,
+        claimed: str,
+        month: str | None,
+        sha: str,
+        data: bytes,
+        via: Via,
+        kind: str,
+        reason: str,
+    ) -> Outcome:
+        claimed = claimed[:255]
+        row = conn.execute(
+            select(db.quarantine.c.kind, db.quarantine.c.reason).where(
+                db.quarantine.c.claimed_site == claimed, db.quarantine.c.sha256 == sha
+            )
+        ).first()
+        if row is not None:
+            return Outcome("quarantined", claimed, month, sha, [row.reason], replay=True, quarantine_kind=row.kind)
+        conn.execute(
+            insert(db.quarantine).values(
+                claimed_site=claimed,
+                month=month[:16] if month else None,
+                sha256=sha,
+                raw=data,
+                received_ms=self.store.now_ms(),
+                via=via,
+                kind=kind,
+                reason=reason[:2000],
+            )
+        )
+        logger.warning("quarantined a submission for %r via %s: %s: %s", claimed, via, kind, reason[:200])
+        return Outcome("quarantined", claimed, month, sha, [reason], quarantine_kind=kind)
+
+    # -- key transitions ------------------------------------------------------------------------------
+    def submit_key_transition(self, claimed_site: str, data: bytes, *, via: Via) -> Outcome:
+        """Through the adapter; until #14 fixes the statement format every transition is quarantined."""
+        sha = hashlib.sha256(data).hexdigest()
+        if len(data) > self.max_bytes:
+            return Outcome("refused", claimed_site, None, sha, [f"statement of {len(data)} bytes > {self.max_bytes}"])
+        with db.write_transaction(self.store.engine) as conn:
+            verdict = verify_key_transition(data, pinned=self.store.pinned_keys(conn, claimed_site))
+            if not verdict.ok:
+                return self._quarantine(
+                    conn, claimed_site, None, sha, data, via, "key_transition", "; ".join(verdict.reasons)
+                )
+            raise NotImplementedError("following key transitions arrives with #14")

@@ -1,0 +1,85 @@
+"""Hub test fixtures: real signed site reports (a real ledger, the gateway's ReportService) and the hub's
+database on both engines (`hub_db` is parametrised: embedded SQLite and a real PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.certification.signing import KeyStore, public_pem
+from gateway.hub.config import AreaConfig, DatabaseConfig, HubConfig
+from gateway.hub.store import HubStore
+from tests.certification import helpers as h
+
+FEB_START = datetime(2025, 1, 31, 22, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class SignedSite:
+    """A site with a real ledger and key, and its signed monthly reports as the gateway publishes them."""
+
+    site: str
+    keys: KeyStore
+    public_pem: bytes
+    reports: dict[str, bytes]  # month -> the exact bytes of the signed report
+    data_dir: Path
+
+    def resign(self, month: str, **changes: Any) -> bytes:
+        """A different report for `month`, validly signed by this site's key (what a site that rebuilt
+        its report, or a reissue, would publish)."""
+        doc = json.loads(self.reports[month])
+        doc.update(changes)
+        return json.dumps(self.keys.sign_report(doc), indent=2).encode()
+
+
+def build_site(directory: Path, site: str) -> SignedSite:
+    samples = h.register_samples("m1", "energy_import_wh", FEB_START, h.MARCH_END + h.Q15, value=h.constant_400w)
+    s = h.settings(directory, [h.device("m1", h.channel("consumption"), serial="SN-1")], site=site)
+    h.make_ledger(s.ledger_path, samples).close()
+    svc = h.service(s, now=datetime(2025, 4, 5, tzinfo=UTC))
+    reports = {m: svc.report_json(site, m) for m in ("2025-02", "2025-03")}
+    keys = KeyStore(directory / "keys")
+    return SignedSite(site, keys, public_pem(keys.public_key()).encode(), reports, directory)
+
+
+@pytest.fixture(scope="session")
+def mill(tmp_path_factory: pytest.TempPathFactory) -> SignedSite:
+    return build_site(tmp_path_factory.mktemp("mill"), "mill")
+
+
+@pytest.fixture(scope="session")
+def intruder_keys(tmp_path_factory: pytest.TempPathFactory) -> KeyStore:
+    """A key nobody enrolled."""
+    return KeyStore(tmp_path_factory.mktemp("intruder") / "keys")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def hub_db(request: pytest.FixtureRequest, tmp_path: Path) -> DatabaseConfig:
+    if request.param == "sqlite":
+        return DatabaseConfig(url=f"sqlite:///{tmp_path / 'hub.db'}")
+    db = request.getfixturevalue("postgres_db")
+    return DatabaseConfig(url=db.url, password_file=db.password_file)
+
+
+def hub_config(tmp_path: Path, database: DatabaseConfig, **kw: Any) -> HubConfig:
+    return HubConfig(
+        data_dir=tmp_path / "hub",
+        database=database,
+        areas=[AreaConfig(id="zemgale", name="Zemgale")],
+        **kw,
+    )
+
+
+@pytest.fixture
+def store(tmp_path: Path, hub_db: DatabaseConfig) -> Iterator[HubStore]:
+    s = HubStore.open(hub_config(tmp_path, hub_db))
+    try:
+        yield s
+    finally:
+        s.close()
