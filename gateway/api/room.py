@@ -7,29 +7,19 @@ reports, forecasts, flexibility). The page's energy balance and flow history are
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI
 
 from gateway.api.app import ApiServices, create_app
 from gateway.api.auth import Authenticator, Principal, TokenEntry
 from gateway.api.summary_routes import add_summary_routes
 from gateway.rooms import Part, Room, Services
+from gateway.runtime.http import HttpServer
 from gateway.settings import HttpConfig
 from gateway.site.balance import energy_summary, flow_history
 from gateway.site.resolve import Site
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the agent owns shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
 
 
 def authenticator(cfg: HttpConfig) -> Authenticator:
@@ -77,37 +67,12 @@ def build_app(site: Site, services: Services) -> FastAPI:
 
 
 async def _serve(site: Site, services: Services) -> None:
-    cfg = services.settings.http
-    config = uvicorn.Config(
-        build_app(site, services),
-        host=cfg.host,
-        port=cfg.port,
-        log_config=None,
-        access_log=False,
-        lifespan="off",
-        ssl_certfile=str(cfg.tls_cert_file) if cfg.tls_cert_file else None,
-        ssl_keyfile=str(cfg.tls_key_file) if cfg.tls_key_file else None,
-        timeout_graceful_shutdown=2,
-    )
-    server = _EmbeddedServer(config)
-
-    def stop() -> None:
-        server.should_exit = True
-
-    services.on_stop.append(stop)
-    task = asyncio.ensure_future(server.serve())
+    server = HttpServer(build_app(site, services), services.settings.http)
+    services.on_stop.append(server.stop)
     try:
-        await asyncio.shield(task)
-    except asyncio.CancelledError:
-        # Let uvicorn close its sockets and streams itself, within a bound.
-        server.should_exit = True
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await asyncio.wait_for(task, 3.0)
-        raise
+        await server.serve(stopping=services.stopping)
     finally:
-        services.on_stop.remove(stop)
-    if not services.stopping():
-        raise RuntimeError(f"HTTP server on {cfg.listen} stopped (is the port in use?)")
+        services.on_stop.remove(server.stop)
 
 
 async def parts(site: Site, services: Services) -> Sequence[Part]:

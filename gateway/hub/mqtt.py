@@ -32,8 +32,8 @@ from drivers.backoff import Backoff
 from drivers.cancel import raise_if_cancelling
 from gateway.hub.ingest import Ingestor, Outcome
 from gateway.settings import MqttConfig
-from gateway.sinks.mqtt import tls_context
-from gateway.sinks.topics import Topics
+from gateway.sinks.mqtt.sink import tls_context
+from gateway.sinks.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,10 @@ Parts: `hub-mqtt` (subscriptions and the receipt outbox; when `hub.mqtt` is set)
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
-
-import uvicorn
 
 from gateway import __version__
 from gateway.hub.api import create_hub_app
@@ -23,17 +18,11 @@ from gateway.hub.config import HubSettings
 from gateway.hub.ingest import Ingestor
 from gateway.hub.mqtt import HubMqtt
 from gateway.hub.store import HubStore
-from gateway.supervisor import PartState, Supervisor
+from gateway.rooms import Part
+from gateway.runtime.http import HttpServer
+from gateway.runtime.supervisor import PartState, Supervisor
 
 log = logging.getLogger(__name__)
-
-
-class _EmbeddedServer(uvicorn.Server):
-    """uvicorn without its own signal handlers: the hub's runner owns shutdown."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[no-untyped-def]
-        yield
 
 
 class Hub:
@@ -52,14 +41,16 @@ class Hub:
                 self.ingestor,
                 client_id=self.cfg.mqtt.client_id or f"gia-hub-{socket.gethostname()}",
             )
-        self.http_server: _EmbeddedServer | None = None
+        self.http_server: HttpServer | None = None
+        self._stopping = False
 
-    def parts(self) -> dict[str, Callable[[], Awaitable[None]]]:
-        out: dict[str, Callable[[], Awaitable[None]]] = {}
+    def parts(self) -> list[Part]:
+        """The hub's parts, with the agent's plug (gateway/rooms.py): a name, a run, and health reasons."""
+        out: list[Part] = []
         if self.mqtt is not None:
-            out["hub-mqtt"] = self.mqtt.run
+            out.append(Part("hub-mqtt", self.mqtt.run, max_backoff_s=10.0))
         if self.cfg.http.enabled:
-            out["hub-http"] = self._serve_http
+            out.append(Part("hub-http", self._serve_http, max_backoff_s=10.0))
         return out
 
     def health(self) -> dict[str, Any]:
@@ -109,36 +100,21 @@ class Hub:
         )
 
     async def _serve_http(self) -> None:
-        cfg = self.cfg.http
-        config = uvicorn.Config(
-            self.app(),
-            host=cfg.host,
-            port=cfg.port,
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            ssl_certfile=str(cfg.tls_cert_file) if cfg.tls_cert_file else None,
-            ssl_keyfile=str(cfg.tls_key_file) if cfg.tls_key_file else None,
-            timeout_graceful_shutdown=2,
-        )
-        server = self.http_server = _EmbeddedServer(config)
-        task = asyncio.ensure_future(server.serve())
+        server = self.http_server = HttpServer(self.app(), self.cfg.http)
         try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            server.should_exit = True
-            with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, 3.0)
-            raise
+            await server.serve(stopping=lambda: self._stopping)
+        finally:
+            self.http_server = None
 
     def request_http_stop(self) -> None:
+        self._stopping = True
         if self.http_server is not None:
-            self.http_server.should_exit = True
+            self.http_server.stop()
 
     async def run(self) -> None:
         """Run every part until cancelled; then close the database."""
-        for name, factory in self.parts().items():
-            self.supervisor.add(name, factory, max_backoff_s=10.0)
+        for part in self.parts():
+            self.supervisor.add(part.name, part.run, max_backoff_s=part.max_backoff_s)
         try:
             await self.supervisor.run()
         finally:

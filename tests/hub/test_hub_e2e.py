@@ -22,10 +22,11 @@ from gateway.certification.signing import public_pem, verify_signature
 from gateway.hub import log
 from gateway.hub.config import DatabaseConfig, HubHttpConfig, HubSettings
 from gateway.hub.service import Hub
-from gateway.live import LiveState
+from gateway.runtime.live import LiveState
 from gateway.settings import MqttConfig
-from gateway.sinks.mqtt import MqttSink, RetainedOutbox
-from gateway.sinks.topics import Topics
+from gateway.sinks.mqtt.sink import MqttSink
+from gateway.sinks.mqtt.topics import Topics
+from gateway.sinks.outbox import LatestOutbox
 from tests.hub.conftest import SignedSite, hub_config
 from tests.servers import MosquittoBroker, free_port
 
@@ -61,7 +62,7 @@ def make_hub(tmp_path: Path, database: DatabaseConfig, broker: MosquittoBroker, 
 
 async def publish_like_a_gateway(broker: MosquittoBroker, site: str, month: str, body: bytes) -> None:
     """The gateway's own path: the report in the retained outbox of its MQTT sink, published on connect."""
-    outbox = RetainedOutbox()
+    outbox: LatestOutbox[str, bytes] = LatestOutbox()
     outbox.put(Topics.for_site("gia/{site}", site).report(month), body)
     cfg = MqttConfig(url=broker.url, client_id=f"gia-{site}", timeout_s=3)
     async with MqttSink(cfg, site=site, live=LiveState(), outbox=outbox):
