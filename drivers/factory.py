@@ -18,6 +18,7 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.registermap import Quirks, RegisterMap
 from drivers.modbus.sunspec import SunSpecDriver
 from drivers.mqtt.driver import MqttDriver, MqttHub, device_fields
+from drivers.services import DriverServices, create_port_driver
 
 
 def device_quirks(register_map: RegisterMap | None, options: dict[str, float | int | bool]) -> Quirks:
@@ -45,18 +46,28 @@ def device_class_of(cfg: DeviceConfig, *, base_dir: Path) -> str:
     """meter, inverter, wind_turbine or battery: configured, else from the map (SunSpec: inverter)."""
     if cfg.device_class is not None:
         return cfg.device_class
-    assert isinstance(cfg, ModbusDeviceConfig)  # MQTT devices always have a class (default meter)
+    assert isinstance(cfg, ModbusDeviceConfig)  # other devices always have a class (default meter)
     if cfg.sunspec:
         return "inverter"
     return _map_of(cfg, base_dir).device_class
 
 
-def create_driver(cfg: DeviceConfig, *, pool: BusPool, base_dir: Path, mqtt: MqttHub | None = None) -> Driver:
+def create_driver(
+    cfg: DeviceConfig,
+    *,
+    pool: BusPool,
+    base_dir: Path,
+    mqtt: MqttHub | None = None,
+    services: DriverServices | None = None,
+) -> Driver:
     """A ready-to-enter driver for one configured device (raises PermanentError on bad config).
 
     Modbus devices share the pool's buses; MQTT devices share `mqtt` (one `MqttHub` per broker,
-    entered by the caller).
+    entered by the caller); M-Bus meters and OCPP chargers share `services` (entered by the caller).
     """
+    port_driver = create_port_driver(cfg, services)
+    if port_driver is not None:
+        return port_driver
     if isinstance(cfg, MqttDeviceConfig):
         fields = device_fields(cfg)
         if mqtt is None:
@@ -71,6 +82,7 @@ def create_driver(cfg: DeviceConfig, *, pool: BusPool, base_dir: Path, mqtt: Mqt
             poll_interval_s=cfg.poll_interval_s,
             stale_after_intervals=cfg.stale_after_intervals,
         )
+    assert isinstance(cfg, ModbusDeviceConfig)
     conn = parse_connection(cfg.connection)
     if cfg.sunspec:
         quirks = device_quirks(None, cfg.options)

@@ -52,7 +52,9 @@ class LinkSettings:
         return f"{self.host}:{self.port}"
 
 
-def parse_link(url: str, *, default_baud: int = 115200, default_parity: str = "N", default_bytesize: int = 8) -> LinkSettings:
+def parse_link(
+    url: str, *, default_baud: int = 115200, default_parity: str = "N", default_bytesize: int = 8
+) -> LinkSettings:
     """Parse ``serial:///dev/X?baud=..`` or ``tcp://HOST:PORT`` with a message naming the fix."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -83,8 +85,9 @@ def parse_link(url: str, *, default_baud: int = 115200, default_parity: str = "N
             raise ValueError(f"{url!r}: baud, bytesize and stopbits must be integers") from None
         if baud not in STANDARD_BAUDS:
             raise ValueError(f"{url!r}: baud {baud} is not a standard rate (2400, 9600, 115200...)")
-        parity = q.get("parity", default_parity).upper()
-        if parity not in ("N", "E", "O"):
+        parities: dict[str, Literal["N", "E", "O"]] = {"N": "N", "E": "E", "O": "O"}
+        parity = parities.get(q.get("parity", default_parity).upper())
+        if parity is None:
             raise ValueError(f"{url!r}: parity must be N, E or O")
         if bytesize not in (7, 8) or stopbits not in (1, 2):
             raise ValueError(f"{url!r}: bytesize must be 7 or 8 and stopbits 1 or 2")
@@ -274,4 +277,3 @@ async def open_link(settings: LinkSettings, *, timeout_s: float) -> SerialLink |
     if settings.scheme == "serial":
         return await SerialLink(settings).open(timeout_s)
     return await TcpLink(settings).open(timeout_s)
-

@@ -367,6 +367,7 @@ class Agent:
         """Run until cancelled; on cancellation every part stops and queued readings are committed."""
         from drivers.factory import create_driver, device_class_of
         from drivers.modbus.bus import BusPool
+        from drivers.services import DriverServices
 
         s = self.settings
         self._stopping = False
@@ -419,6 +420,7 @@ class Agent:
                     log.info("Modbus proxy on %s serving unit(s) %s", listen, ", ".join(map(str, proxy.unit_ids)))
                 device_hub = self._device_hub()
                 hub = await stack.enter_async_context(device_hub) if device_hub is not None else None
+                services = await stack.enter_async_context(DriverServices())  # M-Bus lines, OCPP servers
                 self.supervisor.add("ledger", writer.run)
                 self.supervisor.add("clock", guard.run)
                 self.supervisor.add("disk", disk.run)
@@ -426,7 +428,7 @@ class Agent:
                     dev_cfg = dev
 
                     def factory(cfg: Any = dev_cfg) -> Any:
-                        return create_driver(cfg, pool=pool, base_dir=self.base_dir, mqtt=hub)
+                        return create_driver(cfg, pool=pool, base_dir=self.base_dir, mqtt=hub, services=services)
 
                     poller = DevicePoller(
                         device_id=dev.id,

@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from drivers.config import DeviceConfig, ModbusDeviceConfig
+from drivers.config import DEVICE_MODELS, DeviceConfig
 from forecasting.config import ForecastingConfig
 from gateway.certification.config import CertificationConfig
 from gateway.flexibility.config import FlexibilityConfig
@@ -354,7 +354,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif i > 0 and isinstance(loc[i - 1], int) and part in ("modbus", "mqtt") and loc[0] == "devices":
+        elif i > 0 and isinstance(loc[i - 1], int) and part in DEVICE_MODELS and loc[0] == "devices":
             continue  # the discriminated union's branch name: not part of the user's path
         elif part in ("function-after", "function-before") or "[" in str(part):
             continue
@@ -372,15 +372,13 @@ def _fix_for(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
             continue
         fields = getattr(current, "model_fields", None)
         if fields is None:
-            if part == "modbus":
-                current = ModbusDeviceConfig
+            if part in DEVICE_MODELS:
+                current = DEVICE_MODELS[part]
             continue
         info = fields.get(part)
         if info is None:
-            if part in ("modbus", "mqtt"):
-                from drivers.config import MqttDeviceConfig
-
-                current = ModbusDeviceConfig if part == "modbus" else MqttDeviceConfig
+            if part in DEVICE_MODELS:
+                current = DEVICE_MODELS[part]
             continue
         description = info.description or ""
         current = _model_of(info.annotation)

@@ -49,7 +49,8 @@ def load_meterbus() -> ModuleType:
         if h not in handlers:
             root.removeHandler(h)
     root.setLevel(level)
-    return meterbus
+    module: ModuleType = meterbus
+    return module
 
 
 class MbusChecksumError(Exception):

@@ -91,9 +91,7 @@ class MbusDriver(SharedConnection):
         values = quantities(answer, records=self.records, medium=self.medium)
         if not values:
             self.stats.undecodable += 1
-            self.stats.last_error = (
-                f"medium 0x{answer.medium:02x} has no default mapping and no records are configured"
-            )
+            self.stats.last_error = f"medium 0x{answer.medium:02x} has no default mapping and no records are configured"
             raise TransientError(f"{self.device_id}: {self.stats.last_error}; set records: {{quantity: index}}")
         self.stats.good += 1
         return [checked_sample(self.device_id, q, v, ts) for q, v in values.items()]

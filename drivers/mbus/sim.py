@@ -88,7 +88,9 @@ class SimMeter:
         self.access = (self.access + 1) & 0xFF
         v = self.values()
         if self.medium == "electricity":
-            return rsp_ud(self.address, serial=self.serial, medium=0x02, records=electricity_records(v), access=self.access)
+            return rsp_ud(
+                self.address, serial=self.serial, medium=0x02, records=electricity_records(v), access=self.access
+            )
         return rsp_ud(self.address, serial=self.serial, medium=0x04, records=heat_records(v), access=self.access)
 
 

@@ -18,8 +18,9 @@ Variant = Literal["dsmr4", "dsmr5", "belgium", "sweden", "finland"]
 def link_of(connection: str, variant: Variant) -> LinkSettings:
     """The port settings: 115200 baud 8N1 (DSMR 5, e-MUCS, the Nordic HAN ports), 7E1 for DSMR 4."""
     dsmr4 = variant == "dsmr4"
-    return parse_link(connection, default_baud=115200, default_parity="E" if dsmr4 else "N",
-                      default_bytesize=7 if dsmr4 else 8)
+    return parse_link(
+        connection, default_baud=115200, default_parity="E" if dsmr4 else "N", default_bytesize=7 if dsmr4 else 8
+    )
 
 
 class P1DeviceConfig(BaseModel):

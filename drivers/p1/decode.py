@@ -161,7 +161,9 @@ def quantities(t: Mapping[str, Any]) -> dict[str, Value]:
     if present:
         out["power_w"] = value
     for n in (1, 2, 3):
-        present, value = _net(t, f"INSTANTANEOUS_ACTIVE_POWER_L{n}_POSITIVE", f"INSTANTANEOUS_ACTIVE_POWER_L{n}_NEGATIVE")
+        present, value = _net(
+            t, f"INSTANTANEOUS_ACTIVE_POWER_L{n}_POSITIVE", f"INSTANTANEOUS_ACTIVE_POWER_L{n}_NEGATIVE"
+        )
         if present:
             out[f"power_l{n}_w"] = value
     for name, (quantity, unit) in _PHASE_LINES.items():

@@ -31,9 +31,10 @@ from collections.abc import Iterable, Mapping
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Final, Literal
 
-from smllib import SmlStreamReader
 from smllib.errors import CrcError, SmlLibException
-from smllib.sml import SmlGetListResponse, SmlListEntry
+from smllib.reader import SmlStreamReader
+from smllib.sml.list_entry import SmlListEntry
+from smllib.sml.response_get_list import SmlGetListResponse
 
 from drivers.model import Value
 from drivers.pushed import ChecksumError, ContentError
