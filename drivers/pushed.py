@@ -215,6 +215,13 @@ class PushedMeter:
         self._received = 0.0  # monotonic time of the latest good frame
         self._opened = 0.0
         self._failure: str | None = None
+        self._got_one = asyncio.Event()
+
+    async def wait_for_telegram(self, timeout_s: float) -> bool:
+        """Wait until a good telegram has arrived (for one-shot reads such as `gia read`)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._got_one.wait(), timeout=timeout_s)
+        return self._got_one.is_set()
 
     async def __aenter__(self) -> Self:
         self._link = await open_link(self.link_settings, timeout_s=self._open_timeout_s)
@@ -271,6 +278,7 @@ class PushedMeter:
             self.stats.good += 1
             self._latest = values
             self._received = time.monotonic()
+            self._got_one.set()
             return
         log.debug("%s: %s", self.device_id, self.stats.last_error)
 

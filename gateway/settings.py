@@ -500,6 +500,11 @@ def _check_secrets(settings: Settings, base: Path) -> list[Problem]:
         ("http.tls_key_file", settings.http.tls_key_file),
     ]
     files += [(f"http.tokens[{i}].token_file", t.token_file) for i, t in enumerate(settings.http.tokens)]
+    files += [  # chargers' passwords and TLS files (OCPP devices)
+        (f"devices[{i}].{name}", getattr(d, name, None))
+        for i, d in enumerate(settings.devices)
+        for name in ("password_file", "tls_cert_file", "tls_key_file")
+    ]
     for path, f in files:
         if f is not None and not f.is_file():
             problems.append(Problem(path, f"file {str(f)!r} does not exist", "create it or correct the path"))
