@@ -138,9 +138,6 @@ class MqttDeviceConfig(BaseModel):
         return self
 
 
-DeviceConfig = Annotated[ModbusDeviceConfig | MqttDeviceConfig, Field(discriminator="driver")]
-
-
 class Connection(BaseModel):
     """A parsed Modbus connection URL."""
 
@@ -202,3 +199,27 @@ def parse_connection(url: str) -> Connection:
             bytesize=bytesize,
         )
     raise ValueError(f"{url!r}: scheme must be tcp://, rtu:// or rtu+tcp://")
+
+
+# The meter-port and charger rooms keep their device models beside their drivers; those modules use
+# the field types above, so they are imported here, after them (each room's __init__ imports this
+# module first, which keeps the order whichever side is imported first).
+from drivers.mbus.config import MbusDeviceConfig  # noqa: E402
+from drivers.ocpp.config import OcppDeviceConfig  # noqa: E402
+from drivers.p1.config import P1DeviceConfig  # noqa: E402
+from drivers.sml.config import SmlDeviceConfig  # noqa: E402
+
+DeviceConfig = Annotated[
+    ModbusDeviceConfig | MqttDeviceConfig | P1DeviceConfig | SmlDeviceConfig | MbusDeviceConfig | OcppDeviceConfig,
+    Field(discriminator="driver"),
+]
+
+#: driver name -> its config model (check-config walks the union's branches by these names)
+DEVICE_MODELS: dict[str, type[BaseModel]] = {
+    "modbus": ModbusDeviceConfig,
+    "mqtt": MqttDeviceConfig,
+    "p1": P1DeviceConfig,
+    "sml": SmlDeviceConfig,
+    "mbus": MbusDeviceConfig,
+    "ocpp": OcppDeviceConfig,
+}

@@ -14,12 +14,12 @@ from pydantic import ValidationError
 from drivers.base import Driver, PermanentError
 from drivers.config import DeviceConfig, ModbusDeviceConfig, MqttDeviceConfig, parse_connection
 from drivers.maps import MapError, load_map
-from drivers.modbus.bus import BusPool
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.registermap import Quirks, RegisterMap
 from drivers.modbus.sunspec import SunSpecDriver
 from drivers.model import DeviceClass
-from drivers.mqtt.driver import MqttDriver, MqttHub, device_fields
+from drivers.mqtt.driver import MqttDriver, device_fields
+from drivers.services import DriverServices, create_port_driver
 
 
 def device_quirks(register_map: RegisterMap | None, options: dict[str, float | int | bool]) -> Quirks:
@@ -53,29 +53,32 @@ def device_class_of(cfg: DeviceConfig, register_map: RegisterMap | None) -> Devi
     return "inverter"  # a Modbus device without a map is a SunSpec device
 
 
-def create_driver(
-    cfg: DeviceConfig, *, register_map: RegisterMap | None, pool: BusPool, mqtt: MqttHub | None = None
-) -> Driver:
+def create_driver(cfg: DeviceConfig, *, register_map: RegisterMap | None, services: DriverServices) -> Driver:
     """A ready-to-enter driver for one configured device (raises PermanentError on bad config).
 
-    Modbus devices share the pool's buses; MQTT devices share `mqtt` (one `MqttHub` per broker,
-    entered by the caller). `register_map` is the device's loaded map (`device_map`).
+    Devices share the connections in `services` (entered by the caller): Modbus buses, the MQTT device
+    hub, M-Bus lines, OCPP central systems. `register_map` is the device's loaded map (`device_map`).
     """
+    port_driver = create_port_driver(cfg, services)
+    if port_driver is not None:
+        return port_driver
     if isinstance(cfg, MqttDeviceConfig):
         fields = device_fields(cfg)
-        if mqtt is None:
+        if services.mqtt is None:
             raise PermanentError(
                 f"{cfg.id}: MQTT devices need a broker; configure the mqtt: section (url, credentials)"
             )
         return MqttDriver(
             device_id=cfg.id,
-            hub=mqtt,
+            hub=services.mqtt,
             topic=cfg.topic,
             fields=fields,
             poll_interval_s=cfg.poll_interval_s,
             stale_after_intervals=cfg.stale_after_intervals,
         )
+    assert isinstance(cfg, ModbusDeviceConfig)
     conn = parse_connection(cfg.connection)
+    pool = services.pool
     if cfg.sunspec:
         quirks = device_quirks(None, cfg.options)
         bus = pool.bus(conn, timeout_s=cfg.timeout_s, options=quirks.model_dump())

@@ -102,6 +102,13 @@ QUANTITIES: Final[dict[str, QuantitySpec]] = {
         _q("soc_pct", "%", _I, "battery state of charge"),
         _q("temperature_c", "degC", _I, "temperature"),
         _q("status", "", _S, "device operating state code"),
+        # Heat and cooling meters (M-Bus): thermal energy is kept apart from electrical energy.
+        _q("heat_energy_wh", "Wh", _C, "cumulative thermal energy of a heat or cooling meter"),
+        _q("heat_power_w", "W", _I, "thermal power of a heat or cooling meter"),
+        _q("flow_temperature_c", "degC", _I, "supply (flow) temperature of a heat meter"),
+        _q("return_temperature_c", "degC", _I, "return temperature of a heat meter"),
+        # EV chargers (OCPP): the charging session in progress, or the last one.
+        _q("session_energy_wh", "Wh", _I, "energy delivered in the charging session (resets per session)"),
     ]
 }
 

@@ -14,7 +14,7 @@ import signal
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -117,14 +117,28 @@ def register(app: typer.Typer) -> None:
         sunspec: Annotated[bool, typer.Option("--sunspec", help="discover SunSpec models instead of a map")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="print a JSON list of samples")] = False,
         timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 3.0,
+        p1: Annotated[
+            str | None,
+            typer.Option("--p1", help="a P1/HAN port (serial:// or tcp:// URL): dsmr4|dsmr5|belgium|sweden|finland"),
+        ] = None,
+        sml: Annotated[bool, typer.Option("--sml", help="an SML optical head (serial:// or tcp:// URL)")] = False,
+        mbus: Annotated[int | None, typer.Option("--mbus", help="an M-Bus meter at this primary address")] = None,
     ) -> None:
         """Read a device once and print its samples: "does my meter work?"."""
         from drivers.base import DriverError
         from drivers.config import ModbusDeviceConfig
         from drivers.factory import create_driver, device_map
-        from drivers.modbus.bus import BusPool
         from drivers.model import iso_utc
+        from drivers.services import DriverServices
 
+        port_kinds = (p1 is not None) + sml + (mbus is not None)
+        if port_kinds:
+            if port_kinds > 1 or map_name is not None or sunspec:
+                typer.echo("error: give one of --map, --sunspec, --p1, --sml or --mbus", err=True)
+                raise typer.Exit(2)
+            rows = _read_port(url, p1=p1, sml=sml, mbus=mbus, timeout=timeout)
+            _print_rows(rows, as_json=as_json)
+            return
         if (map_name is None) == (not sunspec):
             typer.echo("error: give exactly one of --map MAP or --sunspec", err=True)
             raise typer.Exit(2)
@@ -140,8 +154,8 @@ def register(app: typer.Typer) -> None:
 
         async def run() -> Sequence[Sample]:
             register_map = device_map(cfg, base_dir=Path.cwd())
-            async with BusPool() as pool:
-                driver = create_driver(cfg, register_map=register_map, pool=pool)
+            async with DriverServices() as services:
+                driver = create_driver(cfg, register_map=register_map, services=services)
                 async with driver:
                     return await driver.read(datetime.now(UTC).replace(microsecond=0))
 
@@ -150,22 +164,62 @@ def register(app: typer.Typer) -> None:
         except DriverError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        rows = [
-            {
-                "quantity": s.quantity,
-                "value": s.value,
-                "unit": s.unit,
-                "quality": str(s.quality),
-                "ts": iso_utc(s.ts),
-            }
-            for s in samples
-        ]
-        if as_json:
-            typer.echo(json.dumps(rows))
-            return
-        for r in rows:
-            value = "-" if r["value"] is None else f"{r['value']:g}" if isinstance(r["value"], float) else r["value"]
-            typer.echo(f"{r['quantity']:22} {value!s:>16} {r['unit']:5} {r['quality']}")
+        _print_rows([_row(s, iso_utc) for s in samples], as_json=as_json)
+
+
+def _row(s: Sample, iso_utc: Any) -> dict[str, Any]:
+    return {"quantity": s.quantity, "value": s.value, "unit": s.unit, "quality": str(s.quality), "ts": iso_utc(s.ts)}
+
+
+def _print_rows(rows: list[dict[str, Any]], *, as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        value = "-" if r["value"] is None else f"{r['value']:g}" if isinstance(r["value"], float) else r["value"]
+        typer.echo(f"{r['quantity']:22} {value!s:>16} {r['unit']:5} {r['quality']}")
+
+
+def _read_port(url: str, *, p1: str | None, sml: bool, mbus: int | None, timeout: float) -> list[dict[str, Any]]:
+    """Read a meter port once: P1/SML wait up to `timeout` for the first checked telegram; M-Bus asks."""
+    from pydantic import ValidationError
+
+    from drivers.base import DriverError
+    from drivers.factory import create_driver
+    from drivers.model import iso_utc
+    from drivers.pushed import PushedMeter
+    from drivers.services import DriverServices
+
+    raw: dict[str, Any] = {"id": "device", "connection": url, "timeout_s": timeout}
+    if p1 is not None:
+        raw |= {"driver": "p1", "variant": p1}
+    elif sml:
+        raw |= {"driver": "sml"}
+    else:
+        raw |= {"driver": "mbus", "address": mbus}
+    from drivers.config import DEVICE_MODELS
+
+    try:
+        cfg = DEVICE_MODELS[raw["driver"]].model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        typer.echo(f"error: {'.'.join(map(str, err['loc']))}: {err['msg']}", err=True)
+        raise typer.Exit(2) from None
+
+    async def run() -> list[dict[str, Any]]:
+        async with DriverServices() as services:
+            driver = create_driver(cfg, register_map=None, services=services)  # type: ignore[arg-type]
+            async with driver:
+                if isinstance(driver, PushedMeter):
+                    await driver.wait_for_telegram(max(timeout, 12.0))  # DSMR 4 and HAN ports talk every 10 s
+                samples = await driver.read(datetime.now(UTC).replace(microsecond=0))
+                return [_row(s, iso_utc) for s in samples]
+
+    try:
+        return asyncio.run(run())
+    except DriverError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
 
 
 async def _serve(register_map: RegisterMap, *, listen: str, units: tuple[int, ...], speed: float) -> None:

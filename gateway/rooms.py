@@ -10,7 +10,7 @@ and runs them; `/healthz` is the union of the parts' reasons plus the sections r
 (gateway/registry.py) — nothing else.
 
 Rooms cooperate only through `Services`: the ledger's writer and reader, the clock and its guard (where
-samples enter), the live snapshot, the Modbus bus pool, the retained MQTT outbox that reports and
+samples enter), the live snapshot, the connections devices share, the retained MQTT outbox that reports and
 forecasts publish into, the providers the HTTP API serves, and the sinks' cursors that retention and the
 disk guard respect. Nothing is global: two agents can run in one process.
 """
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from drivers.modbus.bus import BusPool
+    from drivers.services import DriverServices
     from gateway.ledger.reader import LedgerReader
     from gateway.ledger.writer import LedgerWriter
     from gateway.runtime.clock import Clock
@@ -113,7 +113,8 @@ class Services:
     guard: ClockGuard
     disk: DiskGuard
     live: LiveState
-    pool: BusPool
+    #: the connections devices share (Modbus buses, MQTT device hub, M-Bus lines, OCPP servers)
+    drivers: DriverServices
     #: resources a room keeps open for the agent's lifetime (entered in room order, left in reverse)
     stack: contextlib.AsyncExitStack
     health: HealthBoard

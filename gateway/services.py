@@ -17,8 +17,8 @@ from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
 
-from drivers.modbus.bus import BusPool
 from drivers.model import from_ms
+from drivers.services import DriverServices
 from gateway.ledger.reader import LedgerReader
 from gateway.ledger.store import Ledger
 from gateway.ledger.writer import LedgerWriter
@@ -78,7 +78,7 @@ async def open_services(config: Config, clock: Clock) -> AsyncIterator[Services]
             )
             reader = LedgerReader(Path(s.ledger_path))
             try:
-                async with BusPool() as pool, contextlib.AsyncExitStack() as stack:
+                async with DriverServices() as drivers, contextlib.AsyncExitStack() as stack:
                     services = Services(
                         settings=s,
                         site=site,
@@ -89,7 +89,7 @@ async def open_services(config: Config, clock: Clock) -> AsyncIterator[Services]
                         guard=guard,
                         disk=disk,
                         live=LiveState.for_devices(dict(site.device_classes)),
-                        pool=pool,
+                        drivers=drivers,
                         stack=stack,
                         health=HealthBoard(),
                         retained=LatestOutbox(),

@@ -34,7 +34,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from drivers.config import DeviceConfig, ModbusDeviceConfig
+from drivers.config import DEVICE_MODELS, DeviceConfig
 from drivers.errors import GiaError
 from forecasting.config import ForecastingConfig
 from gateway.certification.config import CertificationConfig
@@ -364,7 +364,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif i > 0 and isinstance(loc[i - 1], int) and part in ("modbus", "mqtt") and loc[0] == "devices":
+        elif i > 0 and isinstance(loc[i - 1], int) and part in DEVICE_MODELS and loc[0] == "devices":
             continue  # the discriminated union's branch name: not part of the user's path
         elif part in ("function-after", "function-before") or "[" in str(part):
             continue
@@ -382,15 +382,13 @@ def _fix_for(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
             continue
         fields = getattr(current, "model_fields", None)
         if fields is None:
-            if part == "modbus":
-                current = ModbusDeviceConfig
+            if part in DEVICE_MODELS:
+                current = DEVICE_MODELS[part]
             continue
         info = fields.get(part)
         if info is None:
-            if part in ("modbus", "mqtt"):
-                from drivers.config import MqttDeviceConfig
-
-                current = ModbusDeviceConfig if part == "modbus" else MqttDeviceConfig
+            if part in DEVICE_MODELS:
+                current = DEVICE_MODELS[part]
             continue
         description = info.description or ""
         current = _model_of(info.annotation)
@@ -521,6 +519,11 @@ def _check_secrets(settings: Settings, base: Path) -> list[Problem]:
         ("http.tls_key_file", settings.http.tls_key_file),
     ]
     files += [(f"http.tokens[{i}].token_file", t.token_file) for i, t in enumerate(settings.http.tokens)]
+    files += [  # chargers' passwords and TLS files (OCPP devices)
+        (f"devices[{i}].{name}", getattr(d, name, None))
+        for i, d in enumerate(settings.devices)
+        for name in ("password_file", "tls_cert_file", "tls_key_file")
+    ]
     for path, f in files:
         if f is not None and not f.is_file():
             problems.append(Problem(path, f"file {str(f)!r} does not exist", "create it or correct the path"))

@@ -1,6 +1,7 @@
 """The devices room: one supervised poller per configured device, plus what devices share.
 
-* Modbus devices share the bus pool (one bus object per physical connection, from `Services.pool`);
+* devices share the connections of `Services.drivers`: Modbus buses (one bus object per physical
+  connection), M-Bus lines, OCPP central systems;
 * MQTT devices share one subscription connection to the `mqtt:` section's broker (`MqttHub`), opened
   here for the agent's lifetime;
 * a Modbus device with `proxy:` re-serves the registers the gateway polls to other local clients.
@@ -59,17 +60,17 @@ async def _start_proxies(site: Site, services: Services) -> None:
             routes.setdefault(cfg.proxy, {})[cfg.unit_id] = parse_connection(cfg.connection).bus_key
             max_age[cfg.proxy] = max(max_age.get(cfg.proxy, 0.0), 3 * cfg.poll_interval_s)
     for listen, r in routes.items():
-        proxy = proxy_server(listen, services.pool, r, max_age_s=max_age[listen])
+        proxy = proxy_server(listen, services.drivers.pool, r, max_age_s=max_age[listen])
         await proxy.start()
         services.stack.push_async_callback(proxy.stop)
         log.info("Modbus proxy on %s serving unit(s) %s", listen, ", ".join(map(str, proxy.unit_ids)))
 
 
-def _poller(device: SiteDevice, services: Services, hub: MqttHub | None) -> DevicePoller:
+def _poller(device: SiteDevice, services: Services) -> DevicePoller:
     cfg = device.config
 
     def factory() -> Any:
-        return create_driver(cfg, register_map=device.register_map, pool=services.pool, mqtt=hub)
+        return create_driver(cfg, register_map=device.register_map, services=services.drivers)
 
     return DevicePoller(
         device_id=cfg.id,
@@ -86,7 +87,7 @@ async def parts(site: Site, services: Services) -> Sequence[Part]:
     await _start_proxies(site, services)
     hub = _device_hub(services)
     if hub is not None:
-        await services.stack.enter_async_context(hub)
+        services.drivers.mqtt = await services.stack.enter_async_context(hub)
     live = services.live
 
     def offline(device_id: str) -> list[str]:
@@ -94,7 +95,7 @@ async def parts(site: Site, services: Services) -> Sequence[Part]:
 
     services.health.add("devices", lambda: {d: s.as_json()["state"] for d, s in live.devices.items()})
     return [
-        Part(f"device:{d.id}", _poller(d, services, hub).run, reasons=lambda i=d.id: offline(i))  # type: ignore[misc]
+        Part(f"device:{d.id}", _poller(d, services).run, reasons=lambda i=d.id: offline(i))  # type: ignore[misc]
         for d in site.devices
     ]
 

@@ -15,10 +15,10 @@ import pytest
 from drivers.base import PermanentError, TransientError
 from drivers.config import MqttDeviceConfig
 from drivers.factory import create_driver
-from drivers.modbus.bus import BusPool
 from drivers.model import Quality
 from drivers.mqtt.driver import Broker, MqttDriver, MqttHub
 from drivers.mqtt.payload import FieldSpec, field_value, parse_json
+from drivers.services import DriverServices
 
 TS = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -42,13 +42,13 @@ def test_bad_profile_or_field_is_permanent(tmp_path: Path) -> None:
     hub = MqttHub(Broker("mqtt://127.0.0.1:1"))
     bad = MqttDeviceConfig(id="m", driver="mqtt", topic="t", profile="nosuch")
     with pytest.raises(PermanentError, match="unknown MQTT profile"):
-        create_driver(bad, register_map=None, pool=BusPool(), mqtt=hub)
+        create_driver(bad, register_map=None, services=DriverServices(mqtt=hub))
     bad2 = MqttDeviceConfig(id="m", driver="mqtt", topic="t", fields={"watts": "ENERGY.Power"})
     with pytest.raises(PermanentError, match="unknown quantity"):
-        create_driver(bad2, register_map=None, pool=BusPool(), mqtt=hub)
+        create_driver(bad2, register_map=None, services=DriverServices(mqtt=hub))
     ok = MqttDeviceConfig(id="m", driver="mqtt", topic="t", profile="tasmota-sml")
     with pytest.raises(PermanentError, match="need a broker"):
-        create_driver(ok, register_map=None, pool=BusPool())
+        create_driver(ok, register_map=None, services=DriverServices())
 
 
 async def publish(url_port: int, topic: str, payload: Any, *, retain: bool = False) -> None:
@@ -73,7 +73,7 @@ async def test_tasmota_and_shelly_profiles(mosquitto: Any, tmp_path: Path) -> No
     shelly = MqttDeviceConfig(id="s1", driver="mqtt", topic=f"{prefix}/shellypro3em", profile="shelly-gen2-em")
     async with MqttHub(Broker(mosquitto.url, timeout_s=5)) as hub:
         assert hub.connected
-        drivers = [create_driver(c, register_map=None, pool=BusPool(), mqtt=hub) for c in (tasmota, shelly)]
+        drivers = [create_driver(c, register_map=None, services=DriverServices(mqtt=hub)) for c in (tasmota, shelly)]
         for d in drivers:
             await d.__aenter__()
         with pytest.raises(TransientError, match="no message yet"):
