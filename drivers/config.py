@@ -137,7 +137,18 @@ class MqttDeviceConfig(BaseModel):
         return self
 
 
-DeviceConfig = Annotated[ModbusDeviceConfig | MqttDeviceConfig, Field(discriminator="driver")]
+# Protocols in their own rooms join the union here; they import the shared pieces above (DeviceId,
+# ChannelConfig), so this import comes after them (drivers/opcua/__init__.py explains the order).
+from drivers.opcua.config import OpcuaDeviceConfig  # noqa: E402
+
+DeviceConfig = Annotated[ModbusDeviceConfig | MqttDeviceConfig | OpcuaDeviceConfig, Field(discriminator="driver")]
+
+#: driver name -> its config model (check-config walks this to find a field's description).
+DEVICE_MODELS: dict[str, type[BaseModel]] = {
+    "modbus": ModbusDeviceConfig,
+    "mqtt": MqttDeviceConfig,
+    "opcua": OpcuaDeviceConfig,
+}
 
 
 class Connection(BaseModel):

@@ -7,6 +7,7 @@ so the agent refuses a bad device at start instead of failing on every poll.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
@@ -18,6 +19,10 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.registermap import Quirks, RegisterMap
 from drivers.modbus.sunspec import SunSpecDriver
 from drivers.mqtt.driver import MqttDriver, MqttHub, device_fields
+from drivers.opcua.config import OpcuaDeviceConfig
+
+if TYPE_CHECKING:  # asyncua is imported only when a site has OPC UA devices
+    from drivers.opcua.session import OpcuaPool
 
 
 def device_quirks(register_map: RegisterMap | None, options: dict[str, float | int | bool]) -> Quirks:
@@ -45,18 +50,37 @@ def device_class_of(cfg: DeviceConfig, *, base_dir: Path) -> str:
     """meter, inverter, wind_turbine or battery: configured, else from the map (SunSpec: inverter)."""
     if cfg.device_class is not None:
         return cfg.device_class
+    if isinstance(cfg, OpcuaDeviceConfig):
+        from drivers.opcua.nodemap import load_node_map
+
+        try:
+            return load_node_map(cfg.map, base_dir=base_dir).device_class
+        except MapError as exc:
+            raise PermanentError(f"{cfg.id}: {exc}") from None
     assert isinstance(cfg, ModbusDeviceConfig)  # MQTT devices always have a class (default meter)
     if cfg.sunspec:
         return "inverter"
     return _map_of(cfg, base_dir).device_class
 
 
-def create_driver(cfg: DeviceConfig, *, pool: BusPool, base_dir: Path, mqtt: MqttHub | None = None) -> Driver:
+def create_driver(
+    cfg: DeviceConfig,
+    *,
+    pool: BusPool,
+    base_dir: Path,
+    mqtt: MqttHub | None = None,
+    opcua: OpcuaPool | None = None,
+) -> Driver:
     """A ready-to-enter driver for one configured device (raises PermanentError on bad config).
 
     Modbus devices share the pool's buses; MQTT devices share `mqtt` (one `MqttHub` per broker,
-    entered by the caller).
+    entered by the caller); OPC UA devices on one server share a session from `opcua` (without a
+    pool each driver holds its own).
     """
+    if isinstance(cfg, OpcuaDeviceConfig):
+        from drivers.opcua.driver import driver_from_config
+
+        return driver_from_config(cfg, base_dir=base_dir, pool=opcua)
     if isinstance(cfg, MqttDeviceConfig):
         fields = device_fields(cfg)
         if mqtt is None:

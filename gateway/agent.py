@@ -311,6 +311,15 @@ class Agent:
             )
         )
 
+    def _has(self, driver: str) -> bool:
+        return any(d.driver == driver for d in self.settings.devices)
+
+    def _opcua_pool(self) -> Any:
+        """One OPC UA session per server, shared by the devices on it (asyncua loads only when used)."""
+        from drivers.opcua.session import OpcuaPool
+
+        return OpcuaPool()
+
     def _discovery_devices(self) -> list[Any]:
         from drivers.config import ModbusDeviceConfig
         from drivers.maps import load_map
@@ -419,6 +428,7 @@ class Agent:
                     log.info("Modbus proxy on %s serving unit(s) %s", listen, ", ".join(map(str, proxy.unit_ids)))
                 device_hub = self._device_hub()
                 hub = await stack.enter_async_context(device_hub) if device_hub is not None else None
+                opcua = await stack.enter_async_context(self._opcua_pool()) if self._has("opcua") else None
                 self.supervisor.add("ledger", writer.run)
                 self.supervisor.add("clock", guard.run)
                 self.supervisor.add("disk", disk.run)
@@ -426,7 +436,7 @@ class Agent:
                     dev_cfg = dev
 
                     def factory(cfg: Any = dev_cfg) -> Any:
-                        return create_driver(cfg, pool=pool, base_dir=self.base_dir, mqtt=hub)
+                        return create_driver(cfg, pool=pool, base_dir=self.base_dir, mqtt=hub, opcua=opcua)
 
                     poller = DevicePoller(
                         device_id=dev.id,

@@ -24,7 +24,12 @@ if TYPE_CHECKING:  # imported lazily at run time: pymodbus is slow to import on 
     from drivers.modbus.scan import ScanHit
     from drivers.model import Sample
 
-Url = Annotated[str, typer.Argument(help="tcp://HOST[:PORT], rtu:///dev/ttyUSB0?baud=9600 or rtu+tcp://HOST:PORT")]
+Url = Annotated[
+    str,
+    typer.Argument(
+        help="tcp://HOST[:PORT], rtu:///dev/ttyUSB0?baud=9600, rtu+tcp://HOST:PORT or opc.tcp://HOST:PORT (OPC UA)"
+    ),
+]
 
 
 def _quiet_pymodbus() -> None:
@@ -51,8 +56,17 @@ def register(app: typer.Typer) -> None:
         units: Annotated[str, typer.Option(help="unit ids to probe, e.g. 1-10,100,225")] = "1-10,100,126,225,247",
         timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 0.5,
         site_id: Annotated[str, typer.Option("--site-id", help="site id for the printed config")] = "my-site",
+        depth: Annotated[int, typer.Option(help="OPC UA: levels of the address space to browse")] = 4,
+        map_out: Annotated[
+            Path, typer.Option("--map-out", help="OPC UA: where to write a proposed node map when none matches")
+        ] = Path("opcua-map.yaml"),
     ) -> None:
-        """Find unit ids, SunSpec models and known device maps; print a config snippet."""
+        """Find unit ids, SunSpec models and known device maps (OPC UA: browse, match node maps); print a config."""
+        from gateway import cli_opcua
+
+        if cli_opcua.is_opcua_url(url):
+            cli_opcua.scan(url, timeout=max(timeout, 2.0), site_id=site_id, depth=depth, map_out=map_out)
+            return
         from drivers.maps import bundled_maps, load_map
         from drivers.modbus.bus import BusPool
         from drivers.modbus.scan import config_snippet, describe, parse_units, scan
@@ -89,16 +103,24 @@ def register(app: typer.Typer) -> None:
         unit: Annotated[list[int] | None, typer.Option(help="unit id(s) to answer as (repeatable)")] = None,
         speed: Annotated[float, typer.Option(help="simulated time runs N times faster")] = 1.0,
         list_maps: Annotated[bool, typer.Option("--list", help="list the bundled maps and exit")] = False,
+        root: Annotated[
+            list[str] | None, typer.Option(help="OPC UA: serve the node map under this root (repeatable: a park)")
+        ] = None,
     ) -> None:
-        """Serve a device map as a simulated Modbus device (values follow a daily profile)."""
+        """Serve a device map as a simulated Modbus device, or an OPC UA node map as an OPC UA server."""
         from drivers.maps import MapError, bundled_maps, load_map
+        from gateway import cli_opcua
 
         if list_maps or not map_name:
             for name in bundled_maps():
                 m = load_map(name)
                 typer.echo(f"{name:28} {m.device_class:13} {m.product.brand} {m.product.model}")
+            cli_opcua.list_maps()
             if not list_maps:
                 raise typer.Exit(2)
+            return
+        if cli_opcua.is_node_map(map_name):
+            cli_opcua.sim(map_name, listen=listen, roots=root or [], speed=speed)
             return
         try:
             register_map = load_map(map_name, base_dir=Path.cwd())
@@ -117,6 +139,7 @@ def register(app: typer.Typer) -> None:
         sunspec: Annotated[bool, typer.Option("--sunspec", help="discover SunSpec models instead of a map")] = False,
         as_json: Annotated[bool, typer.Option("--json", help="print a JSON list of samples")] = False,
         timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 3.0,
+        root: Annotated[str | None, typer.Option(help="OPC UA: root of the node map's browse paths")] = None,
     ) -> None:
         """Read a device once and print its samples: "does my meter work?"."""
         from drivers.base import DriverError
@@ -124,31 +147,39 @@ def register(app: typer.Typer) -> None:
         from drivers.factory import create_driver
         from drivers.modbus.bus import BusPool
         from drivers.model import iso_utc
+        from gateway import cli_opcua
 
         if (map_name is None) == (not sunspec):
             typer.echo("error: give exactly one of --map MAP or --sunspec", err=True)
             raise typer.Exit(2)
-        _connection(url)
-        _quiet_pymodbus()
-        try:
-            cfg = ModbusDeviceConfig(
-                id="device", connection=url, unit_id=unit, map=map_name, sunspec=sunspec, timeout_s=timeout
-            )
-        except ValueError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
+        if cli_opcua.is_opcua_url(url):
+            try:
+                samples = cli_opcua.read(url, map_name=map_name or "", root=root, timeout=timeout)
+            except DriverError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
+        else:
+            _connection(url)
+            _quiet_pymodbus()
+            try:
+                cfg = ModbusDeviceConfig(
+                    id="device", connection=url, unit_id=unit, map=map_name, sunspec=sunspec, timeout_s=timeout
+                )
+            except ValueError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(2) from None
 
-        async def run() -> Sequence[Sample]:
-            async with BusPool() as pool:
-                driver = create_driver(cfg, pool=pool, base_dir=Path.cwd())
-                async with driver:
-                    return await driver.read(datetime.now(UTC).replace(microsecond=0))
+            async def run() -> Sequence[Sample]:
+                async with BusPool() as pool:
+                    driver = create_driver(cfg, pool=pool, base_dir=Path.cwd())
+                    async with driver:
+                        return await driver.read(datetime.now(UTC).replace(microsecond=0))
 
-        try:
-            samples = asyncio.run(run())
-        except DriverError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
+            try:
+                samples = asyncio.run(run())
+            except DriverError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
         rows = [
             {
                 "quantity": s.quantity,

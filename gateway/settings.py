@@ -33,7 +33,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from drivers.config import DeviceConfig, ModbusDeviceConfig
+from drivers.config import DEVICE_MODELS, DeviceConfig, ModbusDeviceConfig
 from forecasting.config import ForecastingConfig
 from gateway.certification.config import CertificationConfig
 from gateway.flexibility.config import FlexibilityConfig
@@ -354,7 +354,7 @@ def _loc(loc: tuple[int | str, ...]) -> str:
     for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
-        elif i > 0 and isinstance(loc[i - 1], int) and part in ("modbus", "mqtt") and loc[0] == "devices":
+        elif i > 0 and isinstance(loc[i - 1], int) and part in DEVICE_MODELS and loc[0] == "devices":
             continue  # the discriminated union's branch name: not part of the user's path
         elif part in ("function-after", "function-before") or "[" in str(part):
             continue
@@ -377,10 +377,8 @@ def _fix_for(model: type[BaseModel], loc: tuple[int | str, ...]) -> str:
             continue
         info = fields.get(part)
         if info is None:
-            if part in ("modbus", "mqtt"):
-                from drivers.config import MqttDeviceConfig
-
-                current = ModbusDeviceConfig if part == "modbus" else MqttDeviceConfig
+            if part in DEVICE_MODELS:
+                current = DEVICE_MODELS[part]
             continue
         description = info.description or ""
         current = _model_of(info.annotation)
@@ -535,13 +533,25 @@ def _check_mqtt_devices(settings: Settings, base: Path) -> list[Problem]:
     ]
 
 
+def _check_opcua_devices(settings: Settings, base: Path) -> list[Problem]:
+    """OPC UA devices: the node map loads, the certificate and password files exist."""
+    from drivers.opcua.config import OpcuaDeviceConfig, device_problems
+
+    return [
+        Problem(f"devices[{i}].{field}", message, fix)
+        for i, d in enumerate(settings.devices)
+        if isinstance(d, OpcuaDeviceConfig)
+        for field, message, fix in device_problems(d, base)
+    ]
+
+
 def _check_flexibility(settings: Settings, base: Path) -> list[Problem]:
     from gateway.flexibility.checks import check_flexibility
 
     return check_flexibility(settings, base)
 
 
-CROSS_CHECKS: list[CrossCheck] = [_check_secrets, _check_mqtt_devices, _check_flexibility]
+CROSS_CHECKS: list[CrossCheck] = [_check_secrets, _check_mqtt_devices, _check_opcua_devices, _check_flexibility]
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
