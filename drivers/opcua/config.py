@@ -4,9 +4,10 @@ It is joined into `drivers.config.DeviceConfig` (the discriminated union on `dri
 a description that `gia check-config` prints as the fix when the field is wrong.
 
 Secrets never sit in the file or the URL: the password is read from `password_file` (a systemd
-credential or a root-only file), and a username is refused without a security policy, since the
-password would otherwise cross the network readable (OPC UA 10000-4, 7.41.2.3: a UserName token is
-encrypted with the endpoint's security policy; with policy None it would not be).
+credential or a root-only file), and a username is refused unless messages are encrypted
+(SignAndEncrypt): a server may ask for the password unencrypted inside the channel (its user token
+policy None, OPC UA 10000-4, 7.41.2.3; asyncua's server does), so only an encrypted channel keeps it
+from being readable on the network.
 """
 
 from __future__ import annotations
@@ -136,10 +137,10 @@ class OpcuaDeviceConfig(BaseModel):
     def _credentials(self) -> OpcuaDeviceConfig:
         if (self.username is None) != (self.password_file is None):
             raise ValueError("set both 'username' and 'password_file', or neither (anonymous)")
-        if self.username is not None and self.security is None:
+        if self.username is not None and (self.security is None or self.security.mode != "SignAndEncrypt"):
             raise ValueError(
-                "a username needs 'security:' (Basic256Sha256 with certificates): with security policy None"
-                " the password would cross the network readable"
+                "a username needs 'security:' with mode SignAndEncrypt (Basic256Sha256 with certificates):"
+                " otherwise the password may cross the network readable"
             )
         return self
 

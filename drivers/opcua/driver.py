@@ -169,7 +169,8 @@ class OpcuaDriver:
         self._subscription: Subscription | None = None
         self._start: ua.NodeId = _OBJECTS  # the resolved root on this connection
         self._alive_at: float | None = None  # monotonic: last sign of life of the subscription
-        self._last_verify = 0.0
+        self._last_verify = time.monotonic()  # the subscription's first notifications are fresh enough
+        self._verify_task: asyncio.Task[None] | None = None
         self._setup_error = ""
 
     # -- context -----------------------------------------------------------------------------------------
@@ -189,6 +190,11 @@ class OpcuaDriver:
         session, self._session = self._session, None
         if session is None:
             return
+        task, self._verify_task = self._verify_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         session.detach(self)
         sub, self._subscription = self._subscription, None
         if sub is not None and session.connected:
@@ -319,7 +325,7 @@ class OpcuaDriver:
         reason = converted[2] if converted[1] is not Quality.GOOD else ""
         before = self.stats.problems.get(quantity, "")
         if reason and not before:
-            log.warning("OPC UA device %s: %s invalid: %s", self.device_id, quantity, reason)
+            log.warning("OPC UA device %s: %s %s: %s", self.device_id, quantity, converted[1], reason)
         elif before and not reason:
             log.info("OPC UA device %s: %s readable again", self.device_id, quantity)
         if reason:
@@ -339,10 +345,12 @@ class OpcuaDriver:
 
     async def _verify(self, session: OpcuaSession) -> None:
         """Subscription mode: re-read every node (deleted nodes), re-subscribe when a bad one came back."""
-        self._last_verify = time.monotonic()
         self.stats.verifications += 1
         missing_before = {q for q, latest in self._latest.items() if latest.status in _MISSING}
-        await self._read_nodes(session)
+        try:
+            await self._read_nodes(session)
+        except TransientError:
+            return  # the connection is in trouble: the session notices, the subscription's state decides
         back = {q for q in missing_before if q not in self._unresolved and self._latest[q].status not in _MISSING}
         if back or await self._paths_found(session):
             session.request_setup(self)  # monitor the returned nodes: set up again on this connection
@@ -387,7 +395,7 @@ class OpcuaDriver:
         self.stats.polls += 1
         if self._setup_error and session.is_ready(self):
             session.request_setup(self)  # retried on this connection, at the poll rate
-            raise TransientError(f"{self.device_id}: {self._setup_error}")
+            raise PermanentError(f"{self.device_id}: {self._setup_error}")
         fresh = True
         if self.mode == "polling":
             if not session.is_ready(self):
@@ -399,9 +407,11 @@ class OpcuaDriver:
             await self._read_nodes(session)
         else:
             due = self.verify_interval_s > 0 and time.monotonic() - self._last_verify >= self.verify_interval_s
-            if due and session.is_ready(self):
-                with contextlib.suppress(TransientError):  # the subscription's own state decides below
-                    await self._verify(session)
+            idle = self._verify_task is None or self._verify_task.done()
+            if due and idle and session.is_ready(self):
+                # In the background: a read in subscription mode answers at once, whatever the network does.
+                self._last_verify = time.monotonic()
+                self._verify_task = asyncio.create_task(self._verify(session), name=f"opcua-verify {self.device_id}")
             fresh = self._fresh()
             if not fresh and not session.connected:
                 raise session.not_connected()
@@ -416,7 +426,14 @@ class OpcuaDriver:
         return samples
 
     def _fresh(self) -> bool:
-        return self._alive_at is not None and time.monotonic() - self._alive_at <= self.stale_after_s
+        """The server answered lately: a notification of ours, or any Publish response (a keep-alive)
+        on the connection our subscription lives on."""
+        alive = self._alive_at
+        session = self._session
+        publish = session.last_publish if session is not None and self._subscription is not None else None
+        if publish is not None:
+            alive = max(alive or 0.0, publish)
+        return alive is not None and time.monotonic() - alive <= self.stale_after_s
 
     def _sample(self, spec: NodeSpec, ts: datetime, fresh: bool) -> Sample | None:
         latest = self._latest.get(spec.quantity)

@@ -192,9 +192,14 @@ class NodeMap(BaseModel):
         raise KeyError(quantity)
 
 
+_LOOKS_LIKE_NODE_ID = re.compile(r"^(?:nsu?=[^;/]*;|[isgb]=)")
+
+
 def check_root(v: str) -> str:
     """A root is empty (the Objects folder), a node id or a browse path from the Objects folder."""
     if v and not is_node_id(v):
+        if _LOOKS_LIKE_NODE_ID.match(v.strip()):
+            check_node_id(v)  # a node id with a typo: say so, rather than browse for a strange name
         split_path(v)
     return v
 

@@ -27,7 +27,8 @@ from typing import Any, Final, Protocol, Self
 
 from asyncua import ua
 from asyncua.client.client import Client
-from asyncua.crypto import security_policies
+from asyncua.crypto import security_policies, uacrypto
+from asyncua.observer import Observer
 from asyncua.ua import uaerrors
 from asyncua.ua.attribute_ids import AttributeIds
 from asyncua.ua.object_ids import ObjectIds
@@ -116,6 +117,11 @@ def describe_error(exc: BaseException) -> tuple[str, bool]:
         return exc.strerror or str(exc) or type(exc).__name__, False
     if isinstance(exc, ValueError):  # an unreadable certificate or key
         return f"{exc}", True
+    if isinstance(exc, uaerrors.UaError) and "No matching endpoints" in str(exc):
+        return (
+            "the server offers no endpoint with this security policy and mode; set 'security:' to one it offers",
+            True,
+        )
     return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, False
 
 
@@ -179,6 +185,32 @@ def application_uri_of(cert_path: Path) -> str | None:
     return uris[0] if uris else None
 
 
+class Liveness(Observer):
+    """asyncua observer: when the last Publish response (data or keep-alive) arrived on this client.
+
+    Publish requests wait at the server until it has something to say; their answers are the proof
+    that the server still serves the session's subscriptions. (asyncua's own `last_publish_at` is
+    reset when it recreates a subscription, before any answer: it cannot prove liveness.)
+    """
+
+    def __init__(self) -> None:
+        self.last_publish: float | None = None
+
+    def on_request(self, request_type: str, duration: float, error: BaseException | None) -> None:
+        if request_type == "PublishRequest" and error is None:
+            self.last_publish = time.monotonic()
+
+
+def file_format(path: Path) -> str:
+    """'pem' or 'der' by content: asyncua goes by the file name and reads a PEM 'gw.key' as DER."""
+    with path.open("rb") as f:
+        return "pem" if b"-----BEGIN" in f.read(4096) else "der"
+
+
+def _cert_file(path: Path) -> uacrypto.CertProperties:
+    return uacrypto.CertProperties(str(path), extension=file_format(path))
+
+
 async def new_client(endpoint: Endpoint) -> Client:
     """An asyncua client configured for `endpoint`, not yet connected (no auto-reconnect: ours)."""
     client = Client(
@@ -187,6 +219,7 @@ async def new_client(endpoint: Endpoint) -> Client:
         watchdog_intervall=max(1.0, min(5.0, endpoint.timeout_s)),
         auto_reconnect=False,
     )
+    client.uaclient.observer = Liveness()
     client.session_timeout = 600_000  # ms; what servers commonly grant (asyncua asks for an hour)
     client.name = client.description = "GIA Gateway"
     client.product_uri = "urn:gia-gateway"
@@ -196,11 +229,14 @@ async def new_client(endpoint: Endpoint) -> Client:
         uri = sec.application_uri or await asyncio.to_thread(application_uri_of, sec.certificate)
         if uri:
             client.application_uri = uri
+        certificate, private_key, server_certificate = await asyncio.to_thread(
+            lambda: (_cert_file(sec.certificate), _cert_file(sec.private_key), _cert_file(sec.server_certificate))
+        )
         await client.set_security(
             security_policies.SecurityPolicyBasic256Sha256,
-            certificate=str(sec.certificate),
-            private_key=str(sec.private_key),
-            server_certificate=str(sec.server_certificate),
+            certificate=certificate,
+            private_key=private_key,
+            server_certificate=server_certificate,
             mode=getattr(ua.MessageSecurityMode, sec.mode),
         )
     if endpoint.username is not None:
@@ -304,6 +340,13 @@ class OpcuaSession:
         self._lost.set()
 
     # -- services ----------------------------------------------------------------------------------------
+    @property
+    def last_publish(self) -> float | None:
+        """Monotonic time of the last Publish response on the current connection (None: none yet)."""
+        client = self._client
+        observer = client.uaclient.observer if client is not None and self.connected else None
+        return observer.last_publish if isinstance(observer, Liveness) else None
+
     def namespace_index(self, uri: str) -> int | None:
         try:
             return self.namespaces.index(uri)
@@ -402,6 +445,9 @@ class OpcuaSession:
 
     def _failed(self, exc: BaseException) -> None:
         message, permanent = describe_error(exc)
+        if isinstance(exc, TimeoutError) and self.endpoint.security is not None and self.stats.connects == 0:
+            # A server that cannot decrypt our request (not the certificate we pinned) just stays silent.
+            message += "; is security.server_certificate the server's current certificate?"
         self.stats.errors += 1
         self.stats.last_error = message
         self.stats.permanent = permanent

@@ -34,12 +34,15 @@ from asyncua.common.utils import ServiceError
 from asyncua.crypto.permission_rules import User, UserRole
 from asyncua.server.server import Server
 from asyncua.server.user_managers import UserManager
+from asyncua.ua.attribute_ids import AttributeIds
+from asyncua.ua.object_ids import ObjectIds
 from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from drivers.model import QUANTITIES, QuantityKind
 from drivers.opcua.nodemap import NodeMap, NodeSpec, SimType, is_node_id, split_path
+from drivers.opcua.session import application_uri_of, file_format, ns0
 from drivers.sim.generators import ProfileValues
 
 log = logging.getLogger(__name__)
@@ -47,6 +50,7 @@ log = logging.getLogger(__name__)
 Values = Callable[[], Mapping[str, float | int | None]]
 
 SIM_NAMESPACE: Final = "urn:gia-gateway:sim"
+_CURRENT_TIME: Final = ns0(ObjectIds.Server_ServerStatus_CurrentTime)
 _INT_TYPES: Final = frozenset({"Int16", "UInt16", "Int32", "UInt32", "Int64", "UInt64"})
 
 
@@ -128,12 +132,15 @@ def _der(path: Path) -> bytes:
 class _Users(UserManager):
     """asyncua user manager: the configured user names and passwords, nobody else."""
 
-    def __init__(self, users: Mapping[str, str]) -> None:
+    def __init__(self, users: Mapping[str, str], *, anonymous: bool) -> None:
         self._users = dict(users)
+        self._anonymous = anonymous
 
     def get_user(
         self, iserver: Any, username: str | None = None, password: str | None = None, certificate: Any = None
     ) -> User | None:
+        if username is None:  # anonymous (asyncua passes the channel's client certificate along)
+            return User(role=UserRole.User) if self._anonymous else None
         if username is not None and self._users.get(username) == password:
             return User(role=UserRole.User, name=username)
         return None
@@ -167,13 +174,17 @@ class OpcuaSimServer:
         update_interval_s: float = 0.5,
         security: SimSecurity | None = None,
         users: Mapping[str, str] | None = None,
+        anonymous: bool | None = None,
     ) -> None:
+        """`users`: user names and passwords; anonymous access stays open only when `anonymous` (default:
+        when there are no users)."""
         self.map = node_map
         self.listen = listen
         self.roots = list(roots) if roots else [node_map.root]
         self.update_interval_s = update_interval_s
         self.security = security
         self.users = dict(users or {})
+        self.anonymous = not self.users if anonymous is None else anonymous
         self.stats = SimStats()
         self._now = now or (lambda: datetime.now(UTC))
         self._values = values
@@ -183,10 +194,12 @@ class OpcuaSimServer:
         self._status: dict[tuple[str, str], int] = {}
         self._raw: dict[tuple[str, str], object] = {}
         self._folders: dict[tuple[ua.NodeId, int, str], Node] = {}
+        self._any: set[ua.NodeId] = set()
+        self._vtype: dict[ua.NodeId, ua.VariantType] = {}  # the type each variable holds now
 
     # -- control ---------------------------------------------------------------------------------------
     def set_status(self, quantity: str, status: int | None, *, root: str | None = None) -> None:
-        """Serve `status` (e.g. BadSensorFailure) instead of the value; None serves values again."""
+        """Serve `status` (Bad: instead of the value; Uncertain: with it); None serves plain values again."""
         key = (self._root(root), quantity)
         if status is None:
             self._status.pop(key, None)
@@ -293,9 +306,9 @@ class OpcuaSimServer:
                     if i > 0:
                         continue  # an absolute node id exists once, whatever the roots
                     nid = await self._node_id(server, spec.node)
-                    var = await start.add_variable(
-                        nid, ua.QualifiedName(spec.quantity, nid.NamespaceIndex), self._initial(spec)
-                    )
+                    # A string id's last dotted part is its browse name ("Feeder1.ActivePower" -> ActivePower).
+                    name = str(nid.Identifier).rsplit(".", 1)[-1] if isinstance(nid.Identifier, str) else spec.quantity
+                    var = await start.add_variable(nid, ua.QualifiedName(name, nid.NamespaceIndex), self._initial(spec))
                 self._served.append(_Served(spec, root, var, values))
 
     async def _node_id(self, server: Server, text: str) -> ua.NodeId:
@@ -320,8 +333,11 @@ class OpcuaSimServer:
         if sec is None:
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         else:
-            await server.load_certificate(str(sec.certificate))
-            await server.load_private_key(str(sec.private_key))
+            await server.load_certificate(str(sec.certificate), format=file_format(sec.certificate))
+            await server.load_private_key(str(sec.private_key), format=file_format(sec.private_key))
+            uri = application_uri_of(sec.certificate)
+            if uri:
+                await server.set_application_uri(uri)
             policies = [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt, ua.SecurityPolicyType.Basic256Sha256_Sign]
             if sec.allow_none:
                 policies.append(ua.SecurityPolicyType.NoSecurity)
@@ -334,15 +350,17 @@ class OpcuaSimServer:
                         raise ServiceError(StatusCodes.BadCertificateUntrusted)
 
                 server.set_certificate_validator(validate)
-        if self.users:
-            server.set_identity_tokens([ua.UserNameIdentityToken])
-        else:
-            server.set_identity_tokens([ua.AnonymousIdentityToken])
+        tokens: list[type] = [ua.UserNameIdentityToken] if self.users else []
+        if self.anonymous:
+            tokens.append(ua.AnonymousIdentityToken)
+        server.set_identity_tokens(tokens)
 
     async def start(self) -> None:
         """Build the address space and listen; returns once the server accepts connections."""
-        server = Server(user_manager=_Users(self.users)) if self.users else Server()
+        server = Server(user_manager=_Users(self.users, anonymous=self.anonymous)) if self.users else Server()
         await server.init()
+        # The server clock is written by the update loop: asyncio's own clock task makes stop() wait 1 s.
+        server.disable_clock()
         await self._configure(server)
         await self._build(server)
         await self._write_all(server)
@@ -361,6 +379,8 @@ class OpcuaSimServer:
             await server.stop()
         self._served.clear()
         self._folders.clear()
+        self._any.clear()
+        self._vtype.clear()
 
     async def __aenter__(self) -> OpcuaSimServer:
         await self.start()
@@ -380,12 +400,28 @@ class OpcuaSimServer:
             except Exception:  # a broken value generator must not stop the server
                 log.exception("OPC UA simulator: writing values failed")
 
+    async def _retype(self, server: Server, nid: ua.NodeId) -> None:
+        """Let a variable take a value of another type (fault injection: text where a number belongs).
+
+        asyncua refuses a value whose type differs from the current one, unless the current value is
+        null and the declared data type is not a built-in one: so declare Number (i=26, abstract) and
+        null the value with a Bad status first (subscribers see that status for one sampling interval).
+        """
+        if nid not in self._any:
+            self._any.add(nid)
+            number = ua.Variant(ua.NodeId(ua.Int32(26)), ua.VariantType.NodeId)
+            await server.write_attribute_value(nid, ua.DataValue(Value=number), AttributeIds.DataType)
+        waiting = ua.StatusCode(ua.UInt32(StatusCodes.BadWaitingForInitialData))
+        await server.write_attribute_value(nid, ua.DataValue(StatusCode=waiting))
+
     async def _write_all(self, server: Server) -> None:
+        now = ua.Variant(datetime.now(UTC), ua.VariantType.DateTime)
+        await server.write_attribute_value(_CURRENT_TIME, ua.DataValue(Value=now))
         generated: dict[int, Mapping[str, float | int | None]] = {}
         for served in list(self._served):
             key = (served.root, served.spec.quantity)
             status = self._status.get(key)
-            if status is not None:
+            if status is not None and status & 0x80000000:  # Bad: servers send no value with it
                 dv = ua.DataValue(StatusCode=ua.StatusCode(ua.UInt32(status)))
             else:
                 if key in self._raw:
@@ -397,6 +433,11 @@ class OpcuaSimServer:
                     raw = raw_value(served.spec, values.get(served.spec.quantity, served.spec.example))
                 if raw is None or (isinstance(raw, float) and math.isnan(raw) and sim_type(served.spec) in _INT_TYPES):
                     raw = float("nan")
-                dv = ua.DataValue(Value=variant(served.spec, raw))
+                value = variant(served.spec, raw)
+                nid = served.node.nodeid
+                if value.VariantType != self._vtype.get(nid, value.VariantType):
+                    await self._retype(server, nid)
+                self._vtype[nid] = value.VariantType
+                dv = ua.DataValue(Value=value, StatusCode=ua.StatusCode(ua.UInt32(status or 0)))
             await server.write_attribute_value(served.node.nodeid, dv)
             self.stats.writes += 1

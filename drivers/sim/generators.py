@@ -36,6 +36,7 @@ class ValueMap(Protocol):
     @property
     def registers(self) -> Sequence[_Point]: ...
 
+
 _PROFILED = ("power_w", "power_l", "current", "dc_power", "apparent", "reactive")
 
 
