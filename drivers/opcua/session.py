@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Protocol, Self
+from typing import Final, Protocol, Self
 
 from asyncua import ua
 from asyncua.client.client import Client
@@ -531,17 +531,3 @@ class OpcuaPool:
 
     def sessions(self) -> list[OpcuaSession]:
         return list(self._sessions.values())
-
-
-def stats_of(sessions: Sequence[OpcuaSession]) -> dict[str, Any]:
-    """Per-endpoint counters for health output (no credentials: the URL holds none, by validation)."""
-    return {
-        s.endpoint.url: {
-            "connected": s.connected,
-            "connects": s.stats.connects,
-            "errors": s.stats.errors,
-            "last_error": s.stats.last_error,
-            "reads": s.stats.reads,
-        }
-        for s in sessions
-    }

@@ -199,3 +199,11 @@ def test_the_simulator_encodes_what_the_driver_decodes(value: float, scale: floa
     s = NodeSpec(quantity="power_w", path="X", scale=scale, offset=offset)
     decoded, quality, _ = compile_node(s)(raw_value(s, value))
     assert quality is Quality.GOOD and decoded == pytest.approx(value, rel=1e-9, abs=1e-6)
+
+
+def test_the_node_maps_readme_lists_every_bundled_map() -> None:
+    from drivers.opcua.nodemap import NODE_MAPS_DIR
+
+    readme = (NODE_MAPS_DIR / "README.md").read_text()
+    for name in bundled_node_maps():
+        assert f"| `{name}` |" in readme, name
