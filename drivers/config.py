@@ -206,11 +206,18 @@ def parse_connection(url: str) -> Connection:
 # module first, which keeps the order whichever side is imported first).
 from drivers.mbus.config import MbusDeviceConfig  # noqa: E402
 from drivers.ocpp.config import OcppDeviceConfig  # noqa: E402
+from drivers.opcua.config import OpcuaDeviceConfig  # noqa: E402
 from drivers.p1.config import P1DeviceConfig  # noqa: E402
 from drivers.sml.config import SmlDeviceConfig  # noqa: E402
 
 DeviceConfig = Annotated[
-    ModbusDeviceConfig | MqttDeviceConfig | P1DeviceConfig | SmlDeviceConfig | MbusDeviceConfig | OcppDeviceConfig,
+    ModbusDeviceConfig
+    | MqttDeviceConfig
+    | OpcuaDeviceConfig
+    | P1DeviceConfig
+    | SmlDeviceConfig
+    | MbusDeviceConfig
+    | OcppDeviceConfig,
     Field(discriminator="driver"),
 ]
 
@@ -218,6 +225,7 @@ DeviceConfig = Annotated[
 DEVICE_MODELS: dict[str, type[BaseModel]] = {
     "modbus": ModbusDeviceConfig,
     "mqtt": MqttDeviceConfig,
+    "opcua": OpcuaDeviceConfig,
     "p1": P1DeviceConfig,
     "sml": SmlDeviceConfig,
     "mbus": MbusDeviceConfig,

@@ -19,7 +19,12 @@ from drivers.modbus.registermap import Quirks, RegisterMap
 from drivers.modbus.sunspec import SunSpecDriver
 from drivers.model import DeviceClass
 from drivers.mqtt.driver import MqttDriver, device_fields
+from drivers.opcua.config import OpcuaDeviceConfig
+from drivers.opcua.nodemap import NodeMap, load_node_map
 from drivers.services import DriverServices, create_port_driver
+
+#: what a device's knowledge is loaded from: a Modbus register map or an OPC UA node map
+DeviceMap = RegisterMap | NodeMap
 
 
 def device_quirks(register_map: RegisterMap | None, options: dict[str, float | int | bool]) -> Quirks:
@@ -34,34 +39,42 @@ def device_quirks(register_map: RegisterMap | None, options: dict[str, float | i
         raise PermanentError(f"options.{where}: {err['msg']} (known options: {known})") from None
 
 
-def device_map(cfg: DeviceConfig, *, base_dir: Path) -> RegisterMap | None:
-    """The device's register map (Modbus devices with `map:`), None for devices that have none."""
-    if not isinstance(cfg, ModbusDeviceConfig) or cfg.map is None:
-        return None
+def device_map(cfg: DeviceConfig, *, base_dir: Path) -> DeviceMap | None:
+    """The device's map, loaded: a Modbus `map:` or an OPC UA node map; None for devices without one."""
     try:
-        return load_map(cfg.map, base_dir=base_dir)
+        if isinstance(cfg, OpcuaDeviceConfig):
+            return load_node_map(cfg.map, base_dir=base_dir)
+        if isinstance(cfg, ModbusDeviceConfig) and cfg.map is not None:
+            return load_map(cfg.map, base_dir=base_dir)
     except MapError as exc:
         raise PermanentError(f"{cfg.id}: {exc}") from None
+    return None
 
 
-def device_class_of(cfg: DeviceConfig, register_map: RegisterMap | None) -> DeviceClass:
+def device_class_of(cfg: DeviceConfig, loaded: DeviceMap | None) -> DeviceClass:
     """meter, inverter, wind_turbine or battery: configured, else from the map (SunSpec: inverter)."""
     if cfg.device_class is not None:
         return cfg.device_class
-    if register_map is not None:
-        return register_map.device_class
+    if loaded is not None:
+        return loaded.device_class
     return "inverter"  # a Modbus device without a map is a SunSpec device
 
 
-def create_driver(cfg: DeviceConfig, *, register_map: RegisterMap | None, services: DriverServices) -> Driver:
+def create_driver(cfg: DeviceConfig, *, device_map: DeviceMap | None, services: DriverServices) -> Driver:
     """A ready-to-enter driver for one configured device (raises PermanentError on bad config).
 
     Devices share the connections in `services` (entered by the caller): Modbus buses, the MQTT device
-    hub, M-Bus lines, OCPP central systems. `register_map` is the device's loaded map (`device_map`).
+    hub, OPC UA sessions, M-Bus lines, OCPP central systems. `device_map` is the device's map, loaded
+    once per start (`device_map()`); a poller restart builds a new driver from the same object.
     """
     port_driver = create_port_driver(cfg, services)
     if port_driver is not None:
         return port_driver
+    if isinstance(cfg, OpcuaDeviceConfig):
+        from drivers.opcua.driver import driver_from_config
+
+        node_map = device_map if isinstance(device_map, NodeMap) else None
+        return driver_from_config(cfg, base_dir=services.base_dir, pool=services.opcua, node_map=node_map)
     if isinstance(cfg, MqttDeviceConfig):
         fields = device_fields(cfg)
         if services.mqtt is None:
@@ -83,8 +96,8 @@ def create_driver(cfg: DeviceConfig, *, register_map: RegisterMap | None, servic
         quirks = device_quirks(None, cfg.options)
         bus = pool.bus(conn, timeout_s=cfg.timeout_s, options=quirks.model_dump())
         return SunSpecDriver(device_id=cfg.id, bus=bus, unit_id=cfg.unit_id, quirks=quirks)
-    if register_map is None:
+    if not isinstance(device_map, RegisterMap):
         raise PermanentError(f"{cfg.id}: set 'map' or 'sunspec: true'")
-    quirks = device_quirks(register_map, cfg.options)
+    quirks = device_quirks(device_map, cfg.options)
     bus = pool.bus(conn, timeout_s=cfg.timeout_s, options=quirks.model_dump())
-    return ModbusDriver(device_id=cfg.id, register_map=register_map, bus=bus, unit_id=cfg.unit_id, quirks=quirks)
+    return ModbusDriver(device_id=cfg.id, register_map=device_map, bus=bus, unit_id=cfg.unit_id, quirks=quirks)

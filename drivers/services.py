@@ -10,6 +10,7 @@ it is the factory's one line for them.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
@@ -24,16 +25,29 @@ if TYPE_CHECKING:
     from drivers.mbus.bus import MbusPool
     from drivers.mqtt.driver import MqttHub
     from drivers.ocpp.central import CentralSystems
+    from drivers.opcua.session import OpcuaPool
 
 
 class DriverServices:
     """The shared connections of one agent (or one `gia read`); closes them on exit."""
 
-    def __init__(self, *, mqtt: MqttHub | None = None) -> None:
+    def __init__(self, *, mqtt: MqttHub | None = None, base_dir: Path | None = None) -> None:
         self.pool = BusPool()
         self.mqtt = mqtt
+        #: where relative paths in device configs start (the config file's folder)
+        self.base_dir = base_dir if base_dir is not None else Path.cwd()
         self._mbus: MbusPool | None = None
         self._ocpp: CentralSystems | None = None
+        self._opcua: OpcuaPool | None = None
+
+    @property
+    def opcua(self) -> OpcuaPool:
+        """OPC UA sessions, one per endpoint, shared by the devices on that server."""
+        if self._opcua is None:
+            from drivers.opcua.session import OpcuaPool
+
+            self._opcua = OpcuaPool()
+        return self._opcua
 
     @property
     def mbus(self) -> MbusPool:
@@ -60,6 +74,8 @@ class DriverServices:
         await self.aclose()
 
     async def aclose(self) -> None:
+        if self._opcua is not None:
+            await self._opcua.__aexit__(None, None, None)
         if self._ocpp is not None:
             await self._ocpp.aclose()
         if self._mbus is not None:

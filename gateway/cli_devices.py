@@ -24,7 +24,12 @@ if TYPE_CHECKING:  # imported lazily at run time: pymodbus is slow to import on 
     from drivers.modbus.scan import ScanHit
     from drivers.model import Sample
 
-Url = Annotated[str, typer.Argument(help="tcp://HOST[:PORT], rtu:///dev/ttyUSB0?baud=9600 or rtu+tcp://HOST:PORT")]
+Url = Annotated[
+    str,
+    typer.Argument(
+        help="tcp://HOST[:PORT], rtu:///dev/ttyUSB0?baud=9600, rtu+tcp://HOST:PORT or opc.tcp://HOST:PORT (OPC UA)"
+    ),
+]
 
 
 def _quiet_pymodbus() -> None:
@@ -51,8 +56,17 @@ def register(app: typer.Typer) -> None:
         units: Annotated[str, typer.Option(help="unit ids to probe, e.g. 1-10,100,225")] = "1-10,100,126,225,247",
         timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 0.5,
         site_id: Annotated[str, typer.Option("--site-id", help="site id for the printed config")] = "my-site",
+        depth: Annotated[int, typer.Option(help="OPC UA: levels of the address space to browse")] = 4,
+        map_out: Annotated[
+            Path, typer.Option("--map-out", help="OPC UA: where to write a proposed node map when none matches")
+        ] = Path("opcua-map.yaml"),
     ) -> None:
-        """Find unit ids, SunSpec models and known device maps; print a config snippet."""
+        """Find unit ids, SunSpec models and known device maps (OPC UA: browse, match node maps); print a config."""
+        from gateway import cli_opcua
+
+        if cli_opcua.is_opcua_url(url):
+            cli_opcua.scan(url, timeout=max(timeout, 2.0), site_id=site_id, depth=depth, map_out=map_out)
+            return
         from drivers.maps import bundled_maps, load_map
         from drivers.modbus.bus import BusPool
         from drivers.modbus.scan import config_snippet, describe, parse_units, scan
@@ -89,16 +103,24 @@ def register(app: typer.Typer) -> None:
         unit: Annotated[list[int] | None, typer.Option(help="unit id(s) to answer as (repeatable)")] = None,
         speed: Annotated[float, typer.Option(help="simulated time runs N times faster")] = 1.0,
         list_maps: Annotated[bool, typer.Option("--list", help="list the bundled maps and exit")] = False,
+        root: Annotated[
+            list[str] | None, typer.Option(help="OPC UA: serve the node map under this root (repeatable: a park)")
+        ] = None,
     ) -> None:
-        """Serve a device map as a simulated Modbus device (values follow a daily profile)."""
+        """Serve a device map as a simulated Modbus device, or an OPC UA node map as an OPC UA server."""
         from drivers.maps import MapError, bundled_maps, load_map
+        from gateway import cli_opcua
 
         if list_maps or not map_name:
             for name in bundled_maps():
                 m = load_map(name)
                 typer.echo(f"{name:28} {m.device_class:13} {m.product.brand} {m.product.model}")
+            cli_opcua.list_maps()
             if not list_maps:
                 raise typer.Exit(2)
+            return
+        if cli_opcua.is_node_map(map_name):
+            cli_opcua.sim(map_name, listen=listen, roots=root or [], speed=speed)
             return
         try:
             register_map = load_map(map_name, base_dir=Path.cwd())
@@ -123,6 +145,7 @@ def register(app: typer.Typer) -> None:
         ] = None,
         sml: Annotated[bool, typer.Option("--sml", help="an SML optical head (serial:// or tcp:// URL)")] = False,
         mbus: Annotated[int | None, typer.Option("--mbus", help="an M-Bus meter at this primary address")] = None,
+        root: Annotated[str | None, typer.Option(help="OPC UA: root of the node map's browse paths")] = None,
     ) -> None:
         """Read a device once and print its samples: "does my meter work?"."""
         from drivers.base import DriverError
@@ -130,6 +153,7 @@ def register(app: typer.Typer) -> None:
         from drivers.factory import create_driver, device_map
         from drivers.model import iso_utc
         from drivers.services import DriverServices
+        from gateway import cli_opcua
 
         port_kinds = (p1 is not None) + sml + (mbus is not None)
         if port_kinds:
@@ -142,6 +166,14 @@ def register(app: typer.Typer) -> None:
         if (map_name is None) == (not sunspec):
             typer.echo("error: give exactly one of --map MAP or --sunspec", err=True)
             raise typer.Exit(2)
+        if cli_opcua.is_opcua_url(url):
+            try:
+                samples = cli_opcua.read(url, map_name=map_name or "", root=root, timeout=timeout)
+            except DriverError as exc:
+                typer.echo(f"error: {exc}", err=True)
+                raise typer.Exit(1) from None
+            _print_rows([_row(s, iso_utc) for s in samples], as_json=as_json)
+            return
         _connection(url)
         _quiet_pymodbus()
         try:
@@ -155,7 +187,7 @@ def register(app: typer.Typer) -> None:
         async def run() -> Sequence[Sample]:
             register_map = device_map(cfg, base_dir=Path.cwd())
             async with DriverServices() as services:
-                driver = create_driver(cfg, register_map=register_map, services=services)
+                driver = create_driver(cfg, device_map=register_map, services=services)
                 async with driver:
                     return await driver.read(datetime.now(UTC).replace(microsecond=0))
 
@@ -208,7 +240,7 @@ def _read_port(url: str, *, p1: str | None, sml: bool, mbus: int | None, timeout
 
     async def run() -> list[dict[str, Any]]:
         async with DriverServices() as services:
-            driver = create_driver(cfg, register_map=None, services=services)  # type: ignore[arg-type]
+            driver = create_driver(cfg, device_map=None, services=services)  # type: ignore[arg-type]
             async with driver:
                 if isinstance(driver, PushedMeter):
                     await driver.wait_for_telegram(max(timeout, 12.0))  # DSMR 4 and HAN ports talk every 10 s

@@ -78,7 +78,8 @@ async def open_services(config: Config, clock: Clock) -> AsyncIterator[Services]
             )
             reader = LedgerReader(Path(s.ledger_path))
             try:
-                async with DriverServices() as drivers, contextlib.AsyncExitStack() as stack:
+                drivers = DriverServices(base_dir=config.base_dir)
+                async with drivers, contextlib.AsyncExitStack() as stack:
                     services = Services(
                         settings=s,
                         site=site,

@@ -519,9 +519,10 @@ def _check_secrets(settings: Settings, base: Path) -> list[Problem]:
         ("http.tls_key_file", settings.http.tls_key_file),
     ]
     files += [(f"http.tokens[{i}].token_file", t.token_file) for i, t in enumerate(settings.http.tokens)]
-    files += [  # chargers' passwords and TLS files (OCPP devices)
+    files += [  # chargers' passwords and TLS files (OCPP devices; OPC UA devices check theirs themselves)
         (f"devices[{i}].{name}", getattr(d, name, None))
         for i, d in enumerate(settings.devices)
+        if d.driver == "ocpp"
         for name in ("password_file", "tls_cert_file", "tls_key_file")
     ]
     for path, f in files:
@@ -557,13 +558,25 @@ def _check_mqtt_devices(settings: Settings, base: Path) -> list[Problem]:
     ]
 
 
+def _check_opcua_devices(settings: Settings, base: Path) -> list[Problem]:
+    """OPC UA devices: the node map loads, the certificate and password files exist."""
+    from drivers.opcua.config import OpcuaDeviceConfig, device_problems
+
+    return [
+        Problem(f"devices[{i}].{field}", message, fix)
+        for i, d in enumerate(settings.devices)
+        if isinstance(d, OpcuaDeviceConfig)
+        for field, message, fix in device_problems(d, base)
+    ]
+
+
 def _check_flexibility(settings: Settings, base: Path) -> list[Problem]:
     from gateway.flexibility.checks import check_flexibility
 
     return check_flexibility(settings, base)
 
 
-CROSS_CHECKS: list[CrossCheck] = [_check_secrets, _check_mqtt_devices, _check_flexibility]
+CROSS_CHECKS: list[CrossCheck] = [_check_secrets, _check_mqtt_devices, _check_opcua_devices, _check_flexibility]
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

@@ -23,6 +23,11 @@ Fixtures (registered by tests/conftest.py):
 * ``postgres`` (session): PostgreSQL 15 with password (SCRAM) auth; ``postgres_db`` (function) gives a
   fresh database on it (``PostgresDatabase``: url without password, password_file, dsn());
   ``postgres_factory`` (function) a server of one's own, for stop()/start() (restart) tests.
+* ``opcua_sim_factory`` (function): ``make(node_map, roots=(...))`` runs ``gia sim NODE_MAP`` as its own
+  process, an asyncua OPC UA server on a free port (``url``); ``stop()``/``start()`` restart it on the
+  same port, as a real server restart does (sessions and subscriptions gone).
+* ``make_opcua_certificates(dir)``: RSA application certificates for OPC UA Basic256Sha256 (server,
+  client, and a client the server does not trust), generated with ``cryptography``.
 
 A missing binary fails the test when the environment variable CI is set, and skips it otherwise with
 the apt-get command that installs it.
@@ -997,9 +1002,137 @@ def victoriametrics_tls(
     yield from _running(server)
 
 
+# -- OPC UA -----------------------------------------------------------------------------------------
+class OpcuaSim(ServerProcess):
+    """`gia sim NODE_MAP --listen opc.tcp://127.0.0.1:PORT` (asyncua server) as a process."""
+
+    name = "opcua-sim"
+
+    def __init__(self, workdir: Path, node_map: str, *, roots: tuple[str, ...] = (), port: int | None = None) -> None:
+        super().__init__(workdir)
+        self.node_map = node_map
+        self.roots = roots
+        self.port = port or free_port()
+        self.url = f"opc.tcp://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "gateway", "sim", self.node_map, "--listen", self.url]
+        for root in self.roots:
+            cmd += ["--root", root]
+        return cmd
+
+    def ready(self) -> bool:
+        return port_open(HOST, self.port)
+
+
+OpcuaSimFactory = Callable[..., OpcuaSim]
+
+
+@pytest.fixture
+def opcua_sim_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpcuaSimFactory]:
+    """`make(node_map, roots=(), start=True)`: an OPC UA simulator process, stopped at test end."""
+    made: list[OpcuaSim] = []
+
+    def make(node_map: str, *, roots: tuple[str, ...] = (), start: bool = True) -> OpcuaSim:
+        server = OpcuaSim(tmp_path_factory.mktemp("opcua"), node_map, roots=roots)
+        made.append(server)
+        if start:
+            server.start()
+        return server
+
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.stop()
+
+
+@dataclass(frozen=True)
+class OpcuaCertificates:
+    """PEM files: the server's pair, a trusted client's pair, an untrusted client's pair."""
+
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    stranger_cert: Path
+    stranger_key: Path
+
+
+def make_opcua_certificates(directory: Path) -> OpcuaCertificates:
+    """Self-signed RSA-2048/SHA-256 application certificates as OPC UA 10000-6, 6.2.2 describes them:
+    the application URI in subjectAltName, key usages for signing and key encipherment."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    directory.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def make(stem: str, cn: str, uri: str, *, server: bool) -> tuple[Path, Path]:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1))
+            .not_valid_after(now + dt.timedelta(days=30))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=True,
+                    key_encipherment=True,
+                    data_encipherment=True,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
+            )
+            .add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH]),
+                critical=False,
+            )
+            .add_extension(
+                x509.SubjectAlternativeName(
+                    [
+                        x509.UniformResourceIdentifier(uri),
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address(HOST)),
+                    ]
+                ),
+                critical=False,
+            )
+            .sign(key, hashes.SHA256())
+        )
+        cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
+        key_path.chmod(0o600)
+        return cert_path, key_path
+
+    server = make("server", "GIA test OPC UA server", "urn:gia-test:opcua-server", server=True)
+    client = make("client", "GIA gateway", "urn:gia-test:gateway", server=False)
+    stranger = make("stranger", "Unknown client", "urn:gia-test:stranger", server=False)
+    return OpcuaCertificates(*server, *client, *stranger)
+
+
 __all__ = [
     "InfluxDB1",
     "MosquittoBroker",
+    "OpcuaCertificates",
+    "OpcuaSim",
     "PostgresDatabase",
     "PostgresServer",
     "ServerProcess",
@@ -1008,6 +1141,7 @@ __all__ = [
     "find_binary",
     "free_port",
     "http",
+    "make_opcua_certificates",
     "make_tls_material",
     "port_open",
 ]

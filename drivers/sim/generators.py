@@ -14,10 +14,33 @@ import math
 import random
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from typing import Protocol
 
 from drivers.modbus.registermap import RegisterMap
 from drivers.model import QUANTITIES, QuantityKind
 from drivers.sim.server import SimServer
+
+
+class _Point(Protocol):
+    @property
+    def quantity(self) -> str: ...
+
+    @property
+    def example(self) -> float | None: ...
+
+    @property
+    def range(self) -> tuple[float, float] | None: ...
+
+
+class ValueMap(Protocol):
+    """What the generator needs of a map: a Modbus register map or an OPC UA node map's points."""
+
+    @property
+    def device_class(self) -> str: ...
+
+    @property
+    def registers(self) -> Sequence[_Point]: ...
+
 
 _PROFILED = ("power_w", "power_l", "current", "dc_power", "apparent", "reactive")
 
@@ -27,7 +50,7 @@ class ProfileValues:
 
     def __init__(
         self,
-        register_map: RegisterMap,
+        register_map: ValueMap,
         *,
         now: Callable[[], datetime],
         seed: int = 1,

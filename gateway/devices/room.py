@@ -70,7 +70,7 @@ def _poller(device: SiteDevice, services: Services) -> DevicePoller:
     cfg = device.config
 
     def factory() -> Any:
-        return create_driver(cfg, register_map=device.register_map, services=services.drivers)
+        return create_driver(cfg, device_map=device.device_map, services=services.drivers)
 
     return DevicePoller(
         device_id=cfg.id,

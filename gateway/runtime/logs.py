@@ -36,4 +36,7 @@ def setup_logging(*, level: str = "info", fmt: str = "text") -> None:
     root.setLevel(level.upper())
     for noisy in ("pymodbus", "uvicorn.error", "asyncio"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)  # we report device errors ourselves, once
+    # We report device errors ourselves, once; asyncua also logs every publish at INFO and a traceback
+    # for every dropped connection.
+    for library in ("pymodbus", "asyncua"):
+        logging.getLogger(library).setLevel(logging.CRITICAL)

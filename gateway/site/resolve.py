@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from drivers.base import PermanentError
 from drivers.config import DeviceConfig, ModbusDeviceConfig
-from drivers.factory import device_class_of, device_map
+from drivers.factory import DeviceMap, device_class_of, device_map
 from drivers.modbus.registermap import RegisterMap
 from drivers.model import DeviceClass
 from gateway.site.channels import ChannelSpec, channel_specs
@@ -32,8 +32,8 @@ class SiteDevice:
 
     config: DeviceConfig
     device_class: DeviceClass
-    #: the loaded register map (Modbus devices with `map:`), None otherwise
-    register_map: RegisterMap | None
+    #: the loaded map (a Modbus register map or an OPC UA node map), None for devices without one
+    device_map: DeviceMap | None
     channels: tuple[ChannelSpec, ...]
 
     @property
@@ -41,11 +41,17 @@ class SiteDevice:
         return self.config.id
 
     @property
+    def register_map(self) -> RegisterMap | None:
+        return self.device_map if isinstance(self.device_map, RegisterMap) else None
+
+    @property
     def quantities(self) -> tuple[str, ...]:
         """The quantities this device is known to deliver (from its map; empty when not known ahead)."""
-        if self.register_map is None:
-            return ()
-        return tuple(dict.fromkeys(r.quantity for r in self.register_map.registers))
+        if isinstance(self.device_map, RegisterMap):
+            return tuple(dict.fromkeys(r.quantity for r in self.device_map.registers))
+        if self.device_map is not None:
+            return tuple(dict.fromkeys(n.quantity for n in self.device_map.nodes))
+        return ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,12 +94,13 @@ def resolve_site(settings: Settings, *, base_dir: Path) -> Site:
                 )
             )
             continue
-        moduli = {(cfg.id, r.quantity): int(r.modulus) for r in (rmap.registers if rmap else ()) if r.modulus}
+        registers = rmap.registers if isinstance(rmap, RegisterMap) else ()
+        moduli = {(cfg.id, r.quantity): int(r.modulus) for r in registers if r.modulus}
         resolved.append(
             SiteDevice(
                 config=cfg,
                 device_class=device_class_of(cfg, rmap),
-                register_map=rmap,
+                device_map=rmap,
                 channels=tuple(channel_specs([cfg], moduli)),
             )
         )

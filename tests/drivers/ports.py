@@ -11,13 +11,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 import pytest
-from gateway.runtime.clock import WallClock
-from gateway.runtime.live import LiveState
-from gateway.devices.poller import DevicePoller
 
 from drivers.base import Driver
 from drivers.model import Sample
 from drivers.sim.serial import PtyPair
+from gateway.devices.poller import DevicePoller
+from gateway.runtime.clock import WallClock
+from gateway.runtime.live import LiveState
 
 
 def require_socat() -> None:

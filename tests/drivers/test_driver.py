@@ -174,7 +174,7 @@ async def test_many_units_share_one_bus(sim_factory: SimFactory, tmp_path: Path)
         for unit in (1, 2, 3):
             cfg = ModbusDeviceConfig(id=f"m{unit}", connection=server.listen, unit_id=unit, map="eastron-sdm630")
             rmap = device_map(cfg, base_dir=tmp_path)
-            drivers.append(create_driver(cfg, register_map=rmap, services=services))
+            drivers.append(create_driver(cfg, device_map=rmap, services=services))
             assert device_class_of(cfg, rmap) == "meter"
         assert len(services.pool.buses) == 1
         for d in drivers:
@@ -186,10 +186,10 @@ def test_factory_rejects_unknown_options_and_mqtt(tmp_path: Path) -> None:
 
     cfg = ModbusDeviceConfig(id="m", connection="tcp://127.0.0.1:1502", map="eastron-sdm630", options={"colour": 1})
     with pytest.raises(PermanentError, match=r"options\.colour"):
-        create_driver(cfg, register_map=device_map(cfg, base_dir=tmp_path), services=DriverServices())
+        create_driver(cfg, device_map=device_map(cfg, base_dir=tmp_path), services=DriverServices())
     mq = MqttDeviceConfig(id="q", driver="mqtt", topic="tele/x/SENSOR", profile="tasmota-sml")
     with pytest.raises(PermanentError, match="MQTT devices need a broker"):
-        create_driver(mq, register_map=None, services=DriverServices())
+        create_driver(mq, device_map=None, services=DriverServices())
     bad = ModbusDeviceConfig(id="m", connection="tcp://127.0.0.1:1502", map="nosuch")
     with pytest.raises(PermanentError, match="no bundled map"):
         device_map(bad, base_dir=tmp_path)

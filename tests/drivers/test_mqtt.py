@@ -42,13 +42,13 @@ def test_bad_profile_or_field_is_permanent(tmp_path: Path) -> None:
     hub = MqttHub(Broker("mqtt://127.0.0.1:1"))
     bad = MqttDeviceConfig(id="m", driver="mqtt", topic="t", profile="nosuch")
     with pytest.raises(PermanentError, match="unknown MQTT profile"):
-        create_driver(bad, register_map=None, services=DriverServices(mqtt=hub))
+        create_driver(bad, device_map=None, services=DriverServices(mqtt=hub))
     bad2 = MqttDeviceConfig(id="m", driver="mqtt", topic="t", fields={"watts": "ENERGY.Power"})
     with pytest.raises(PermanentError, match="unknown quantity"):
-        create_driver(bad2, register_map=None, services=DriverServices(mqtt=hub))
+        create_driver(bad2, device_map=None, services=DriverServices(mqtt=hub))
     ok = MqttDeviceConfig(id="m", driver="mqtt", topic="t", profile="tasmota-sml")
     with pytest.raises(PermanentError, match="need a broker"):
-        create_driver(ok, register_map=None, services=DriverServices())
+        create_driver(ok, device_map=None, services=DriverServices())
 
 
 async def publish(url_port: int, topic: str, payload: Any, *, retain: bool = False) -> None:
@@ -73,7 +73,7 @@ async def test_tasmota_and_shelly_profiles(mosquitto: Any, tmp_path: Path) -> No
     shelly = MqttDeviceConfig(id="s1", driver="mqtt", topic=f"{prefix}/shellypro3em", profile="shelly-gen2-em")
     async with MqttHub(Broker(mosquitto.url, timeout_s=5)) as hub:
         assert hub.connected
-        drivers = [create_driver(c, register_map=None, services=DriverServices(mqtt=hub)) for c in (tasmota, shelly)]
+        drivers = [create_driver(c, device_map=None, services=DriverServices(mqtt=hub)) for c in (tasmota, shelly)]
         for d in drivers:
             await d.__aenter__()
         with pytest.raises(TransientError, match="no message yet"):

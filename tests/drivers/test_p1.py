@@ -226,7 +226,7 @@ async def test_a_meter_that_stops_talking_goes_offline_once_and_comes_back(caplo
         link = parse_link(f"serial://{pair.a}")
 
         def factory() -> P1Driver:
-            return P1Driver(device_id="dev", link=link, variant="sweden", poll_interval_s=0.2, stale_after_intervals=2)
+            return P1Driver(device_id="dev", link=link, variant="sweden", poll_interval_s=0.2, stale_after_intervals=5)
 
         try:
             async with polled(factory) as p:
