@@ -148,8 +148,21 @@ class Agent:
 
         return ReportService(self.settings, now_ms=lambda: to_ms(self.clock.now()), base_dir=self.base_dir)
 
+    def _ensure_site_key(self) -> None:
+        from gateway.certification.sitekeys import ensure_site_key
+
+        ensure_site_key(self.settings.data_dir / "keys", self.settings.ledger_path, site=self.settings.site.id)
+
     def api_services(self) -> ApiServices:
-        from gateway.certification.service import LedgerUnavailable, MalformedMonth, MonthInFuture, UnknownSite
+        from gateway.certification.service import (
+            LedgerUnavailable,
+            MalformedMonth,
+            MonthInFuture,
+            NotClosed,
+            SigningKeyMissing,
+            StoredReportLost,
+            UnknownSite,
+        )
 
         runner = self.runner
         return ApiServices(
@@ -165,30 +178,46 @@ class Agent:
                 (MalformedMonth, 400, "bad_month"),
                 (MonthInFuture, 400, "month_in_future"),
                 (LedgerUnavailable, 503, "ledger_unavailable"),
+                (SigningKeyMissing, 503, "signing_key_missing"),
+                (StoredReportLost, 503, "stored_report_lost"),
+                (NotClosed, 409, "month_not_closed"),
             ],
         )
 
     async def _publish_reports(self) -> None:
-        """Publish the signed report of the last closed month (retained) at start and when a month closes."""
-        from gateway.certification.periods import month_period, shift_month
+        """Publish (retained) the signed report of every closed month among the last two, once each version.
+
+        A month closes only after the settlement delay and once every channel has a reading after its end
+        (`ReportService.closed_report_json`); before that nothing is published, so an outage around
+        midnight cannot freeze a month with a missing boundary. A reissue is published when it appears.
+        """
+        import hashlib
+
+        from gateway.certification.periods import shift_month
         from gateway.sinks.topics import Topics
 
         assert self.settings.mqtt is not None
-        topics = Topics.for_site(self.settings.mqtt.prefix, self.settings.site.id)
-        published: str | None = None
+        site = self.settings.site.id
+        topics = Topics.for_site(self.settings.mqtt.prefix, site)
+        published: dict[str, str] = {}
         while True:
             now = self.clock.now().astimezone(ZoneInfo(self.settings.site.timezone))
-            last_closed = shift_month(f"{now.year:04d}-{now.month:02d}", -1)
-            if last_closed != published:
+            this_month = f"{now.year:04d}-{now.month:02d}"
+            last = shift_month(this_month, -1)
+            for month in (shift_month(this_month, -2), last):
                 try:
-                    body = await asyncio.to_thread(self.reports.report_json, self.settings.site.id, last_closed)
-                except Exception as exc:  # no readings yet, ledger busy: try again later
-                    log.warning("report %s not published: %s", last_closed, exc)
-                else:
-                    self.outbox.put(topics.report(last_closed), body)
-                    published = last_closed
-                    log.info("published signed report %s", last_closed)
-            nxt = month_period(shift_month(last_closed, 2), self.settings.site.timezone).start_ms
+                    body = await asyncio.to_thread(self.reports.closed_report_json, site, month)
+                except Exception as exc:  # no readings yet, ledger busy, key missing: try again later
+                    log.warning("report %s not published: %s", month, exc)
+                    continue
+                if body is None:
+                    continue  # not settled yet
+                sha = hashlib.sha256(body).hexdigest()
+                if published.get(month) != sha:
+                    self.outbox.put(topics.report(month), body)
+                    published[month] = sha
+                    log.info("published signed report %s (%s)", month, sha[:16])
+            nxt = self.reports.settles_at_ms(last) if last not in published else self.reports.settles_at_ms(this_month)
             wait_s = min(3600.0, max(60.0, (nxt - to_ms(self.clock.now())) / 1000))
             await asyncio.sleep(wait_s / getattr(self.clock, "speed", 1.0))
 
@@ -371,6 +400,12 @@ class Agent:
         s = self.settings
         self._stopping = False
         lock = acquire_agent_lock(s.ledger_path.parent)  # one agent per ledger; restore checks it too
+        try:
+            # A site that has started never gets a new signing key silently (`gia keys rotate --reason`).
+            await asyncio.to_thread(self._ensure_site_key)
+        except BaseException:
+            lock.close()
+            raise
         ledger = await asyncio.to_thread(Ledger, s.ledger_path, synchronous=s.ledger.synchronous)
         disk: DiskGuard | None = None
 

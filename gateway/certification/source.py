@@ -6,7 +6,8 @@ connection (WAL readers never block the agent's writer) and returns parallel int
 those of the method: kept (not pruned), quality `good`, integer values, and `seq <= max_seq` so a report
 is reproducible from the ledger as it was at build time even after later appends.
 
-Meter replacements are ledger events (`kind="meter_replacement"`) written by `record_meter_replacement`.
+Meter replacements are ledger events (`kind="meter_replacement"`) written by `record_meter_replacement`
+and parsed by `events.py` (which `gia verify` shares).
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from typing import Any, Final
 
 from drivers.model import to_ms
 from gateway.certification.compute import Replacement, Series
+from gateway.certification.events import REPLACEMENT
+from gateway.certification.events import replacements as parse_replacements
+from gateway.certification.exact import iso_ms
+from gateway.clockguard import guarded_now
 from gateway.ledger.store import GENESIS, Ledger
 
-REPLACEMENT: Final = "meter_replacement"
 _GOOD: Final = "pruned = 0 AND quality = 'good' AND typeof(value) = 'integer' AND seq <= ?"
 
 
@@ -71,10 +75,22 @@ class LedgerSource:
         return int(row[0]) if row and row[0] is not None else None
 
     def series(
-        self, device: str, quantity: str, start_ms: int, end_ms: int, *, margin_ms: int, max_seq: int
+        self,
+        device: str,
+        quantity: str,
+        start_ms: int,
+        end_ms: int,
+        *,
+        margin_ms: int,
+        max_seq: int,
+        frozen: tuple[int, int] | None = None,
     ) -> tuple[Series, int]:
         """Good readings in [start - margin, end + margin) plus the nearest good one outside on each side,
-        and the number of kept but unusable readings (not good, or not an integer) inside [start, end)."""
+        and the number of kept but unusable readings (not good, or not an integer) inside [start, end).
+
+        `frozen = (ts, seq)`: the readings up to `ts` are taken as the previous month's closed report saw
+        them (seq <= its chain head), so a reading stored late cannot move a boundary that month M's
+        report and month M+1's must share."""
         lo, hi = start_ms - margin_ms, end_ms + margin_ms
         # one pass over the range: the quality filter is applied here, not in SQL, so the same scan also
         # counts the unusable readings for the meter-status rule (a second COUNT query costs a full scan)
@@ -103,6 +119,9 @@ class LedgerSource:
             rows.insert(0, before)
         if after is not None:
             rows.append(after)
+        if frozen is not None:
+            f_ts, f_seq = frozen
+            rows = [r for r in rows if not (r[0] <= f_ts and r[2] > f_seq)]
         series = Series([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
         return series, bad
 
@@ -114,32 +133,29 @@ class LedgerSource:
         ).fetchone()
         return int(row[0])
 
-    def replacements(self, *, until_ms: int | None = None) -> list[Replacement]:
-        """Every recorded meter replacement register pair, sorted by time."""
-        out: list[Replacement] = []
-        for eid, ts_ms, device, detail in self._db.execute(
-            "SELECT id, ts_ms, device, detail FROM events WHERE kind = ? ORDER BY ts_ms, id", (REPLACEMENT,)
-        ):
-            if until_ms is not None and ts_ms > until_ms:
-                continue
-            try:
-                d = json.loads(detail)
-                for quantity, pair in sorted(d["registers"].items()):
-                    out.append(
-                        Replacement(
-                            event_id=int(eid),
-                            ts_ms=int(ts_ms),
-                            device=str(device),
-                            quantity=str(quantity),
-                            closing_wh=int(pair["closing_wh"]),
-                            opening_wh=int(pair["opening_wh"]),
-                            old_serial=d.get("old_serial"),
-                            new_serial=d.get("new_serial"),
-                        )
-                    )
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # a malformed event is ignored here; the resulting decrease is flagged as a reset
-        return out
+    def replacements(self, *, max_event_id: int | None = None) -> list[Replacement]:
+        """Every recorded meter replacement register pair up to the events head, sorted by time."""
+        rows = self._db.execute(
+            "SELECT id, ts_ms, kind, device, detail FROM events WHERE kind = ? ORDER BY id", (REPLACEMENT,)
+        )
+        return parse_replacements(
+            ({"id": r[0], "ts": r[1], "kind": r[2], "device": r[3], "detail": r[4]} for r in rows), max_id=max_event_id
+        )
+
+    def events_json(self, max_id: int) -> list[dict[str, Any]]:
+        """Events up to `max_id` as `{id, ts, kind, device, detail}` (what `events.py` and `keys.py` read)."""
+        return [
+            {"id": eid, "ts": ts, "kind": kind, "device": device, "detail": detail}
+            for eid, ts, kind, device, detail, _h in self.events_rows(max_id)
+        ]
+
+    def event_hash_at(self, event_id: int) -> bytes:
+        if event_id <= 0:
+            return GENESIS
+        row = self._db.execute("SELECT hash FROM events WHERE id = ?", (event_id,)).fetchone()
+        if row is None or row[0] is None:
+            raise KeyError(event_id)
+        return bytes(row[0])
 
     def evidence_rows(
         self, device: str, quantity: str, bounds: tuple[int, int, int, int] | None, *, max_seq: int
@@ -180,15 +196,24 @@ def record_meter_replacement(
     old_serial: str | None = None,
     new_serial: str | None = None,
     note: str = "",
+    recorded_ms: int | None = None,
 ) -> int:
     """Record a meter exchange: for each register quantity, the old meter's closing and the new meter's
-    opening value (integer Wh, as read from the displays). Returns the event id."""
+    opening value (register values, as read from the displays). Returns the event id.
+
+    The record carries when it was made (`recorded_at`, from the guarded clock unless given): the report
+    flags a record made long after the swap, and one made after the month's report exists never
+    changes that report (only a reissue can). A record without the new meter's serial is refused by the
+    method, as is one whose values disagree with the readings around the swap."""
     if not registers:
         raise ValueError("a meter replacement needs at least one register: quantity=(closing, opening)")
+    if recorded_ms is None:
+        recorded_ms = int(guarded_now(ledger.newest_ts_ms()).timestamp() * 1000)
     detail: dict[str, Any] = {
         "registers": {q: {"closing_wh": int(c), "opening_wh": int(o)} for q, (c, o) in registers.items()},
         "old_serial": old_serial,
         "new_serial": new_serial,
+        "recorded_at": iso_ms(recorded_ms),
         "note": note,
     }
     return ledger.record_event(REPLACEMENT, json.dumps(detail, sort_keys=True), ts_ms=to_ms(at), device=device)

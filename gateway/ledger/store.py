@@ -161,6 +161,20 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
 _MIGRATIONS: Final = {1: _migrate_1_to_2}
 
 
+def append_event(db: sqlite3.Connection, kind: str, detail: str, *, ts_ms: int, device: str | None = None) -> int:
+    """Chain one event onto the events table inside the caller's open write transaction (BEGIN
+    IMMEDIATE), so a caller can commit it together with rows of its own (the report archive does)."""
+    last = db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    event_id = (int(last[0]) + 1) if last else 1
+    prev = bytes(last[1]) if last and last[1] is not None else GENESIS
+    h = chain_hash(prev, canonical_event(event_id, ts_ms, kind, device, detail))
+    db.execute(
+        "INSERT INTO events (id, ts_ms, kind, device, detail, hash) VALUES (?, ?, ?, ?, ?, ?)",
+        (event_id, ts_ms, kind, device, detail, h),
+    )
+    return event_id
+
+
 class LedgerError(Exception):
     """The ledger file is unusable (corrupt, wrong schema, chain broken): the message says what to do."""
 
@@ -280,14 +294,7 @@ class Ledger:
         """
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            last = self._db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
-            event_id = (int(last[0]) + 1) if last else 1
-            prev = bytes(last[1]) if last and last[1] is not None else GENESIS
-            h = chain_hash(prev, canonical_event(event_id, ts_ms, kind, device, detail))
-            self._db.execute(
-                "INSERT INTO events (id, ts_ms, kind, device, detail, hash) VALUES (?, ?, ?, ?, ?, ?)",
-                (event_id, ts_ms, kind, device, detail, h),
-            )
+            event_id = append_event(self._db, kind, detail, ts_ms=ts_ms, device=device)
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
