@@ -153,12 +153,7 @@ def restore_bundle(
             for c in (check, events):
                 if not c.ok:
                     raise BackupError(f"the ledger in {src} does not verify ({c.problem}); not restored")
-        data_dir.mkdir(parents=True, exist_ok=True)
-        if (root / "ledger.db").exists():
-            for suffix in ("-wal", "-shm"):
-                Path(str(ledger_path) + suffix).unlink(missing_ok=True)
-            shutil.copy2(root / "ledger.db", ledger_path)
-            done.append(str(ledger_path))
+        # the key is decrypted before anything is put in place: a wrong passphrase restores nothing
         enc = root / "keys" / (KEY_FILE + ".enc")
         plain: bytes | None = None
         if enc.is_file():
@@ -174,6 +169,12 @@ def restore_bundle(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
             enc.unlink()
+        data_dir.mkdir(parents=True, exist_ok=True)
+        if (root / "ledger.db").exists():
+            for suffix in ("-wal", "-shm"):
+                Path(str(ledger_path) + suffix).unlink(missing_ok=True)
+            shutil.copy2(root / "ledger.db", ledger_path)
+            done.append(str(ledger_path))
         for sub in ("keys", "reports"):
             if (root / sub).is_dir():
                 shutil.rmtree(data_dir / sub, ignore_errors=True)

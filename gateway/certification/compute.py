@@ -327,15 +327,21 @@ def _outliers(
             return "spike"
         return "replayed" if val[j] in set(val[:j]) else "dip"
 
+    def fits(j: int) -> bool:
+        """Without reading j its neighbours agree with each other and with their own next neighbours."""
+        return (j - 2 < 0 or j - 2 in out or ok(j - 2, j - 1)) and (j + 2 >= n or ok(j + 1, j + 2))
+
     for k in anomalies:
         if k in out or k + 1 in out or k in rep_steps:
             continue
         negative = _advance(modulus, val[k], val[k + 1]) < 0
         first, second = (k, k + 1) if negative else (k + 1, k)  # the likelier culprit first
-        for j in (first, second):
-            if 1 <= j < n - 1 and j - 1 not in out and ok(j - 1, j + 1):
-                out[j] = why(j)
-                break
+        candidates = [j for j in (first, second) if 1 <= j < n - 1 and j - 1 not in out and ok(j - 1, j + 1)]
+        # both readings of the failing step may be bridged over: exclude the one whose removal leaves the
+        # neighbourhood consistent (a dip to 0 right after a real reading must not take that reading out)
+        pick = next((j for j in candidates if fits(j)), candidates[0] if candidates else None)
+        if pick is not None:
+            out[pick] = why(pick)
     return out
 
 
@@ -459,15 +465,18 @@ class _Steps:
 
 
 def _resolution(raw: list[int], k: int) -> int:
-    """The register's resolution near step k: the gcd of the advances around it (1 when unknown).
-    A register kept in kWh and scaled to Wh moves in steps of 1000."""
+    """The register's apparent resolution near step k: the largest power of ten dividing every advance
+    around it (1 when unknown). A register kept in kWh and scaled to Wh moves in steps of 1000."""
     g = 0
     for j in range(max(0, k - 50), min(len(raw), k + 51)):
         if j != k and raw[j] > 0:
             g = math.gcd(g, raw[j])
             if g == 1:
                 break
-    return g or 1
+    res = 1
+    while g and g % (res * 10) == 0:
+        res *= 10
+    return res
 
 
 def _check_replacement(

@@ -374,7 +374,9 @@ def grade_report(
             claims = {k: worst((v, "provisional")) for k, v in claims.items()}
     grade = worst(claims.values())
     if not complete:
-        grade = worst((grade, "provisional"))
+        # a month that has not closed (open, or within its settlement delay) is provisional whatever its
+        # claims: a boundary without a reading after it yet is not missing, only not settled
+        grade = "provisional"
         reasons.insert(0, "month not yet closed: figures are provisional")
     counts = {g: sum(1 for p in per_channel if p["grade"] == g) for g in GRADES}
     return {"grade": grade, "claims": claims, "channels": counts, "per_channel": per_channel, "reasons": reasons}

@@ -114,17 +114,23 @@ def rotate_site_key(keys_dir: Path, ledger_path: Path, *, site: str, reason: str
     store = KeyStore(keys_dir, create=False)
     old = store.private_key_for_rotation()
     new = Ed25519PrivateKey.generate()
+    if old is None:
+        # nothing to replace: the key file first, so a crash before the statement leaves a key that
+        # `ensure_site_key` announces at the next start (never a recorded key without its file)
+        write_private_key(store.path, new, replace=True)
     ledger = Ledger(ledger_path)
     try:
         event_id = _record(ledger, site=site, new=new, old=old, reason=reason)
     finally:
         ledger.close()
     if old is not None:
+        # the statement first: a crash before the new file leaves the old key, whose next rotation the
+        # chain still follows (its statement is signed by the key the chain last trusted)
         retired = keys_dir / "retired"
         retired.mkdir(exist_ok=True)
         old_id = key_id(old.public_key())
         (retired / f"{old_id}.pub.pem").write_text(public_pem(old.public_key()))
-    write_private_key(store.path, new, replace=True)
+        write_private_key(store.path, new, replace=True)
     return Rotation(
         key_id(new.public_key()), key_id(old.public_key()) if old is not None else None, old is not None, event_id
     )

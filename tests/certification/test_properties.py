@@ -167,9 +167,9 @@ def test_periods_telescope_and_split_is_consistent(stream: Stream, data: st.Data
     # the union's boundaries lie outside the data ("missing"): it counts exactly first..last reading
     if not stream.resets:  # (a reset back to an earlier value cannot be told from a glitch: it is excluded)
         assert len(union["excluded_readings"]) == stream.glitches
-        assert [e["kind"] for e in union["register_events"] if e["kind"] != "rollover"] == [
-            "meter_replacement"
-        ] * len(stream.replacements)
+        assert [e["kind"] for e in union["register_events"] if e["kind"] != "rollover"] == ["meter_replacement"] * len(
+            stream.replacements
+        )
         assert union["measured_wh"] == stream.true_wh - stream.swap_true_wh
         if not stream.replacements:
             assert union["energy_wh"] == stream.true_wh

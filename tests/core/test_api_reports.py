@@ -24,7 +24,16 @@ from gateway.certification.service import (
     UnknownSite,
 )
 from gateway.live import LiveState
-from tests.certification.helpers import MARCH_END, MARCH_START, channel, device, make_ledger, register_samples, settings
+from tests.certification.helpers import (
+    MARCH_END,
+    MARCH_START,
+    channel,
+    device,
+    make_ledger,
+    register_samples,
+    settings,
+    site_key,
+)
 
 CERT = "c" * 40
 
@@ -36,6 +45,7 @@ def client(tmp_path: Path) -> httpx.AsyncClient:
         s.ledger_path,
         register_samples("grid", "energy_import_wh", MARCH_START, MARCH_END, value=lambda k, _ts: 1_000_000 + 250 * k),
     ).close()
+    site_key(s)  # a ledger with history gets its key from `gia keys rotate`, never silently
     service = ReportService(s, now_ms=lambda: to_ms(datetime(2025, 4, 15, tzinfo=UTC)))
     services = ApiServices(
         site="s1",
