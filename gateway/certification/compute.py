@@ -239,10 +239,17 @@ def _boundary(ts: list[int], t: int, p: Params) -> _Bound:
     return _Bound(t, "missing", left=a, right=b)
 
 
+#: Steps shorter than this are judged over this long a window: a register that moves in quanta (a kWh
+#: register scaled to Wh, a float32 register) can tick a whole quantum between two polls a second apart,
+#: which is no evidence of power above capacity. A spike or a fake jump is far beyond it.
+MIN_STEP_WINDOW_MS: Final = 60_000
+
+
 class _Cap:
     """The capacity bound in register counts: capacity_factor x rated power x time / multiplier.
 
-    Kept as an exact fraction (counts per ms): `over(e, dt)` is `e > floor(limit)` in integers.
+    Kept as an exact fraction (counts per ms): `over(e, dt)` is `e > floor(limit) + 1` in integers, the
+    limit taken over at least `MIN_STEP_WINDOW_MS` and one count allowed for the register's resolution.
     Without a rated power there is no bound (and the channel cannot be verified).
     """
 
@@ -257,7 +264,7 @@ class _Cap:
         return None if self.num is None else self.num * dt_ms // self.den
 
     def over(self, e: int, dt_ms: int) -> bool:
-        return self.num is not None and e * self.den > self.num * dt_ms
+        return self.num is not None and (e - 1) * self.den > self.num * max(dt_ms, MIN_STEP_WINDOW_MS)
 
 
 def _rollover(modulus: int | None, va: int, vb: int) -> bool:
@@ -283,9 +290,9 @@ def _anomalies(
                 out.add(k)
     if cap.num is not None and e:
         num, den = cap.num, cap.den
-        flags = list(
-            map(operator.gt, map(operator.mul, e, itertools.repeat(den)), map(operator.mul, dts, itertools.repeat(num)))
-        )
+        lhs = map(operator.mul, map(operator.sub, e, itertools.repeat(1)), itertools.repeat(den))
+        rhs = map(operator.mul, map(max, dts, itertools.repeat(MIN_STEP_WINDOW_MS)), itertools.repeat(num))
+        flags = list(map(operator.gt, lhs, rhs))
         if True in flags:
             out.update(k for k, f in enumerate(flags) if f)
     return sorted(out - skip)

@@ -82,3 +82,29 @@ def report_closings(events: Iterable[Mapping[str, Any]], month: str | None = Non
             continue
         out.append({**d, "event_id": int(e["id"])})
     return out
+
+
+def reissue_problem(month: str, reissue_of: str | None, closings: list[dict[str, Any]]) -> str | None:
+    """Why a report for `month` breaks "one authoritative report per closed month", given the month's
+    closings recorded in the events chain before it (None when it does not).
+
+    No closing yet: the report must not claim to replace anything. Closings recorded: the report must
+    be a reissue of the last one (an undeclared second report, or a reissue of a superseded version,
+    fails).
+    """
+    if not closings:
+        if reissue_of:
+            return f"reissue_of names {reissue_of}, but the events chain records no closed report for {month}"
+        return None
+    last = closings[-1]
+    if not reissue_of:
+        return (
+            f"the events chain records {month} closed as report {last.get('report_sha256')} (event"
+            f" {last.get('event_id')}); this report does not name it as the report it replaces (reissue_of)"
+        )
+    if last.get("report_sha256") != reissue_of:
+        return (
+            f"reissue_of names {reissue_of}, but the last closed report of {month} in the events chain is"
+            f" {last.get('report_sha256')}"
+        )
+    return None

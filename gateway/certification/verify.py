@@ -361,21 +361,9 @@ def _check_reissue(
             + (f", reissue of {c.get('reissue_of')}: {c.get('reissue_reason')}" if c.get("reissue_of") else "")
             + ")"
         )
-    if closings and not reissue_of:
-        last = closings[-1]
-        out.fail(
-            "reissue",
-            f"the events chain records {month} closed as report {last.get('report_sha256')} (event"
-            f" {last['event_id']}); this report does not name it as the report it replaces (reissue_of)",
-        )
-    elif reissue_of and not closings:
-        out.fail("reissue", f"reissue_of names {reissue_of}, but the events chain records no closed report for {month}")
-    elif reissue_of and closings[-1].get("report_sha256") != reissue_of:
-        out.fail(
-            "reissue",
-            f"reissue_of names {reissue_of}, but the last closed report of {month} in the events chain is"
-            f" {closings[-1].get('report_sha256')}",
-        )
+    problem = ev_mod.reissue_problem(month, reissue_of, closings)
+    if problem is not None:
+        out.fail("reissue", problem)
     if files is None or not reissue_of:
         return
     sha = reissue_of

@@ -149,6 +149,26 @@ def test_cli_report_evidence_verify_keys(tmp_path: Path) -> None:
     res = r.invoke(app, ["verify", str(tmp_path / "bad.json"), "--public-key", str(tmp_path / "pub.pem")])
     assert res.exit_code == 1
     assert "FAIL energy_split: m1.grid_import: energy_wh 1 != measured + interpolated + estimated 297200" in res.output
+    # README: a reissue of the closed month, a key rotation, verify with pinned keys and a policy
+    res = r.invoke(app, ["report", "s1", "2025-03", "--reissue", "--config", str(cfg)])
+    assert res.exit_code == 2 and "--reissue needs --reason" in res.output
+    args = ["report", "s1", "2025-03", "--reissue", "--reason", "multiplier corrected", "--config", str(cfg)]
+    res = r.invoke(app, [*args, "-o", str(tmp_path / "r2.json")])
+    assert res.exit_code == 0, res.output
+    r2 = json.loads((tmp_path / "r2.json").read_bytes())
+    assert r2["reissue_reason"] == "multiplier corrected"
+    res = r.invoke(app, ["keys", "rotate", "--reason", "scheduled", "--config", str(cfg)])
+    assert res.exit_code == 0 and "signed by the old key" in res.output, res.output
+    res = r.invoke(app, ["evidence", "s1", "2025-03", "--config", str(cfg), "-o", str(tmp_path / "ev2")])
+    assert res.exit_code == 0, res.output
+    (tmp_path / "policy.json").write_text(json.dumps({"name": "certifier X", "min_energy_coverage": "0.995"}))
+    res = r.invoke(
+        app,
+        ["verify", str(tmp_path / "r2.json"), "--trusted-keys", str(tmp_path / "pub.pem"),
+         "--policy", str(tmp_path / "policy.json"), "--evidence", str(tmp_path / "ev2")],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert "under policy 'certifier X'" in res.output and "reissue of report" in res.output
     res = r.invoke(app, ["report", "s1", "2025-3", "--config", str(cfg)])
     assert res.exit_code == 2 and "YYYY-MM" in res.output
 
