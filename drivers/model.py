@@ -98,6 +98,7 @@ QUANTITIES: Final[dict[str, QuantitySpec]] = {
         _q("soc_pct", "%", _I, "battery state of charge"),
         _q("temperature_c", "degC", _I, "temperature"),
         _q("status", "", _S, "device operating state code"),
+        _q("serial_number", "", _S, "the device's serial number, where its map can read it (reports record it)"),
     ]
 }
 

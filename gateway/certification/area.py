@@ -86,8 +86,11 @@ class SiteInput:
 
 
 def channel_key(site: str, ch: dict[str, Any]) -> str | None:
-    """A channel's identity across sites: normalised meter serial + register; None without a serial."""
-    serial = normalise_serial(ch.get("meter", {}).get("serial"))
+    """A channel's identity across sites: meter serial (as read from the meter when its map reads it, else
+    as configured; normalised) + register; None without a serial."""
+    meter = ch.get("meter", {})
+    read = meter.get("serial_read") or []
+    serial = normalise_serial(read[-1] if read else meter.get("serial"))
     return f"meter:{serial}:{ch['quantity']}" if serial else None
 
 
@@ -136,6 +139,17 @@ def aggregate(
             reason = "; ".join(str(f) for f in outcome.failures[:3])
             missing.append({"site": inp.site, "report_sha256": sha, "grade": outcome.policy_grade, "reason": reason})
             continue
+        for ch in rep["channels"]:  # every verified report, summed or not: a meter belongs to one site
+            key = channel_key(inp.site, ch)
+            if key is None:
+                unserialised.append({"site": inp.site, "channel": ch["id"]})
+                continue
+            if key in owners:
+                problems.append(
+                    f"channel {ch['id']} ({key}) of site {inp.site!r} is already counted in site"
+                    f" {owners[key]!r}: a channel belongs to exactly one site"
+                )
+            owners.setdefault(key, inp.site)
         if not rep["period"]["complete"]:
             missing.append({"site": inp.site, "report_sha256": sha, "grade": outcome.policy_grade,
                             "reason": f"{month} is not closed in this report"})  # fmt: skip
@@ -150,17 +164,6 @@ def aggregate(
                 }
             )
             continue
-        for ch in rep["channels"]:
-            key = channel_key(inp.site, ch)
-            if key is None:
-                unserialised.append({"site": inp.site, "channel": ch["id"]})
-                continue
-            if key in owners:
-                problems.append(
-                    f"channel {ch['id']} ({key}) of site {inp.site!r} is already counted in site"
-                    f" {owners[key]!r}: a channel belongs to exactly one site"
-                )
-            owners.setdefault(key, inp.site)
         ind = rep["indicators"]
         for k in _SUMMED:
             totals[k] += int(ind[k])

@@ -8,6 +8,8 @@ Files (a directory from `gia evidence`, or the same files in a zip from the API)
   report's channel order, each in (ts, seq) order: the ledger entry (`seq`, `ts` in ms, `device`,
   `quantity`, `value`, `unit`, `quality`), its chain hash `hash` and the previous entry's hash `prev_hash`
   (hex), plus `channel` and a readable `time`;
+* `serials.jsonl` — where a channel's meter reports its serial number: those readings (`serial_number`),
+  in the same line format, so the serial the report records is checked against the ledger;
 * `intervals.csv` — `channel,start,end,energy_wh,quality` with UTC timestamps and integer Wh;
 * `events.jsonl` — the ledger's events up to the report's `events_head_id` (clock jumps, meter
   replacements, key transitions, earlier months' closings), one per line in id order: `id`, `ts` (ms),
@@ -32,6 +34,7 @@ from gateway.certification.exact import iso_ms
 REPORT: Final = "report.json"
 PREVIOUS: Final = "previous_report.json"
 READINGS: Final = "readings.jsonl"
+SERIALS: Final = "serials.jsonl"
 EVENTS: Final = "events.jsonl"
 INTERVALS: Final = "intervals.csv"
 README: Final = "README.txt"
@@ -42,6 +45,7 @@ README_TEXT: Final = """GIA Gateway evidence bundle
 report.json            the signed monthly report (RFC 8785 canonical JSON, Ed25519 signature)
 previous_report.json   the previous month's signed report (if any): report.previous_report_sha256 is its SHA-256
 readings.jsonl         every register reading the report used, with its ledger chain hash and predecessor hash
+serials.jsonl          the serial numbers the meters reported (where their maps read them), chained likewise
 intervals.csv          interval energies (UTC, integer Wh, quality) recomputed from the readings
 events.jsonl           the ledger's events (clock jumps, meter replacements, key transitions, closed months)
                        with their own hash chain
@@ -113,7 +117,7 @@ def load_bundle(path: Path) -> dict[str, bytes]:
     """The bundle's files by name, from a directory or a zip file."""
     files: dict[str, bytes] = {}
     if path.is_dir():
-        for name in (REPORT, PREVIOUS, READINGS, INTERVALS, EVENTS):
+        for name in (REPORT, PREVIOUS, READINGS, SERIALS, INTERVALS, EVENTS):
             p = path / name
             if p.is_file():
                 files[name] = p.read_bytes()

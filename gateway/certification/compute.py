@@ -631,12 +631,14 @@ def compute_channel(
     replacements: list[Replacement] = (),  # type: ignore[assignment]
     bad_readings: int = 0,
     night: list[bool] | None = None,
+    serials: list[int] | None = None,
 ) -> ChannelResult:
     """Compute one channel over [start_ms, end_ms). `series` may extend beyond; only what is used stays.
 
     `replacements` must be this channel's (device, quantity) events sorted by time; `bad_readings` is
     the number of non-good readings of the series inside the period (meter status rule); `night` is the
-    per-interval night flag list (computed once per report; recomputed here when None).
+    per-interval night flag list (computed once per report; recomputed here when None); `serials` the
+    serial numbers the device reported in the period, in time order (where its map reads them).
     """
     p = params
     m = spec.multiplier
@@ -874,6 +876,26 @@ def compute_channel(
         f"{n_late} meter replacement(s) recorded more than {p.replacement_late_after_h} h after the event"
         " (or without a recording time)",
     )
+    read = list(dict.fromkeys(str(x) for x in serials or []))
+    applied_to = {
+        normalise_serial(e["replacement"].get("new_serial")) for e in events if e["kind"] == "meter_replacement"
+    }
+    if not read and not spec.serial:
+        rule(
+            "meter_serial",
+            "warn",
+            "no serial configured or read from the meter: that no other site counts this meter cannot be checked",
+        )
+    elif read and spec.serial and spec.serial not in read:
+        rule("meter_serial", "fail", f"configured serial {spec.serial}, the meter reports {', '.join(read)}")
+    elif len(read) > 1 and any(x not in applied_to for x in read[1:]):
+        rule("meter_serial", "fail", f"the meter's serial changed ({' -> '.join(read)}) without a recorded replacement")
+    else:
+        rule(
+            "meter_serial",
+            "pass",
+            f"serial {', '.join(read)} read from the meter" if read else f"serial {spec.serial} as configured",
+        )
     need = max(1, p.frozen_after_h * 3600 // p.interval_s)
     run = longest = 0
     for x, q in zip(interval_wh, quality, strict=True):
@@ -922,7 +944,7 @@ def compute_channel(
         "quantity": spec.quantity,
         "source": spec.source,
         "renewable": spec.renewable,
-        "meter": spec.meter_json(),
+        "meter": {**spec.meter_json(), "serial_read": read},
         "opening": _bound_json(ob, s, steps, modulus, "opening"),
         "closing": _bound_json(cb, s, steps, modulus, "closing"),
         "energy_wh": total * m,

@@ -304,6 +304,7 @@ def compute_all(
     params: Params,
     replacements: dict[str, list[Replacement]],
     bad_readings: dict[str, int],
+    serials: dict[str, list[int]] | None = None,
 ) -> list[ChannelResult]:
     """Every channel over [start_ms, end_ms) (end = as_of for an open month)."""
     night = night_flags(params, start_ms, end_ms) if any(s.source == "pv" for s in specs) else None
@@ -317,6 +318,7 @@ def compute_all(
             replacements=replacements.get(spec.id, []),
             bad_readings=bad_readings.get(spec.id, 0),
             night=night,
+            serials=(serials or {}).get(spec.id),
         )
         for spec in specs
     ]

@@ -337,6 +337,24 @@ class ReportService:
 
         yield bundle.READINGS, readings()
 
+        def serials() -> Iterator[bytes]:
+            src = self._source()
+            try:
+                for r in b.results:
+                    for seq, ts_ms, value, unit, quality, h, prev_h in src.serial_rows(
+                        r.spec.device, b.start_ms, b.end_ms, max_seq=max_seq
+                    ):
+                        line = bundle.reading_line(
+                            channel=r.spec.id, seq=seq, ts_ms=ts_ms, device=r.spec.device, quantity="serial_number",
+                            value=value, unit=unit, quality=quality, hash_=h, prev_hash=prev_h,
+                        )  # fmt: skip
+                        yield (line + "\n").encode()
+            finally:
+                src.close()
+
+        if any(ch["meter"].get("serial_read") for ch in rep["channels"]):
+            yield bundle.SERIALS, serials()
+
         def intervals() -> Iterator[bytes]:
             yield bundle.INTERVALS_HEADER.encode()
             interval_s = rep["method"]["interval_s"]
@@ -625,6 +643,7 @@ class ReportService:
                     replacements=[r for r in all_reps if r.device == spec.device and r.quantity == spec.quantity],
                     bad_readings=bad,
                     night=night,
+                    serials=[row[2] for row in src.serial_rows(spec.device, period.start_ms, end, max_seq=max_seq)],
                 )
                 del series
                 result.used = Series()

@@ -157,6 +157,24 @@ class LedgerSource:
             raise KeyError(event_id)
         return bytes(row[0])
 
+    def serial_rows(
+        self, device: str, start_ms: int, end_ms: int, *, max_seq: int
+    ) -> list[tuple[int, int, int, str, str, bytes, bytes]]:
+        """The device's good `serial_number` readings in [start, end) (seq <= max_seq), in (ts, seq) order,
+        as `evidence_rows` gives them: what the report records as the serial the meter reported."""
+        rows = self._db.execute(
+            "SELECT r.seq, r.ts_ms, r.value, r.unit, r.quality, r.hash, p.hash FROM readings r"
+            " LEFT JOIN readings p ON p.seq = r.seq - 1"
+            " WHERE r.device = ? AND r.quantity = 'serial_number' AND r.ts_ms >= ? AND r.ts_ms < ?"
+            " AND r.pruned = 0 AND r.quality = 'good' AND typeof(r.value) = 'integer' AND r.seq <= ?"
+            " ORDER BY r.ts_ms, r.seq",
+            (device, start_ms, end_ms, max_seq),
+        ).fetchall()
+        return [
+            (int(q), int(t), int(v), str(u), str(qu), bytes(h), bytes(p) if p is not None else GENESIS)
+            for q, t, v, u, qu, h, p in rows
+        ]
+
     def evidence_rows(
         self, device: str, quantity: str, bounds: tuple[int, int, int, int] | None, *, max_seq: int
     ) -> Iterator[tuple[int, int, int, str, str, bytes, bytes]]:

@@ -506,7 +506,10 @@ def _check_evidence(
     start = parse_iso_ms(per["start"])
     end = parse_iso_ms(per["end"]) if per["complete"] else parse_iso_ms(per["as_of"])
     params = Params.from_json(report["method"])
-    results = compute_all(specs, series, start_ms=start, end_ms=end, params=params, replacements=reps, bad_readings=bad)
+    serials = _serials(out, report, files, start, end)
+    results = compute_all(
+        specs, series, start_ms=start, end_ms=end, params=params, replacements=reps, bad_readings=bad, serials=serials
+    )
     for ch, res in zip(channels, results, strict=True):
         for key in sorted(set(ch) | set(res.json)):
             if ch.get(key) != res.json.get(key):
@@ -533,10 +536,56 @@ def _check_evidence(
             )
     if any(p["kind"] == "method" for p in lenient_parameters(report["method"], policy)):
         again = compute_all(
-            specs, series, start_ms=start, end_ms=end, params=params.under(policy), replacements=reps, bad_readings=bad
+            specs,
+            series,
+            start_ms=start,
+            end_ms=end,
+            params=params.under(policy),
+            replacements=reps,
+            bad_readings=bad,
+            serials=serials,
         )
         return [r.json for r in again]
     return None
+
+
+def _serials(
+    out: Outcome, report: dict[str, Any], files: dict[str, bytes], start: int, end: int
+) -> dict[str, list[int]]:
+    """The serial numbers the meters reported (bundle `serials.jsonl`), each line checked against its
+    chain hash, its channel's device and the signed chain head."""
+    by_id = {ch["id"]: ch for ch in report["channels"]}
+    if bundle.SERIALS not in files:
+        if any(ch["meter"].get("serial_read") for ch in report["channels"]):
+            out.fail(
+                "evidence.files", f"the report records serials read from meters but the bundle has no {bundle.SERIALS}"
+            )
+        return {}
+    try:
+        lines = bundle.parse_readings(files[bundle.SERIALS], bundle.SERIALS)
+    except bundle.BundleError as exc:
+        raise Unusable(str(exc)) from None
+    head = int(report["evidence"]["chain_head_seq"])
+    found: dict[str, list[int]] = {}
+    for n, line in enumerate(lines, 1):
+        ch = by_id.get(str(line.get("channel")))
+        problems = []
+        if ch is None:
+            problems.append(f"channel {line.get('channel')!r} is not in the report")
+        elif line.get("device") != ch["device"] or line.get("quantity") != "serial_number":
+            problems.append(f"{line.get('device')}/{line.get('quantity')} is not {ch['device']}/serial_number")
+        try:
+            if _entry_hash(line).hex() != line["hash"]:
+                problems.append("does not match its chain hash")
+            if int(line["seq"]) > head or not start <= int(line["ts"]) < end:
+                problems.append("outside the report's chain head or period")
+        except (KeyError, ValueError, TypeError):
+            problems.append("is not a ledger entry")
+        if problems:
+            out.fail("evidence.serials", f"{bundle.SERIALS} line {n}: {'; '.join(problems)}")
+            continue
+        found.setdefault(str(line["channel"]), []).append(int(line["value"]))
+    return found
 
 
 def _check_policy(

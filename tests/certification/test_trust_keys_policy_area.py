@@ -414,3 +414,53 @@ def test_verify_key_pem_is_read_before_anything_else(tmp_path: Path) -> None:
     assert rc == 2 and "not a PEM public key" in out
     with pytest.raises(Exception, match="not a PEM"):
         load_public_pem(b"x")
+
+
+def _serial_site(root: Path, site: str, configured: str | None, read: list[tuple[datetime, int]]) -> SiteInput:
+    """A site whose meter map reads the serial number: `read` = (time, serial) samples in the ledger."""
+    from drivers.model import Sample
+
+    d = root / site
+    samples = register_samples("m1", "energy_import_wh", T0, T1, value=constant_400w)
+    samples += [Sample("m1", "serial_number", value, "", ts) for ts, value in read]
+    make_ledger(d / "ledger.db", samples).close()
+    s = settings(d, [device("m1", channel("grid_import", rated_power_w=1000), serial=configured)], site=site)
+    svc = service(s, now=JUNE)
+    svc.write_evidence(site, "2025-03", d / "ev")
+    (d / "key.pem").write_text(svc.public_keys()[0]["public_key_pem"])
+    return SiteInput(site, svc.report_json(site, "2025-03"), svc.public_keys()[0]["public_key_pem"].encode())
+
+
+def test_serials_read_from_the_meter_are_recorded_checked_and_used_by_the_area(tmp_path: Path) -> None:
+    mid = datetime(2025, 3, 15, tzinfo=UTC)
+    a = _serial_site(tmp_path, "a", "sn-123", [(MARCH_START + timedelta(hours=1), 123), (mid, 123)])
+    ch = json.loads(a.report)["channels"][0]
+    assert ch["meter"]["serial"] == "SN-123" and ch["meter"]["serial_read"] == ["123"]
+    assert rule_of(ch, "meter_serial") == ("fail", "configured serial SN-123, the meter reports 123")
+    rc, out = verify(
+        tmp_path / "a" / "ev" / "report.json", tmp_path / "a" / "ev", public_key=tmp_path / "a" / "key.pem"
+    )
+    assert rc == 0, out  # the serials the report records are re-read from serials.jsonl
+    (tmp_path / "a" / "ev" / "serials.jsonl").unlink()
+    rc, out = verify(
+        tmp_path / "a" / "ev" / "report.json", tmp_path / "a" / "ev", public_key=tmp_path / "a" / "key.pem"
+    )
+    assert rc == 1 and "the bundle has no serials.jsonl" in out
+    changed = _serial_site(tmp_path, "b", "123", [(MARCH_START, 123), (mid, 777)])
+    ch = json.loads(changed.report)["channels"][0]
+    assert rule_of(ch, "meter_serial") == (
+        "fail",
+        "the meter's serial changed (123 -> 777) without a recorded replacement",
+    )
+    # the area keys a channel by the serial the meter reports: site c configured another serial, same meter
+    # as site d's
+    c = _serial_site(tmp_path, "c", "ZZZ", [(MARCH_START, 555)])
+    d = _serial_site(tmp_path, "d", "555", [])
+    assert json.loads(c.report)["quality"]["grade"] == "provisional"  # configured serial disagrees
+    with pytest.raises(AreaError, match=r"meter:555:energy_import_wh"):
+        aggregate("park", "2025-03", [d, c])  # even though c, provisional, would not be summed
+
+
+def rule_of(ch: dict[str, Any], name: str) -> tuple[str, str]:
+    v = next(v for v in ch["validation"] if v["rule"] == name)
+    return v["status"], v["detail"]
