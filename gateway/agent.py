@@ -200,7 +200,15 @@ class Agent:
         site = self.settings.site.id
         topics = Topics.for_site(self.settings.mqtt.prefix, site)
         published: dict[str, str] = {}
+        transitions = b""
         while True:
+            try:  # the key transitions, for the hub: re-published whenever `gia keys rotate` added one
+                now_transitions = await asyncio.to_thread(self.reports.key_transitions_json)
+                if now_transitions != transitions:
+                    self.outbox.put(topics.key_transitions, now_transitions)
+                    transitions = now_transitions
+            except Exception as exc:
+                log.warning("key transitions not published: %s", exc)
             now = self.clock.now().astimezone(ZoneInfo(self.settings.site.timezone))
             this_month = f"{now.year:04d}-{now.month:02d}"
             last = shift_month(this_month, -1)

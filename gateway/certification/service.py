@@ -413,6 +413,19 @@ class ReportService:
             out.append(path)
         return out
 
+    def key_transitions_json(self) -> bytes:
+        """Every key-transition statement in the events chain, in chain order, as canonical JSON
+        `{site, transitions: [{event_id, statement, new_signature, old_signature}]}` (what the agent
+        publishes, retained, for the area hub)."""
+        src = self._source()
+        try:
+            head = src.events_head()
+            events = src.events_json(head[0]) if head is not None else []
+        finally:
+            src.close()
+        transitions = [{"event_id": eid, **detail} for eid, detail in transitions_from_events(events)]
+        return canonical({"site": self.settings.site.id, "transitions": transitions})
+
     def public_keys(self) -> list[dict[str, str]]:
         """The site's public signing key(s): alg, key_id (= fingerprint), PEM. Never the private key."""
         try:

@@ -15,6 +15,7 @@ with it, and a verifier that trusted the key shipped beside the report said "val
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -25,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from gateway.certification.keys import EVENT_KIND, transition_detail
 from gateway.certification.signing import KeyMissing, KeyStore, key_id, public_pem, write_private_key
-from gateway.clockguard import guarded_now
+from gateway.clockguard import ClockImplausible, guarded_now
 from gateway.ledger.store import Ledger
 
 __all__ = ["KeyMissing", "Rotation", "ensure_site_key", "ledger_started", "rotate_site_key"]
@@ -87,7 +88,13 @@ def ensure_site_key(keys_dir: Path, ledger_path: Path, *, site: str) -> KeyStore
     if not store.exists():
         if ledger_started(ledger_path):
             store.public_key()  # raises KeyMissing with what to do
-        rotate_site_key(keys_dir, ledger_path, site=site, reason="initial site key")
+        try:
+            rotate_site_key(keys_dir, ledger_path, site=site, reason="initial site key")
+        except ClockImplausible:
+            # a first start with the clock unset (a Pi boots in 1970): the key is made now and announced at
+            # a later start, once the clock can date the statement (the agent holds readings till then)
+            if not store.exists():
+                _first_key(Path(keys_dir), store)
         return store
     if Path(ledger_path).exists():
         ledger = Ledger(ledger_path)
@@ -97,10 +104,17 @@ def ensure_site_key(keys_dir: Path, ledger_path: Path, *, site: str) -> KeyStore
                 key = store.private_key_for_rotation()
                 assert key is not None
                 why = "key in use when key transitions began to be recorded"
-                _record(ledger, site=site, new=key, old=None, reason=why)
+                with contextlib.suppress(ClockImplausible):
+                    _record(ledger, site=site, new=key, old=None, reason=why)
         finally:
             ledger.close()
     return store
+
+
+def _first_key(keys_dir: Path, store: KeyStore) -> None:
+    keys_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys_dir, 0o700)
+    write_private_key(store.path, Ed25519PrivateKey.generate(), replace=False)
 
 
 def rotate_site_key(keys_dir: Path, ledger_path: Path, *, site: str, reason: str) -> Rotation:

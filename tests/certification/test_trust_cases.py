@@ -272,6 +272,8 @@ async def test_the_agents_publisher_waits_for_settlement(tmp_path: Path) -> None
         topics = set(agent.outbox.snapshot())
         assert "gia/s1/report/2025-03" not in topics  # ended 30 s ago: not settled, nothing published
         assert "gia/s1/report/2025-02" in topics  # February (2 h of readings) settled long ago
+        keys = json.loads(agent.outbox.snapshot()["gia/s1/keys/transition"])  # for the hub, retained
+        assert [t["statement"]["reason"] for t in keys["transitions"]] == ["test site key"]
         led = Ledger(s.ledger_path)
         led.append(after)
         led.close()
