@@ -109,6 +109,7 @@ QUANTITIES: Final[dict[str, QuantitySpec]] = {
         _q("return_temperature_c", "degC", _I, "return temperature of a heat meter"),
         # EV chargers (OCPP): the charging session in progress, or the last one.
         _q("session_energy_wh", "Wh", _I, "energy delivered in the charging session (resets per session)"),
+        _q("serial_number", "", _S, "the device's serial number, where its map can read it (reports record it)"),
     ]
 }
 

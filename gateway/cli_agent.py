@@ -34,13 +34,13 @@ def register(app: typer.Typer) -> None:
             agent = Agent(cfg)
             await run_until_signal(agent.run, on_stop=agent.request_stop)
 
-        from gateway.runtime.backup import BackupError
+        from drivers.errors import GiaError
 
         try:
             asyncio.run(main())
-        except BackupError as exc:  # the data directory is locked by another agent
+        except GiaError as exc:  # locked by another agent, the site's signing key is gone, ...
             typer.echo(f"gia run: {exc}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(exc.exit_code) from None
 
     @app.command("demo")
     def demo(
@@ -60,32 +60,55 @@ def register(app: typer.Typer) -> None:
         opts = DemoOptions(
             directory=directory, http=http, speed=speed, backfill_days=backfill, mqtt=mqtt, influx=influx
         )
-        from gateway.runtime.backup import BackupError
+        from drivers.errors import GiaError
 
         try:
             asyncio.run(run_demo(opts))
-        except (OSError, BackupError) as exc:
+        except (OSError, GiaError) as exc:
             typer.echo(f"demo: {exc}", err=True)
             raise typer.Exit(1) from None
 
     @app.command("backup")
     def backup(
         dest: Annotated[
-            Path, typer.Argument(help="FILE.tar.gz: config, keys, ledger, reports; other names: ledger only")
+            Path, typer.Argument(help="FILE.tar.gz: config, ledger, reports, public keys; other names: ledger only")
         ],
         config: ConfigOpt = None,
+        include_key: Annotated[
+            bool,
+            typer.Option(help="also the PRIVATE signing key, encrypted with --passphrase-file (else it is left out)"),
+        ] = False,
+        passphrase_file: Annotated[
+            Path | None, typer.Option(help="file holding the passphrase that encrypts the key")
+        ] = None,
     ) -> None:
-        """Consistent backup while the agent runs (SQLite online backup)."""
+        """Consistent backup while the agent runs (SQLite online backup). The private signing key is left
+        out unless --include-key, and then stored encrypted with a passphrase."""
         from gateway.ledger.store import Ledger
-        from gateway.runtime.backup import create_bundle
+        from gateway.runtime.backup import BackupError, create_bundle
         from gateway.settings import find_config
 
         settings = load_or_exit(config).settings
         if dest.name.endswith((".tar.gz", ".tgz")):
-            members = create_bundle(
-                dest, config=find_config(config), data_dir=settings.data_dir, ledger_path=settings.ledger_path
+            try:
+                passphrase = _passphrase(passphrase_file)
+                members = create_bundle(
+                    dest,
+                    config=find_config(config),
+                    data_dir=settings.data_dir,
+                    ledger_path=settings.ledger_path,
+                    include_key=include_key,
+                    passphrase=passphrase,
+                )
+            except BackupError as exc:
+                typer.echo(f"backup: {exc}", err=True)
+                raise typer.Exit(2) from None
+            note = (
+                "it holds the private signing key, encrypted with your passphrase: keep both safe, apart"
+                if include_key
+                else "the private signing key is NOT in it (--include-key to add it, encrypted)"
             )
-            typer.echo(f"backup written to {dest} ({', '.join(members)}); it holds the private key: keep it safe")
+            typer.echo(f"backup written to {dest} ({', '.join(members)}); {note}")
             return
         ledger = Ledger(settings.ledger_path)
         try:
@@ -99,6 +122,9 @@ def register(app: typer.Typer) -> None:
         bundle: Annotated[Path, typer.Argument(help="a FILE.tar.gz written by 'gia backup'")],
         config: ConfigOpt = None,
         force: Annotated[bool, typer.Option(help="replace an existing ledger and keys")] = False,
+        passphrase_file: Annotated[
+            Path | None, typer.Option(help="file holding the passphrase of an encrypted signing key")
+        ] = None,
     ) -> None:
         """Restore ledger, keys and reports from a backup (agent stopped; the ledger must verify)."""
         from gateway.runtime.backup import BackupError, restore_bundle
@@ -112,9 +138,30 @@ def register(app: typer.Typer) -> None:
                 data_dir=settings.data_dir,
                 ledger_path=settings.ledger_path,
                 force=force,
+                passphrase=_passphrase(passphrase_file),
             )
         except BackupError as exc:
             typer.echo(f"restore: {exc}", err=True)
             raise typer.Exit(1) from None
         for path in done:
             typer.echo(f"restored {path}")
+        if not (settings.data_dir / "keys" / "site-ed25519.pem").exists():
+            typer.echo(
+                "the backup held no signing key: the agent will refuse to start until you restore keys/ or run"
+                " 'gia keys rotate --reason TEXT' (certifiers then pin the new key)"
+            )
+
+
+def _passphrase(path: Path | None) -> bytes | None:
+    """The passphrase from a file (first line); never from the command line, where `ps` would show it."""
+    if path is None:
+        return None
+    from gateway.runtime.backup import BackupError
+
+    try:
+        text = path.read_text().splitlines()[0] if path.read_text() else ""
+    except OSError as exc:
+        raise BackupError(f"cannot read the passphrase file: {exc}") from None
+    if len(text) < 8:
+        raise BackupError("the passphrase must be at least 8 characters")
+    return text.encode()

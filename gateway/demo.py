@@ -257,6 +257,10 @@ async def run_demo(opts: DemoOptions) -> None:
     opts = DemoOptions(d, opts.http, opts.speed, opts.backfill_days, opts.mqtt, opts.influx)
     site = DemoSite()
     now = datetime.now(UTC)
+    from gateway.certification.sitekeys import ensure_site_key
+
+    # The site key before any history: a ledger that already holds readings never gets a new key silently.
+    ensure_site_key(d / "keys", d / "ledger.db", site=SITE_ID)
     ledger = Ledger(d / "ledger.db")
     try:
         newest = _newest_ts(ledger)

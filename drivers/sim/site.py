@@ -49,6 +49,9 @@ WIND_AUX_W: Final = 4_000.0  # controller, heating, yaw when the rotor stands st
 BATTERY_WH: Final = 200_000.0
 BATTERY_W: Final = 100_000.0
 BATTERY_EFF: Final = 0.95  # one-way
+#: The connection's capacity (the demo's flexibility limits): what the grid meter's channels are rated at.
+GRID_IMPORT_W: Final = 1_500_000.0
+GRID_EXPORT_W: Final = 2_500_000.0
 
 
 @dataclass(frozen=True)
@@ -72,8 +75,8 @@ def demo_devices() -> list[DemoDevice]:
             "meter",
             1,
             (
-                {"role": "grid_import", "quantity": "energy_import_wh"},
-                {"role": "grid_export", "quantity": "energy_export_wh"},
+                {"role": "grid_import", "quantity": "energy_import_wh", "rated_power_w": GRID_IMPORT_W},
+                {"role": "grid_export", "quantity": "energy_export_wh", "rated_power_w": GRID_EXPORT_W},
             ),
             "grid connection meter (positive power = import)",
         ),
@@ -106,7 +109,7 @@ def demo_devices() -> list[DemoDevice]:
                     "renewable": True,
                     "rated_power_w": WIND_RATED_W,
                 },
-                {"role": "auxiliary", "quantity": "energy_import_wh"},
+                {"role": "auxiliary", "quantity": "energy_import_wh", "rated_power_w": 2.5 * WIND_AUX_W},
             ),
             "2 MW wind turbine",
         ),
@@ -115,7 +118,7 @@ def demo_devices() -> list[DemoDevice]:
             "eastron-sdm630",
             "meter",
             1,
-            ({"role": "consumption", "quantity": "energy_import_wh"},),
+            ({"role": "consumption", "quantity": "energy_import_wh", "rated_power_w": 300_000},),
             "production hall A (two shifts)",
         ),
         DemoDevice(
@@ -123,7 +126,7 @@ def demo_devices() -> list[DemoDevice]:
             "carlo-gavazzi-em24",
             "meter",
             1,
-            ({"role": "consumption", "quantity": "energy_import_wh"},),
+            ({"role": "consumption", "quantity": "energy_import_wh", "rated_power_w": 150_000},),
             "workshop hall B (day shift)",
         ),
         DemoDevice(
@@ -132,8 +135,8 @@ def demo_devices() -> list[DemoDevice]:
             "battery",
             1,
             (
-                {"role": "storage_charge", "quantity": "energy_import_wh"},
-                {"role": "storage_discharge", "quantity": "energy_export_wh"},
+                {"role": "storage_charge", "quantity": "energy_import_wh", "rated_power_w": BATTERY_W},
+                {"role": "storage_discharge", "quantity": "energy_export_wh", "rated_power_w": BATTERY_W},
             ),
             "200 kWh / 100 kW battery (self-consumption)",
         ),

@@ -8,11 +8,16 @@ Files (a directory from `gia evidence`, or the same files in a zip from the API)
   report's channel order, each in (ts, seq) order: the ledger entry (`seq`, `ts` in ms, `device`,
   `quantity`, `value`, `unit`, `quality`), its chain hash `hash` and the previous entry's hash `prev_hash`
   (hex), plus `channel` and a readable `time`;
+* `serials.jsonl` — where a channel's meter reports its serial number: those readings (`serial_number`),
+  in the same line format, so the serial the report records is checked against the ledger;
 * `intervals.csv` — `channel,start,end,energy_wh,quality` with UTC timestamps and integer Wh;
 * `events.jsonl` — the ledger's events up to the report's `events_head_id` (clock jumps, meter
-  replacements), one per line in id order: `id`, `ts` (ms), `kind`, `device`, `detail`, chain `hash`;
-* `public_key.pem` — the site's public key (check its fingerprint against the published one);
+  replacements, key transitions, earlier months' closings), one per line in id order: `id`, `ts` (ms),
+  `kind`, `device`, `detail`, chain `hash`;
+* `replaced/<sha256>.json` — for a reissue, every report it replaces (the `reissue_of` chain);
 * `README.txt` — how to verify.
+
+No public key travels with the bundle: a verifier uses only the key it pinned out of band.
 """
 
 from __future__ import annotations
@@ -29,21 +34,27 @@ from gateway.certification.exact import iso_ms
 REPORT: Final = "report.json"
 PREVIOUS: Final = "previous_report.json"
 READINGS: Final = "readings.jsonl"
+SERIALS: Final = "serials.jsonl"
 EVENTS: Final = "events.jsonl"
 INTERVALS: Final = "intervals.csv"
-PUBLIC_KEY: Final = "public_key.pem"
 README: Final = "README.txt"
+REPLACED_DIR: Final = "replaced"
 
 README_TEXT: Final = """GIA Gateway evidence bundle
 
 report.json            the signed monthly report (RFC 8785 canonical JSON, Ed25519 signature)
 previous_report.json   the previous month's signed report (if any): report.previous_report_sha256 is its SHA-256
 readings.jsonl         every register reading the report used, with its ledger chain hash and predecessor hash
+serials.jsonl          the serial numbers the meters reported (where their maps read them), chained likewise
 intervals.csv          interval energies (UTC, integer Wh, quality) recomputed from the readings
-events.jsonl           the ledger's events (clock jumps, meter replacements) with their own hash chain
-public_key.pem         the site's public key: compare its fingerprint with the one published out of band
+events.jsonl           the ledger's events (clock jumps, meter replacements, key transitions, closed months)
+                       with their own hash chain
+replaced/              for a reissue: the reports it replaces
 
-Verify offline:  gia verify report.json --public-key PUBLISHED.pem --evidence .
+No public key is included: verify with the site key you pinned (published out of band), e.g.
+
+  gia verify report.json --public-key PINNED-SITE-KEY.pem --evidence .
+  gia verify report.json --trusted-keys PINNED-KEYS.pem --policy CERTIFIER-POLICY.json --evidence .
 """
 
 
@@ -106,14 +117,19 @@ def load_bundle(path: Path) -> dict[str, bytes]:
     """The bundle's files by name, from a directory or a zip file."""
     files: dict[str, bytes] = {}
     if path.is_dir():
-        for name in (REPORT, PREVIOUS, READINGS, INTERVALS, EVENTS, PUBLIC_KEY):
+        for name in (REPORT, PREVIOUS, READINGS, SERIALS, INTERVALS, EVENTS):
             p = path / name
             if p.is_file():
                 files[name] = p.read_bytes()
+        if (path / REPLACED_DIR).is_dir():
+            for p in sorted((path / REPLACED_DIR).glob("*.json")):
+                files[f"{REPLACED_DIR}/{p.name}"] = p.read_bytes()
     elif path.is_file() and zipfile.is_zipfile(path):
         with zipfile.ZipFile(path) as z:
             for name in z.namelist():
-                files[name.rsplit("/", 1)[-1]] = z.read(name)
+                parts = name.split("/")
+                key = "/".join(parts[-2:]) if len(parts) >= 2 and parts[-2] == REPLACED_DIR else parts[-1]
+                files[key] = z.read(name)
     else:
         raise BundleError(f"{path}: not an evidence directory or zip file")
     if READINGS not in files:

@@ -2,7 +2,10 @@
 
 Every number that decides a grade or an indicator lives here and is copied into the signed report
 (`method` block), so a certifier sees the thresholds and factors a report was computed with and `gia
-verify` recomputes with exactly those. Ratios and factors are decimal strings, never floats: they end up
+verify` recomputes with exactly those. The thresholds are the site's; the certifier grades under their
+own (`gia verify --policy`, defaulting to the scheme's published defaults, which are the defaults here):
+a site may set stricter values; more lenient ones are listed in the report (`quality.lenient_vs_scheme`)
+and do not change the grade a certifier gives. Ratios and factors are decimal strings, never floats: they end up
 in signed data, and RFC 8785 canonicalisation would re-write a float.
 
 Example::
@@ -124,11 +127,45 @@ class CertificationConfig(BaseModel):
     guarantees_of_origin: list[GuaranteeOfOrigin] = Field(
         default_factory=list, description="cancelled Guarantees of Origin backing grid imports"
     )
+    min_time_coverage: str = Field(
+        default="0.99", description="interval grade verified needs measured intervals / intervals >= this"
+    )
+    min_interval_energy_share: str = Field(
+        default="0.99", description="interval grade verified needs energy in measured intervals / total >= this"
+    )
+    balance_tolerance: str = Field(
+        default="0.02",
+        description="grid-derived consumption and the consumption (+ auxiliary) meters must agree within this share",
+    )
+    settlement_delay_h: int = Field(
+        default=48,
+        ge=1,
+        le=24 * 31,
+        description="a month is closed (stored, published) this many hours after its end, once every channel"
+        " has a reading after the end; before that it is provisional",
+    )
+    settlement_max_wait_h: int = Field(
+        default=720,
+        ge=1,
+        le=24 * 366,
+        description="close the month after this many hours even if a channel has no reading after its end"
+        " (that channel is then unverified)",
+    )
+    replacement_late_after_h: int = Field(
+        default=48, ge=0, description="a meter replacement recorded more than this after the swap is flagged late"
+    )
     reports_dir: str | None = Field(
-        default=None, description="where closed-month reports are stored; default <data_dir>/reports"
+        default=None, description="where closed-month reports are copied; default <data_dir>/reports"
     )
 
-    @field_validator("renewable_share_threshold", "min_energy_coverage", "max_estimated_share")
+    @field_validator(
+        "renewable_share_threshold",
+        "min_energy_coverage",
+        "max_estimated_share",
+        "min_time_coverage",
+        "min_interval_energy_share",
+        "balance_tolerance",
+    )
     @classmethod
     def _share(cls, v: str) -> str:
         return _decimal_string(v, lo="0", hi="1")

@@ -11,6 +11,7 @@ Rendering is CPU work: call it off the event loop (the API uses a thread).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from fpdf import FPDF
@@ -60,6 +61,8 @@ class _Doc(FPDF):
 
 def render_pdf(report: dict[str, Any], results: Sequence[ChannelResult], report_sha256: str) -> bytes:
     doc = _Doc(orientation="P", unit="mm", format="A4")
+    # dated by the report, not by the clock: the PDF of a stored report is byte-identical on every fetch
+    doc.set_creation_date(datetime.fromisoformat(str(report["generated_at"]).replace("Z", "+00:00")))
     doc.sha = report_sha256
     doc.set_auto_page_break(auto=True, margin=15)
     doc.add_page()
@@ -92,6 +95,13 @@ def render_pdf(report: dict[str, Any], results: Sequence[ChannelResult], report_
     )
     doc.set_font("Helvetica", "B", 11)
     doc.cell(0, 7, _t(f"Grade: {q['grade'].upper()}"), new_x="LMARGIN", new_y="NEXT")
+    claims = q.get("claims") or {}
+    if claims:
+        doc.set_font("Helvetica", size=8)
+        doc.cell(
+            0, 4, _t("Claims: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in claims.items())),
+            new_x="LMARGIN", new_y="NEXT",
+        )  # fmt: skip
     doc.set_font("Helvetica", size=8)
     for reason in q["reasons"][:8]:
         doc.multi_cell(0, 4, _t(f"- {reason}"), new_x="LMARGIN", new_y="NEXT")
@@ -154,7 +164,7 @@ def render_pdf(report: dict[str, Any], results: Sequence[ChannelResult], report_
     doc.cell(0, 6, "Channels", new_x="LMARGIN", new_y="NEXT")
     doc.set_font("Helvetica", "B", 7)
     widths = (42, 22, 26, 22, 22, 18, 18, 20)
-    head = ("channel", "role", "energy", "measured", "estimated", "open", "close", "grade")
+    head = ("channel", "role", "energy", "measured", "estimated", "open", "close", "grade (int.)")
     for wd, text in zip(widths, head, strict=True):
         doc.cell(wd, 5, text, border=1)
     doc.ln()
@@ -162,7 +172,8 @@ def render_pdf(report: dict[str, Any], results: Sequence[ChannelResult], report_
     for ch in report["channels"]:
         cells = (
             ch["id"], ch["role"], _kwh(ch["energy_wh"]), _kwh(ch["measured_wh"]), _kwh(ch["estimated_wh"]),
-            ch["opening"]["method"], ch["closing"]["method"], ch["grade"],
+            ch["opening"]["method"], ch["closing"]["method"],
+            f"{ch['grade'][:5]} ({ch.get('interval_grade', '-')[:5]})",
         )  # fmt: skip
         for wd, text in zip(widths, cells, strict=True):
             doc.cell(wd, 5, _t(text)[:30], border=1)

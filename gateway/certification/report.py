@@ -17,7 +17,7 @@ Energy balance conventions (certification.md, "Site indicators"):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from gateway.certification.compute import (
@@ -30,11 +30,11 @@ from gateway.certification.compute import (
 )
 from gateway.certification.exact import dec_ge, iso_ms, ratio, wh_times_factor_kg
 from gateway.certification.merkle import merkle_root
+from gateway.certification.policy import Policy, balance_check, grade_report, lenient_parameters, policy_of_method
 from gateway.site.balance import energy_balance
 from gateway.site.channels import LOAD_SIGN, ChannelSpec
 
 SCHEMA: Final = "gia-monthly-report/1"
-GRADES: Final = ("verified", "provisional", "unverified")
 
 
 def _series_sum(results: Sequence[ChannelResult], n: int, pick: Any) -> list[int]:
@@ -60,8 +60,14 @@ def site_indicators(
     guarantees: list[dict[str, Any]],
     threshold: str,
     threshold_basis: str,
+    balance_tolerance: str = "0.02",
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """(indicators, producer block or None). `factors` = {"location": {...}, "market": {...}}."""
+    """(indicators, producer block or None). `factors` = {"location": {...}, "market": {...}}.
+
+    `balance_check`: where the site has both grid channels (consumption derived from the connection
+    point) and consumption meters, the two must agree within `balance_tolerance`; auxiliary channels
+    (a generator's own use) count on the metered side, since they draw through the connection point.
+    """
     balance = energy_balance({r.spec.id: r.energy_wh for r in results}, [r.spec for r in results])
     imp, exp, gen = balance["grid_import_wh"], balance["grid_export_wh"], balance["generation_wh"]
     ren, charge, discharge = (
@@ -73,6 +79,8 @@ def site_indicators(
     by_source, self_cons = balance["generation_by_source_wh"], balance["self_consumption_wh"]
     ren_onsite = balance["renewable_consumed_on_site_wh"]
     has_grid = any(r.spec.role in ("grid_import", "grid_export") for r in results)
+    has_meters = any(r.spec.role == "consumption" for r in results)
+    balance = balance_check(consumption, metered + aux, balance_tolerance, applies=has_grid and has_meters)
     go_wh = sum(int(g["energy_wh"]) for g in guarantees)
     go_applied = min(go_wh, imp)
 
@@ -119,6 +127,7 @@ def site_indicators(
         "co2_location_kg": wh_times_factor_kg(imp, factors["location"]["value"]),
         "co2_market_kg": wh_times_factor_kg(imp - go_applied, market_factor["value"]),
         "co2_factors": factors,
+        "balance_check": balance,
         "month": month,
     }
     producer = None
@@ -136,21 +145,32 @@ def site_indicators(
     return indicators, producer
 
 
-def report_quality(results: Sequence[ChannelResult], *, complete: bool, thresholds: dict[str, Any]) -> dict[str, Any]:
-    """Report grade = worst channel grade; an open month is at best provisional."""
-    reasons: list[str] = []
-    worst = 0
-    for r in results:
-        worst = max(worst, GRADES.index(r.grade))
-        reasons.extend(r.json["reasons"])
-    if not results:
-        worst = 2
-        reasons.append("no metering channels configured (devices[].channels)")
-    if not complete:
-        worst = max(worst, 1)
-        reasons.insert(0, "month not yet closed: figures are provisional")
-    counts = {g: sum(1 for r in results if r.grade == g) for g in GRADES}
-    return {"grade": GRADES[worst], "reasons": reasons, "thresholds": thresholds, "channels": counts}
+def report_quality(
+    channels: Sequence[Mapping[str, Any]],
+    *,
+    indicators: Mapping[str, Any],
+    complete: bool,
+    method: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The report's grades under the site's own thresholds (its `method`), from the channels' facts.
+
+    Claims (`policy.CLAIMS`): channel totals, the energy balance and what is computed from totals, and
+    the interval allocation (hourly-matched share, hourly profiles; the threshold when judged hourly).
+    The report's grade is the worst of them; an open or unsettled month is at best provisional. Where
+    the site's thresholds are more lenient than the scheme's published defaults, they are listed
+    (`lenient_vs_scheme`): a certifier grading under the scheme sees the difference at once.
+    """
+    own = policy_of_method(method)
+    g = grade_report(list(channels), indicators=indicators, complete=complete, policy=own)
+    thresholds = {k: v for k, v in own.to_json().items() if k != "name"}
+    return {
+        "grade": g["grade"],
+        "claims": g["claims"],
+        "reasons": g["reasons"],
+        "thresholds": thresholds,
+        "lenient_vs_scheme": lenient_parameters(method, Policy()),
+        "channels": g["channels"],
+    }
 
 
 def evidence_summary(
@@ -200,8 +220,16 @@ def evidence_summary(
 
 
 def period_json(
-    month: str, timezone: str, start_ms: int, end_ms: int, *, complete: bool, as_of_ms: int | None
+    month: str,
+    timezone: str,
+    start_ms: int,
+    end_ms: int,
+    *,
+    complete: bool,
+    as_of_ms: int | None,
+    settles_at_ms: int | None = None,
 ) -> dict[str, Any]:
+    """`complete`: the month is closed (ended and settled); otherwise figures run to `as_of`."""
     return {
         "month": month,
         "timezone": timezone,
@@ -210,6 +238,7 @@ def period_json(
         "hours": (end_ms - start_ms) // 3_600_000,
         "complete": complete,
         "as_of": iso_ms(as_of_ms) if as_of_ms is not None else None,
+        "settles_at": iso_ms(settles_at_ms) if settles_at_ms is not None else None,
     }
 
 
@@ -222,6 +251,7 @@ def compute_all(
     params: Params,
     replacements: dict[str, list[Replacement]],
     bad_readings: dict[str, int],
+    serials: dict[str, list[int]] | None = None,
 ) -> list[ChannelResult]:
     """Every channel over [start_ms, end_ms) (end = as_of for an open month)."""
     night = night_flags(params, start_ms, end_ms) if any(s.source == "pv" for s in specs) else None
@@ -235,6 +265,7 @@ def compute_all(
             replacements=replacements.get(spec.id, []),
             bad_readings=bad_readings.get(spec.id, 0),
             night=night,
+            serials=(serials or {}).get(spec.id),
         )
         for spec in specs
     ]
@@ -245,9 +276,15 @@ def method_json(params: Params, *, threshold: str, threshold_basis: str) -> dict
         **params.to_json(),
         "renewable_share_threshold": threshold,
         "threshold_basis": threshold_basis,
-        "totals": "register advance between boundary readings (never an integral of power)",
-        "verified_when": "both boundaries measured, energy coverage >= min_energy_coverage, estimated"
-        " <= max_estimated_share of the total, no validation failure; unverified when a boundary is missing",
+        "totals": "register advance between boundary readings (never an integral of power); steps failing"
+        " validation (a decrease, an advance above capacity_factor x rated power, a single reading that"
+        " disagrees with both neighbours) are excluded and estimated, flagged",
+        "verified_when": "totals: both boundaries measured (or interpolated between measured readings at most"
+        " max_interpolation_s apart), energy coverage >= min_energy_coverage, estimated <= max_estimated_share,"
+        " no validation failure (a channel without rated power cannot pass the capacity rule); intervals: also"
+        " time coverage >= min_time_coverage and energy in measured intervals >= min_interval_energy_share;"
+        " report: the worst grade of its claims; unverified when a boundary is missing",
+        "closed_when": "settlement_delay_h after the month's end and once every channel has a reading after it",
     }
 
 
@@ -265,6 +302,9 @@ def assemble(
     previous_sha256: str | None,
     generated_at: str,
     generator: str,
+    reissue_of: str | None = None,
+    reissue_reason: str | None = None,
+    key_transitions: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The unsigned report body."""
     indicators, producer = site_indicators(
@@ -275,23 +315,24 @@ def assemble(
         guarantees=guarantees,
         threshold=threshold,
         threshold_basis=threshold_basis,
+        balance_tolerance=params.balance_tolerance,
     )
-    thresholds = {
-        "min_energy_coverage": params.min_energy_coverage,
-        "max_estimated_share": params.max_estimated_share,
-        "renewable_share_threshold": threshold,
-    }
+    method = method_json(params, threshold=threshold, threshold_basis=threshold_basis)
+    channels = [r.json for r in results]
     return {
         "schema": SCHEMA,
         "site": site,
         "period": period,
         "generated_at": generated_at,
         "generator": generator,
-        "method": method_json(params, threshold=threshold, threshold_basis=threshold_basis),
-        "channels": [r.json for r in results],
+        "method": method,
+        "channels": channels,
         "indicators": indicators,
         "producer": producer,
-        "quality": report_quality(results, complete=period["complete"], thresholds=thresholds),
+        "quality": report_quality(channels, indicators=indicators, complete=period["complete"], method=method),
         "evidence": evidence,
         "previous_report_sha256": previous_sha256,
+        "reissue_of": reissue_of,
+        "reissue_reason": reissue_reason,
+        "key_transitions": key_transitions or [],
     }

@@ -4,14 +4,16 @@ publisher of the last closed month's signed report (retained on MQTT) when a bro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
 from drivers.model import to_ms
 from gateway.certification.config import CertificationConfig
-from gateway.certification.periods import month_period, shift_month
+from gateway.certification.periods import shift_month
 from gateway.certification.service import ReportService
+from gateway.certification.sitekeys import ensure_site_key
 from gateway.rooms import Part, Room, Services
 from gateway.sinks.mqtt.topics import Topics
 from gateway.site.resolve import Site
@@ -20,30 +22,52 @@ log = logging.getLogger(__name__)
 
 
 async def _publish_reports(site: Site, services: Services, reports: ReportService) -> None:
-    """Publish the signed report of the last closed month (retained) at start and when a month closes."""
+    """Publish (retained) the signed report of every closed month among the last two, once each version.
+
+    A month closes only after the settlement delay and once every channel has a reading after its end
+    (`ReportService.closed_report_json`); before that nothing is published, so an outage around
+    midnight cannot freeze a month with a missing boundary. A reissue is published when it appears.
+    The site's key transitions go out too (for the hub), whenever `gia keys rotate` added one.
+    """
     mqtt = services.settings.mqtt
     assert mqtt is not None
     topics = Topics.for_site(mqtt.prefix, site.id)
     clock = services.clock
-    published: str | None = None
+    published: dict[str, str] = {}
+    transitions = b""
     while True:
+        try:
+            now_transitions = await asyncio.to_thread(reports.key_transitions_json)
+            if now_transitions != transitions:
+                services.retained.put(topics.key_transitions, now_transitions)
+                transitions = now_transitions
+        except Exception as exc:
+            log.warning("key transitions not published: %s", exc)
         now = clock.now().astimezone(ZoneInfo(site.timezone))
-        last_closed = shift_month(f"{now.year:04d}-{now.month:02d}", -1)
-        if last_closed != published:
+        this_month = f"{now.year:04d}-{now.month:02d}"
+        last = shift_month(this_month, -1)
+        for month in (shift_month(this_month, -2), last):
             try:
-                body = await asyncio.to_thread(reports.report_json, site.id, last_closed)
-            except Exception as exc:  # no readings yet, ledger busy: try again later
-                log.warning("report %s not published: %s", last_closed, exc)
-            else:
-                services.retained.put(topics.report(last_closed), body)
-                published = last_closed
-                log.info("published signed report %s", last_closed)
-        nxt = month_period(shift_month(last_closed, 2), site.timezone).start_ms
+                body = await asyncio.to_thread(reports.closed_report_json, site.id, month)
+            except Exception as exc:  # no readings yet, ledger busy, key missing: try again later
+                log.warning("report %s not published: %s", month, exc)
+                continue
+            if body is None:
+                continue  # not settled yet
+            sha = hashlib.sha256(body).hexdigest()
+            if published.get(month) != sha:
+                services.retained.put(topics.report(month), body)
+                published[month] = sha
+                log.info("published signed report %s (%s)", month, sha[:16])
+        nxt = reports.settles_at_ms(last) if last not in published else reports.settles_at_ms(this_month)
         wait_s = min(3600.0, max(60.0, (nxt - to_ms(clock.now())) / 1000))
         await asyncio.sleep(wait_s / getattr(clock, "speed", 1.0))
 
 
 async def parts(site: Site, services: Services) -> Sequence[Part]:
+    s = services.settings
+    # A site that has started never gets a new signing key silently (`gia keys rotate --reason`).
+    await asyncio.to_thread(ensure_site_key, s.data_dir / "keys", s.ledger_path, site=site.id)
     clock = services.clock
     reports = ReportService(services.settings, site, now_ms=lambda: to_ms(clock.now()))
     services.providers.reports = reports

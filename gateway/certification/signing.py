@@ -1,7 +1,8 @@
 """Site signing key (Ed25519), canonical report bytes and signatures.
 
-* The private key is created on first use under `<data_dir>/keys/` with mode 0600 (directory 0700) and is
-  never returned by any function here: `KeyStore` exposes only `sign()` and the public key.
+* The private key lives under `<data_dir>/keys/` with mode 0600 (directory 0700) and is never returned
+  by any function here except to sign a key-transition statement (`private_key_for_rotation`):
+  `KeyStore` exposes signing and the public key.
 * The signature covers the RFC 8785 (JCS) canonical JSON of the report without its `signature` member;
   `signature = {alg: "Ed25519", key_id: hex SHA-256 of the raw 32-byte public key, value: base64}`.
 * Floats are refused before signing (`assert_no_float`): canonicalisation would re-write them.
@@ -69,6 +70,10 @@ def verify_signature(report: dict[str, Any], public: Ed25519PublicKey) -> str | 
     sig = report.get("signature")
     if not isinstance(sig, dict):
         return "report has no signature object"
+    extra = sorted(set(sig) - {"alg", "key_id", "value"})
+    if extra:
+        # the signature object is not covered by the signature: anything else in it is unsigned data
+        return f"signature object carries unsigned extra field(s) {', '.join(extra)}"
     if sig.get("alg") != ALG:
         return f"signature alg {sig.get('alg')!r} != {ALG!r}"
     expected_id = key_id(public)
@@ -85,52 +90,100 @@ def verify_signature(report: dict[str, Any], public: Ed25519PublicKey) -> str | 
     return None
 
 
-class KeyStore:
-    """The site's key pair under `keys_dir`. Created lazily; the private key never leaves this object."""
+class KeyMissing(KeyFileError):
+    """The signing key file is gone and must not be silently replaced (see `sitekeys`)."""
 
-    def __init__(self, keys_dir: Path) -> None:
+    exit_code = 1
+    http_status = 503
+    error_code = "signing_key_missing"
+
+
+def _private_pem(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def write_private_key(path: Path, key: Ed25519PrivateKey, *, replace: bool) -> bool:
+    """Write `key` to `path` (mode 0600) as a complete file under a private name, then link or rename it
+    into place: a concurrent reader sees the old key or the new one, never half a file. With
+    `replace=False` an existing file wins (returns False)."""
+    tmp = path.parent / f".{path.name}.{os.getpid()}.{id(key)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(_private_pem(key))
+        f.flush()
+        os.fsync(f.fileno())
+    try:
+        if replace:
+            os.replace(tmp, path)
+            return True
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class KeyStore:
+    """A key pair under `keys_dir`; the private key never leaves this object.
+
+    `create=True` (the hub, tests): created on first use. The site's report service passes
+    `create=False`: a missing site key raises `KeyMissing` instead of quietly becoming a new key
+    (`sitekeys` decides when a key may be created). The file is re-read when it changes, so a running
+    agent signs with the key `gia keys rotate` installed.
+    """
+
+    def __init__(self, keys_dir: Path, *, create: bool = True) -> None:
         self._dir = Path(keys_dir)
+        self._create = create
         self._private: Ed25519PrivateKey | None = None
+        self._stamp: tuple[int, int] | None = None
 
     @property
     def path(self) -> Path:
         return self._dir / KEY_FILE
 
+    def exists(self) -> bool:
+        return self.path.is_file()
+
     def _load_or_create(self) -> Ed25519PrivateKey:
-        if self._private is not None:
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            st = None
+        if st is not None and self._private is not None and self._stamp == (st.st_ino, st.st_mtime_ns):
             return self._private
-        self._dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self._dir, 0o700)
-        if not self.path.exists():
-            # write a complete file under a private name, then link it into place: a concurrent caller
-            # (API thread, CLI) either wins the link or reads the winner's complete key, never half a file
-            key = Ed25519PrivateKey.generate()
-            pem = key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-            tmp = self._dir / f".{KEY_FILE}.{os.getpid()}.{id(self)}"
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(pem)
-                f.flush()
-                os.fsync(f.fileno())
-            try:
-                os.link(tmp, self.path)
-            except FileExistsError:
-                pass
-            finally:
-                tmp.unlink()
+        if st is None:
+            if not self._create:
+                raise KeyMissing(
+                    f"{self.path}: the site's signing key is missing; a gateway with an existing ledger does not"
+                    " make a new one silently: restore keys/ from a backup, or run"
+                    " 'gia keys rotate --reason TEXT' (certifiers must then pin the new key)"
+                )
+            self._dir.mkdir(parents=True, exist_ok=True)
+            os.chmod(self._dir, 0o700)
+            write_private_key(self.path, Ed25519PrivateKey.generate(), replace=False)
+            st = self.path.stat()
         data = self.path.read_bytes()
         try:
             loaded = serialization.load_pem_private_key(data, password=None)
-        except ValueError as exc:
+        except (ValueError, TypeError) as exc:
             raise KeyFileError(f"{self.path}: not a usable private key ({exc}); move it aside") from None
         if not isinstance(loaded, Ed25519PrivateKey):
             raise KeyFileError(f"{self.path}: expected an Ed25519 key, got {type(loaded).__name__}") from None
-        if self.path.stat().st_mode & 0o077:
+        if st.st_mode & 0o077:
             os.chmod(self.path, 0o600)
         self._private = loaded
+        self._stamp = (st.st_ino, st.st_mtime_ns)
         return loaded
+
+    def private_key_for_rotation(self) -> Ed25519PrivateKey | None:
+        """The current private key, for signing a key-transition statement only (None when missing)."""
+        if not self.exists():
+            return None
+        return self._load_or_create()
 
     def public_key(self) -> Ed25519PublicKey:
         return self._load_or_create().public_key()

@@ -6,7 +6,8 @@ block the agent's writer, and never run on its thread). Filters are those of the
 pruned), quality `good`, integer values, and `seq <= max_seq` so a report is reproducible from the
 ledger as it was at build time even after later appends.
 
-Meter replacements are ledger events (`kind="meter_replacement"`) written by `record_meter_replacement`.
+Meter replacements are ledger events (`kind="meter_replacement"`) written by `record_meter_replacement`
+and parsed by `events.py` (which `gia verify` shares).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ import json
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any
 
 from drivers.model import to_ms
 from gateway.certification.compute import Replacement, Series
+from gateway.certification.events import REPLACEMENT
+from gateway.certification.events import replacements as parse_replacements
+from gateway.certification.exact import iso_ms
 from gateway.ledger.store import Ledger
-
-REPLACEMENT: Final = "meter_replacement"
+from gateway.runtime.clockguard import guarded_now
 
 
 class LedgerSource:
@@ -42,14 +45,32 @@ class LedgerSource:
     def events_rows(self, max_id: int) -> Iterator[tuple[int, int, str, str | None, str, bytes]]:
         return self.ledger.events_rows(max_id)
 
+    def hash_at(self, seq: int) -> bytes:
+        return self.ledger.hash_at(seq)
+
+    def event_hash_at(self, event_id: int) -> bytes:
+        return self.ledger.event_hash_at(event_id)
+
     def first_counter_ms(self) -> int | None:
         return self.ledger.first_counter_ms()
 
     def series(
-        self, device: str, quantity: str, start_ms: int, end_ms: int, *, margin_ms: int, max_seq: int
+        self,
+        device: str,
+        quantity: str,
+        start_ms: int,
+        end_ms: int,
+        *,
+        margin_ms: int,
+        max_seq: int,
+        frozen: tuple[int, int] | None = None,
     ) -> tuple[Series, int]:
         """Good readings in [start - margin, end + margin) plus the nearest good one outside on each side,
-        and the number of kept but unusable readings (not good, or not an integer) inside [start, end)."""
+        and the number of kept but unusable readings (not good, or not an integer) inside [start, end).
+
+        `frozen = (ts, seq)`: the readings up to `ts` are taken as the previous month's closed report saw
+        them (seq <= its chain head), so a reading stored late cannot move a boundary that month M's
+        report and month M+1's must share."""
         lo, hi = start_ms - margin_ms, end_ms + margin_ms
         # one pass over the range: the usable flag comes with each row, so the same scan also counts the
         # unusable readings for the meter-status rule (a second COUNT query costs a full scan)
@@ -64,34 +85,35 @@ class LedgerSource:
             rows.insert(0, before)
         if after is not None:
             rows.append(after)
+        if frozen is not None:
+            f_ts, f_seq = frozen
+            rows = [r for r in rows if not (r[0] <= f_ts and r[2] > f_seq)]
         series = Series([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], [r[3] for r in rows])
         return series, bad
 
-    def replacements(self, *, until_ms: int | None = None) -> list[Replacement]:
-        """Every recorded meter replacement register pair, sorted by time."""
-        out: list[Replacement] = []
-        for event in self.ledger.events(kind=REPLACEMENT):
-            if until_ms is not None and event.ts_ms > until_ms:
-                continue
-            try:
-                d = json.loads(event.detail)
-                for quantity, pair in sorted(d["registers"].items()):
-                    out.append(
-                        Replacement(
-                            event_id=event.id,
-                            ts_ms=event.ts_ms,
-                            device=str(event.device),
-                            quantity=str(quantity),
-                            closing_wh=int(pair["closing_wh"]),
-                            opening_wh=int(pair["opening_wh"]),
-                            old_serial=d.get("old_serial"),
-                            new_serial=d.get("new_serial"),
-                        )
-                    )
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # a malformed event is ignored here; the resulting decrease is flagged as a reset
-        out.sort(key=lambda r: (r.ts_ms, r.event_id))
-        return out
+    def replacements(self, *, max_event_id: int | None = None) -> list[Replacement]:
+        """Every recorded meter replacement register pair up to the events head, sorted by time."""
+        events = self.ledger.events(kind=REPLACEMENT)
+        return parse_replacements(
+            ({"id": e.id, "ts": e.ts_ms, "kind": e.kind, "device": e.device, "detail": e.detail} for e in events),
+            max_id=max_event_id,
+        )
+
+    def events_json(self, max_id: int) -> list[dict[str, Any]]:
+        """Events up to `max_id` as `{id, ts, kind, device, detail}` (what `events.py` and `keys.py` read)."""
+        return [
+            {"id": eid, "ts": ts, "kind": kind, "device": device, "detail": detail}
+            for eid, ts, kind, device, detail, _h in self.events_rows(max_id)
+        ]
+
+    def serial_rows(
+        self, device: str, start_ms: int, end_ms: int, *, max_seq: int
+    ) -> list[tuple[int, int, int, str, str, bytes, bytes]]:
+        """The device's good `serial_number` readings in [start, end) (seq <= max_seq), in (ts, seq) order,
+        as `evidence_rows` gives them: what the report records as the serial the meter reported."""
+        return list(
+            self.ledger.usable_rows_with_prev_hash(device, "serial_number", start_ms, end_ms - 1, max_seq=max_seq)
+        )
 
     def evidence_rows(
         self, device: str, quantity: str, bounds: tuple[int, int, int, int] | None, *, max_seq: int
@@ -116,15 +138,24 @@ def record_meter_replacement(
     old_serial: str | None = None,
     new_serial: str | None = None,
     note: str = "",
+    recorded_ms: int | None = None,
 ) -> int:
     """Record a meter exchange: for each register quantity, the old meter's closing and the new meter's
-    opening value (integer Wh, as read from the displays). Returns the event id."""
+    opening value (register values, as read from the displays). Returns the event id.
+
+    The record carries when it was made (`recorded_at`, from the guarded clock unless given): the report
+    flags a record made long after the swap, and one made after the month's report exists never
+    changes that report (only a reissue can). A record without the new meter's serial is refused by the
+    method, as is one whose values disagree with the readings around the swap."""
     if not registers:
         raise ValueError("a meter replacement needs at least one register: quantity=(closing, opening)")
+    if recorded_ms is None:
+        recorded_ms = int(guarded_now(ledger.newest_ts_ms()).timestamp() * 1000)
     detail: dict[str, Any] = {
         "registers": {q: {"closing_wh": int(c), "opening_wh": int(o)} for q, (c, o) in registers.items()},
         "old_serial": old_serial,
         "new_serial": new_serial,
+        "recorded_at": iso_ms(recorded_ms),
         "note": note,
     }
     return ledger.record_event(REPLACEMENT, json.dumps(detail, sort_keys=True), ts_ms=to_ms(at), device=device)

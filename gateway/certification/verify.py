@@ -1,22 +1,37 @@
 """`gia verify`: offline verification of a signed monthly report (and its evidence bundle).
 
 A certifier runs this without the agent: it imports only the standard library, `cryptography`,
-`rfc8785` and this package's pure modules (`compute`, `report`, `exact`, `merkle`, `periods`, `signing`,
-`bundle`, `solar`) — the same arithmetic the gateway used, so recomputed figures match to the Wh. It
-can run as `python -m gateway.certification.verify` where `typer` is not installed.
+`rfc8785` and this package's pure modules (`compute`, `report`, `policy`, `keys`, `events`, `exact`,
+`merkle`, `periods`, `signing`, `bundle`, `solar`) — the same arithmetic the gateway used, so
+recomputed figures match to the Wh. It runs as `gia verify` (which loads nothing else) or as `python -m
+gateway.certification.verify`.
+
+Trust: the signature is checked only against keys the certifier pinned (`--public-key` or
+`--trusted-keys`), never a key shipped with what is verified. Key transitions recorded in the site's
+events chain (and carried in the report) are followed from a pinned key when the old key signed them;
+the key that signs must be the one in force at the report's events head. The OK line prints it.
+
+Grading: the report's own grade is re-derived from its facts with its own thresholds (consistency),
+then the facts are graded under the certifier's policy (`--policy FILE`, default the scheme's published
+defaults): a report whose self-declared grade is better than the policy gives fails. With the evidence,
+a report computed with method parameters more lenient than the policy is recomputed under the policy's.
 
 Rules (each failure is printed with the numbers on both sides):
 
-1. `json`, `no_float`, `schema` — the report is a JSON object of our schema with no float anywhere;
-2. `signature` — Ed25519 over the RFC 8785 canonical report without `signature`, by the published key;
+1. `json.framing`, `no_float`, `schema` — exactly one JSON object (no bytes before it, at most a newline
+   after it, no duplicate keys) of our schema with no float anywhere;
+2. `signature` — Ed25519 over the RFC 8785 canonical report without `signature` (whose object holds
+   only `alg`, `key_id`, `value`), by a trusted key in force;
 3. `period` — start/end are the civil month in the report's time zone;
-4. `energy_split`, `indicators.*`, `quality.grade` — internal consistency (totals, balance, shares,
-   CO2 from the embedded factors, grade from the channel grades);
-5. `previous_report`, `continuity.*` — with the previous report: its SHA-256 and shared boundaries;
-6. with `--evidence`: `evidence.order`, `evidence.chain` (each reading re-hashed with its predecessor's
-   hash, consecutive entries linked), `evidence.entries`, `evidence.merkle_root`, `evidence.days`;
-   then every channel recomputed from the readings (`channel.<id>.<field>`), the indicators including the
-   hourly-matched share, and `intervals.csv`.
+4. `energy_split`, `indicators.*`, `quality.*` — internal consistency (totals, balance cross-check,
+   shares, CO2 from the embedded factors, grades from the facts);
+5. `policy.grade`, `policy.channel.*` — the grades under the certifier's policy;
+6. `previous_report`, `continuity.*` — with the previous report: its SHA-256 and shared boundaries;
+7. with `--evidence`: every file present (`evidence.files`), `evidence.order`, `evidence.line` (each
+   reading's device, quantity and time belong to its channel), `evidence.chain`, `evidence.entries`,
+   `evidence.merkle_root`, `evidence.days`; every channel recomputed from the readings and the events
+   chain's meter replacements (`channel.<id>.<field>`), the indicators, `intervals.csv`; the events chain
+   (`evidence.events*`), the key transitions in it, and the reissue chain (`reissue`).
 
 Exit status: 0 valid, 1 invalid (failed rules listed), 2 unusable input.
 """
@@ -27,7 +42,7 @@ import argparse
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +52,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from drivers.errors import GiaError
 from gateway.certification import bundle
+from gateway.certification import events as ev_mod
 from gateway.certification.compute import (
     ChannelResult,
     Params,
@@ -45,7 +61,25 @@ from gateway.certification.compute import (
     channel_day_roots,
 )
 from gateway.certification.exact import FloatInSignedData, assert_no_float, iso_ms, parse_iso_ms
+from gateway.certification.keys import (
+    PinnedKey,
+    TrustError,
+    follow,
+    load_trusted_keys,
+    pinned_for,
+    transitions_from_events,
+)
 from gateway.certification.periods import BadMonth, month_period
+from gateway.certification.policy import (
+    GRADES,
+    Policy,
+    PolicyError,
+    grade_channel,
+    grade_report,
+    lenient_parameters,
+    load_policy,
+    policy_of_method,
+)
 from gateway.certification.report import (
     SCHEMA,
     compute_all,
@@ -53,7 +87,7 @@ from gateway.certification.report import (
     report_quality,
     site_indicators,
 )
-from gateway.certification.signing import KeyFileError, load_public_pem, verify_signature
+from gateway.certification.signing import KeyFileError, key_id, load_public_pem, verify_signature
 from gateway.site.channels import ChannelSpec
 
 
@@ -76,6 +110,10 @@ class Failure:
 class Outcome:
     failures: list[Failure] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    key_id: str | None = None  # the trusted key the signature verified with
+    policy: str | None = None
+    policy_grade: str | None = None
+    declared_grade: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -94,14 +132,39 @@ def _short(v: Any) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def parse_report(data: bytes) -> dict[str, Any]:
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r} (parsers disagree on which one counts)")
+        out[k] = v
+    return out
+
+
+def parse_report_strict(data: bytes) -> tuple[dict[str, Any], list[str]]:
+    """(report, framing problems): one JSON object, nothing before it, at most a line end after it."""
     try:
-        obj = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Unusable(f"report is not UTF-8 text ({exc})") from None
+    lead = len(text) - len(text.lstrip(" \t\r\n\ufeff"))
+    try:
+        obj, end = json.JSONDecoder(object_pairs_hook=_no_duplicates).raw_decode(text, lead)
+    except ValueError as exc:
         raise Unusable(f"report is not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise Unusable("report is not a JSON object")
-    return obj
+    problems = []
+    if lead:
+        problems.append(f"{lead} character(s) before the JSON document (a byte-order mark or padding)")
+    tail = text[end:]
+    if tail not in ("", "\n", "\r\n"):
+        problems.append(f"{len(tail)} character(s) after the JSON document: {tail[:40]!r}")
+    return obj, problems
+
+
+def parse_report(data: bytes) -> dict[str, Any]:
+    return parse_report_strict(data)[0]
 
 
 # -- internal consistency ------------------------------------------------------------------------------
@@ -128,6 +191,7 @@ def _check_indicators(out: Outcome, report: dict[str, Any], results: list[Channe
         guarantees=ind["guarantees_of_origin"],
         threshold=method["renewable_share_threshold"],
         threshold_basis=method["threshold_basis"],
+        balance_tolerance=method["balance_tolerance"],
     )
     for key, value in indicators.items():
         if (
@@ -148,6 +212,7 @@ def _check_indicators(out: Outcome, report: dict[str, Any], results: list[Channe
 
 
 def _check_internal(out: Outcome, report: dict[str, Any]) -> None:
+    own = policy_of_method(report["method"])
     for ch in report["channels"]:
         parts = int(ch["measured_wh"]) + int(ch["interpolated_wh"]) + int(ch["estimated_wh"])
         if parts != ch["energy_wh"]:
@@ -155,22 +220,20 @@ def _check_internal(out: Outcome, report: dict[str, Any]) -> None:
                 "energy_split",
                 f"{ch['id']}: energy_wh {ch['energy_wh']} != measured + interpolated + estimated {parts}",
             )
+        g = grade_channel(ch, own)
+        out.compare(f"channel.{ch['id']}.grade", ch["grade"], g.total)
+        out.compare(f"channel.{ch['id']}.interval_grade", ch.get("interval_grade"), g.intervals)
     results = _pseudo_results(report, None)
     _check_indicators(out, report, results, with_hourly=False)
     q = report["quality"]
-    expected = report_quality(results, complete=report["period"]["complete"], thresholds=q["thresholds"])
-    out.compare("quality.grade", q["grade"], expected["grade"])
-    out.compare("quality.reasons", q["reasons"], expected["reasons"])
-    m = report["method"]
-    out.compare(
-        "quality.thresholds",
-        q["thresholds"],
-        {
-            "min_energy_coverage": m["min_energy_coverage"],
-            "max_estimated_share": m["max_estimated_share"],
-            "renewable_share_threshold": m["renewable_share_threshold"],
-        },
+    expected = report_quality(
+        report["channels"],
+        indicators=report["indicators"],
+        complete=report["period"]["complete"],
+        method=report["method"],
     )
+    for key in ("grade", "claims", "reasons", "thresholds", "lenient_vs_scheme", "channels"):
+        out.compare(f"quality.{key}", q.get(key), expected[key])
 
 
 def _check_period(out: Outcome, report: dict[str, Any]) -> None:
@@ -197,8 +260,43 @@ def _check_previous(out: Outcome, report: dict[str, Any], previous: bytes) -> No
     for ch in report["channels"]:
         if ch["id"] in closings:
             a, b = closings[ch["id"]], ch["opening"]
-            keys = ("ts", "method", "register_wh", "reading")
+            keys = ("ts", "method", "register_value", "reading")
             out.compare(f"continuity.{ch['id']}", {k: b.get(k) for k in keys}, {k: a.get(k) for k in keys})
+
+
+# -- keys -----------------------------------------------------------------------------------------
+def _check_key(
+    out: Outcome, report: dict[str, Any], pinned: Mapping[str, Ed25519PublicKey], transitions: list[Any]
+) -> dict[str, Ed25519PublicKey]:
+    """Follow the key transitions from the pinned keys; check the signature with the key in force."""
+    site = str(report.get("site", {}).get("id"))
+    chain = follow(pinned, [(t.get("event_id"), t) for t in transitions], site=site)
+    out.notes.extend(chain.notes)
+    for p in chain.problems:
+        out.fail("signature.transition", p)
+    sig = report.get("signature")
+    signer = sig.get("key_id") if isinstance(sig, dict) else None
+    if chain.current is not None and signer != chain.current:
+        out.fail(
+            "signature",
+            f"report signed by key {signer}, but the key in force at its events head is {chain.current}"
+            " (a retired key signs nothing after its transition)",
+        )
+        return chain.trusted
+    key = chain.trusted.get(str(signer))
+    if key is None:
+        out.fail(
+            "signature",
+            f"signature key_id {signer} != published key {', '.join(sorted(pinned)) or '(none)'}: the report's"
+            " key is neither pinned nor reached from a pinned key by a transition the old key signed",
+        )
+        return chain.trusted
+    problem = verify_signature(report, key)
+    if problem is not None:
+        out.fail("signature", problem)
+    else:
+        out.key_id = key_id(key)
+    return chain.trusted
 
 
 # -- evidence --------------------------------------------------------------------------------------
@@ -214,55 +312,98 @@ def _event_hash(prev: bytes, line: dict[str, Any]) -> bytes:
     return hashlib.sha256(prev + rfc8785.dumps(event)).digest()
 
 
-def _check_events(out: Outcome, report: dict[str, Any], files: dict[str, bytes]) -> None:
-    """The bundle's events re-chained to the signed head; the report's meter replacements among them."""
+def _chained_events(out: Outcome, report: dict[str, Any], files: dict[str, bytes]) -> list[dict[str, Any]] | None:
+    """The bundle's events re-chained to the signed head; None when they cannot be used."""
     ev = report["evidence"]
     if "events_head_id" not in ev:
         out.notes.append("report predates the events chain: events not checked")
-        return
+        return None
     if bundle.EVENTS not in files:
         out.fail("evidence.events", f"the report commits to an events chain but the bundle has no {bundle.EVENTS}")
-        return
+        return None
     try:
         events = bundle.parse_readings(files[bundle.EVENTS], bundle.EVENTS)
     except bundle.BundleError as exc:
         raise Unusable(str(exc)) from None
     prev = bytes(32)
-    by_id: dict[int, dict[str, Any]] = {}
     for n, line in enumerate(events, 1):
         if line.get("id") != n:
             out.fail("evidence.events", f"event {n} is missing from {bundle.EVENTS} (found id {line.get('id')!r})")
-            return
+            return None
         prev = _event_hash(prev, line)
         if prev.hex() != line.get("hash"):
             out.fail("evidence.events", f"event {n} ({line.get('kind')}) does not match its chain hash")
-            return
-        by_id[n] = line
+            return None
     out.compare("evidence.events_head_id", int(ev["events_head_id"]), len(events))
     out.compare("evidence.events_head", ev["events_head"], prev.hex())
-    for ch in report["channels"]:
-        for e in ch.get("register_events", []):
-            rep = e.get("replacement")
-            if rep is None:
-                continue
-            found = by_id.get(int(rep["event_id"]))
-            if found is None or found.get("kind") != "meter_replacement" or iso_ms(int(found["ts"])) != rep["ts"]:
-                out.fail(
-                    "evidence.events",
-                    f"channel {ch['id']}: meter replacement event {rep['event_id']} at {rep['ts']} is not in the"
-                    " events chain",
-                )
+    return events
 
 
-def _check_evidence(out: Outcome, report: dict[str, Any], files: dict[str, bytes]) -> None:
+def _check_reissue(
+    out: Outcome,
+    report: dict[str, Any],
+    events: list[dict[str, Any]] | None,
+    files: dict[str, bytes] | None,
+    trusted: Mapping[str, Ed25519PublicKey],
+) -> None:
+    """One authoritative report per closed month: a report for a month the chain already records as
+    closed must be a reissue of the last closing; the reports it replaces are shown (and checked when
+    the bundle carries them)."""
+    month = report["period"]["month"]
+    reissue_of = report.get("reissue_of")
+    if reissue_of:
+        out.notes.append(f"{month}: reissue of report {reissue_of} (reason: {report.get('reissue_reason')})")
+    if events is None:
+        return
+    closings = ev_mod.report_closings(events, month)
+    for c in closings:
+        out.notes.append(
+            f"events chain: {month} closed as report {c.get('report_sha256')} (event {c['event_id']}"
+            + (f", reissue of {c.get('reissue_of')}: {c.get('reissue_reason')}" if c.get("reissue_of") else "")
+            + ")"
+        )
+    problem = ev_mod.reissue_problem(month, reissue_of, closings)
+    if problem is not None:
+        out.fail("reissue", problem)
+    if files is None or not reissue_of:
+        return
+    sha = reissue_of
+    while sha:
+        data = files.get(f"{bundle.REPLACED_DIR}/{sha}.json")
+        if data is None:
+            out.fail("reissue", f"the bundle lacks {bundle.REPLACED_DIR}/{sha}.json, the report this one replaces")
+            return
+        if hashlib.sha256(data).hexdigest() != sha:
+            out.fail("reissue", f"{bundle.REPLACED_DIR}/{sha}.json does not hash to {sha}")
+            return
+        old = json.loads(data)
+        if old.get("site", {}).get("id") != report["site"]["id"] or old.get("period", {}).get("month") != month:
+            out.fail("reissue", f"replaced report {sha} is not for {report['site']['id']} {month}")
+            return
+        signer = str(old.get("signature", {}).get("key_id"))
+        key = trusted.get(signer)
+        problem = verify_signature(old, key) if key is not None else f"signed by untrusted key {signer}"
+        if problem is not None:
+            out.fail("reissue", f"replaced report {sha}: {problem}")
+            return
+        sha = old.get("reissue_of")
+
+
+def _check_evidence(
+    out: Outcome, report: dict[str, Any], files: dict[str, bytes], events: list[dict[str, Any]] | None, policy: Policy
+) -> list[dict[str, Any]] | None:
+    """Recompute the report from the bundle. Returns the channels recomputed under `policy`'s method
+    parameters when the report's are more lenient (None when no such recomputation was needed)."""
     try:
         lines = bundle.parse_readings(files[bundle.READINGS])
     except bundle.BundleError as exc:
         raise Unusable(str(exc)) from None
     channels = report["channels"]
     ids = [ch["id"] for ch in channels]
+    by_id = {ch["id"]: ch for ch in channels}
     by_channel: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
     order_problems = 0
+    line_problems = 0
     last_block = -1
     for n, line in enumerate(lines, 1):
         try:
@@ -270,6 +411,21 @@ def _check_evidence(out: Outcome, report: dict[str, Any], files: dict[str, bytes
         except (KeyError, ValueError):
             out.fail("evidence.channel", f"line {n}: channel {line.get('channel')!r} is not in the report")
             continue
+        ch = by_id[line["channel"]]
+        wrong = [
+            f"{k} {line.get(k)!r} != {want!r}"
+            for k, want in (("device", ch["device"]), ("quantity", ch["quantity"]))
+            if line.get(k) != want
+        ]
+        try:
+            if line.get("time") != iso_ms(int(line["ts"])):
+                wrong.append(f"time {line.get('time')!r} != ts {line['ts']} ({iso_ms(int(line['ts']))})")
+        except (KeyError, TypeError, ValueError):
+            wrong.append("no integer ts")
+        if wrong:
+            line_problems += 1
+            if line_problems <= 5:
+                out.fail("evidence.line", f"line {n} (channel {ch['id']}, seq {line.get('seq')}): {'; '.join(wrong)}")
         if block < last_block:
             order_problems += 1
         last_block = block
@@ -282,6 +438,8 @@ def _check_evidence(out: Outcome, report: dict[str, Any], files: dict[str, bytes
                     f"line {n}: seq {line['seq']} at {line.get('time')} does not follow seq {rows[-1]['seq']}",
                 )
         rows.append(line)
+    if line_problems > 5:
+        out.fail("evidence.line", f"{line_problems} lines in total do not belong to their channel")
     # chain: every reading re-hashed from its predecessor's hash; consecutive entries linked
     hashes: dict[int, str] = {}
     bad_hash = 0
@@ -334,42 +492,33 @@ def _check_evidence(out: Outcome, report: dict[str, Any], files: dict[str, bytes
         if int(line["seq"]) > int(ev["chain_head_seq"]):
             out.fail("evidence.chain", f"seq {line['seq']} is beyond the signed chain head {ev['chain_head_seq']}")
             break
-    # recompute every channel
+    # meter replacements: from the events chain (what the gateway read), else the report (older reports)
     reps: dict[str, list[Replacement]] = {}
+    if events is not None:
+        all_reps = ev_mod.replacements(events, max_id=int(ev["events_head_id"]))
+        for spec in specs:
+            reps[spec.id] = [r for r in all_reps if r.device == spec.device and r.quantity == spec.quantity]
     bad: dict[str, int] = {}
     for ch in channels:
-        reps[ch["id"]] = sorted(
-            (
-                Replacement(
-                    event_id=int(e["replacement"]["event_id"]),
-                    ts_ms=parse_iso_ms(e["replacement"]["ts"]),
-                    device=e["replacement"]["device"],
-                    quantity=e["replacement"]["quantity"],
-                    closing_wh=int(e["replacement"]["closing_wh"]),
-                    opening_wh=int(e["replacement"]["opening_wh"]),
-                    old_serial=e["replacement"].get("old_serial"),
-                    new_serial=e["replacement"].get("new_serial"),
-                )
-                for e in ch.get("register_events", [])
-                if "replacement" in e
-            ),
-            key=lambda r: (r.ts_ms, r.event_id),
-        )
         bad[ch["id"]] = next(
             (int(v.get("count", 0)) for v in ch.get("validation", []) if v.get("rule") == "meter_status"), 0
         )
     per = report["period"]
     start = parse_iso_ms(per["start"])
     end = parse_iso_ms(per["end"]) if per["complete"] else parse_iso_ms(per["as_of"])
-    params = Params.from_json({k: report["method"][k] for k in Params.__dataclass_fields__})
-    results = compute_all(specs, series, start_ms=start, end_ms=end, params=params, replacements=reps, bad_readings=bad)
+    params = Params.from_json(report["method"])
+    serials = _serials(out, report, files, start, end)
+    results = compute_all(
+        specs, series, start_ms=start, end_ms=end, params=params, replacements=reps, bad_readings=bad, serials=serials
+    )
     for ch, res in zip(channels, results, strict=True):
         for key in sorted(set(ch) | set(res.json)):
             if ch.get(key) != res.json.get(key):
                 out.compare(f"channel.{ch['id']}.{key}", ch.get(key), res.json.get(key))
     _check_indicators(out, report, results, with_hourly=True)
-    _check_events(out, report, files)
-    if bundle.INTERVALS in files:
+    if bundle.INTERVALS not in files:
+        out.fail("evidence.files", f"the bundle has no {bundle.INTERVALS}: the interval figures cannot be checked")
+    else:
         expected_csv = bundle.INTERVALS_HEADER + "".join(
             line
             for r in results
@@ -386,32 +535,132 @@ def _check_evidence(out: Outcome, report: dict[str, Any], files: dict[str, bytes
                 f"intervals.csv line {first + 1}: bundle has {ga[first] if first < len(ga) else '<end>'!r},"
                 f" recomputed {gb[first] if first < len(gb) else '<end>'!r}",
             )
+    if any(p["kind"] == "method" for p in lenient_parameters(report["method"], policy)):
+        again = compute_all(
+            specs,
+            series,
+            start_ms=start,
+            end_ms=end,
+            params=params.under(policy),
+            replacements=reps,
+            bad_readings=bad,
+            serials=serials,
+        )
+        return [r.json for r in again]
+    return None
+
+
+def _serials(
+    out: Outcome, report: dict[str, Any], files: dict[str, bytes], start: int, end: int
+) -> dict[str, list[int]]:
+    """The serial numbers the meters reported (bundle `serials.jsonl`), each line checked against its
+    chain hash, its channel's device and the signed chain head."""
+    by_id = {ch["id"]: ch for ch in report["channels"]}
+    if bundle.SERIALS not in files:
+        if any(ch["meter"].get("serial_read") for ch in report["channels"]):
+            out.fail(
+                "evidence.files", f"the report records serials read from meters but the bundle has no {bundle.SERIALS}"
+            )
+        return {}
+    try:
+        lines = bundle.parse_readings(files[bundle.SERIALS], bundle.SERIALS)
+    except bundle.BundleError as exc:
+        raise Unusable(str(exc)) from None
+    head = int(report["evidence"]["chain_head_seq"])
+    found: dict[str, list[int]] = {}
+    for n, line in enumerate(lines, 1):
+        ch = by_id.get(str(line.get("channel")))
+        problems = []
+        if ch is None:
+            problems.append(f"channel {line.get('channel')!r} is not in the report")
+        elif line.get("device") != ch["device"] or line.get("quantity") != "serial_number":
+            problems.append(f"{line.get('device')}/{line.get('quantity')} is not {ch['device']}/serial_number")
+        try:
+            if _entry_hash(line).hex() != line["hash"]:
+                problems.append("does not match its chain hash")
+            if int(line["seq"]) > head or not start <= int(line["ts"]) < end:
+                problems.append("outside the report's chain head or period")
+        except (KeyError, ValueError, TypeError):
+            problems.append("is not a ledger entry")
+        if problems:
+            out.fail("evidence.serials", f"{bundle.SERIALS} line {n}: {'; '.join(problems)}")
+            continue
+        found.setdefault(str(line["channel"]), []).append(int(line["value"]))
+    return found
+
+
+def _check_policy(
+    out: Outcome, report: dict[str, Any], policy: Policy, recomputed: list[dict[str, Any]] | None
+) -> None:
+    """Grade the report's facts under the certifier's policy; fail a self-declared grade that is better."""
+    channels = recomputed if recomputed is not None else report["channels"]
+    g = grade_report(
+        channels,
+        indicators=report["indicators"],
+        complete=bool(report["period"]["complete"]),
+        policy=policy,
+        method=report["method"],
+        recomputed=recomputed is not None,
+    )
+    grade = g["grade"]
+    per = report["period"]
+    if per["complete"]:
+        closed = parse_iso_ms(report["generated_at"]) - parse_iso_ms(per["end"])
+        if closed < policy.settlement_delay_h * 3_600_000:
+            grade = GRADES[max(GRADES.index(grade), 1)]
+            g["reasons"].append(
+                f"closed {closed // 3_600_000} h after the month's end, before the policy's settlement delay of"
+                f" {policy.settlement_delay_h} h"
+            )
+    declared = report["quality"]["grade"]
+    out.policy, out.policy_grade, out.declared_grade = policy.name, grade, declared
+    if GRADES.index(declared) < GRADES.index(grade):
+        out.fail(
+            "policy.grade",
+            f"report says {declared}, the policy {policy.name!r} gives {grade}: " + "; ".join(g["reasons"][:6]),
+        )
+    declared_ch = {ch["id"]: ch for ch in report["channels"]}
+    for pc in g["per_channel"]:
+        ch = declared_ch.get(pc["id"])
+        if ch is None:
+            continue
+        for key in ("grade", "interval_grade"):
+            if GRADES.index(ch[key]) < GRADES.index(pc[key]):
+                out.fail(f"policy.channel.{pc['id']}.{key}", f"report says {ch[key]}, the policy gives {pc[key]}")
 
 
 # -- entry points ----------------------------------------------------------------------------------
 def verify_report(
     data: bytes,
     *,
-    public_key: Ed25519PublicKey | None,
+    public_key: Ed25519PublicKey | None = None,
+    trusted: Sequence[PinnedKey] | None = None,
     evidence: dict[str, bytes] | None = None,
     previous: bytes | None = None,
+    policy: Policy | None = None,
 ) -> Outcome:
-    """Check a report; raises `Unusable` when it cannot be checked at all."""
+    """Check a report; raises `Unusable` when it cannot be checked at all.
+
+    Trust comes from `public_key` (one pinned key) and/or `trusted` (pinned keys, possibly site-bound);
+    with neither, the signature rule fails. `policy` defaults to the scheme's published defaults.
+    """
     out = Outcome()
-    report = parse_report(data)
+    policy = policy or Policy()
+    report, framing = parse_report_strict(data)
+    for problem in framing:
+        out.fail("json.framing", problem)
     try:
         assert_no_float(report)
     except FloatInSignedData as exc:
         out.fail("no_float", str(exc))
     if report.get("schema") != SCHEMA:
         raise Unusable(f"schema {report.get('schema')!r} is not {SCHEMA!r}")
-    if public_key is None:
-        out.notes.append("no public key given: signature not checked")
-    else:
-        problem = verify_signature(report, public_key)
-        if problem is not None:
-            out.fail("signature", problem)
     try:
+        site = str(report["site"]["id"])
+        pinned: dict[str, Ed25519PublicKey] = dict(pinned_for(site, trusted or []))
+        if public_key is not None:
+            pinned[key_id(public_key)] = public_key
+        trusted_chain = _check_key(out, report, pinned, list(report.get("key_transitions", [])))
         _check_period(out, report)
         _check_internal(out, report)
         if previous is None and evidence is not None:
@@ -419,9 +668,24 @@ def verify_report(
         if previous is not None:
             _check_previous(out, report, previous)
         elif report.get("previous_report_sha256"):
-            out.notes.append("previous report not provided: chain link not checked")
+            if evidence is not None:
+                out.fail(
+                    "evidence.files",
+                    f"the bundle has no {bundle.PREVIOUS}: the chain to {report['previous_report_sha256']} and the"
+                    " shared boundaries cannot be checked",
+                )
+            else:
+                out.notes.append("previous report not provided: chain link not checked")
+        events = None
+        recomputed = None
         if evidence is not None:
-            _check_evidence(out, report, evidence)
+            events = _chained_events(out, report, evidence)
+            if events is not None:
+                from_chain = [{"event_id": i, **d} for i, d in transitions_from_events(events)]
+                out.compare("key_transitions", report.get("key_transitions", []), from_chain)
+            recomputed = _check_evidence(out, report, evidence, events, policy)
+        _check_reissue(out, report, events, evidence, trusted_chain)
+        _check_policy(out, report, policy, recomputed)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         out.fail("schema", f"report or evidence is missing or mistypes a field ({type(exc).__name__}: {exc})")
     return out
@@ -429,14 +693,32 @@ def verify_report(
 
 def run(argv: Sequence[str] | None = None, *, stdout: Any = None) -> int:
     """CLI body shared by `gia verify` and `python -m gateway.certification.verify`."""
-    ap = argparse.ArgumentParser(prog="gia verify", description="verify a signed GIA monthly report offline")
+    ap = argparse.ArgumentParser(
+        prog="gia verify",
+        description="verify a signed GIA monthly (or area) report offline against keys you pinned",
+    )
     ap.add_argument("report", type=Path)
-    ap.add_argument("--public-key", type=Path, default=None, help="the site's published public key (PEM)")
+    ap.add_argument("--public-key", type=Path, default=None, help="the site's pinned public key (PEM)")
+    ap.add_argument(
+        "--trusted-keys",
+        type=Path,
+        default=None,
+        help="pinned keys: PEM blocks, or the JSON of GET /api/v1/keys (binds each key to its site)",
+    )
+    ap.add_argument("--policy", type=Path, default=None, help="the certifier's grading policy (JSON or YAML)")
     ap.add_argument("--evidence", type=Path, default=None, help="evidence bundle directory or zip")
     ap.add_argument("--previous", type=Path, default=None, help="the previous month's report")
+    ap.add_argument("--log-head", type=Path, default=None, help="a hub's signed log head (checked by the hub tools)")
     args = ap.parse_args(argv)
     return verify_paths(
-        args.report, public_key=args.public_key, evidence=args.evidence, previous=args.previous, stdout=stdout
+        args.report,
+        public_key=args.public_key,
+        trusted_keys=args.trusted_keys,
+        policy=args.policy,
+        evidence=args.evidence,
+        previous=args.previous,
+        log_head=args.log_head,
+        stdout=stdout,
     )
 
 
@@ -445,49 +727,50 @@ def verify_paths(
     *,
     public_key: Path | None,
     evidence: Path | None,
+    trusted_keys: Path | None = None,
+    policy: Path | None = None,
     previous: Path | None = None,
+    log_head: Path | None = None,
     stdout: Any = None,
 ) -> int:
     w = stdout or sys.stdout
     try:
         data = report.read_bytes()
-        head = parse_report(data)
+        head, _ = parse_report_strict(data)
+        chosen = load_policy(policy) if policy is not None else None
+        pol = chosen or Policy()
+        trusted = load_trusted_keys(trusted_keys) if trusted_keys is not None else []
+        key = load_public_pem(public_key.read_bytes()) if public_key is not None else None
         if head.get("schema") == "gia-area-report/1":
             from gateway.certification.area import verify_area_paths
 
-            return verify_area_paths(report, evidence, stdout=w)
-        files = bundle.load_bundle(evidence) if evidence is not None else None
-        key_pem: bytes | None
-        if public_key is not None:
-            key_pem = public_key.read_bytes()
-        elif files is not None and bundle.PUBLIC_KEY in files:
-            key_pem = files[bundle.PUBLIC_KEY]
+            return verify_area_paths(report, evidence, public_key=key, trusted=trusted, policy=chosen, stdout=w)
+        if key is None and not trusted:
             print(
-                "note: using the public key from the evidence bundle; compare its fingerprint with the"
-                " published one (or pass --public-key)",
+                "unusable input: no trusted key: pass --public-key PINNED.pem or --trusted-keys FILE (the keys you"
+                " pinned out of band; a key shipped with the report or bundle is never trusted)",
                 file=w,
             )
-        else:
-            key_pem = None
-        key = load_public_pem(key_pem) if key_pem is not None else None
+            return 2
+        if log_head is not None:
+            print("unusable input: --log-head is checked by the area hub's tools, not by this verifier", file=w)
+            return 2
+        files = bundle.load_bundle(evidence) if evidence is not None else None
         prev = previous.read_bytes() if previous is not None else None
-        outcome = verify_report(data, public_key=key, evidence=files, previous=prev)
-    except (OSError, Unusable, bundle.BundleError, KeyFileError, ValueError) as exc:
+        outcome = verify_report(data, public_key=key, trusted=trusted, evidence=files, previous=prev, policy=pol)
+    except (OSError, Unusable, bundle.BundleError, KeyFileError, TrustError, PolicyError, ValueError) as exc:
         print(f"unusable input: {exc}", file=w)
-        return 2
-    if key is None:
-        print("unusable input: no public key (pass --public-key PUBLISHED.pem)", file=w)
         return 2
     for note in outcome.notes:
         print(f"note: {note}", file=w)
     for f in outcome.failures:
         print(str(f), file=w)
     if outcome.ok:
-        rep = json.loads(data)
         print(
-            f"OK {rep['site']['id']} {rep['period']['month']}: signature valid"
+            f"OK {head['site']['id']} {head['period']['month']}: signature valid, key {outcome.key_id}"
             + (", evidence recomputed" if files is not None else "")
-            + f", grade {rep['quality']['grade']}",
+            + f", grade {outcome.policy_grade} under policy {outcome.policy!r}"
+            + (f" (report says {outcome.declared_grade})" if outcome.declared_grade != outcome.policy_grade else ""),
             file=w,
         )
         return 0

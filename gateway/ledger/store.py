@@ -38,7 +38,7 @@ from drivers.model import Quality, Sample, Value, is_counter, to_ms
 GENESIS: Final = bytes(32)
 SCHEMA_VERSION: Final = 2
 
-_SCHEMA: Final = """
+SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS readings (
     seq      INTEGER PRIMARY KEY,
@@ -55,6 +55,16 @@ CREATE TABLE IF NOT EXISTS readings (
 CREATE INDEX IF NOT EXISTS readings_series ON readings (device, quantity, ts_ms) WHERE pruned = 0;
 CREATE INDEX IF NOT EXISTS readings_ts ON readings (ts_ms);
 CREATE TABLE IF NOT EXISTS cursors (name TEXT PRIMARY KEY, seq INTEGER NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS report_archive (
+    site     TEXT NOT NULL,
+    month    TEXT NOT NULL,
+    version  INTEGER NOT NULL,
+    sha256   TEXT NOT NULL,
+    data     BLOB NOT NULL,
+    event_id INTEGER NOT NULL,
+    PRIMARY KEY (site, month, version)
+) STRICT;
+CREATE INDEX IF NOT EXISTS report_archive_sha ON report_archive (sha256);
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY,
     ts_ms    INTEGER NOT NULL,
@@ -176,6 +186,20 @@ def _migrate_1_to_2(db: sqlite3.Connection) -> None:
 _MIGRATIONS: Final = {1: _migrate_1_to_2}
 
 
+def append_event(db: sqlite3.Connection, kind: str, detail: str, *, ts_ms: int, device: str | None = None) -> int:
+    """Chain one event onto the events table inside the caller's open write transaction (BEGIN
+    IMMEDIATE), so a caller can commit it together with rows of its own (the report archive does)."""
+    last = db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+    event_id = (int(last[0]) + 1) if last else 1
+    prev = bytes(last[1]) if last and last[1] is not None else GENESIS
+    h = chain_hash(prev, canonical_event(event_id, ts_ms, kind, device, detail))
+    db.execute(
+        "INSERT INTO events (id, ts_ms, kind, device, detail, hash) VALUES (?, ?, ?, ?, ?, ?)",
+        (event_id, ts_ms, kind, device, detail, h),
+    )
+    return event_id
+
+
 class LedgerError(GiaError):
     """The ledger file is unusable (corrupt, wrong schema, chain broken): the message says what to do."""
 
@@ -203,7 +227,7 @@ class Ledger:
                 # nearly full SD card never holds megabytes of WAL the ledger cannot checkpoint.
                 self._db.execute("PRAGMA wal_autocheckpoint = 256")
                 self._db.execute("PRAGMA journal_size_limit = 4194304")
-                self._db.executescript(_SCHEMA)
+                self._db.executescript(SCHEMA)
                 self._migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -302,14 +326,7 @@ class Ledger:
         """
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            last = self._db.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
-            event_id = (int(last[0]) + 1) if last else 1
-            prev = bytes(last[1]) if last and last[1] is not None else GENESIS
-            h = chain_hash(prev, canonical_event(event_id, ts_ms, kind, device, detail))
-            self._db.execute(
-                "INSERT INTO events (id, ts_ms, kind, device, detail, hash) VALUES (?, ?, ?, ?, ?, ?)",
-                (event_id, ts_ms, kind, device, detail, h),
-            )
+            event_id = append_event(self._db, kind, detail, ts_ms=ts_ms, device=device)
             self._db.execute("COMMIT")
         except BaseException:
             if self._db.in_transaction:
@@ -515,6 +532,15 @@ class Ledger:
         if row is None:
             return (0, GENESIS)
         return (int(row[0]), bytes(row[1])) if row[1] is not None else None
+
+    def event_hash_at(self, event_id: int) -> bytes:
+        """The events chain hash after event `event_id` (GENESIS for 0); KeyError when there is none."""
+        if event_id <= 0:
+            return GENESIS
+        row = self._db.execute("SELECT hash FROM events WHERE id = ?", (event_id,)).fetchone()
+        if row is None or row[0] is None:
+            raise KeyError(event_id)
+        return bytes(row[0])
 
     def events_rows(self, max_id: int) -> Iterator[tuple[int, int, str, str | None, str, bytes]]:
         """Every event up to `max_id` with its chain hash, in chain order (for the evidence bundle)."""

@@ -170,3 +170,24 @@ class ClockGuard:
         while True:
             await self.check()
             await asyncio.sleep(1.0)
+
+
+class ClockImplausible(Exception):
+    """The wall clock is before what the ledger has stored (or the release floor): no time can be taken."""
+
+
+def guarded_now(newest_ms: int | None, *, wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> datetime:
+    """The wall clock when the guard would accept it: at or after the release floor and the newest stored
+    reading (the same floor `ClockGuard` holds readings against). What commands that record a time of
+    their own (`gia meter-replacement`'s `recorded_at`, `gia keys rotate`) use, so a record cannot be
+    stamped earlier than what the ledger already holds."""
+    now = wall()
+    floor = (
+        max(RELEASE_FLOOR, datetime.fromtimestamp(newest_ms / 1000, UTC)) if newest_ms is not None else RELEASE_FLOOR
+    )
+    if now < floor - timedelta(seconds=JUMP_TOLERANCE_S):
+        raise ClockImplausible(
+            f"system clock {iso_utc(now)} is before {iso_utc(floor)} (the newest stored reading or the release"
+            " floor): set the clock (NTP) and retry"
+        )
+    return now

@@ -79,9 +79,19 @@ class ChannelSpec:
         )
 
 
+def normalise_serial(serial: str | None) -> str | None:
+    """One spelling per meter serial: surrounding and inner whitespace dropped, letters upper-case
+    ('sn-123 ' and 'SN-123' are one meter). Empty means no serial."""
+    if serial is None:
+        return None
+    text = "".join(str(serial).split()).upper()
+    return text or None
+
+
 def channel_specs(devices: Sequence[Any], moduli: Mapping[tuple[str, str], int]) -> list[ChannelSpec]:
     """The channels of configured devices (`devices[].channels`); `moduli` maps (device, quantity) to
-    the register's wrap value from the device's map."""
+    the register's wrap value from the device's map. Serials are normalised (`normalise_serial`), so
+    'sn-123 ' and 'SN-123' are one meter."""
     out = []
     for dev in devices:
         for ch in dev.channels:
@@ -92,7 +102,7 @@ def channel_specs(devices: Sequence[Any], moduli: Mapping[tuple[str, str], int])
                     role=ch.role,
                     device=dev.id,
                     quantity=ch.quantity,
-                    serial=getattr(dev, "serial", None),
+                    serial=normalise_serial(getattr(dev, "serial", None)),
                     multiplier=ch.multiplier,
                     register_modulus_wh=getattr(ch, "register_modulus_wh", None) or moduli.get((dev.id, ch.quantity)),
                     rated_power_w=round(rated) if rated is not None else None,

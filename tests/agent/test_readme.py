@@ -51,6 +51,10 @@ README_LINES: list[tuple[str, str]] = [
         r"gia (report|evidence|verify|keys show) .*",
         "tests/certification/test_area_cli.py::test_cli_report_evidence_verify_keys",
     ),
+    (
+        r"gia (report .* --reissue --reason .*|keys rotate --reason .*|verify .* --trusted-keys .* --policy .*)",
+        "tests/certification/test_area_cli.py::test_cli_report_evidence_verify_keys",
+    ),
     (r"gia area-report .*", "tests/certification/test_area_cli.py::test_cli_meter_replacement_and_area_report"),
     (r"gia meter-replacement .*", "tests/certification/test_area_cli.py::test_cli_meter_replacement_and_area_report"),
     (r"gia forecast backtest .*", "tests/forecasting/test_cli_backtest.py::test_backtest_json_on_a_generated_csv"),
@@ -126,13 +130,16 @@ def stop(proc: subprocess.Popen[str]) -> str:
 @pytest.mark.slow
 @pytest.mark.modbus
 def test_backfill_gives_a_verified_last_month(tmp_path: Path) -> None:
-    """README: make demo DEMO_ARGS="--backfill 62", then report / keys export / evidence / verify."""
+    """README: make demo DEMO_ARGS="--backfill 62", then report / keys export / evidence / verify of the last
+    closed month (closed 48 h after its end: on the 1st and 2nd of a month, the month before)."""
     riga = ZoneInfo("Europe/Riga")
     now = datetime.now(riga)
     first_of_this = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    if now - first_of_this < timedelta(hours=49):  # the settlement delay, plus the backfill's own time
+        first_of_this = (first_of_this - timedelta(days=1)).replace(day=1)
     last_month = (first_of_this - timedelta(days=1)).strftime("%Y-%m")
     start_of_last = (first_of_this - timedelta(days=1)).replace(day=1)
-    days = (datetime.now(UTC) - start_of_last.astimezone(UTC)).days + 2  # the whole previous month
+    days = (datetime.now(UTC) - start_of_last.astimezone(UTC)).days + 2  # the whole month
     proc, base = start_demo(tmp_path, "--backfill", str(days))
     try:
         wait_healthy(base, proc, timeout=120)
@@ -142,12 +149,20 @@ def test_backfill_gives_a_verified_last_month(tmp_path: Path) -> None:
     res = gia("report", "demo", last_month, "--config", cfg, "-o", "report.json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     report = json.loads((tmp_path / "report.json").read_text())
+    assert report["period"]["complete"] is True
     assert report["quality"]["grade"] == "verified", report["quality"]
-    assert gia("keys", "export", "site-key.pem", "--config", cfg, cwd=tmp_path).returncode == 0
+    res = gia("keys", "export", "site-key.pem", "--config", cfg, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    fingerprint = report["signature"]["key_id"]
+    assert fingerprint in res.stdout
     res = gia("evidence", "demo", last_month, "-o", "evidence", "--config", cfg, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "evidence" / "public_key.pem").exists()
     res = gia("verify", "report.json", "--public-key", "site-key.pem", "--evidence", "evidence", cwd=tmp_path)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert (
+        f"OK demo {last_month}: signature valid, key {fingerprint}, evidence recomputed, grade verified" in res.stdout
+    )
 
 
 @pytest.mark.slow

@@ -21,7 +21,16 @@ from gateway.certification.service import (
 )
 from gateway.runtime.live import LiveState
 from gateway.site.resolve import resolve_site
-from tests.certification.helpers import MARCH_END, MARCH_START, channel, device, make_ledger, register_samples, settings
+from tests.certification.helpers import (
+    MARCH_END,
+    MARCH_START,
+    channel,
+    device,
+    make_ledger,
+    register_samples,
+    settings,
+    site_key,
+)
 
 CERT = "c" * 40
 
@@ -33,6 +42,7 @@ def client(tmp_path: Path) -> httpx.AsyncClient:
         s.ledger_path,
         register_samples("grid", "energy_import_wh", MARCH_START, MARCH_END, value=lambda k, _ts: 1_000_000 + 250 * k),
     ).close()
+    site_key(s)  # a ledger with history gets its key from `gia keys rotate`, never silently
     service = ReportService(
         s, resolve_site(s, base_dir=Path.cwd()), now_ms=lambda: to_ms(datetime(2025, 4, 15, tzinfo=UTC))
     )

@@ -22,6 +22,7 @@ from drivers.model import Sample  # noqa: E402
 from gateway.api.app import ApiServices, create_app  # noqa: E402
 from gateway.api.auth import Authenticator, Principal, TokenEntry  # noqa: E402
 from gateway.certification.service import ReportService  # noqa: E402
+from gateway.certification.sitekeys import rotate_site_key  # noqa: E402
 from gateway.ledger.store import Ledger  # noqa: E402
 from gateway.runtime.live import LiveState  # noqa: E402
 from gateway.settings import load_settings  # noqa: E402
@@ -46,6 +47,7 @@ def _app(tmp: Path) -> Any:
     t0 = datetime(2026, 1, 1, tzinfo=UTC)
     led.append(Sample("m", "energy_import_wh", 1000 * i, "Wh", t0 + timedelta(minutes=15 * i)) for i in range(3000))
     led.close()
+    rotate_site_key(s.data_dir / "keys", s.ledger_path, site="fz", reason="fuzz site key")  # never made silently
     reports = ReportService(
         s, resolve_site(s, base_dir=tmp), now_ms=lambda: int(datetime(2026, 3, 5, tzinfo=UTC).timestamp() * 1000)
     )

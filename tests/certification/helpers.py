@@ -79,7 +79,17 @@ def settings(
     )
 
 
+def site_key(s: Settings) -> None:
+    """Give the site a signing key the way an operator does (`gia keys rotate`), announced in the events
+    chain: a service never creates one for a ledger that already holds readings."""
+    from gateway.certification.sitekeys import rotate_site_key
+
+    if not (s.data_dir / "keys" / "site-ed25519.pem").exists():
+        rotate_site_key(s.data_dir / "keys", s.ledger_path, site=s.site.id, reason="test site key")
+
+
 def service(s: Settings, *, now: datetime = datetime(2025, 6, 1, tzinfo=UTC)) -> ReportService:
+    site_key(s)
     return ReportService(s, resolve_site(s, base_dir=Path.cwd()), now_ms=lambda: ms(now))
 
 

@@ -238,8 +238,9 @@ def test_report_signed_by_another_key_is_caught(site: dict[str, Any], tmp_path: 
     _edit_report(ev, edit)
     rc, out = _verify(ev / "report.json", site["dir"] / "site.pem", ev)
     assert rc == 1
-    assert "FAIL signature: signature key_id" in out
-    assert "!= published key" in out
+    # the report names a key that is not the one in force (the pinned key, announced in the events chain)
+    assert "FAIL signature: report signed by key " + key_id(other.public_key()) in out
+    assert "the key in force at its events head is" in out
 
 
 def test_unusable_input_exits_2(site: dict[str, Any], tmp_path: Path) -> None:
@@ -317,8 +318,8 @@ def test_report_commits_to_the_events_chain(with_events: dict[str, Any], tmp_pat
     src = with_events["dir"] / "evidence"
     rep = json.loads((src / "report.json").read_bytes())
     events = _events(src)
-    assert [e["kind"] for e in events] == ["clock_jump", "meter_replacement"]
-    assert rep["evidence"]["events_head_id"] == 2 and rep["evidence"]["events_head"] == events[-1]["hash"]
+    assert [e["kind"] for e in events] == ["clock_jump", "meter_replacement", "key_transition"]
+    assert rep["evidence"]["events_head_id"] == 3 and rep["evidence"]["events_head"] == events[-1]["hash"]
     rc, out = _verify(src / "report.json", with_events["dir"] / "site.pem", src)
     assert rc == 0, out
     z = tmp_path / "ev.zip"
@@ -331,7 +332,7 @@ def test_report_commits_to_the_events_chain(with_events: dict[str, Any], tmp_pat
     [
         ("delete the clock jump", "FAIL evidence.events: event 1 is missing"),
         ("edit the clock jump", "FAIL evidence.events: event 1 (clock_jump) does not match its chain hash"),
-        ("drop the last event", "FAIL evidence.events_head_id: report says 2, recomputed 1"),
+        ("drop the last event", "FAIL evidence.events_head_id: report says 3, recomputed 2"),
         ("no events file", "the bundle has no events.jsonl"),
     ],
 )

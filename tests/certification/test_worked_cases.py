@@ -58,7 +58,14 @@ def test_full_month_constant_load_is_verified(tmp_path: Path) -> None:
     assert ch["energy_wh"] == FULL_MONTH_WH
     assert ch["measured_wh"] == FULL_MONTH_WH
     assert ch["opening"]["method"] == ch["closing"]["method"] == "measured"
-    assert ch["coverage"] == {"time": "1.000000", "energy": "1.000000", "intervals": 2972, "intervals_measured": 2972}
+    assert ch["coverage"] == {
+        "time": "1.000000",
+        "energy": "1.000000",
+        "intervals": 2972,
+        "intervals_measured": 2972,
+        "interval_energy_measured_wh": FULL_MONTH_WH,
+    }
+    assert ch["interval_grade"] == "verified"
     assert ch["grade"] == "verified"
     assert rep["quality"]["grade"] == "verified"
     assert rep["period"]["hours"] == 743
@@ -102,13 +109,14 @@ def test_gap_across_boundary_interpolates_the_opening(tmp_path: Path) -> None:
     op = ch["opening"]
     assert op["method"] == "interpolated"
     # 21:45 is k=7 (1700 Wh), 22:15 is k=9 (1900 Wh): halfway -> 1800 Wh
-    assert op["register_wh"] == 1800
-    assert [b["register_wh"] for b in op["bracket"]] == [1700, 1900]
+    assert op["register_value"] == 1800
+    assert [b["register_value"] for b in op["bracket"]] == [1700, 1900]
     assert ch["energy_wh"] == FULL_MONTH_WH
     assert ch["interpolated_wh"] == 100  # the 200 Wh step 21:45-22:15: half of it after 22:00
     assert ch["measured_wh"] == FULL_MONTH_WH - 100
-    assert ch["grade"] == "provisional"
-    assert "m1.grid_import: opening boundary interpolated" in ch["reasons"]
+    # interpolated between measured readings 30 min apart: the total stays verified (coverage 0.999664)
+    assert ch["grade"] == "verified"
+    assert ch["coverage"]["energy"] == "0.999664"
 
 
 def test_reset_mid_month_is_estimated_and_provisional(tmp_path: Path) -> None:
@@ -128,7 +136,7 @@ def test_reset_mid_month_is_estimated_and_provisional(tmp_path: Path) -> None:
     assert ch["gaps"][0]["cause"] == "register decreased without a recorded replacement"
 
 
-def test_meter_replacement_with_recorded_pair_is_measured(tmp_path: Path) -> None:
+def test_meter_replacement_with_a_consistent_pair_is_estimated_across_the_swap(tmp_path: Path) -> None:
     swap = datetime(2025, 3, 20, 10, tzinfo=UTC)
     k_swap = int((swap - T0) / timedelta(minutes=15))
 
@@ -146,25 +154,31 @@ def test_meter_replacement_with_recorded_pair_is_measured(tmp_path: Path) -> Non
             registers={"energy_import_wh": (old_at_swap + 20, 500)},
             old_serial="OLD-1",
             new_serial="NEW-2",
+            recorded_ms=int((swap + timedelta(hours=1)).timestamp() * 1000),
         )
 
     ch = _report(tmp_path, register_samples("m1", "energy_import_wh", T0, T1, value=value), events=[event])["channels"][
         0
     ]
-    assert ch["energy_wh"] == FULL_MONTH_WH - 100 + 90  # 20 Wh on the old + 70 Wh on the new meter
-    assert ch["estimated_wh"] == 0
-    assert ch["grade"] == "verified"
+    # The pair says 20 + 70 = 90 Wh across 10:00-10:15; the swap step is estimated from the neighbouring
+    # steps instead (100 Wh per 15 min on both sides: (100 + 100) x 15 / 30 = 100 Wh), and flagged.
+    assert ch["energy_wh"] == FULL_MONTH_WH
+    assert ch["estimated_wh"] == 100
+    assert ch["grade"] == "verified"  # 100 / 297 200 estimated is within 1 %
     ev = ch["register_events"]
     assert [e["kind"] for e in ev] == ["meter_replacement"]
     assert ev[0]["replacement"]["old_serial"] == "OLD-1"
-    assert ev[0]["step_energy_wh"] == 90
+    assert ev[0]["replacement"]["recorded_pair_advance"] == 90
+    assert ev[0]["replacement"]["recorded_at"] == "2025-03-20T11:00:00Z"
+    assert ev[0]["step_energy_wh"] == 100
+    assert next(v for v in ch["validation"] if v["rule"] == "late_record")["status"] == "pass"
 
 
 def test_rollover_adds_the_modulus(tmp_path: Path) -> None:
     def value(k: int, ts: datetime) -> int:
         return (990_000 + 100 * k) % 1_000_000
 
-    devs = [device("m1", channel("grid_import", register_modulus_wh=1_000_000))]
+    devs = [device("m1", channel("grid_import", register_modulus_wh=1_000_000, rated_power_w=1000))]
     ch = _report(tmp_path, register_samples("m1", "energy_import_wh", T0, T1, value=value), devices=devs)["channels"][0]
     assert ch["energy_wh"] == FULL_MONTH_WH
     assert [e["kind"] for e in ch["register_events"]] == ["rollover"]
@@ -173,7 +187,7 @@ def test_rollover_adds_the_modulus(tmp_path: Path) -> None:
 
 def test_pv_producing_at_night_fails_validation(tmp_path: Path) -> None:
     devs = [
-        device("m1", channel("grid_import")),
+        device("m1", channel("grid_import", rated_power_w=1000)),
         device("pv", channel("generation", "energy_export_wh", source="pv", renewable=True, rated_power_w=2000)),
     ]
     samples = register_samples("m1", "energy_import_wh", T0, T1, value=constant_400w)
@@ -223,8 +237,8 @@ def test_shared_boundaries_and_chain_of_months(tmp_path: Path) -> None:
     for a, b in itertools.pairwise(reps):
         assert a["channels"][0]["closing"] == {**b["channels"][0]["opening"], "side": "closing"}
     total = sum(r["channels"][0]["energy_wh"] for r in reps)
-    first = reps[0]["channels"][0]["opening"]["register_wh"]
-    last = reps[-1]["channels"][0]["closing"]["register_wh"]
+    first = reps[0]["channels"][0]["opening"]["register_value"]
+    last = reps[-1]["channels"][0]["closing"]["register_value"]
     assert total == last - first
     raw = [svc.report_json("s1", m) for m in months]
     assert reps[2]["previous_report_sha256"] == hashlib.sha256(raw[1]).hexdigest()

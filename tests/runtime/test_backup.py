@@ -70,8 +70,13 @@ async def test_backup_while_running_then_restore(tmp_path: Path) -> None:
         second = await asyncio.to_thread(gia, "run", "--config", str(cfg))
         assert second.returncode == 1 and "another gia agent is running" in second.stderr
         bundle = tmp_path / "site.tar.gz"
-        res = await asyncio.to_thread(gia, "backup", str(bundle), "--config", str(cfg))
+        passphrase = tmp_path / "passphrase"
+        passphrase.write_text("a long backup passphrase\n")
+        res = await asyncio.to_thread(
+            gia, "backup", str(bundle), "--config", str(cfg), "--include-key", "--passphrase-file", str(passphrase)
+        )
         assert res.returncode == 0, res.stderr
+        assert "encrypted with your passphrase" in res.stdout
         refused = await asyncio.to_thread(gia, "restore", str(bundle), "--config", str(cfg), "--force")
         assert refused.returncode == 1 and "is running" in refused.stderr
     finally:
@@ -81,20 +86,23 @@ async def test_backup_while_running_then_restore(tmp_path: Path) -> None:
     assert oct(bundle.stat().st_mode & 0o777) == "0o600"
     with tarfile.open(bundle) as tar:
         assert {"gia.yaml", "ledger.db", "keys"} <= {m.split("/")[0] for m in tar.getnames()}
-    # A new gateway (fresh data dir) gets the site back.
+        key = tar.extractfile("keys/site-ed25519.pem.enc")
+        assert key is not None and b"BEGIN ENCRYPTED PRIVATE KEY" in key.read()  # never in clear
+    # A new gateway (fresh data dir) gets the site back, key included with the passphrase.
     fresh = tmp_path / "fresh"
     fresh.mkdir()
     cfg2 = config(fresh / "gia.yaml", "data", port, http_port)
     res = gia("restore", str(bundle), "--config", str(cfg2))
+    assert res.returncode == 1 and "--passphrase-file" in res.stderr
+    res = gia("restore", str(bundle), "--config", str(cfg2), "--passphrase-file", str(passphrase))
     assert res.returncode == 0, res.stderr
     restored = Ledger(fresh / "data" / "ledger.db", readonly=True)
     assert restored.verify().ok and restored.count() > 500
     restored.close()
-    keys_a = sorted((site / "data" / "keys").iterdir())
-    keys_b = sorted((fresh / "data" / "keys").iterdir())
-    assert [p.read_bytes() for p in keys_a] == [p.read_bytes() for p in keys_b]
+    shown = [gia("keys", "show", "--config", str(c)).stdout for c in (cfg, cfg2)]
+    assert "key_id (fingerprint)" in shown[0] and shown[0] == shown[1]  # the same key
     assert (fresh / "gia.yaml.from-backup").exists()
-    again = gia("restore", str(bundle), "--config", str(cfg2))
+    again = gia("restore", str(bundle), "--config", str(cfg2), "--passphrase-file", str(passphrase))
     assert again.returncode == 1 and "--force" in again.stderr
 
 

@@ -59,6 +59,7 @@ HA_SENSORS: Final[dict[str, tuple[str | None, str | None]]] = {
     "soc_pct": ("battery", "%"),
     "temperature_c": ("temperature", "°C"),
     "status": (None, None),
+    "serial_number": (None, None),
 }
 
 #: Human names shown in HA (the device name is prefixed by HA itself).
@@ -86,6 +87,7 @@ HA_NAMES: Final[dict[str, str]] = {
     "soc_pct": "State of charge",
     "temperature_c": "Temperature",
     "status": "Status code",
+    "serial_number": "Serial number",
 }
 
 _ID_RE: Final = re.compile(r"^[a-zA-Z0-9_-]+$")
@@ -202,7 +204,7 @@ def sensor_config(ctx: DiscoveryContext, device: DiscoveryDevice, quantity: str)
     precision = ctx.precision.get(quantity, _default_precision(quantity))
     if precision is not None:
         cfg["suggested_display_precision"] = precision
-    if quantity == "status":
+    if quantity in ("status", "serial_number"):
         cfg["entity_category"] = "diagnostic"
     return cfg
 

@@ -41,3 +41,8 @@ class Topics:
 
     def report(self, month: str) -> str:
         return f"{self.prefix}/report/{_level(month, 'month')}"
+
+    @property
+    def key_transitions(self) -> str:
+        """The site's key-transition statements (retained; the area hub follows them from a pinned key)."""
+        return f"{self.prefix}/keys/transition"

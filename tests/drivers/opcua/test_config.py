@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 import yaml
-from gateway.runtime.logs import setup_logging
 
 from drivers.base import PermanentError
 from drivers.factory import create_driver, device_class_of, device_map
 from drivers.opcua.config import OpcuaDeviceConfig
 from drivers.opcua.driver import OpcuaDriver
 from drivers.services import DriverServices
+from gateway.runtime.logs import setup_logging
 from gateway.settings import ConfigError, load_settings
 
 
