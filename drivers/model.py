@@ -62,14 +62,28 @@ class QuantityKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class QuantitySpec:
+    """Everything written about a quantity, once: its SI unit and kind, a description, the label people
+    read (the page, Home Assistant), and its sensor class (Home Assistant's `device_class`: power,
+    energy, voltage, ...; None where no class fits)."""
+
     name: str
     unit: str
     kind: QuantityKind
     description: str
+    label: str
+    sensor_class: str | None = None
+
+    @property
+    def display_unit(self) -> str | None:
+        """The unit as dashboards spell it (degC -> °C, deg -> °); None for unitless values."""
+        return _DISPLAY_UNITS.get(self.unit, self.unit) or None
 
 
-def _q(name: str, unit: str, kind: QuantityKind, description: str) -> QuantitySpec:
-    return QuantitySpec(name=name, unit=unit, kind=kind, description=description)
+_DISPLAY_UNITS: Final = {"degC": "°C", "deg": "°", "1": "", "": ""}
+
+
+def _q(name: str, unit: str, kind: QuantityKind, label: str, sensor: str | None, description: str) -> QuantitySpec:
+    return QuantitySpec(name=name, unit=unit, kind=kind, description=description, label=label, sensor_class=sensor)
 
 
 _I, _C, _S = QuantityKind.INSTANT, QuantityKind.COUNTER, QuantityKind.STATE
@@ -79,37 +93,72 @@ _I, _C, _S = QuantityKind.INSTANT, QuantityKind.COUNTER, QuantityKind.STATE
 QUANTITIES: Final[dict[str, QuantitySpec]] = {
     q.name: q
     for q in [
-        _q("power_w", "W", _I, "total active power; grid meter: + import; battery: + discharge"),
-        _q("power_l1_w", "W", _I, "active power phase L1"),
-        _q("power_l2_w", "W", _I, "active power phase L2"),
-        _q("power_l3_w", "W", _I, "active power phase L3"),
-        _q("voltage_l1_v", "V", _I, "phase-to-neutral voltage L1"),
-        _q("voltage_l2_v", "V", _I, "phase-to-neutral voltage L2"),
-        _q("voltage_l3_v", "V", _I, "phase-to-neutral voltage L3"),
-        _q("current_l1_a", "A", _I, "current L1"),
-        _q("current_l2_a", "A", _I, "current L2"),
-        _q("current_l3_a", "A", _I, "current L3"),
-        _q("frequency_hz", "Hz", _I, "grid frequency"),
-        _q("reactive_power_var", "var", _I, "total reactive power"),
-        _q("apparent_power_va", "VA", _I, "total apparent power"),
-        _q("power_factor", "1", _I, "total power factor"),
-        _q("energy_import_wh", "Wh", _C, "cumulative imported (grid meter) or consumed energy"),
-        _q("energy_export_wh", "Wh", _C, "cumulative exported or produced energy"),
-        _q("dc_power_w", "W", _I, "DC power (inverter input)"),
-        _q("wind_speed_ms", "m/s", _I, "wind speed at hub height"),
-        _q("wind_direction_deg", "deg", _I, "wind direction, degrees from north"),
-        _q("rotor_speed_rpm", "rpm", _I, "rotor speed"),
-        _q("soc_pct", "%", _I, "battery state of charge"),
-        _q("temperature_c", "degC", _I, "temperature"),
-        _q("status", "", _S, "device operating state code"),
+        _q("power_w", "W", _I, "Power", "power", "total active power; grid meter: + import; battery: + discharge"),
+        _q("power_l1_w", "W", _I, "Power L1", "power", "active power phase L1"),
+        _q("power_l2_w", "W", _I, "Power L2", "power", "active power phase L2"),
+        _q("power_l3_w", "W", _I, "Power L3", "power", "active power phase L3"),
+        _q("voltage_l1_v", "V", _I, "Voltage L1", "voltage", "phase-to-neutral voltage L1"),
+        _q("voltage_l2_v", "V", _I, "Voltage L2", "voltage", "phase-to-neutral voltage L2"),
+        _q("voltage_l3_v", "V", _I, "Voltage L3", "voltage", "phase-to-neutral voltage L3"),
+        _q("current_l1_a", "A", _I, "Current L1", "current", "current L1"),
+        _q("current_l2_a", "A", _I, "Current L2", "current", "current L2"),
+        _q("current_l3_a", "A", _I, "Current L3", "current", "current L3"),
+        _q("frequency_hz", "Hz", _I, "Frequency", "frequency", "grid frequency"),
+        _q("reactive_power_var", "var", _I, "Reactive power", "reactive_power", "total reactive power"),
+        _q("apparent_power_va", "VA", _I, "Apparent power", "apparent_power", "total apparent power"),
+        _q("power_factor", "1", _I, "Power factor", "power_factor", "total power factor"),
+        _q(
+            "energy_import_wh",
+            "Wh",
+            _C,
+            "Energy imported",
+            "energy",
+            "cumulative imported (grid meter) or consumed energy",
+        ),
+        _q("energy_export_wh", "Wh", _C, "Energy exported", "energy", "cumulative exported or produced energy"),
+        _q("dc_power_w", "W", _I, "DC power", "power", "DC power (inverter input)"),
+        _q("wind_speed_ms", "m/s", _I, "Wind speed", "wind_speed", "wind speed at hub height"),
+        _q("wind_direction_deg", "deg", _I, "Wind direction", None, "wind direction, degrees from north"),
+        _q("rotor_speed_rpm", "rpm", _I, "Rotor speed", None, "rotor speed"),
+        _q("soc_pct", "%", _I, "State of charge", "battery", "battery state of charge"),
+        _q("temperature_c", "degC", _I, "Temperature", "temperature", "temperature"),
+        _q("status", "", _S, "Status code", None, "device operating state code"),
         # Heat and cooling meters (M-Bus): thermal energy is kept apart from electrical energy.
-        _q("heat_energy_wh", "Wh", _C, "cumulative thermal energy of a heat or cooling meter"),
-        _q("heat_power_w", "W", _I, "thermal power of a heat or cooling meter"),
-        _q("flow_temperature_c", "degC", _I, "supply (flow) temperature of a heat meter"),
-        _q("return_temperature_c", "degC", _I, "return temperature of a heat meter"),
+        _q("heat_energy_wh", "Wh", _C, "Heat energy", "energy", "cumulative thermal energy of a heat or cooling meter"),
+        _q("heat_power_w", "W", _I, "Heat power", "power", "thermal power of a heat or cooling meter"),
+        _q(
+            "flow_temperature_c",
+            "degC",
+            _I,
+            "Flow temperature",
+            "temperature",
+            "supply (flow) temperature of a heat meter",
+        ),
+        _q(
+            "return_temperature_c",
+            "degC",
+            _I,
+            "Return temperature",
+            "temperature",
+            "return temperature of a heat meter",
+        ),
         # EV chargers (OCPP): the charging session in progress, or the last one.
-        _q("session_energy_wh", "Wh", _I, "energy delivered in the charging session (resets per session)"),
-        _q("serial_number", "", _S, "the device's serial number, where its map can read it (reports record it)"),
+        _q(
+            "session_energy_wh",
+            "Wh",
+            _I,
+            "Session energy",
+            "energy",
+            "energy delivered in the charging session (resets per session)",
+        ),
+        _q(
+            "serial_number",
+            "",
+            _S,
+            "Serial number",
+            None,
+            "the device's serial number, where its map can read it (reports record it)",
+        ),
     ]
 }
 

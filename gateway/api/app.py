@@ -172,7 +172,12 @@ def create_app(services: ApiServices) -> FastAPI:
 
     @app.get("/api/v1/quantities", tags=["live"], summary="Canonical quantities and their units")
     async def quantities(_p: Viewer) -> dict[str, Any]:
-        return {"quantities": {q.name: {"unit": q.unit, "kind": q.kind.value} for q in QUANTITIES.values()}}
+        return {
+            "quantities": {
+                q.name: {"unit": q.unit, "kind": q.kind.value, "label": q.label, "display_unit": q.display_unit}
+                for q in QUANTITIES.values()
+            }
+        }
 
     @app.get("/api/v1/forecasts/{target}", tags=["forecasts"], summary="Current forecast of a target")
     async def forecast(target: Literal["load", "wind", "pv"], _p: Viewer) -> dict[str, Any]:

@@ -17,7 +17,6 @@ import pytest
 from drivers.maps import load_map
 from drivers.model import QUANTITIES
 from gateway.sinks.mqtt.discovery import (
-    HA_SENSORS,
     DiscoveryContext,
     DiscoveryDevice,
     config_topic,
@@ -105,7 +104,10 @@ def test_state_classes_follow_the_quantity_kind() -> None:
     for q in ("power_w", "voltage_l1_v", "soc_pct", "wind_speed_ms", "temperature_c", "frequency_hz"):
         assert state_class(q) == "measurement"
     assert state_class("status") is None  # an enumerated code: no statistics
-    assert set(HA_SENSORS) == set(QUANTITIES)  # a new quantity must be mapped on purpose
+    # the one quantity table says how each is shown (a new quantity cannot be added without a label)
+    assert all(q.label for q in QUANTITIES.values())
+    assert (QUANTITIES["temperature_c"].display_unit, QUANTITIES["power_factor"].display_unit) == ("°C", None)
+    assert QUANTITIES["wind_direction_deg"].display_unit == "°" and QUANTITIES["power_w"].sensor_class == "power"
 
 
 def test_units_and_classes_for_the_energy_quantities() -> None:

@@ -33,63 +33,6 @@ from typing import Any, Final
 from drivers.model import QUANTITIES, QuantityKind
 from gateway.sinks.mqtt.topics import Topics
 
-#: quantity -> (HA device_class or None, HA unit or None). Units are the ones HA accepts for the class
-#: (https://www.home-assistant.io/integrations/sensor/#device-class).
-HA_SENSORS: Final[dict[str, tuple[str | None, str | None]]] = {
-    "power_w": ("power", "W"),
-    "power_l1_w": ("power", "W"),
-    "power_l2_w": ("power", "W"),
-    "power_l3_w": ("power", "W"),
-    "dc_power_w": ("power", "W"),
-    "voltage_l1_v": ("voltage", "V"),
-    "voltage_l2_v": ("voltage", "V"),
-    "voltage_l3_v": ("voltage", "V"),
-    "current_l1_a": ("current", "A"),
-    "current_l2_a": ("current", "A"),
-    "current_l3_a": ("current", "A"),
-    "frequency_hz": ("frequency", "Hz"),
-    "reactive_power_var": ("reactive_power", "var"),
-    "apparent_power_va": ("apparent_power", "VA"),
-    "power_factor": ("power_factor", None),
-    "energy_import_wh": ("energy", "Wh"),
-    "energy_export_wh": ("energy", "Wh"),
-    "wind_speed_ms": ("wind_speed", "m/s"),
-    "wind_direction_deg": (None, "°"),
-    "rotor_speed_rpm": (None, "rpm"),
-    "soc_pct": ("battery", "%"),
-    "temperature_c": ("temperature", "°C"),
-    "status": (None, None),
-    "serial_number": (None, None),
-}
-
-#: Human names shown in HA (the device name is prefixed by HA itself).
-HA_NAMES: Final[dict[str, str]] = {
-    "power_w": "Power",
-    "power_l1_w": "Power L1",
-    "power_l2_w": "Power L2",
-    "power_l3_w": "Power L3",
-    "dc_power_w": "DC power",
-    "voltage_l1_v": "Voltage L1",
-    "voltage_l2_v": "Voltage L2",
-    "voltage_l3_v": "Voltage L3",
-    "current_l1_a": "Current L1",
-    "current_l2_a": "Current L2",
-    "current_l3_a": "Current L3",
-    "frequency_hz": "Frequency",
-    "reactive_power_var": "Reactive power",
-    "apparent_power_va": "Apparent power",
-    "power_factor": "Power factor",
-    "energy_import_wh": "Energy imported",
-    "energy_export_wh": "Energy exported",
-    "wind_speed_ms": "Wind speed",
-    "wind_direction_deg": "Wind direction",
-    "rotor_speed_rpm": "Rotor speed",
-    "soc_pct": "State of charge",
-    "temperature_c": "Temperature",
-    "status": "Status code",
-    "serial_number": "Serial number",
-}
-
 _ID_RE: Final = re.compile(r"^[a-zA-Z0-9_-]+$")
 _CONFIG_TOPIC_RE: Final = re.compile(
     r"^(?P<prefix>.+)/sensor/gia_(?P<node>[a-zA-Z0-9_-]+)/(?P<quantity>[a-z0-9_]+)/config$"
@@ -174,9 +117,11 @@ def _default_precision(quantity: str) -> int | None:
 
 def sensor_config(ctx: DiscoveryContext, device: DiscoveryDevice, quantity: str) -> dict[str, Any]:
     """The discovery config JSON of one sensor (one quantity of one device)."""
-    ha_class, unit = HA_SENSORS.get(quantity, (None, QUANTITIES[quantity].unit if quantity in QUANTITIES else None))
+    spec = QUANTITIES.get(quantity)
+    ha_class = spec.sensor_class if spec is not None else None
+    unit = spec.display_unit if spec is not None else None
     cfg: dict[str, Any] = {
-        "name": HA_NAMES.get(quantity, quantity),
+        "name": spec.label if spec is not None else quantity,
         "unique_id": unique_id(ctx.site, device.id, quantity),
         # The entity id HA proposes (`default_entity_id` replaced `object_id` in HA 2025.10).
         "default_entity_id": f"sensor.{unique_id(ctx.site, device.id, quantity)}",
@@ -293,7 +238,6 @@ def device_from_map(
 
 
 __all__ = [
-    "HA_SENSORS",
     "DiscoveryContext",
     "DiscoveryDevice",
     "DiscoveryMessage",
