@@ -87,8 +87,9 @@ def _medium_class() -> Any:
                     try:
                         S2Parser.parse_as_any_message(obj)
                     except S2ValidationError as exc:
-                        await self.reject(str(obj.get("message_id") or ""), str(exc), answered=True)
-                    yield raw  # s2-python's connection answers INVALID_MESSAGE with the reason itself
+                        await self.reject(str(obj.get("message_id") or ""), _reason(exc), invalid_message=True)
+                        continue
+                    yield raw
             except ConnectionClosed:
                 self.closed = True
                 raise MediumClosedConnectionError("the resource manager closed the connection") from None
@@ -102,6 +103,17 @@ def _medium_class() -> Any:
                 raise MediumClosedConnectionError("the resource manager closed the connection") from None
 
     return ServerMedium
+
+
+def _reason(exc: Exception) -> str:
+    """What is wrong with a message, field by field (from pydantic's errors behind s2-python's)."""
+    from pydantic import ValidationError
+
+    cause = exc.__cause__
+    if isinstance(cause, ValidationError):
+        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}" for e in cause.errors()[:5]]
+        return "; ".join(parts)
+    return str(getattr(exc, "msg", exc))
 
 
 class S2Cem:
@@ -147,16 +159,21 @@ class S2Cem:
         session = Session(peer)
         self.sessions[peer] = session
 
-        async def reject(message_id: str, reason: str, answered: bool = False) -> None:
+        async def reject(message_id: str, reason: str, invalid_message: bool = False) -> None:
+            """Answer a malformed message with the reason (s2-python's own answer says only that pydantic
+            raised), and record it."""
             session.rejected += 1
             await self.record("s2.rejected", None, {"peer": peer, "message_id": message_id, "reason": reason[:500]})
-            if not answered:
-                status = ReceptionStatus(
-                    subject_message_id=uuid.UUID(int=0),
-                    status=ReceptionStatusValues.INVALID_DATA,
-                    diagnostic_label=reason[:500],
-                )
-                await ws.send(status.to_json())
+            try:
+                subject = uuid.UUID(message_id)
+            except ValueError:
+                subject, invalid_message = uuid.UUID(int=0), False
+            status = ReceptionStatus(
+                subject_message_id=subject,
+                status=ReceptionStatusValues.INVALID_MESSAGE if invalid_message else ReceptionStatusValues.INVALID_DATA,
+                diagnostic_label=reason[:500],
+            )
+            await ws.send(status.to_json())
 
         medium = _medium_class()(ws, reject)
         conn = S2AsyncConnection(medium, eventloop=asyncio.get_running_loop())
@@ -164,6 +181,8 @@ class S2Cem:
         await self.record("s2.session", None, {"peer": peer, "event": "connected"})
         try:
             await conn.run()
+        except Exception as exc:  # one RM's broken session must not end the CEM
+            log.warning("S2 session with %s ended: %s: %s", peer, type(exc).__name__, exc)
         finally:
             self.sessions.pop(peer, None)
             await self.record("s2.session", session.resource_id, {"peer": peer, "event": "closed"})
@@ -171,11 +190,13 @@ class S2Cem:
     # -- the CEM's side of the protocol ----------------------------------------------------------------
     def _register(self, conn: Any, session: Session) -> None:
         from s2python import common, frbc, pebc
-        from s2python.connection import ConnectionStarted
+        from s2python.connection import ConnectionStarted, ConnectionStopped
         from s2python.version import S2_VERSION
 
         async def started(c: Any, _e: Any, _ok: Any) -> None:
-            await c.send_msg_and_await_reception_status(
+            # not awaited: run() waits for this handler before it starts receiving, so waiting here for
+            # the RM's ReceptionStatus would stall (and a silent RM would end the session with a timeout)
+            await c.send_and_forget(
                 common.Handshake(
                     message_id=uuid.uuid4(),
                     role=common.EnergyManagementRole.CEM,
@@ -234,7 +255,11 @@ class S2Cem:
         async def fine(_c: Any, _msg: Any, ok: Any) -> None:
             await ok()
 
+        async def stopped(_c: Any, _e: Any, _ok: Any) -> None:
+            return None
+
         conn.register_handler(ConnectionStarted, started)
+        conn.register_handler(ConnectionStopped, stopped)
         conn.register_handler(common.Handshake, handshake)
         conn.register_handler(common.ResourceManagerDetails, details)
         conn.register_handler(common.PowerMeasurement, measurement)
