@@ -10,6 +10,7 @@ the ledger writer. Its routes go to the HTTP room through `Providers.routes`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import timedelta
 from functools import partial
 from typing import Any
 
@@ -78,10 +79,17 @@ async def parts(site: Site, services: Services) -> Sequence[Part]:
         reading=reading,
         record=record,
         now=services.clock.now,
+        # the site's clock, not the wall's: in an accelerated demo, dwell and ramp run in site time
+        monotonic=lambda: services.clock.now().timestamp(),
     )
+    clock = services.clock
+
+    async def sleep(seconds: float) -> None:
+        await clock.sleep_until(clock.now() + timedelta(seconds=seconds))
+
     services.health.add("control", controller.status)
     services.providers.routes.append(control_routes(controller))
-    out = [Part("control", controller.run, reasons=controller.reasons, max_backoff_s=10.0)]
+    out = [Part("control", lambda: controller.run(sleep), reasons=controller.reasons, max_backoff_s=10.0)]
     if cfg.s2 is not None:
         from gateway.control.s2cem import S2Cem
 
