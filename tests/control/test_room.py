@@ -83,19 +83,33 @@ async def test_the_room_follows_the_plan_and_an_admin_can_override_and_stop(tmp_
                 }
             ],
             "flexibility": {
-                "assets": [{"kind": "battery", "id": "battery", "capacity_wh": 200000, "max_charge_w": 50000,
-                            "max_discharge_w": 50000}]
-            },  # fmt: skip
+                "assets": [
+                    {
+                        "kind": "battery",
+                        "id": "battery",
+                        "capacity_wh": 200000,
+                        "max_charge_w": 50000,
+                        "max_discharge_w": 50000,
+                    }
+                ]
+            },
             "control": {
                 "enabled": True,
                 "dry_run": False,
                 "interval_s": 0.1,
                 "watchdog_s": 120,
                 "actuators": [
-                    {"kind": "battery", "id": "battery", "device": "battery", "max_charge_w": 40000,
-                     "max_discharge_w": 40000, "follow": "setpoint", "min_dwell_s": 0}
+                    {
+                        "kind": "battery",
+                        "id": "battery",
+                        "device": "battery",
+                        "max_charge_w": 40000,
+                        "max_discharge_w": 40000,
+                        "follow": "setpoint",
+                        "min_dwell_s": 0,
+                    }
                 ],
-            },  # fmt: skip
+            },
         }
         path = tmp_path / "gia.yaml"
         path.write_text(yaml.safe_dump(cfg))
