@@ -232,6 +232,12 @@ class SimServer:
         )
         for rtype, words in self._static.items():
             image[rtype].update(words)
+        if self.held and self.map is not None:  # what was written reads back, over a static image too
+            for wr in self.map.writable:
+                if wr.name in self.held:
+                    base = self.map.protocol_address(wr.address)
+                    for i, word in enumerate(encode_writable(wr, self.held[wr.name])):
+                        image[wr.type][base + i] = word
         return image
 
     # -- control ---------------------------------------------------------------------------------------

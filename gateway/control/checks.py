@@ -42,12 +42,14 @@ def check_control(settings: Settings, base_dir: Path) -> list[Problem]:
             )
         if isinstance(act, BatteryActuatorConfig):
             dev = devices.get(act.device)
+            if isinstance(dev, ModbusDeviceConfig) and dev.sunspec:
+                continue  # storage controls come from model 124, found when the device is first commanded
             if not isinstance(dev, ModbusDeviceConfig) or dev.map is None:
                 problems.append(
                     Problem(
                         f"{base}.device",
                         f"{act.device!r} is not a Modbus device with a map",
-                        "name a device under devices: with driver modbus and a map that has control.battery",
+                        "name a Modbus device with a map that has control.battery, or a SunSpec device (model 124)",
                     )
                 )
                 continue

@@ -18,6 +18,7 @@ from drivers.base import BatteryActuator, PermanentError, SwitchActuator
 from drivers.config import ModbusDeviceConfig, parse_connection
 from drivers.factory import device_quirks
 from drivers.modbus.registermap import RegisterMap
+from drivers.modbus.sunspec import SunSpecBattery
 from drivers.modbus.write import ModbusBattery, ModbusWriter
 from drivers.model import Quality, to_ms
 from gateway.control.api import control_routes
@@ -28,12 +29,25 @@ from gateway.rooms import Part, Room, Services
 from gateway.site.resolve import Site
 
 
-def modbus_battery(site: Site, services: Services, device_id: str) -> ModbusBattery:
-    """The battery actuator of a Modbus device, on the bus its poller shares."""
-    dev = site.device(device_id)
+def modbus_battery(site: Site, services: Services, act: BatteryActuatorConfig) -> BatteryActuator:
+    """The battery actuator of a Modbus device (its map's rule, or SunSpec model 124), on the bus its
+    poller shares."""
+    dev = site.device(act.device)
     cfg, rmap = dev.config, dev.register_map
+    if isinstance(cfg, ModbusDeviceConfig) and cfg.sunspec:
+        quirks = device_quirks(None, cfg.options)
+        conn = parse_connection(cfg.connection)
+        bus = services.drivers.pool.bus(conn, timeout_s=cfg.timeout_s, options=quirks.model_dump())
+        return SunSpecBattery(
+            device_id=act.device,
+            bus=bus,
+            unit_id=cfg.unit_id,
+            max_charge_w=act.max_charge_w,
+            max_discharge_w=act.max_discharge_w,
+        )
     if not isinstance(cfg, ModbusDeviceConfig) or not isinstance(rmap, RegisterMap):
-        raise PermanentError(f"control: {device_id} is not a Modbus device with a map")
+        raise PermanentError(f"control: {act.device} is not a Modbus device with a map")
+    device_id = act.device
     quirks = device_quirks(rmap, cfg.options)
     bus = services.drivers.pool.bus(
         parse_connection(cfg.connection), timeout_s=cfg.timeout_s, options=quirks.model_dump()
@@ -52,7 +66,7 @@ async def parts(site: Site, services: Services) -> Sequence[Part]:
     hub: Any = None
     for act in cfg.actuators:
         if isinstance(act, BatteryActuatorConfig):
-            batteries.append((act, modbus_battery(site, services, act.device)))
+            batteries.append((act, modbus_battery(site, services, act)))
         else:
             from drivers.mqtt.relay import relay_for
 
