@@ -1,12 +1,20 @@
-"""Does following the flexibility signals raise the hourly-matched renewable share? A month, replayed.
+"""Does acting on the plan raise the hourly-matched renewable share? A month, replayed.
 
-Two sites, each replayed hour by hour under three policies on the same actuals and forecasts
-(bench/replay.py): `idle` (battery unused, shiftable process at a fixed time), `default`
-(the battery's own self-consumption rule, process at a fixed time: what a site does without signals),
-`signals` (battery and process follow the FlexibilityService's plan, re-planned every hour on fresh
-noisy forecasts). Printed side by side: hourly-matched share (certification's definition, and counting
-storage the EnergyTag way), grid import, export, peak import, the process energy delivered, and the
-service's time per update.
+Two sites, each replayed hour by hour under these policies on the same actuals and forecasts
+(bench/replay.py): `idle` (battery unused, shiftable process at a fixed time), `default` — (a) the
+battery's own self-consumption mode, process at a fixed time: what a site does without the agent —,
+`signals` (the battery's controller inside the published PEBC envelope), `control` — (b) the agent's
+closed loop: gateway/control's law and safety envelope turning each hourly plan (re-planned on fresh
+noisy forecasts) into setpoints, executed by the simulator's battery physics —, and `perfect` — (c)
+perfect foresight: one plan over the whole month solved on the actuals, executed exactly.
+
+Printed side by side: the hourly-matched share as certification computes it today (storage-blind:
+sum_h min(load, renewable generation)) and counting storage the EnergyTag way (renewable-charged
+energy counts as renewable when discharged, with its losses), grid import, export, peak import, the
+process energy delivered and the service's time per update; then, for each share, the gains of (b) and
+(c) over (a) and the fraction of the perfect-foresight gain the closed loop captures. The storage-aware
+share is bench/replay.py's pool accounting; the certified storage-aware metric (issue #19, Accounting)
+comes with the certification rewrite.
 
 Sites:
 * demo — drivers/sim/site.py's DemoSite (two halls, 100 kWp PV, 2 MW wind, 200 kWh / 100 kW battery)
@@ -16,7 +24,10 @@ Sites:
   battery and process; no PV. The two series come from different continents (both 2014): the pairing is
   synthetic, the shapes are real.
 
-Run: .venv/bin/python bench/flex_replay.py [--month 2026-03] [--real-month 2014-09] [--days 30]
+The last line is the demo site's: `captured P % of the perfect-foresight gain (+X points)` on the
+storage-aware share.
+
+Run: .venv/bin/python bench/flex_replay.py [--month 2026-03] [--real-month 2014-09] [--days 30] [--skip-real]
 """
 
 from __future__ import annotations
@@ -96,7 +107,11 @@ def real_series(month: str, days: int, horizon_h: int) -> tuple[SiteSeries, floa
     return SiteSeries(start, load_w, wind_w, np.zeros(len(idx)), "Australia/Melbourne"), capacity_w
 
 
-def table(title: str, results: list[Result]) -> None:
+POLICIES = ("idle", "default", "signals", "control", "perfect")
+
+
+def table(title: str, results: list[Result]) -> str:
+    """Print the table and the gains; return the captured-fraction line (storage-aware share)."""
     print(f"\n== {title}")
     head = f"{'policy':<9} {'matched (cert)':>14} {'matched+storage':>15} {'import MWh':>10} {'export MWh':>10}"
     head += f" {'peak kW':>8} {'process MWh':>12} {'update ms':>9}"
@@ -109,18 +124,24 @@ def table(title: str, results: list[Result]) -> None:
             f" {r.shiftable_wh / 1e6:>5.1f}/{r.shiftable_target_wh / 1e6:<6.1f} {ms:>9}"
         )
     by = {r.policy: r for r in results}
-    d, s = by["default"], by["signals"]
-    print(
-        f"signals vs default: matched (cert) {100 * (s.share_cert - d.share_cert):+.2f} points,"
-        f" matched+storage {100 * (s.share_storage - d.share_storage):+.2f} points,"
-        f" import {s.import_wh / d.import_wh - 1:+.1%}, peak {s.peak_import_w / d.peak_import_w - 1:+.1%}"
-        f"; neutral updates {s.neutral_updates}/{s.updates}"
-    )
+    a, b, c = by["default"], by["control"], by["perfect"]
+    line = ""
+    for name, get in (("storage-blind (cert)", lambda r: r.share_cert), ("storage-aware", lambda r: r.share_storage)):
+        gain_b, gain_c = 100 * (get(b) - get(a)), 100 * (get(c) - get(a))
+        captured = 100 * gain_b / gain_c if abs(gain_c) > 1e-9 else float("nan")
+        print(
+            f"{name:>21}: (a) self-consumption {100 * get(a):.2f} %, (b) closed loop {100 * get(b):.2f} %"
+            f" ({gain_b:+.2f} points), (c) perfect foresight {100 * get(c):.2f} % ({gain_c:+.2f} points);"
+            f" (b) captures {captured:.0f} % of (c)-(a)"
+        )
+        line = f"captured {captured:.0f} % of the perfect-foresight gain ({gain_b:+.2f} points)"
+    print(f"neutral updates {b.neutral_updates}/{b.updates}")
+    return line
 
 
 def run(series: SiteSeries, cfg: FlexibilityConfig, hours: int, wind_cap: float, pv_cap: float) -> list[Result]:
     out = []
-    for policy in ("idle", "default", "signals"):
+    for policy in POLICIES:
         t0 = time.perf_counter()
         out.append(
             simulate(
@@ -140,14 +161,18 @@ def main() -> None:
     args = ap.parse_args()
     hours = args.days * 24
     cfg = flex_config(connection_w=2_500_000)
-    print(f"demo site, {args.month}, {args.days} days ...", flush=True)
-    demo = demo_series(args.month, args.days, cfg.horizon_h)
-    table(f"demo site {args.month} ({args.days} d)", run(demo, cfg, hours, WIND_RATED_W, PV_PEAK_W))
     if not args.skip_real:
-        print(f"\nVictoria load + La Haute Borne wind, {args.real_month} ...", flush=True)
+        print(f"Victoria load + La Haute Borne wind, {args.real_month} ...", flush=True)
         real, cap = real_series(args.real_month, args.days, cfg.horizon_h)
         cfg_real = flex_config(connection_w=1_500_000)
-        table(f"Victoria + La Haute Borne {args.real_month} ({args.days} d)", run(real, cfg_real, hours, cap, 1.0))
+        real_line = table(
+            f"Victoria + La Haute Borne {args.real_month} ({args.days} d)", run(real, cfg_real, hours, cap, 1.0)
+        )
+        print(f"real-data pairing: {real_line}")
+    print(f"\ndemo site, {args.month}, {args.days} days ...", flush=True)
+    demo = demo_series(args.month, args.days, cfg.horizon_h)
+    line = table(f"demo site {args.month} ({args.days} d)", run(demo, cfg, hours, WIND_RATED_W, PV_PEAK_W))
+    print(line)
 
 
 if __name__ == "__main__":

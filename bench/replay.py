@@ -14,7 +14,13 @@ Three policies, same site, same forecasts:
 * `signals` — every hour the `FlexibilityService` gets fresh forecasts and the measured SoC; the
   shiftable loads run as its plan says for the first interval, and the battery's own controller runs
   inside the published PEBC envelope: it still charges from any actual surplus, but discharges at most
-  what the plan schedules for the hour (so energy is kept for the hours the plan reserves it for).
+  what the plan schedules for the hour (so energy is kept for the hours the plan reserves it for);
+* `control` — the agent's closed loop (gateway/control): the same plans, turned into setpoints by the
+  control room's law (`battery_target`, follow: envelope, on the measured surplus) through its safety
+  envelope (`gateway.control.envelope.apply`: limits, SoC window), executed by the simulator's battery
+  physics (`drivers.sim.battery.BatteryModel`) — the code that runs on a site, hour by hour;
+* `perfect` — perfect foresight: one plan over the whole replay solved on the *actual* values (the
+  same LP, `gateway.flexibility.plan.solve`), executed exactly: the optimum the forecasts aim at.
 
 Indicators on the *actual* values, per hour (the resolution of hourly matching):
 
@@ -42,7 +48,7 @@ from gateway.flexibility.assets import BatteryAsset, ShiftableLoad
 from gateway.flexibility.config import FlexibilityConfig
 from gateway.flexibility.service import FlexibilityService
 
-Policy = Literal["idle", "default", "signals"]
+Policy = Literal["idle", "default", "signals", "control", "perfect"]
 Z80 = 1.2816
 FloatArray = np.ndarray[Any, np.dtype[np.float64]]
 
@@ -209,10 +215,28 @@ def simulate(
     """Run `policy` over the first `hours` of `site` (the series must extend a horizon beyond)."""
     import time
 
+    from drivers.sim.battery import BatteryModel
+    from gateway.control.envelope import Envelope, EnvelopeState, apply
+    from gateway.control.law import battery_target
+
     tz = ZoneInfo(site.timezone)
     res = Result(policy)
     bats = [_Battery(b, soc0_pct) for b in config.batteries]
-    svc = FlexibilityService(config, site="replay", timezone=site.timezone) if policy == "signals" else None
+    closed_loop = policy in ("signals", "control")
+    svc = FlexibilityService(config, site="replay", timezone=site.timezone) if closed_loop else None
+    models = [
+        BatteryModel(
+            b.capacity_wh, b.max_charge_w, b.max_discharge_w, b.charge_efficiency, b.min_soc_pct, b.max_soc_pct
+        )
+        for b in config.batteries
+    ]
+    envelopes = [
+        Envelope(max_charge_w=b.max_charge_w, max_discharge_w=b.max_discharge_w, min_soc_pct=b.min_soc_pct,
+                 max_soc_pct=b.max_soc_pct)
+        for b in config.batteries
+    ]  # fmt: skip
+    memories = [EnvelopeState() for _ in config.batteries]
+    foresight = _perfect_plan(site, config, hours, soc0_pct) if policy == "perfect" else None
     done: dict[tuple[str, date], float] = {}
     full_days: set[date] = set()
     for i in range(hours):
@@ -253,6 +277,9 @@ def simulate(
             else:
                 setpoints = [plan.battery_w.get(bt.b.id, [0.0])[0] for bt in bats]
                 shift = [plan.shiftable_w.get(k.id, [0.0])[0] for k in config.shiftable]
+        elif foresight is not None:
+            setpoints = [foresight.battery_w.get(bt.b.id, [0.0] * hours)[i] for bt in bats]
+            shift = [foresight.shiftable_w.get(k.id, [0.0] * hours)[i] for k in config.shiftable]
         else:
             shift = [_default_schedule(k, loc.hour) for k in config.shiftable]
         # never more shiftable energy than the day needs
@@ -268,6 +295,18 @@ def simulate(
             want = load - ren - sum(achieved)
             if policy == "signals" and want > 0:
                 want = min(want, max(0.0, setpoints[j]))
+            if policy == "control":
+                # the control room's law and envelope on the measured surplus, then the battery's physics
+                target, _how = battery_target(
+                    setpoints[j], follow="envelope", surplus_w=-want, max_charge_w=bt.b.max_charge_w
+                )
+                soc = 100.0 * bt.e / bt.b.capacity_wh
+                decision = apply(envelopes[j], memories[j], target, now_s=3600.0 * i, soc_pct=soc)
+                achieved.append(models[j].achieved(decision.power_w, bt.e, 1.0))
+                continue
+            if policy == "perfect":
+                achieved.append(models[j].achieved(setpoints[j], bt.e, 1.0))
+                continue
             achieved.append(bt.apply(want) if policy != "idle" else 0.0)
         surplus_for_storage = ren - load
         ren_discharge = 0.0
@@ -290,6 +329,32 @@ def simulate(
             progress(i)
     res.shiftable_target_wh = sum(k.energy_wh_per_day for k in config.shiftable) * len(full_days)
     return res
+
+
+def _perfect_plan(site: SiteSeries, config: FlexibilityConfig, hours: int, soc0_pct: float) -> Any:
+    """One LP over the whole replay on the actual values (every quantile = the actual): perfect foresight."""
+    from gateway.flexibility.plan import PlanInput, solve
+
+    starts = [site.start + timedelta(hours=i) for i in range(hours)]
+
+    def exact(xs: FloatArray) -> list[tuple[float, float, float]]:
+        return [(float(x), float(x), float(x)) for x in xs[:hours]]
+
+    generation = {t: exact(v) for t, v in (("wind", site.wind_w), ("pv", site.pv_w)) if t in config.generation}
+    inp = PlanInput(
+        starts=starts,
+        resolution_s=3600,
+        load=exact(site.load_w),
+        generation=generation,
+        battery_soc_pct={b.id: soc0_pct for b in config.batteries},
+        thermal_fill_pct={},
+        shiftable_done_wh={},
+        timezone=site.timezone,
+    )
+    plan = solve(config, inp)
+    if plan.status != "optimal":
+        raise RuntimeError(f"perfect-foresight plan not solved: {plan.reason}")
+    return plan
 
 
 def hourly_means(

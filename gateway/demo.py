@@ -186,6 +186,29 @@ def write_config(opts: DemoOptions, urls: dict[str, str], *, weather: Path | Non
             ],
         },
     }
+    if _flexibility_available():
+        # The demo closes the loop: the agent commands the simulated battery (forcible charge/discharge
+        # on its Huawei LUNA2000 map) from the plan, and the site model's battery obeys (drivers/sim).
+        cfg["control"] = {
+            "enabled": True,
+            "dry_run": False,
+            "interval_s": 30,
+            "watchdog_s": 300,
+            "actuators": [
+                {
+                    "kind": "battery",
+                    "id": "battery",
+                    "device": "battery",
+                    "max_charge_w": BATTERY_W,
+                    "max_discharge_w": BATTERY_W,
+                    "min_soc_pct": 10,
+                    "max_soc_pct": 100,
+                    "deadband_w": 1000,
+                    "min_dwell_s": 0,
+                    "grid": {"device": "grid", "quantity": "power_w"},
+                }
+            ],
+        }
     if opts.mqtt:
         cfg["mqtt"] = {"url": opts.mqtt}
     if opts.influx:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from gateway.api.room import ROOM as HTTP
 from gateway.certification.room import ROOM as CERTIFICATION
+from gateway.control.room import ROOM as CONTROL
 from gateway.devices.room import ROOM as DEVICES
 from gateway.forecasts.runner import ROOM as FORECASTING
 from gateway.ledger.room import ROOM as LEDGER
@@ -17,4 +18,4 @@ from gateway.runtime.room import ROOM as RUNTIME
 from gateway.sinks.influx.room import ROOM as INFLUXDB
 from gateway.sinks.mqtt.room import ROOM as MQTT
 
-ROOMS: tuple[Room, ...] = (LEDGER, DEVICES, INFLUXDB, MQTT, CERTIFICATION, FORECASTING, HTTP, RUNTIME)
+ROOMS: tuple[Room, ...] = (LEDGER, DEVICES, INFLUXDB, MQTT, CERTIFICATION, FORECASTING, CONTROL, HTTP, RUNTIME)

@@ -77,6 +77,8 @@ class Providers:
     reports: ReportProvider | None = None
     forecast: Callable[[str], dict[str, Any] | None] = _nothing
     flexibility: Callable[[], dict[str, Any] | None] = _nothing
+    #: more routes: each is called with (the FastAPI app, the API's Authenticator) when the app is built
+    routes: list[Callable[[Any, Any], None]] = field(default_factory=list)
 
 
 @dataclass

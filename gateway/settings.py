@@ -38,6 +38,7 @@ from drivers.config import DEVICE_MODELS, DeviceConfig
 from drivers.errors import GiaError
 from forecasting.config import ForecastingConfig
 from gateway.certification.config import CertificationConfig
+from gateway.control.config import ControlConfig
 from gateway.flexibility.config import FlexibilityConfig
 
 if TYPE_CHECKING:
@@ -300,6 +301,7 @@ class Settings(BaseSettings):
     http: HttpConfig = Field(default_factory=HttpConfig)
     forecasting: ForecastingConfig = Field(default_factory=ForecastingConfig)
     flexibility: FlexibilityConfig = Field(default_factory=FlexibilityConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig, description="acting on the plan (off by default)")
     certification: CertificationConfig = Field(default_factory=CertificationConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
 
@@ -576,7 +578,19 @@ def _check_flexibility(settings: Settings, base: Path) -> list[Problem]:
     return check_flexibility(settings, base)
 
 
-CROSS_CHECKS: list[CrossCheck] = [_check_secrets, _check_mqtt_devices, _check_opcua_devices, _check_flexibility]
+def _check_control(settings: Settings, base: Path) -> list[Problem]:
+    from gateway.control.checks import check_control
+
+    return check_control(settings, base)
+
+
+CROSS_CHECKS: list[CrossCheck] = [
+    _check_secrets,
+    _check_mqtt_devices,
+    _check_opcua_devices,
+    _check_flexibility,
+    _check_control,
+]
 
 
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:

@@ -214,6 +214,71 @@ class ModbusBus:
                     attempt += 1
                     await asyncio.sleep(self.options.busy_delay_s * attempt)
 
+    async def write(self, rtype: RegisterType, address: int, words: list[int], *, unit: int, function: int) -> None:
+        """Write `words` (or bits, as 0/1) at protocol `address` of `unit` with Modbus `function` 5, 6, 15 or 16.
+
+        A write is never retried on a timeout (the device may have acted on it: the caller reads back);
+        a busy device is retried like a read. The device's refusal (illegal function/address/value) is a
+        `DeviceException` naming the exception, so the caller can say the device refused the command.
+        """
+        async with self._lock:
+            attempt = 0
+            while True:
+                try:
+                    await self._write_once(rtype, address, words, unit, function)
+                    stamp = time.monotonic()
+                    for i, w in enumerate(words):
+                        self.cache[(unit, rtype, address + i)] = (w, stamp)
+                    return
+                except BusyError:
+                    self.stats.busy += 1
+                    if attempt >= self.options.busy_retries:
+                        raise
+                    attempt += 1
+                    await asyncio.sleep(self.options.busy_delay_s * attempt)
+
+    async def _write_once(self, rtype: RegisterType, address: int, words: list[int], unit: int, function: int) -> None:
+        client = await self._ensure_connected()
+        await self._pace()
+        self.stats.requests += 1
+        what = f"{self.key} unit {unit} write fc{function} {rtype} {address}+{len(words)}"
+        try:
+            if function == 6:
+                rr: Any = await client.write_register(address, words[0], device_id=unit)
+            elif function == 16:
+                rr = await client.write_registers(address, list(words), device_id=unit)
+            elif function == 5:
+                rr = await client.write_coil(address, bool(words[0]), device_id=unit)
+            elif function == 15:
+                rr = await client.write_coils(address, [bool(w) for w in words], device_id=unit)
+            else:
+                raise PermanentError(f"{what}: unknown write function {function}")
+        except ModbusIOException as exc:
+            self._failed(timeout=True)
+            raise TransientError(f"{what}: no valid response within {self.timeout_s:g} s ({exc})") from None
+        except (ConnectionException, OSError) as exc:
+            self._failed(timeout=False)
+            raise TransientError(f"{what}: connection lost ({exc})") from None
+        except ModbusException as exc:
+            self._failed(timeout=True)
+            raise TransientError(f"{what}: {exc}") from None
+        except asyncio.CancelledError:
+            self._failed(timeout=True)
+            raise
+        finally:
+            self._last_frame_end = time.monotonic()
+        if rr.isError():
+            code = int(getattr(rr, "exception_code", 0) or 0)
+            self.stats.errors += 1
+            self._silent = 0
+            name = _EXCEPTION_NAMES.get(code, f"exception {code}")
+            if code == DEVICE_BUSY:
+                raise BusyError(f"{what}: device busy")
+            if code in (ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE, DEVICE_FAILURE):
+                raise DeviceException(code, f"{what}: the device refused the write ({name})")
+            raise TransientError(f"{what}: {name}")
+        self._silent = 0
+
     async def _read_once(self, rtype: RegisterType, address: int, count: int, unit: int) -> list[int]:
         client = await self._ensure_connected()
         await self._pace()

@@ -18,7 +18,7 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from drivers.modbus.decode import FLOATS, DataType, WordOrder, word_count
+from drivers.modbus.decode import FLOATS, DataType, WordOrder, int_range, word_count
 from drivers.model import QUANTITIES, DeviceClass, QuantityKind
 
 RegisterType = Literal["holding", "input", "coil", "discrete"]
@@ -270,6 +270,151 @@ class Register(BaseModel):
         return self.sentinel if type(self.sentinel) is int else None
 
 
+WriteFunction = Literal[5, 6, 15, 16]
+#: data types a setpoint register may hold (strings, bitfields and 64-bit values are not setpoints)
+WRITABLE_TYPES: Final = (
+    DataType.INT16,
+    DataType.UINT16,
+    DataType.INT32,
+    DataType.UINT32,
+    DataType.FLOAT32,
+    DataType.ENUM,
+    DataType.BOOL,
+)
+
+
+class WritableRegister(BaseModel):
+    """A register the agent may write (a setpoint, a mode, a device-side timeout), described as data.
+
+    `range` is required: it is the device's own limit in engineering units (after `scale`), checked
+    *before* anything is sent, so an out-of-range command never reaches the wire. The value written is
+    `value / scale` (with `invert` flipping the sign first), rounded to the register's integer type.
+    `function` is the Modbus write function the device accepts: 6 (write single register) for
+    one-register values, 16 (write multiple registers) for wider ones or devices that accept only 16,
+    5 (write single coil) for a coil. `unit_id` names another unit when the register is served there
+    (a Victron GX serves each D-Bus service at its own unit id).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,62}$", description="what the register sets, e.g. charge_power_w")
+    address: Address
+    type: Literal["holding", "coil"] = "holding"
+    data_type: DataType = DataType.UINT16
+    word_order: WordOrder = WordOrder.ABCD
+    scale: float = Field(default=1.0, description="engineering value = raw x scale")
+    invert: bool = Field(default=False, description="the device's sign is the opposite of the value's")
+    unit: str | None = Field(default=None, description="unit of the value (W, %, s, min), None for codes")
+    range: tuple[float, float] = Field(description="[min, max] the device accepts, in engineering units")
+    enum: dict[int, str] | None = Field(default=None, description="meaning of each code (modes)")
+    function: WriteFunction | None = Field(default=None, description="Modbus write function: 5, 6, 15 or 16")
+    unit_id: int | None = Field(default=None, ge=0, le=255, description="unit id when not the device's own")
+    readback: bool = Field(default=True, description="the register reads back what was written")
+    sim_value: float | None = Field(default=None, description="what the simulator holds before any write")
+
+    @model_validator(mode="after")
+    def _check(self) -> WritableRegister:
+        dt = self.data_type
+        if dt not in WRITABLE_TYPES:
+            raise ValueError(f"data_type {dt} cannot be written as a setpoint; use {', '.join(WRITABLE_TYPES)}")
+        if (self.type == "coil") != (dt is DataType.BOOL):
+            raise ValueError("a coil holds data_type bool, and bool is only for coils")
+        if self.scale == 0:
+            raise ValueError("scale 0 would erase the value")
+        lo, hi = self.range
+        if lo > hi:
+            raise ValueError("range must be [min, max] with min <= max")
+        if self.function is None:
+            self.function = 5 if self.type == "coil" else (6 if self.words == 1 else 16)
+        if self.type == "coil" and self.function not in (5, 15):
+            raise ValueError("a coil is written with function 5 or 15")
+        if self.type == "holding" and self.function not in (6, 16):
+            raise ValueError("a holding register is written with function 6 or 16")
+        if self.function == 6 and self.words != 1:
+            raise ValueError(f"function 6 writes one register; a {dt} needs {self.words}: use 16")
+        if dt not in FLOATS and dt is not DataType.BOOL:
+            sign = -1 if self.invert else 1
+            raw_lo, raw_hi = sorted((sign * lo / self.scale, sign * hi / self.scale))
+            t_lo, t_hi = int_range(DataType.UINT16 if dt is DataType.ENUM else dt)
+            if raw_lo < t_lo or raw_hi > t_hi:
+                raise ValueError(f"range [{lo:g}, {hi:g}] does not fit a {dt} at scale {self.scale:g}")
+        if self.enum is not None and any(not lo <= k <= hi for k in self.enum):
+            raise ValueError("every enum code must lie within range")
+        return self
+
+    @property
+    def words(self) -> int:
+        return word_count(self.data_type)
+
+
+ControlWriteValue = float
+
+
+class BatteryControl(BaseModel):
+    """How a battery power setpoint (W, + discharge, the sign of drivers/model.py) becomes register writes.
+
+    Two rules cover the devices bundled here (data, not vendor branches):
+
+    * `signed` — one register holds the power (`power`); its `invert` gives the device's sign
+      (Victron ESS mode 3: the AC-input setpoint is + when taking power from the grid, i.e. charging).
+    * `split` — a mode register (`mode` with `modes` codes for charge and discharge) plus a charge and
+      a discharge power register (Huawei forcible charge/discharge). 0 W is commanded as charging at
+      0 W (hold), never as the mode that hands control back. With `window: true` both rate registers
+      are written as a window [P, P] — the other one gets -P — which is how SunSpec model 124's
+      InWRte/OutWRte force a rate (both limits active in StorCtl_Mod).
+
+    The device's own watchdog: `timeout` names a register the agent sets to its watchdog (the device
+    returns to its own mode when no command refreshes it: Huawei's forcible period in minutes,
+    SunSpec's InOutWRte_RvrtTms in seconds; `timeout_unit_s` converts), or `fixed_timeout_s` says the
+    firmware's own, unchangeable one (Victron ESS mode 3: 60 s). `take` is written before the first
+    command (enter remote control); `release` hands the device back to its autonomous mode.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["signed", "split"]
+    power: str | None = None
+    mode: str | None = None
+    modes: dict[Literal["charge", "discharge"], int] | None = None
+    charge: str | None = None
+    discharge: str | None = None
+    window: bool = Field(default=False, description="write both rate registers as a window [P, P]")
+    timeout: str | None = None
+    timeout_unit_s: float = Field(default=1.0, gt=0)
+    fixed_timeout_s: float | None = Field(default=None, gt=0)
+    take: dict[str, ControlWriteValue] = Field(default_factory=dict)
+    release: dict[str, ControlWriteValue] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _complete(self) -> BatteryControl:
+        if self.strategy == "signed" and self.power is None:
+            raise ValueError("strategy signed needs 'power' (the register holding the setpoint)")
+        if self.strategy == "split" and (
+            self.mode is None or self.charge is None or self.discharge is None or self.modes is None
+        ):
+            raise ValueError("strategy split needs 'mode', 'modes' (charge/discharge), 'charge' and 'discharge'")
+        if self.modes is not None and set(self.modes) != {"charge", "discharge"}:
+            raise ValueError("modes needs the codes of charge and discharge")
+        if self.timeout is None and self.fixed_timeout_s is None:
+            raise ValueError(
+                "a battery that can be commanded needs a watchdog: 'timeout' (a register) or 'fixed_timeout_s'"
+            )
+        return self
+
+    def names(self) -> list[str]:
+        """Every writable this rule uses (validated against the map's `writable:`)."""
+        used = [self.power, self.mode, self.charge, self.discharge, self.timeout]
+        return [n for n in used if n is not None] + list(self.take) + list(self.release)
+
+
+class Control(BaseModel):
+    """What the agent may command on this device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    battery: BatteryControl | None = None
+
+
 class Defaults(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -294,6 +439,10 @@ class RegisterMap(BaseModel):
     scale_factors: list[ScaleFactor] = Field(default_factory=list)
     identity: list[Identity] = Field(default_factory=list)
     registers: list[Register] = Field(min_length=1)
+    writable: list[WritableRegister] = Field(
+        default_factory=list, description="registers the agent may write (setpoints, modes, timeouts)"
+    )
+    control: Control | None = Field(default=None, description="how a setpoint becomes writes (see BatteryControl)")
 
     @model_validator(mode="after")
     def _apply_defaults_and_check(self) -> RegisterMap:
@@ -368,7 +517,29 @@ class RegisterMap(BaseModel):
         for i, ident in enumerate(self.identity):
             if self.address_base == 1 and ident.address == 0:
                 raise ValueError(f"identity[{i}]: with address_base 1 the first register is 1, not 0")
+        names = [w.name for w in self.writable]
+        if len(set(names)) != len(names):
+            raise ValueError("writable: two entries share a name")
+        for i, w in enumerate(self.writable):
+            if self.address_base == 1 and w.address == 0:
+                raise ValueError(f"writable[{i}]: with address_base 1 the first register is 1, not 0")
+        if self.control is not None and self.control.battery is not None:
+            for name in self.control.battery.names():
+                if name not in names:
+                    raise ValueError(f"control.battery names {name!r}, which is not under writable:")
+            modes = self.control.battery.modes or {}
+            mode = self.control.battery.mode
+            if mode is not None:
+                lo, hi = self.writable_register(mode).range
+                if any(not lo <= code <= hi for code in modes.values()):
+                    raise ValueError(f"control.battery.modes: a code lies outside {mode}'s range")
         return self
+
+    def writable_register(self, name: str) -> WritableRegister:
+        for w in self.writable:
+            if w.name == name:
+                return w
+        raise KeyError(name)
 
     # -- helpers the driver, planner and simulator share -------------------------------------------------
     def protocol_address(self, address: int, *, offset: int = 0) -> int:

@@ -27,12 +27,15 @@ from drivers.modbus.bus import DeviceException, ModbusBus
 from drivers.modbus.decode import DataType, decode, is_not_implemented
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.registermap import (
+    BatteryControl,
+    Control,
     Defaults,
     Product,
     Quirks,
     Register,
     RegisterMap,
     ScaleFactor,
+    WritableRegister,
 )
 from drivers.model import DeviceClass, Sample
 
@@ -285,8 +288,67 @@ def device_class_for(models: Sequence[FoundModel]) -> DeviceClass:
     return "inverter"
 
 
+@dataclass(frozen=True, slots=True)
+class StorageRating:
+    """What model 124's rate registers are relative to: WChaMax in W and the InOutWRte scale factor."""
+
+    w_cha_max: float
+    rate_sf: int
+
+
+def storage_controls(m: FoundModel, rating: StorageRating) -> tuple[list[WritableRegister], Control]:
+    """Model 124 (storage) as writable registers and a battery rule (SunSpec: storage controls).
+
+    InWRte/OutWRte are percentages of WChaMax (x 10^InOutWRte_SF); written as a window [P, P] with both
+    limits active (StorCtl_Mod = 3) they force a rate, which is how SunSpec inverters (Fronius, SolarEdge)
+    take a battery setpoint. InOutWRte_RvrtTms is the device's own watchdog in seconds: after it the rates
+    revert and the battery returns to its own mode; StorCtl_Mod = 0 hands it back at once.
+    """
+    assert m.definition is not None
+    d = m.definition
+    w_per_raw = rating.w_cha_max / 100.0 * 10.0**rating.rate_sf
+    span = min(rating.w_cha_max, 32767 * w_per_raw)
+
+    def at(point: str) -> int:
+        return m.address + d.point(point).offset
+
+    writable = [
+        WritableRegister(
+            name="storctl_mod",
+            address=at("StorCtl_Mod"),
+            data_type=DataType.ENUM,
+            enum={0: "none", 1: "charge", 2: "discharge", 3: "charge_and_discharge"},
+            range=(0, 3),
+        ),
+        WritableRegister(
+            name="in_w_rte_w", address=at("InWRte"), data_type=DataType.INT16, scale=w_per_raw, unit="W",
+            range=(-span, span),
+        ),
+        WritableRegister(
+            name="out_w_rte_w", address=at("OutWRte"), data_type=DataType.INT16, scale=w_per_raw, unit="W",
+            range=(-span, span),
+        ),
+        WritableRegister(name="rvrt_tms_s", address=at("InOutWRte_RvrtTms"), unit="s", range=(1, 65534)),
+    ]  # fmt: skip
+    rule = BatteryControl(
+        strategy="split",
+        window=True,
+        mode="storctl_mod",
+        modes={"charge": 3, "discharge": 3},
+        charge="in_w_rte_w",
+        discharge="out_w_rte_w",
+        timeout="rvrt_tms_s",
+        release={"storctl_mod": 0},
+    )
+    return writable, Control(battery=rule)
+
+
 def sunspec_register_map(
-    models: Sequence[FoundModel], *, common: dict[str, Any] | None = None, name: str = "sunspec"
+    models: Sequence[FoundModel],
+    *,
+    common: dict[str, Any] | None = None,
+    name: str = "sunspec",
+    storage: StorageRating | None = None,
 ) -> RegisterMap:
     """A register map for the discovered models: the first model providing a quantity wins."""
     registers: list[Register] = []
@@ -336,6 +398,11 @@ def sunspec_register_map(
         firmware=str(info["Vr"]) if info.get("Vr") else None,
         manual="SunSpec information models " + ", ".join(str(m.id) for m in models),
     )
+    writable: list[WritableRegister] = []
+    control: Control | None = None
+    m124 = next((m for m in models if m.id == 124 and m.definition is not None), None)
+    if m124 is not None and storage is not None and storage.w_cha_max > 0:
+        writable, control = storage_controls(m124, storage)
     return RegisterMap(
         name=name,
         device_class=device_class_for(models),
@@ -343,6 +410,8 @@ def sunspec_register_map(
         defaults=Defaults(type="holding"),
         scale_factors=list(scale_factors.values()),
         registers=registers,
+        writable=writable,
+        control=control,
     )
 
 
@@ -369,7 +438,17 @@ async def discover(bus: ModbusBus, unit: int, *, models: dict[int, ModelDef] | N
         if m.id == 1 and m.definition is not None:
             common = decode_model(m.definition, await read_model(bus, unit, m))
             break
-    return SunSpecDevice(base, found, common, sunspec_register_map(found, common=common))
+    storage: StorageRating | None = None
+    for m in found:
+        if m.id == 124 and m.definition is not None:
+            words = await read_model(bus, unit, m)
+            values = decode_model(m.definition, words)
+            sf_point = m.definition.point("InOutWRte_SF")
+            sf = point_value(words[sf_point.offset : sf_point.offset + 1], sf_point)
+            if isinstance(values.get("WChaMax"), int | float) and isinstance(sf, int):
+                storage = StorageRating(float(values["WChaMax"]), sf)
+            break
+    return SunSpecDevice(base, found, common, sunspec_register_map(found, common=common, storage=storage))
 
 
 class SunSpecDriver(SharedConnection):
@@ -394,3 +473,45 @@ class SunSpecDriver(SharedConnection):
                 quirks=self.quirks,
             )
         return await self._inner.read(ts)
+
+
+class SunSpecBattery(SharedConnection):
+    """A `BatteryActuator` for a SunSpec device: model 124 found by discovery on first use.
+
+    Until discovery the limits are the ones given (the site's configuration); the device's own (WChaMax)
+    are enforced by the discovered map's ranges, so a command beyond them is still refused before sending.
+    """
+
+    device_timeout_s: float = 65534.0  # InOutWRte_RvrtTms' largest value
+
+    def __init__(
+        self, *, device_id: str, bus: ModbusBus, unit_id: int, max_charge_w: float, max_discharge_w: float
+    ) -> None:
+        self.device_id = device_id
+        self.bus = bus
+        self.unit_id = unit_id
+        self.max_charge_w = max_charge_w
+        self.max_discharge_w = max_discharge_w
+        self._inner: Any = None
+
+    async def _battery(self) -> Any:
+        if self._inner is None:
+            from drivers.modbus.write import ModbusBattery, ModbusWriter
+
+            device = await discover(self.bus, self.unit_id)
+            writer = ModbusWriter(
+                device_id=self.device_id, register_map=device.register_map, bus=self.bus, unit_id=self.unit_id
+            )
+            self._inner = ModbusBattery.from_map(writer)
+        return self._inner
+
+    async def set_power(self, power_w: float, *, watchdog_s: float) -> None:
+        await (await self._battery()).set_power(power_w, watchdog_s=watchdog_s)
+
+    async def read_back(self) -> float | None:
+        value: float | None = await (await self._battery()).read_back()
+        return value
+
+    async def release(self) -> None:
+        if self._inner is not None:
+            await self._inner.release()

@@ -33,13 +33,16 @@ from drivers.modbus.decode import (
     encode_sentinel,
     int_range,
 )
-from drivers.modbus.registermap import Register, RegisterMap, RegisterType
+from drivers.modbus.registermap import Register, RegisterMap, RegisterType, WritableRegister
 from drivers.modbus.server import FC_TYPE, ServerStats
+from drivers.modbus.write import decode_writable, encode_writable
 from drivers.model import QUANTITIES, QuantityKind
 
 log = logging.getLogger(__name__)
 
 Values = Callable[[], Mapping[str, float | int | None]]
+#: called with (writable name, value in engineering units) after a write the device accepted
+OnWrite = Callable[[str, float], None]
 Fault = Literal["busy", "illegal_address", "device_failure", "garbled", "truncated", "close"]
 
 
@@ -139,10 +142,20 @@ def encode_parts(reg: Register, value: float | int | None) -> list[list[int]]:
 
 
 def build_image(
-    register_map: RegisterMap, values: Mapping[str, float | int | None]
+    register_map: RegisterMap,
+    values: Mapping[str, float | int | None],
+    held: Mapping[str, float] | None = None,
 ) -> dict[RegisterType, dict[int, int]]:
-    """Protocol address -> word for every register type the map uses."""
+    """Protocol address -> word for every register type the map uses (writable registers: what
+    `held` says was last written, else their `sim_value`)."""
     image: dict[RegisterType, dict[int, int]] = {"holding": {}, "input": {}, "coil": {}, "discrete": {}}
+    for wr in register_map.writable:
+        held_value = (held or {}).get(wr.name, wr.sim_value)
+        if held_value is None:
+            continue
+        base = register_map.protocol_address(wr.address)
+        for i, word in enumerate(encode_writable(wr, min(max(held_value, wr.range[0]), wr.range[1]))):
+            image[wr.type][base + i] = word
     sf_values = {sf.name: sf.sim_value for sf in register_map.scale_factors}
     for sf in register_map.scale_factors:
         image[sf.type][register_map.protocol_address(sf.address)] = encode(sf.sim_value, DataType.INT16)[0]
@@ -182,11 +195,26 @@ class SimServer:
         unit_ids: Sequence[int] = (1,),
         values: Values | None = None,
         static: Mapping[RegisterType, Mapping[int, int]] | None = None,
+        on_write: OnWrite | None = None,
     ) -> None:
-        """`static` adds fixed registers (e.g. a SunSpec image) on top of the map's (map may be None)."""
+        """`static` adds fixed registers (e.g. a SunSpec image) on top of the map's (map may be None).
+
+        Writes to the map's `writable:` registers are accepted (function codes 5, 6, 15, 16), kept in
+        `held` (so they read back) and reported to `on_write`; a write anywhere else answers "illegal
+        data address". `refuse_writes = True` makes the device refuse every write (a device in local
+        mode, or with remote control switched off)."""
         self.map = register_map
         self.listen = listen
-        self.unit_ids = tuple(unit_ids)
+        self.unit_ids = tuple(
+            dict.fromkeys(
+                [*unit_ids, *(w.unit_id for w in (register_map.writable if register_map else ()) if w.unit_id)]
+            )
+        )
+        self._own_units = tuple(unit_ids)
+        self.on_write = on_write
+        self.held: dict[str, float] = {}
+        self.refuse_writes = False
+        self.writes: list[tuple[str, float]] = []
         self._values: Values = values or (lambda: {})
         self._paused = False
         self._faults: list[Fault] = []
@@ -198,12 +226,18 @@ class SimServer:
 
     def _image(self, values: Mapping[str, float | int | None]) -> dict[RegisterType, dict[int, int]]:
         image: dict[RegisterType, dict[int, int]] = (
-            build_image(self.map, values)
+            build_image(self.map, values, self.held)
             if self.map is not None
             else {"holding": {}, "input": {}, "coil": {}, "discrete": {}}
         )
         for rtype, words in self._static.items():
             image[rtype].update(words)
+        if self.held and self.map is not None:  # what was written reads back, over a static image too
+            for wr in self.map.writable:
+                if wr.name in self.held:
+                    base = self.map.protocol_address(wr.address)
+                    for i, word in enumerate(encode_writable(wr, self.held[wr.name])):
+                        image[wr.type][base + i] = word
         return image
 
     # -- control ---------------------------------------------------------------------------------------
@@ -262,9 +296,11 @@ class SimServer:
                 "illegal_address": ExcCodes.ILLEGAL_ADDRESS,
                 "device_failure": ExcCodes.DEVICE_FAILURE,
             }[fault]
+        if set_values is not None:
+            return self._write(function_code, address, list(set_values))
         rtype = FC_TYPE.get(function_code)
-        if rtype is None or set_values is not None:
-            return ExcCodes.ILLEGAL_FUNCTION if set_values is not None else None
+        if rtype is None:
+            return None
         try:
             image = self._image(self._values())[rtype]
         except Exception:  # a broken value generator must not kill the server
@@ -281,6 +317,35 @@ class SimServer:
                 i = addr - start_address
                 if 0 <= i < len(registers):
                     registers[i] = word
+        return None
+
+    def _writable_at(self, rtype: RegisterType, address: int) -> WritableRegister | None:
+        for w in self.map.writable if self.map is not None else ():
+            if w.type == rtype and self.map is not None and self.map.protocol_address(w.address) == address:
+                return w
+        return None
+
+    def _write(self, function_code: int, address: int, values: list[int] | list[bool]) -> ExcCodes | None:
+        """A write request: accepted when it covers whole writable registers, else refused."""
+        if self.refuse_writes:
+            return ExcCodes.ILLEGAL_FUNCTION
+        rtype: RegisterType = "coil" if function_code in (5, 15) else "holding"
+        words = [int(v) for v in values]
+        i, accepted = 0, []
+        while i < len(words):
+            reg = self._writable_at(rtype, address + i)
+            if reg is None or i + reg.words > len(words):
+                return ExcCodes.ILLEGAL_ADDRESS
+            value = decode_writable(reg, words[i : i + reg.words])
+            if not reg.range[0] - 1e-6 <= value <= reg.range[1] + 1e-6:
+                return ExcCodes.ILLEGAL_VALUE  # a device checks its own limits too
+            accepted.append((reg.name, value))
+            i += reg.words
+        for name, value in accepted:
+            self.held[name] = value
+            self.writes.append((name, value))
+            if self.on_write is not None:
+                self.on_write(name, value)
         return None
 
     def _trace_packet(self, sending: bool, data: bytes) -> bytes:

@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 from drivers.maps import load_map
 from drivers.modbus.driver import compile_register
 from drivers.modbus.registermap import Register
+from drivers.sim.battery import BatteryModel, DemoBatteryLink
 from drivers.sim.server import SimServer, encode_register, free_tcp_port
 
 LATITUDE: Final = 56.9
@@ -52,6 +53,7 @@ BATTERY_EFF: Final = 0.95  # one-way
 #: The connection's capacity (the demo's flexibility limits): what the grid meter's channels are rated at.
 GRID_IMPORT_W: Final = 1_500_000.0
 GRID_EXPORT_W: Final = 2_500_000.0
+BATTERY: Final = BatteryModel(BATTERY_WH, BATTERY_W, BATTERY_W, BATTERY_EFF, min_soc_pct=10.0, max_soc_pct=100.0)
 
 
 @dataclass(frozen=True)
@@ -205,6 +207,8 @@ class DemoSite:
     _starts: dict[int, _DayStart] = field(default_factory=dict, init=False, repr=False)
     _days: OrderedDict[int, _Day] = field(default_factory=OrderedDict, init=False, repr=False)
     _tz: ZoneInfo = field(default_factory=lambda: ZoneInfo(TIMEZONE), init=False, repr=False)
+    #: battery commands (from, until, power W + discharge; None: hand back), seconds since the Unix epoch
+    _commands: list[tuple[float, float, float | None]] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # Counters as the devices' registers hold them (float32 kWh on an Eastron, 10 Wh steps on a
@@ -361,12 +365,12 @@ class DemoSite:
         for k in range(n):
             surplus = pv[k] + wind[k] - la[k] - lb[k]
             s = soc[-1]
-            if surplus > 0:  # charge (negative battery power), limited by room and rating
-                p = -min(surplus, BATTERY_W, (BATTERY_WH - s) / (BATTERY_EFF * hours))
-            else:
-                p = min(-surplus, BATTERY_W, max(0.0, s - 0.1 * BATTERY_WH) * BATTERY_EFF / hours)
+            # a command in force at the step's start, else the battery's own self-consumption rule
+            # (charge from any surplus, discharge into any deficit); the physics limits both
+            command = self._command_at(times[k])
+            p = BATTERY.achieved(command if command is not None else -surplus, s, hours)
             batt.append(p)
-            soc.append(s - (p / BATTERY_EFF if p > 0 else p * BATTERY_EFF) * hours)
+            soc.append(BATTERY.soc_after(p, s, hours))
         cum: dict[str, list[float]] = {k: [v] for k, v in start.cum.items()}
 
         def add(key: str, wh: float) -> None:
@@ -390,6 +394,32 @@ class DemoSite:
         while len(self._days) > self.cache_days:
             self._days.popitem(last=False)
         return result
+
+    # -- commands (the closed loop) ------------------------------------------------------------------------
+    def command(self, at: datetime, power_w: float | None, *, timeout_s: float) -> datetime:
+        """Command the battery at `at`: `power_w` (+ discharge; None hands it back to its own rule) until
+        `timeout_s` after `at` (the device's watchdog). Returns when it takes effect.
+
+        The battery is constant per step, so a command takes effect at the next step boundary: readings
+        before it never change (registers stay monotonic) and everything after is recomputed.
+        """
+        t = at.timestamp()
+        k = math.ceil((t - self._epoch_s) / self.step_s)
+        start = self._epoch_s + k * self.step_s
+        self._commands.append((start, t + timeout_s, power_w))
+        day = self._day_index(start)
+        for d in [d for d in self._days if d >= day]:
+            del self._days[d]
+        for d in [d for d in self._starts if d > day]:
+            del self._starts[d]
+        return datetime.fromtimestamp(start, UTC)
+
+    def _command_at(self, t: float) -> float | None:
+        """The commanded power at `t`, or None (autonomous): the newest command begun by then rules."""
+        for start, until, power in reversed(self._commands):
+            if start <= t:
+                return power if t < until else None
+        return None
 
     # -- the public view -------------------------------------------------------------------------------
     def _locate(self, t: datetime) -> tuple[_Day, int, float]:
@@ -563,10 +593,25 @@ async def run_demo_servers(
             port = (ports or {}).get(dev.id) or free_tcp_port(host)
             url = f"tcp://{host}:{port}"
 
-            def values(dev_id: str = dev.id) -> Mapping[str, float | int | None]:
+            dev_map = load_map(dev.map)
+            link: DemoBatteryLink | None = None
+            if dev.device_class == "battery" and dev_map.control is not None and dev_map.control.battery is not None:
+                link = DemoBatteryLink(site, dev_map.control.battery, now, held={})
+
+            def values(dev_id: str = dev.id, link: DemoBatteryLink | None = link) -> Mapping[str, float | int | None]:
+                if link is not None:
+                    link.tick()
                 return site.state_at(now())[dev_id]
 
-            server = SimServer(load_map(dev.map), listen=url, unit_ids=[dev.unit_id], values=values)
+            server = SimServer(
+                dev_map,
+                listen=url,
+                unit_ids=[dev.unit_id],
+                values=values,
+                on_write=link.on_write if link is not None else None,
+            )
+            if link is not None:
+                link.held = server.held  # one dict: what was written reads back, and the watchdog shows
             await server.start()
             servers[dev.id] = server
             urls[dev.id] = url

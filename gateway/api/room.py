@@ -63,6 +63,8 @@ def build_app(site: Site, services: Services) -> FastAPI:
         )
 
     add_summary_routes(app, auth=api.auth, summary=summary, history=history, now=clock.now)
+    for add_routes in p.routes:  # routes other rooms serve through the API (e.g. control)
+        add_routes(app, api.auth)
     return app
 
 
