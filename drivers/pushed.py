@@ -49,7 +49,7 @@ def checked_sample(device: str, quantity: str, value: Value, ts: datetime) -> Sa
     return Sample(device, quantity, value, unit, ts, Quality.GOOD)
 
 
-class DecodeError(Exception):
+class DecodeError(TransientError):
     """A complete frame that must not be stored."""
 
 

@@ -31,6 +31,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from types import ModuleType
 from typing import Any, Final, Literal
 
+from drivers.base import TransientError
 from drivers.model import QUANTITIES, QuantityKind, Value
 
 Medium = Literal["auto", "electricity", "heat"]
@@ -53,11 +54,11 @@ def load_meterbus() -> ModuleType:
     return module
 
 
-class MbusChecksumError(Exception):
+class MbusChecksumError(TransientError):
     pass
 
 
-class MbusContentError(Exception):
+class MbusContentError(TransientError):
     pass
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Final
 
+from drivers.base import TransientError
+
 ACK: Final = 0xE5
 SHORT_START: Final = 0x10
 LONG_START: Final = 0x68
@@ -34,7 +36,7 @@ def req_ud2(address: int, *, fcb: bool) -> bytes:
     return short_frame(REQ_UD2 | (FCB if fcb else 0), address)
 
 
-class FrameProblem(Exception):
+class FrameProblem(TransientError):
     """The answer is not a well-formed frame (`truncated` says whether it was cut short)."""
 
     def __init__(self, message: str, *, truncated: bool = False) -> None:

@@ -58,7 +58,7 @@ _TRUE: Final = cast(ua.Boolean, True)
 _MISSING: Final = frozenset({StatusCodes.BadNodeIdUnknown, StatusCodes.BadNoMatch})
 
 
-class ResolveError(Exception):
+class ResolveError(PermanentError):
     """A node id or browse path that does not lead to a node; the message is the reason."""
 
 

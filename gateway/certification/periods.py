@@ -12,11 +12,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
+from drivers.errors import GiaError
+
 _MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
-class BadMonth(ValueError):
+class BadMonth(GiaError, ValueError):
     """The month is not YYYY-MM."""
+
+    exit_code = 2
+    http_status = 400
+    error_code = "bad_month"
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from drivers.errors import GiaError
 from drivers.model import Quality, Sample, iso_utc, to_ms
 
 log = logging.getLogger(__name__)
@@ -172,8 +173,12 @@ class ClockGuard:
             await asyncio.sleep(1.0)
 
 
-class ClockImplausible(Exception):
+class ClockImplausible(GiaError):
     """The wall clock is before what the ledger has stored (or the release floor): no time can be taken."""
+
+    exit_code = 2
+    http_status = 503
+    error_code = "clock_implausible"
 
 
 def guarded_now(newest_ms: int | None, *, wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> datetime:
