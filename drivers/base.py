@@ -107,7 +107,8 @@ class DriverError(GiaError):
 
     DriverError
      ├── TransientError      retry on the next poll (timeout, connection lost, garbled frame)
-     │    └── BusyError       the device asked us to wait: retry without reconnecting
+     │    ├── BusyError       the device asked us to wait: retry without reconnecting
+     │    └── WarmingUp       no first values yet, within the grace period: availability unchanged
      └── PermanentError      configuration or device mismatch: fail fast, the message names the fix
           ├── OutOfRange      a command beyond the limits, refused before sending
           └── CommandRefused  the device refused a write
@@ -120,6 +121,12 @@ class TransientError(DriverError):
 
 class BusyError(TransientError):
     pass
+
+
+class WarmingUp(TransientError):
+    """The device has not delivered its first values since the connection opened, and its grace period
+    (one stale window) has not run out: neither a failure nor a success, so availability stays as it is.
+    A meter that pushes a telegram every 10 s is not "offline" at the first poll after a start."""
 
 
 class PermanentError(DriverError):

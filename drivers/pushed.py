@@ -31,7 +31,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, Protocol, Self
 
-from drivers.base import TransientError
+from drivers.base import TransientError, WarmingUp
 from drivers.links import Link, LinkSettings, open_link
 from drivers.model import MAX_SAFE_INT, QUANTITIES, Quality, Sample, Value
 
@@ -290,6 +290,8 @@ class PushedMeter:
         if self._failure is not None:
             raise TransientError(f"{self.device_id}: {self._failure}")
         now = time.monotonic()
+        if self._latest is None and now - self._opened <= self.stale_after_s:
+            raise WarmingUp(f"{self.device_id}: waiting for the first {self.kind}")
         if self._latest is None or now - self._received > self.stale_after_s:
             waited = now - (self._received if self._latest is not None else self._opened)
             what = "no valid" if self._latest is None else "no new valid"

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 
 from drivers.backoff import Backoff
-from drivers.base import BusyError, Driver, DriverError, PermanentError
+from drivers.base import BusyError, Driver, DriverError, PermanentError, WarmingUp
 from drivers.cancel import raise_if_cancelling
 from drivers.model import Sample
 from gateway.runtime.clock import Clock, next_aligned
@@ -87,6 +87,8 @@ class DevicePoller:
             try:
                 async with asyncio.timeout(self._timeout_s):
                     samples = await driver.read(ts)
+            except WarmingUp:
+                pass  # no first values yet, within the device's grace period: not offline, not online
             except BusyError as exc:
                 self._failed(exc)  # the device asked to wait: no reconnect
             except (DriverError, OSError, TimeoutError) as exc:

@@ -246,6 +246,31 @@ async def test_a_meter_that_stops_talking_goes_offline_once_and_comes_back(caplo
 
 
 @pytest.mark.serial
+async def test_a_meter_that_talks_late_after_a_start_is_never_called_offline(caplog: pytest.LogCaptureFixture) -> None:
+    """The first telegram may come several polls after the port opens (DSMR 4 talks every 10 s): within the
+    stale window that is warming up, not an outage. (Before: 'device dev is offline' at every start.)"""
+    caplog.set_level(logging.INFO, logger="gateway.devices.poller")
+    values = {"energy_import_wh": 1_000, "power_w": 10.0}
+    async with pty_pair() as pair:
+        link = parse_link(f"serial://{pair.a}")
+
+        def factory() -> P1Driver:
+            return P1Driver(device_id="dev", link=link, variant="sweden", poll_interval_s=0.2, stale_after_intervals=10)
+
+        sim = None
+        try:
+            async with polled(factory) as p:
+                await asyncio.sleep(0.7)  # three polls, and not a telegram yet
+                assert p.online is None, "not offline while warming up"
+                sim = await p1_sim(pair.b, variant="sweden", values=lambda: values, period_s=0.05).start()
+                await wait_until(lambda: p.online is True, 10, "online")
+        finally:
+            if sim is not None:
+                await sim.stop()
+    assert "device dev is offline" not in caplog.text
+
+
+@pytest.mark.serial
 async def test_a_port_that_cannot_be_opened_is_a_transient_error() -> None:
     drv = P1Driver(device_id="x", link=parse_link("serial:///dev/does-not-exist"), variant="dsmr5", poll_interval_s=1)
     with pytest.raises(TransientError, match="cannot open serial port"):
