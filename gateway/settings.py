@@ -592,6 +592,8 @@ class Config:
     settings: Settings
     site: Site
     base_dir: Path
+    #: the file they were read from
+    path: Path | None = None
 
 
 def settings_class(rooms: Sequence[Room] = ()) -> type[Settings]:
@@ -639,7 +641,7 @@ def load_config(
         problems = problems + exc.problems
     if problems:
         raise ConfigError(problems, source)
-    return Config(settings, site, base)
+    return Config(settings, site, base, find_config(path).resolve())
 
 
 def _load(

@@ -8,8 +8,8 @@ later call returns the stored bytes (immutable, byte-identical), so `previous_re
 valid. The current month is computed fresh on each call up to the last full interval and graded
 provisional. A closed month with no readings at all is not stored, so a later backfill is not locked out.
 
-Exceptions (all `ReportError`): `UnknownSite` -> 404, `MalformedMonth` and `MonthInFuture` -> 400,
-`LedgerUnavailable` -> 503.
+Exceptions (all `ReportError`): `UnknownSite` and `MonthNotCovered` -> 404, `MalformedMonth` and
+`MonthInFuture` -> 400, `LedgerUnavailable` -> 503.
 """
 
 from __future__ import annotations
@@ -70,6 +70,15 @@ class MonthInFuture(ReportError):
     exit_code = 2
     http_status = 400
     error_code = "month_in_future"
+
+
+class MonthNotCovered(ReportError):
+    """The ledger holds no energy-register reading before the month's end (HTTP 404): no report, not an
+    all-zero `unverified` one stored for a month before the gateway existed."""
+
+    exit_code = 2
+    http_status = 404
+    error_code = "no_data"
 
 
 class LedgerUnavailable(ReportError):
@@ -271,6 +280,14 @@ class ReportService:
         """The site's public signing key(s): alg, key_id (= fingerprint), PEM. Never the private key."""
         return [{"site": self.settings.site.id, **self.keys.public_info()}]
 
+    def first_month(self, first_ms: int) -> str:
+        """The civil month (site time zone) holding `first_ms`."""
+        from datetime import UTC, datetime
+        from zoneinfo import ZoneInfo
+
+        local = datetime.fromtimestamp(first_ms / 1000, UTC).astimezone(ZoneInfo(self.settings.site.timezone))
+        return f"{local.year:04d}-{local.month:02d}"
+
     # -- internals --------------------------------------------------------------------------------
     def _check(self, site: str, month: str) -> Period:
         if site != self.settings.site.id:
@@ -316,6 +333,14 @@ class ReportService:
                 previous_sha=rep["previous_report_sha256"],
                 stored=stored,
             )
+        src = self._source()
+        try:
+            first = src.first_counter_ms()
+        finally:
+            src.close()
+        if first is None or first >= period.end_ms:
+            since = "" if first is None else f"; the first month with readings is {self.first_month(first)}"
+            raise MonthNotCovered(f"the ledger has no energy-register reading before the end of {month}{since}")
         previous_sha = self._previous_sha(period)
         src = self._source()
         try:
