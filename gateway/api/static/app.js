@@ -385,7 +385,8 @@
     if (fc === null || fc.error) {
       if (S.chart) { S.chart.destroy(); S.chart = null; }
       box.dataset.state = "disabled";
-      const detail = fc && fc.detail ? fc.detail : "";
+      const detail = fc && fc.error === "no_forecast" ? T("The first forecast arrives shortly after the agent starts; if it never does, forecasting is disabled in the configuration.")
+        : fc && fc.detail ? fc.detail : "";
       box.innerHTML = `<div class="empty"><div><strong>${esc(T("No forecast yet"))}</strong>${esc(detail ? G.localiseTimes(detail) : T("Enable the forecasting section of the configuration to see forecasts with P10–P90 bands here."))}</div></div>`;
       note.textContent = "";
       return;
@@ -414,9 +415,9 @@
       width, height: width < 500 ? 220 : 280, cursor: { drag: { x: false, y: false } },
       scales: { x: { time: true, ...(xRange ? { range: () => xRange } : {}) } },
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), G.tz),
-      axes: [{ ...axis, values: [[3600 * 24, "{D}.{M}", null, null, null, null, null, null, 1], [3600, "{HH}:{mm}", "\n{D}.{M}", null, null, null, null, null, 1], [60, "{HH}:{mm}", "\n{D}.{M}", null, null, null, null, null, 1]] }, { ...axis, values: (u, vals) => vals.map((v) => fmtPower(v)), size: 70 }],
+      axes: [{ ...axis, values: [[3600 * 24, "{D}.{M}.", null, null, null, null, null, null, 1], [3600, "{HH}:{mm}", "\n{D}.{M}.", null, null, null, null, null, 1], [60, "{HH}:{mm}", "\n{D}.{M}.", null, null, null, null, null, 1]] }, { ...axis, values: (u, vals) => vals.map((v) => fmtPower(v)), size: 70 }],
       series: [
-        { value: (u, v) => (v === null ? "—" : G.dateTime(v * 1000)) },
+        { label: T("Time"), value: (u, v) => (v === null ? "—" : G.dateTime(v * 1000)) },
         { label: T("actual"), stroke: color, width: 2, value: (u, v) => fmtPower(v), points: { show: x.length < 3 } },
         { label: "P10", stroke: "transparent", value: (u, v) => fmtPower(v) },
         { label: T("forecast (median)"), stroke: css("--ink"), width: 1.5, dash: [6, 4], value: (u, v) => fmtPower(v), points: { show: x.length < 3 } },
@@ -474,7 +475,8 @@
     if (S.flex === null || S.flex.error) {
       box.dataset.state = "disabled";
       chip.textContent = "—";
-      box.innerHTML = `<div class="empty"><div><strong>${esc(T("Flexibility signal not available"))}</strong>${esc((S.flex && S.flex.detail) || T("Configure flexibility assets and forecasting to get absorb / reduce signals."))}</div></div>`;
+      const detail = S.flex && S.flex.error === "no_signal" ? T("No signal yet: flexibility is disabled, or the first forecast has not arrived.") : (S.flex && S.flex.detail) || T("Configure flexibility assets and forecasting to get absorb / reduce signals.");
+      box.innerHTML = `<div class="empty"><div><strong>${esc(T("Flexibility signal not available"))}</strong>${esc(detail)}</div></div>`;
       return;
     }
     const iv = intervalsOf(S.flex);

@@ -9,6 +9,8 @@
   const page = (window.giaHistory = { energyDrawn: null, trendDrawn: null, loads: 0 });
   const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   const S = { view: "month", anchor: null, energy: null, chart: null, trend: null, tchart: null, zoom: null, hours: 24 };
+  // 24-hour clock and day.month on the time axis, in the site's zone (uPlot's tzDate)
+  const TIME_AXIS = [[3600 * 24 * 28, "{MMM}", "\n{YYYY}", null, null, null, null, null, 1], [3600 * 24, "{D}.{M}.", "\n{YYYY}", null, null, null, null, null, 1], [3600, "{HH}:{mm}", "\n{D}.{M}.", null, null, null, null, null, 1], [60, "{HH}:{mm}", "\n{D}.{M}.", null, null, null, null, null, 1], [1, "{HH}:{mm}:{ss}", "\n{D}.{M}.", null, null, null, null, null, 1]];
   const QUALITY = { good: "", stale: T("stale"), partial: T("partial"), unknown: T("unknown") };
 
   // ---- the anchor date moves by a week, a month or a year ----------------------------------------
@@ -61,14 +63,14 @@
     const bars = (align) => uPlot.paths.bars({ size: [0.38, 40], align });
     const opts = {
       width, height: width < 500 ? 220 : 300, cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: false, range: [-0.6, ps.length - 0.4] }, pct: { range: [0, 100] } },
+      scales: { x: { time: false, range: [-0.6, ps.length - 0.4] }, kWh: { range: (u, lo, hi) => [0, Math.max(1, hi * 1.08)] }, pct: { range: [0, 100] } },
       axes: [
         { ...axis, values: (u, vals) => vals.map((v) => (Number.isInteger(v) ? labels[v] || "" : "")), space: 18 },
         { ...axis, scale: "kWh", values: (u, vals) => vals.map((v) => G.nf(v, 0)), size: 60, label: "kWh" },
         { ...axis, scale: "pct", side: 1, grid: { show: false }, values: (u, vals) => vals.map((v) => `${v} %`), size: 50 },
       ],
       series: [
-        { value: (u, v) => (v === null || !ps[v] ? "—" : periodLabel(ps[v], S.view)) },
+        { label: S.view === "year" ? T("Month") : T("Day"), value: (u, v) => (v === null || !ps[v] ? "—" : periodLabel(ps[v], S.view)) },
         { label: T("Consumption"), scale: "kWh", fill: css("--load") + "cc", stroke: css("--load"), paths: bars(-1), points: { show: false }, value: (u, v) => fmtEnergy(v === null ? null : v * 1000) },
         { label: T("Generation"), scale: "kWh", fill: css("--absorb") + "cc", stroke: css("--absorb"), paths: bars(1), points: { show: false }, value: (u, v) => fmtEnergy(v === null ? null : v * 1000) },
         { label: T("Renewable share"), scale: "pct", stroke: css("--ink"), width: 1.5, points: { show: true, size: 5 }, value: (u, v) => (v === null ? "—" : G.nf(v, 0) + " %") },
@@ -86,7 +88,7 @@
       return `<td class="n" data-k="${k}" data-quality="${esc(q || "good")}">${f(v)}${m}</td>`;
     };
     const head = `<tr><th>${esc(S.view === "year" ? T("Month") : T("Day"))}</th><th class="n">${esc(T("Consumption"))}</th><th class="n">${esc(T("Generation"))}</th><th class="n">${esc(T("Grid import"))}</th><th class="n">${esc(T("Grid export"))}</th><th class="n">${esc(T("Renewable share"))}</th></tr>`;
-    const rows = ps.map((p) => p.state === "future"
+    const rows = ps.filter((p) => p.state !== "future" || S.view === "year").map((p) => p.state === "future"
       ? `<tr class="muted" data-state="future"><td>${esc(periodLabel(p, S.view))}</td><td class="n" colspan="5">${esc(T("not yet"))}</td></tr>`
       : `<tr data-state="${esc(p.state)}"><td>${esc(periodLabel(p, S.view))}${p.state === "open" ? ` <span class="badge prov">${esc(T("so far"))}</span>` : ""}</td>${cell(p, "consumption_wh", fmtEnergy)}${cell(p, "generation_wh", fmtEnergy)}${cell(p, "grid_import_wh", fmtEnergy)}${cell(p, "grid_export_wh", fmtEnergy)}${cell(p, "renewable_share", pct)}</tr>`).join("");
     $("energy-table").innerHTML = `<thead>${head}</thead><tbody>${rows}</tbody>`;
@@ -135,7 +137,7 @@
     const data = t.min ? [x, t.mean, t.min, t.max] : [x, t.mean];
     const axis = { stroke: css("--muted"), grid: { stroke: css("--line"), width: 1 }, ticks: { stroke: css("--line") } };
     const width = Math.max(280, box.clientWidth || 600);
-    const series = [{ value: (u, v) => (v === null ? "—" : G.dateTime(v * 1000)) },
+    const series = [{ label: T("Time"), value: (u, v) => (v === null ? "—" : G.dateTime(v * 1000)) },
       { label: T("mean"), stroke: css("--accent"), width: 1.5, value: (u, v) => unitFmt(v), points: { show: x.length < 3 } }];
     if (t.min) series.push({ label: T("min"), stroke: "transparent", value: (u, v) => unitFmt(v) }, { label: T("max"), stroke: "transparent", value: (u, v) => unitFmt(v) });
     const opts = {
@@ -143,7 +145,7 @@
       cursor: { drag: { x: true, y: false, setScale: true } },
       scales: { x: { time: true, range: () => [start / 1000, end / 1000] } },
       tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), G.tz),
-      axes: [axis, { ...axis, values: (u, vals) => vals.map((v) => unitFmt(v)), size: 76 }],
+      axes: [{ ...axis, values: TIME_AXIS }, { ...axis, values: (u, vals) => vals.map((v) => unitFmt(v)), size: 76 }],
       series,
       bands: t.min ? [{ series: [3, 2], fill: "rgba(15,118,110,0.15)" }] : [],
       hooks: {
