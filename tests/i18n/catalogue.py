@@ -20,7 +20,7 @@ PY_FILES = [
     "gateway/cli_agent.py",
     "gateway/cli_devices.py",
     "gateway/cli_users.py",
-    "gateway/certification/cli_messages.py",
+    "gateway/certification/cli.py",
     "gateway/demo.py",
     "gateway/cli_options.py",
 ]
