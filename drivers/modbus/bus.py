@@ -165,7 +165,9 @@ class ModbusBus:
         self._drop()
         wait = self._not_before - time.monotonic()
         if wait > 0:
-            raise TransientError(f"{self.key}: not connected; next connection attempt in {wait:.1f} s")
+            raise TransientError(
+                f"{self.key}: cannot connect (check address, port, cable and power); next attempt in {wait:.1f} s"
+            )
         client = self._make_client()
         try:
             ok = await asyncio.wait_for(client.connect(), timeout=self.timeout_s + 1)

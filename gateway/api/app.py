@@ -53,6 +53,8 @@ class ApiServices:
     reports: ReportProvider | None = None
     forecast: Callable[[str], dict[str, Any] | None] = field(default=lambda _t: None)
     flexibility: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
+    #: true once the agent is stopping: long-lived responses (the SSE stream) end by themselves
+    stopping: Callable[[], bool] = field(default=lambda: False)
 
 
 def _error(status: int, error: str, detail: Any = "") -> JSONResponse:
@@ -146,12 +148,19 @@ def create_app(services: ApiServices) -> FastAPI:
             try:
                 snap = json.dumps({"site": services.site, **live_snapshot(services.live)})
                 yield f"event: snapshot\ndata: {snap}\n\n".encode()
-                while not await request.is_disconnected():
+                idle = 0.0
+                # Checked every second: a stopping agent ends the stream itself, so uvicorn's graceful
+                # shutdown is not left to cancel it with a traceback (a browser tab open at Ctrl-C).
+                while not services.stopping() and not await request.is_disconnected():
                     try:
-                        event = await asyncio.wait_for(sub.get(), 15.0)
+                        event = await asyncio.wait_for(sub.get(), 1.0)
                     except TimeoutError:
-                        yield b": keep-alive\n\n"
+                        idle += 1.0
+                        if idle >= 15.0:
+                            idle = 0.0
+                            yield b": keep-alive\n\n"
                         continue
+                    idle = 0.0
                     yield f"event: {event.kind}\ndata: {json.dumps(_event_json(event))}\n\n".encode()
             finally:
                 services.live.unsubscribe(sub)

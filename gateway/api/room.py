@@ -45,6 +45,7 @@ def build_app(site: Site, services: Services) -> FastAPI:
         reports=p.reports,
         forecast=p.forecast,
         flexibility=p.flexibility,
+        stopping=lambda: services.stopping(),
     )
     app = create_app(api)
     channels, clock, reader = site.channels, services.clock, services.reader

@@ -71,8 +71,9 @@ class DevicePoller:
             )
         if not text:
             text = type(exc).__name__
-        if self._where and self._where.split(" unit")[0] not in text:
-            text = f"{self._where}: {text}"
+        address = self._where.split(" unit")[0]
+        if self._where and " unit " not in text:
+            text = text.replace(address, self._where, 1) if address in text else f"{self._where}: {text}"
         return text
 
     def _succeeded(self) -> None:

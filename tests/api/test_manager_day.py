@@ -227,8 +227,9 @@ async def test_device_setup_is_admin_only_checked_backed_up_and_logged(tmp_path:
     app, _service, auth = _app(tmp_path / "app")
     ctx = SetupContext(config_path=cfg, data_dir=tmp_path / "data", pool=None, now=lambda: NOW)
     add_setup_routes(app, auth=auth, ctx=ctx)
+    gen = {"role": "generation", "source": "pv", "renewable": True}
     bad = {"id": "pv", "driver": "modbus", "connection": "tcp://127.0.0.1:5020", "map": "huawei-sun2000",
-           "channels": [{"role": "generation", "quantity": "energy_import_wh", "source": "pv", "renewable": True}]}  # fmt: skip
+           "channels": [{**gen, "quantity": "energy_import_wh"}]}  # fmt: skip
     async with _client(app, headers={"Authorization": f"Bearer {VIEW}"}) as c:
         assert (await c.post("/api/v1/setup/check", json={"device": bad})).status_code == 403
         assert (await c.get("/api/v1/setup/maps")).status_code == 403
@@ -244,7 +245,7 @@ async def test_device_setup_is_admin_only_checked_backed_up_and_logged(tmp_path:
         r = await c.post("/api/v1/setup/save", json={"device": good})
         assert r.status_code == 200, r.text
         backup = Path(r.json()["backup"])
-        assert backup.is_file() and "devices" not in yaml.safe_load(backup.read_text())
+        assert backup.is_file() and "devices" not in yaml.safe_load(backup.read_text())  # noqa: ASYNC240
         assert yaml.safe_load(cfg.read_text())["devices"][0]["id"] == "pv"
         log = (tmp_path / "data" / "config-changes.jsonl").read_text()
         assert '"by": "admin"' in log and '"device": "pv"' in log
@@ -277,7 +278,7 @@ def test_check_config_rejects_a_channel_its_map_cannot_supply(tmp_path: Path) ->
                         "channels": [
                             {"role": "generation", "quantity": "energy_import_wh", "source": "pv", "renewable": True}
                         ],
-                    }  # fmt: skip
+                    }
                 ],
             }
         )

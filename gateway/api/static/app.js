@@ -617,6 +617,7 @@
 
   function connect() {
     const es = new EventSource("/api/v1/live/stream");
+    page.stream = es;
     const conn = $("conn");
     const setConn = (ok, text) => {
       S.connected = ok;
