@@ -112,7 +112,7 @@ def _page(browser: Any, size: str, lang: str = "en") -> Any:
     page = ctx.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
-    page._gia_errors = errors  # noqa: SLF001 - the test reads them back
+    page._gia_errors = errors
     return page
 
 
@@ -150,7 +150,7 @@ def test_english_and_latvian_pages_share_one_layout(browser: Any, demo: str, siz
         texts[lang] = page.inner_text("main")
         path = ARTIFACTS / f"issue21-live-{lang}-{size}.png"
         page.screenshot(path=str(path), full_page=True)
-        assert not page._gia_errors, page._gia_errors  # noqa: SLF001
+        assert not page._gia_errors, page._gia_errors
         page.context.close()
     assert boxes["en"] == boxes["lv"], "cards moved between languages"
     assert "Enerģijas bilance" in texts["lv"] and "Energy balance" in texts["en"]
@@ -201,7 +201,7 @@ def test_page_polish(browser: Any, demo: str, size: str) -> None:
     grey = page.evaluate("getComputedStyle(document.querySelector('.device .state')).filter")
     assert "grayscale" in grey
     assert "connection lost" in page.inner_text("#warnings").lower()
-    assert not page._gia_errors, page._gia_errors  # noqa: SLF001
+    assert not page._gia_errors, page._gia_errors
     page.context.close()
 
 
@@ -237,7 +237,7 @@ def test_history_views_and_zoom(browser: Any, demo: str, size: str) -> None:
     page.wait_for_function("n => window.giaHistory.trendDrawn > n", arg=drawn, timeout=10_000)
     assert page.is_visible("#trend-reset")
     page.screenshot(path=str(ARTIFACTS / f"issue21-history-lv-{size}.png"), full_page=True)
-    assert not page._gia_errors, page._gia_errors  # noqa: SLF001
+    assert not page._gia_errors, page._gia_errors
     page.context.close()
 
 
@@ -281,7 +281,7 @@ def test_no_made_up_numbers_login_and_roles(browser: Any, silent_site: str, size
     )
     _no_overflow(page)
     page.screenshot(path=str(ARTIFACTS / f"issue21-setup-{size}.png"), full_page=True)
-    assert not page._gia_errors, page._gia_errors  # noqa: SLF001
+    assert not page._gia_errors, page._gia_errors
     page.context.close()
 
 
