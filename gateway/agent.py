@@ -83,11 +83,19 @@ class Agent:
             self.ready.set()
             systemd.notify("READY=1")
             sinks = [p.name.removeprefix("sink:") for p in self._parts if p.name.startswith("sink:")]
+            http = services.settings.http
+            page = (
+                f"web page on http{'s' if http.tls_cert_file else ''}://{http.listen}/"
+                if any(p.name == "http" for p in self._parts)
+                else "web page off (http.enabled: false)"
+            )
             log.info(
-                "agent for site %s running: %d devices, sinks: %s",
+                "agent for site %s running: %d devices, sinks: %s, data in %s, %s",
                 site.id,
                 len(site.devices),
                 ", ".join(sinks) or "none",
+                services.settings.data_dir,
+                page,
             )
             try:
                 await self.supervisor.run()

@@ -22,7 +22,7 @@ def build_app() -> typer.Typer:
     import typer
 
     from forecasting import cli as forecast_cli
-    from gateway import cli_agent, cli_devices
+    from gateway import cli_agent, cli_devices, cli_users
     from gateway.certification import cli as cert_cli
     from gateway.hub import cli as hub_cli
 
@@ -35,6 +35,7 @@ def build_app() -> typer.Typer:
     )
     cli_agent.register(app)
     cli_devices.register(app)
+    cli_users.register(app)
     cert_cli.register(app)
     forecast_cli.register(app)
     hub_cli.register(app)

@@ -15,10 +15,12 @@ def register(app: typer.Typer) -> None:
     @app.command("check-config")
     def check_config(config: ConfigOpt = None) -> None:
         """Validate the config and device maps: exit 0, or 2 with one line per problem (field, what, fix)."""
+        from gateway.i18n import cli_translator
         from gateway.settings import find_config
 
         cfg = load_or_exit(config)
-        typer.echo(f"{find_config(config)}: OK ({len(cfg.site.devices)} devices)")
+        t = cli_translator()
+        typer.echo(t("{path}: OK ({n} devices)", path=find_config(config), n=len(cfg.site.devices)))
 
     @app.command("run")
     def run(config: ConfigOpt = None, log_format: LogFormatOpt = "text") -> None:

@@ -70,6 +70,7 @@ def register(app: typer.Typer) -> None:
         from drivers.maps import bundled_maps, load_map
         from drivers.modbus.bus import BusPool
         from drivers.modbus.scan import config_snippet, describe, parse_units, scan
+        from gateway.i18n import cli_translator
 
         _quiet_pymodbus()
         conn = _connection(url)
@@ -80,19 +81,27 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2) from None
         maps = {name: load_map(name) for name in bundled_maps()}
 
-        async def run() -> list[ScanHit]:
+        t = cli_translator()
+        typer.echo(t("scanning {url}, units {units} ...", url=url, units=units), err=True)
+        connected: list[bool] = []
+
+        async def run_and_check() -> list[ScanHit]:
             async with BusPool() as pool:
                 bus = pool.bus(conn, timeout_s=timeout, options={})
-                return list(await scan(bus, unit_list, maps))
+                found = list(await scan(bus, unit_list, maps))
+                connected.append(bus.stats.reconnects > 0)
+                return found
 
-        typer.echo(f"scanning {url}, units {units} ...", err=True)
-        hits = asyncio.run(run())
+        hits = asyncio.run(run_and_check())
         for hit in hits:
             typer.echo(describe(hit), err=True)
         if not hits:
-            typer.echo("no unit answered; check wiring, baud rate, parity and unit ids", err=True)
+            if not connected[0]:
+                typer.echo(t("{url}: cannot connect (check the address, port, cable and power)", url=url), err=True)
+            else:
+                typer.echo(t("connected, but no unit answered; check the unit ids, baud rate and parity"), err=True)
             raise typer.Exit(1)
-        typer.echo(config_snippet(url, hits, site_id=site_id))
+        typer.echo(config_snippet(url, hits, site_id=site_id, maps_by_name=maps))
 
     @app.command("sim")
     def sim_cmd(

@@ -297,7 +297,17 @@ async def run_demo(opts: DemoOptions) -> None:
                 # agent's first minute a core), so the MQTT sink starts after the backfill.
                 ledger.set_cursor("mqtt", ledger.head[0], now_ms=int(now.timestamp() * 1000))
             else:
-                log.info("backfill skipped: the ledger in %s already holds history", d)
+                from gateway.i18n import cli_translator
+
+                t = cli_translator()
+                print(
+                    t(
+                        "--backfill skipped: {dir} already holds history. To start fresh, stop the demo and"
+                        " remove that folder (rm -r {dir}), or give another one with --dir.",
+                        dir=d,
+                    ),
+                    file=sys.stderr,
+                )
     finally:
         ledger.close()
     origin = max(now, newest + timedelta(seconds=1)) if newest else now
@@ -313,12 +323,22 @@ async def run_demo(opts: DemoOptions) -> None:
         cfg = load_config(config)
         agent = Agent(cfg, clock=clock)
         scheme = "https" if cfg.settings.http.tls_cert_file else "http"
+        from gateway.i18n import cli_translator
+
+        t = cli_translator()
         print(
-            f"\nGIA demo: site '{SITE_ID}', {len(servers.urls)} simulated Modbus devices"
-            f"{f', time x{opts.speed:g}' if opts.speed != 1 else ''}\n"
-            f"  web page:  {scheme}://{opts.http}/\n"
-            f"  config:    {config}  (use with --config for every other gia command)\n"
-            "  Ctrl-C stops the demo.\n",
+            "\n"
+            + t("GIA demo: site '{site}', {n} simulated Modbus devices", site=SITE_ID, n=len(servers.urls))
+            + (f", {t('time x{speed}', speed=f'{opts.speed:g}')}" if opts.speed != 1 else "")
+            + "\n  "
+            + t("web page:  {url}", url=f"{scheme}://{opts.http}/")
+            + "\n  "
+            + t("config:    {path}  (use with --config for every other gia command)", path=config)
+            + "\n  "
+            + t("data:      {dir}  (ledger, keys, reports)", dir=d)
+            + "\n  "
+            + t("Ctrl-C stops the demo.")
+            + "\n",
             file=sys.stderr,
             flush=True,
         )

@@ -133,6 +133,8 @@ class Services:
     report: Callable[[], dict[str, Any]] = dict
     #: called first when a stop is requested (the HTTP server starts closing its connections)
     on_stop: list[Callable[[], None]] = field(default_factory=list)
+    #: the file the settings came from (the device setup page changes it); None when built in code
+    config_path: Path | None = None
 
     def forwarded_seq(self) -> int:
         """The highest seq every sink has forwarded (the ledger head when there are no sinks)."""

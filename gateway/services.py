@@ -95,6 +95,7 @@ async def open_services(config: Config, clock: Clock) -> AsyncIterator[Services]
                         health=HealthBoard(),
                         retained=LatestOutbox(),
                         influx_extras=LatestOutbox(),
+                        config_path=config.path,
                     )
                     yield services
             finally:

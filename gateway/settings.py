@@ -593,10 +593,24 @@ CROSS_CHECKS: list[CrossCheck] = [
 ]
 
 
-def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
-    """Relative paths in the file are relative to the file, not to wherever the agent was started."""
-    if isinstance(raw.get("data_dir"), str) and not os.path.isabs(raw["data_dir"]):
-        raw["data_dir"] = str(base / raw["data_dir"])
+def _is_path_key(key: object) -> bool:
+    return isinstance(key, str) and (key.endswith(("_file", "_dir")) or key == "path")
+
+
+def _resolve_paths(raw: Any, base: Path) -> None:
+    """Relative paths in the file are relative to the file, not to wherever the agent was started:
+    `data_dir`, every `*_file` (token files, TLS files, password files), `*_dir` and `path`, in every
+    section. (Before issue 21 only `data_dir` was, so `token_file: viewer-token` failed from another
+    working directory.)"""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if _is_path_key(key) and isinstance(value, str) and value and not os.path.isabs(value):
+                raw[key] = str(base / value)
+            else:
+                _resolve_paths(value, base)
+    elif isinstance(raw, list):
+        for item in raw:
+            _resolve_paths(item, base)
 
 
 @dataclass(frozen=True, slots=True)
@@ -606,6 +620,8 @@ class Config:
     settings: Settings
     site: Site
     base_dir: Path
+    #: the file they were read from
+    path: Path | None = None
 
 
 def settings_class(rooms: Sequence[Room] = ()) -> type[Settings]:
@@ -653,7 +669,7 @@ def load_config(
         problems = problems + exc.problems
     if problems:
         raise ConfigError(problems, source)
-    return Config(settings, site, base)
+    return Config(settings, site, base, find_config(path).resolve())
 
 
 def _load(

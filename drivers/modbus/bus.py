@@ -165,7 +165,9 @@ class ModbusBus:
         self._drop()
         wait = self._not_before - time.monotonic()
         if wait > 0:
-            raise TransientError(f"{self.key}: not connected; next connection attempt in {wait:.1f} s")
+            raise TransientError(
+                f"{self.key}: cannot connect (check address, port, cable and power); next attempt in {wait:.1f} s"
+            )
         client = self._make_client()
         try:
             ok = await asyncio.wait_for(client.connect(), timeout=self.timeout_s + 1)
@@ -292,18 +294,26 @@ class ModbusBus:
                 rr = await client.read_coils(address, count=count, device_id=unit)
             else:
                 rr = await client.read_discrete_inputs(address, count=count, device_id=unit)
+        # pymodbus's own texts ("Modbus Error: [Input/Output] ...") stay in the debug log: the message
+        # says what happened in the operator's words and names the likely cause.
         except ModbusIOException as exc:
             self._failed(timeout=True)
             what = self._what(rtype, address, count, unit)
-            raise TransientError(f"{what}: no valid response within {self.timeout_s:g} s ({exc})") from None
+            log.debug("%s: %s", what, exc)
+            hint = (
+                "wrong unit id, or the device is off" if self.conn.scheme == "tcp" else "wrong unit id, wiring or baud"
+            )
+            raise TransientError(f"{what}: no answer within {self.timeout_s:g} s ({hint})") from None
         except (ConnectionException, OSError) as exc:
             self._failed(timeout=False)
             what = self._what(rtype, address, count, unit)
-            raise TransientError(f"{what}: connection lost ({exc})") from None
+            log.debug("%s: %s", what, exc)
+            raise TransientError(f"{what}: connection lost (device restarted, cable or network)") from None
         except ModbusException as exc:
             self._failed(timeout=True)
             what = self._what(rtype, address, count, unit)
-            raise TransientError(f"{what}: {exc}") from None
+            log.debug("%s: %s", what, exc)
+            raise TransientError(f"{what}: garbled or incomplete answer") from None
         except asyncio.CancelledError:
             # The caller's deadline (the poller's timeout_s, as long as ours) ended the request before
             # pymodbus's own timeout fired: it went unanswered all the same. Count it, or a half-open
@@ -321,7 +331,9 @@ class ModbusBus:
             if code == DEVICE_BUSY:
                 raise BusyError(f"{what}: device busy")
             if code in (ILLEGAL_FUNCTION, ILLEGAL_ADDRESS, ILLEGAL_VALUE):
-                raise DeviceException(code, f"{what}: {name}")
+                raise DeviceException(code, f"{what}: {name} (the register map does not fit this device)")
+            if code in (10, GATEWAY_NO_RESPONSE):
+                raise TransientError(f"{what}: {name} (no device with unit id {unit} behind the gateway?)")
             raise TransientError(f"{what}: {name}")
         self._silent = 0
         if rtype in ("coil", "discrete"):

@@ -182,8 +182,35 @@ def _device_id(hit: ScanHit, used: set[str], stem: str | None = None) -> str:
     return name
 
 
-def config_snippet(connection: str, hits: Sequence[ScanHit], *, site_id: str = "my-site") -> str:
-    """A minimal, valid gia.yaml for the devices found (the HTTP API off until tokens are added)."""
+#: A device class's usual channels: (role, quantity, extra). A first guess the snippet marks as such.
+_CLASS_CHANNELS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
+    "meter": [("consumption", "energy_import_wh", {})],
+    "inverter": [("generation", "energy_export_wh", {"source": "pv", "renewable": True})],
+    "wind_turbine": [("generation", "energy_export_wh", {"source": "wind", "renewable": True})],
+    "battery": [("storage_charge", "energy_import_wh", {}), ("storage_discharge", "energy_export_wh", {})],
+}
+
+
+def _default_channels(register_map: RegisterMap | None) -> list[dict[str, Any]]:
+    if register_map is None:
+        return []
+    provided = {r.quantity for r in register_map.registers}
+    return [
+        {"role": role, "quantity": q, **extra}
+        for role, q, extra in _CLASS_CHANNELS.get(str(register_map.device_class), [])
+        if q in provided
+    ]
+
+
+def config_snippet(
+    connection: str,
+    hits: Sequence[ScanHit],
+    *,
+    site_id: str = "my-site",
+    maps_by_name: dict[str, RegisterMap] | None = None,
+) -> str:
+    """A minimal, valid gia.yaml for the devices found: channel roles (a first guess per device class,
+    from the quantities its map provides), the data directory and a page on loopback."""
     devices: list[dict[str, Any]] = []
     used: set[str] = set()
     notes: list[str] = []
@@ -221,7 +248,19 @@ def config_snippet(connection: str, hits: Sequence[ScanHit], *, site_id: str = "
                     "map": companion,
                 }
             )
-    doc = {"site": {"id": site_id}, "devices": devices, "http": {"enabled": False}}
+    for dev in devices:
+        roles = _default_channels(maps_by_name.get(dev.get("map", ""))) if maps_by_name else []
+        if roles:
+            dev["channels"] = roles
+    if any("channels" in d for d in devices):
+        notes.append("# channel roles are a first guess from each device's class: check them (grid meter? sub-meter?)")
+    doc = {
+        "site": {"id": site_id, "timezone": "Europe/Riga"},
+        "data_dir": "/var/lib/gia",
+        "devices": devices,
+        # the page on this machine only, viewable without a token; add tokens before listening wider
+        "http": {"listen": "127.0.0.1:8080", "anonymous_viewer_on_loopback": True},
+    }
     header = [f"# gia scan {connection}: {len(hits)} unit(s) answered", *notes]
     return "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
 

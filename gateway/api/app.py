@@ -15,15 +15,13 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import (
     FileResponse,
-    HTMLResponse,
     JSONResponse,
-    RedirectResponse,
     Response,
     StreamingResponse,
 )
@@ -33,22 +31,30 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from drivers.errors import GiaError
 from drivers.model import QUANTITIES, iso_utc
 from gateway import __version__
-from gateway.api.auth import ApiError, Authenticator, Principal, Role
+from gateway.api.auth import ApiError, Principal, Role
 from gateway.rooms import ReportProvider
 from gateway.runtime.live import LiveEvent, LiveState
 
 MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 
 
+class Authenticates(Protocol):
+    """`Authenticator` (tokens) or `sessions.PageAuth` (tokens, login sessions and users)."""
+
+    def authenticate(self, request: Request, role: Role) -> Principal: ...
+
+
 @dataclass
 class ApiServices:
     site: str
     live: LiveState
-    auth: Authenticator
+    auth: Authenticates
     health: Callable[[], dict[str, Any]]
     reports: ReportProvider | None = None
     forecast: Callable[[str], dict[str, Any] | None] = field(default=lambda _t: None)
     flexibility: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
+    #: true once the agent is stopping: long-lived responses (the SSE stream) end by themselves
+    stopping: Callable[[], bool] = field(default=lambda: False)
 
 
 def _error(status: int, error: str, detail: Any = "") -> JSONResponse:
@@ -117,17 +123,7 @@ def create_app(services: ApiServices) -> FastAPI:
         report = services.health()
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    async def index(request: Request, token: str | None = None) -> Response:
-        if token is not None:
-            # Exchange a token in the URL (bookmarkable for a wall screen) for a cookie, then drop it
-            # from the address bar so it does not linger in history.
-            resp = RedirectResponse("/", status_code=303)
-            resp.set_cookie("gia_token", token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
-            return resp
-        services.auth.authenticate(request, "viewer")
-        page = resources.files("gateway.api").joinpath("static/index.html").read_text()
-        return HTMLResponse(page)
+    # The pages themselves (/, /login, /history, /setup) are added by gateway/api/pages.py.
 
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
@@ -152,12 +148,19 @@ def create_app(services: ApiServices) -> FastAPI:
             try:
                 snap = json.dumps({"site": services.site, **live_snapshot(services.live)})
                 yield f"event: snapshot\ndata: {snap}\n\n".encode()
-                while not await request.is_disconnected():
+                idle = 0.0
+                # Checked every second: a stopping agent ends the stream itself, so uvicorn's graceful
+                # shutdown is not left to cancel it with a traceback (a browser tab open at Ctrl-C).
+                while not services.stopping() and not await request.is_disconnected():
                     try:
-                        event = await asyncio.wait_for(sub.get(), 15.0)
+                        event = await asyncio.wait_for(sub.get(), 1.0)
                     except TimeoutError:
-                        yield b": keep-alive\n\n"
+                        idle += 1.0
+                        if idle >= 15.0:
+                            idle = 0.0
+                            yield b": keep-alive\n\n"
                         continue
+                    idle = 0.0
                     yield f"event: {event.kind}\ndata: {json.dumps(_event_json(event))}\n\n".encode()
             finally:
                 services.live.unsubscribe(sub)

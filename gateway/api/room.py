@@ -14,10 +14,11 @@ from fastapi import FastAPI
 
 from gateway.api.app import ApiServices, create_app
 from gateway.api.auth import Authenticator, Principal, TokenEntry
+from gateway.api.sessions import PageAuth, UserStore
 from gateway.api.summary_routes import add_summary_routes
 from gateway.rooms import Part, Room, Services
 from gateway.runtime.http import HttpServer
-from gateway.settings import HttpConfig
+from gateway.settings import HttpConfig, Settings
 from gateway.site.balance import energy_summary, flow_history
 from gateway.site.resolve import Site
 
@@ -29,16 +30,22 @@ def authenticator(cfg: HttpConfig) -> Authenticator:
     return Authenticator(tokens, anonymous_viewer_on_loopback=cfg.anonymous_viewer_on_loopback)
 
 
+def page_auth(settings: Settings) -> PageAuth:
+    """Tokens (auth.py) plus the login page's users and sessions (sessions.py)."""
+    return PageAuth(authenticator(settings.http), users=UserStore(settings.data_dir / "users.json"))
+
+
 def build_app(site: Site, services: Services) -> FastAPI:
     p = services.providers
     api = ApiServices(
         site=site.id,
         live=services.live,
-        auth=authenticator(services.settings.http),
+        auth=page_auth(services.settings),
         health=services.report,
         reports=p.reports,
         forecast=p.forecast,
         flexibility=p.flexibility,
+        stopping=lambda: services.stopping(),
     )
     app = create_app(api)
     channels, clock, reader = site.channels, services.clock, services.reader
@@ -65,7 +72,78 @@ def build_app(site: Site, services: Services) -> FastAPI:
     add_summary_routes(app, auth=api.auth, summary=summary, history=history, now=clock.now)
     for add_routes in p.routes:  # routes other rooms serve through the API (e.g. control)
         add_routes(app, api.auth)
+    add_manager_day(app, site, services, auth=api.auth)
     return app
+
+
+def add_manager_day(app: FastAPI, site: Site, services: Services, *, auth: Any) -> None:
+    """The pages (login, live, history, setup), history and setup APIs of issue 21, on the same app."""
+    from datetime import date
+
+    from gateway.api.history_routes import HistorySources, InfluxQuery, add_history_routes
+    from gateway.api.pages import PageSite, add_pages
+    from gateway.api.setup_routes import SetupContext, add_setup_routes
+    from gateway.i18n import Catalogues
+    from gateway.site.history import View, period_balances
+
+    channels, clock, reader, settings = site.channels, services.clock, services.reader, services.settings
+    sources = tuple(sorted({c.source or "other" for c in channels if c.role == "generation"}))
+    page_site = PageSite(
+        id=site.id,
+        name=site.name,
+        timezone=site.timezone,
+        has_battery=any(c.role in ("storage_charge", "storage_discharge") for c in channels),
+        sources=sources,
+    )
+    add_pages(app, auth=auth, catalogues=Catalogues(), site=page_site)
+
+    async def energy(view: str, anchor: date) -> dict[str, Any]:
+        now = clock.now()
+        v: View = "week" if view == "week" else "year" if view == "year" else "month"
+        return await reader.call(
+            lambda led: period_balances(channels, led, view=v, anchor=anchor, timezone=site.timezone, now=now)
+        )
+
+    async def trend(device: str, quantity: str, start_ms: int, end_ms: int, points: int) -> dict[str, Any]:
+        from gateway.api.history_routes import ledger_trend
+
+        return await reader.call(lambda led: ledger_trend(led, device, quantity, start_ms, end_ms, points))
+
+    async def first_counter_ms() -> int | None:
+        return await reader.call(lambda led: led.first_counter_ms())
+
+    influx = settings.influxdb
+    add_history_routes(
+        app,
+        auth=auth,
+        src=HistorySources(
+            site=site.id,
+            timezone=site.timezone,
+            now=clock.now,
+            energy=energy,
+            trend=trend,
+            first_counter_ms=first_counter_ms,
+            device_classes={d: str(c) for d, c in site.device_classes.items()},
+            instant_retention_days=settings.ledger.retention_days,
+            influx=InfluxQuery(
+                url=influx.url,
+                database=influx.database or "",
+                username=influx.username,
+                password=influx.password_value(),
+                site=site.id,
+                timeout_s=influx.timeout_s,
+            )
+            if influx is not None and influx.api == "v1"
+            else None,
+        ),
+    )
+    add_setup_routes(
+        app,
+        auth=auth,
+        ctx=SetupContext(
+            config_path=services.config_path, data_dir=settings.data_dir, pool=services.drivers.pool, now=clock.now
+        ),
+    )
 
 
 async def _serve(site: Site, services: Services) -> None:

@@ -32,7 +32,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 
 from drivers.model import to_ms
-from gateway.api.auth import ApiError, Authenticator
+from gateway.api.auth import ApiError
+from gateway.api.history_routes import Authenticates
 
 MAX_HISTORY_H = 72
 MIN_STEP_S = 60
@@ -41,7 +42,7 @@ MIN_STEP_S = 60
 def add_summary_routes(
     app: FastAPI,
     *,
-    auth: Authenticator,
+    auth: Authenticates,
     summary: Callable[[], Awaitable[dict[str, Any]]],
     history: Callable[[int, int, int], Awaitable[dict[str, Any]]],
     now: Callable[[], datetime],

@@ -73,6 +73,30 @@ def report(
     else:
         output.write_bytes(data)
         typer.echo(f"wrote {output} ({len(data)} bytes)", err=True)
+    _say_grade(svc, site, month)
+
+
+def _say_grade(svc: ReportService, site: str, month: str) -> None:
+    """The grade on stderr (any format), and a warning when channels had no data that month: a
+    certifier should not have to open the JSON to learn that the month is `unverified`, or why."""
+    from gateway.i18n import cli_translator
+
+    t = cli_translator()
+    try:
+        rep = svc.report(site, month)
+    except Exception:  # the report itself was written; saying its grade is a courtesy
+        return
+    grade = str(rep.get("quality", {}).get("grade", "?"))
+    typer.echo(t("{month}: grade {grade}", month=month, grade=grade), err=True)
+    empty = [c["id"] for c in rep.get("channels", []) if not c.get("measured_wh") and not c.get("energy_wh")]
+    if empty:
+        typer.echo(
+            t(
+                "warning: no data this month for {channels}",
+                channels=", ".join(empty[:6]) + ("…" if len(empty) > 6 else ""),
+            ),
+            err=True,
+        )
 
 
 def evidence(

@@ -20,8 +20,8 @@ A month's life:
 A month with no readings at all is not stored, so a later backfill is not locked out. Reports are signed
 with the site key, which is never created here (`sitekeys`): a missing key is `SigningKeyMissing`.
 
-Exceptions (all `ReportError`): `UnknownSite` -> 404, `MalformedMonth` and `MonthInFuture` -> 400,
-`LedgerUnavailable`, `SigningKeyMissing`, `StoredReportLost` -> 503, `NotClosed` -> 409.
+Exceptions (all `ReportError`): `UnknownSite` and `MonthNotCovered` -> 404, `MalformedMonth` and
+`MonthInFuture` -> 400, `LedgerUnavailable`, `SigningKeyMissing`, `StoredReportLost` -> 503, `NotClosed` -> 409.
 """
 
 from __future__ import annotations
@@ -85,6 +85,15 @@ class MonthInFuture(ReportError):
     exit_code = 2
     http_status = 400
     error_code = "month_in_future"
+
+
+class MonthNotCovered(ReportError):
+    """The ledger holds no energy-register reading before the month's end (HTTP 404): no report, not an
+    all-zero `unverified` one stored for a month before the gateway existed."""
+
+    exit_code = 2
+    http_status = 404
+    error_code = "no_data"
 
 
 class LedgerUnavailable(ReportError):
@@ -422,6 +431,14 @@ class ReportService:
             raise SigningKeyMissing(str(exc)) from None
         return [{"site": self.settings.site.id, **info}]
 
+    def first_month(self, first_ms: int) -> str:
+        """The civil month (site time zone) holding `first_ms`."""
+        from datetime import UTC, datetime
+        from zoneinfo import ZoneInfo
+
+        local = datetime.fromtimestamp(first_ms / 1000, UTC).astimezone(ZoneInfo(self.settings.site.timezone))
+        return f"{local.year:04d}-{local.month:02d}"
+
     # -- internals --------------------------------------------------------------------------------
     def _check(self, site: str, month: str) -> Period:
         if site != self.settings.site.id:
@@ -536,6 +553,14 @@ class ReportService:
             arch = self._archived(period)
             if arch is not None:
                 return self._rebuild_stored(period, arch.data)
+        src = self._source()
+        try:
+            first = src.first_counter_ms()
+        finally:
+            src.close()
+        if first is None or first >= period.end_ms:
+            since = "" if first is None else f"; the first month with readings is {self.first_month(first)}"
+            raise MonthNotCovered(f"the ledger has no energy-register reading before the end of {month}{since}")
         src = self._source()
         try:
             head_seq, head_hash = src.head()

@@ -35,8 +35,11 @@ class DevicePoller:
         live: LiveState,
         on_samples: SampleSink,
         reconnect_after_failures: int = 3,
+        where: str = "",
     ) -> None:
         self.device_id = device_id
+        #: the device's address for messages, e.g. "tcp://10.0.0.5:502 unit 3"
+        self._where = where
         self._driver_factory = driver_factory
         self._interval_s = interval_s
         self._timeout_s = timeout_s
@@ -51,9 +54,27 @@ class DevicePoller:
         status = self._live.devices[self.device_id]
         status.errors += 1
         status.consecutive_failures += 1
-        status.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        status.last_error = self.explain(exc)
         if self._live.set_online(self.device_id, False):
             log.error("device %s is offline: %s", self.device_id, status.last_error)
+
+    def explain(self, exc: BaseException) -> str:
+        """What went wrong, where (address and unit) and the likely cause — never a bare 'TimeoutError'.
+
+        The poller's own deadline ends a read with an empty TimeoutError; drivers' errors already name
+        the address and unit (drivers/modbus/bus.py) and get `where` only when they do not."""
+        text = str(exc)
+        if isinstance(exc, TimeoutError) and not text:
+            return (
+                f"{self._where or self.device_id}: no answer within {self._timeout_s:g} s"
+                " (device off or unplugged, wrong address or unit id, or the bus is overloaded)"
+            )
+        if not text:
+            text = type(exc).__name__
+        address = self._where.split(" unit")[0]
+        if self._where and " unit " not in text:
+            text = text.replace(address, self._where, 1) if address in text else f"{self._where}: {text}"
+        return text
 
     def _succeeded(self) -> None:
         status = self._live.devices[self.device_id]

@@ -80,7 +80,15 @@ def _poller(device: SiteDevice, services: Services) -> DevicePoller:
         clock=services.clock,
         live=services.live,
         on_samples=services.guard.submit,
+        where=_where(cfg),
     )
+
+
+def _where(cfg: Any) -> str:
+    """The device's address and unit for log lines (never credentials: connection URLs hold none)."""
+    conn = getattr(cfg, "connection", None) or getattr(cfg, "url", None) or ""
+    unit = getattr(cfg, "unit_id", None)
+    return f"{conn} unit {unit}" if conn and unit is not None else str(conn)
 
 
 async def parts(site: Site, services: Services) -> Sequence[Part]:
@@ -91,7 +99,20 @@ async def parts(site: Site, services: Services) -> Sequence[Part]:
     live = services.live
 
     def offline(device_id: str) -> list[str]:
-        return [f"device {device_id} is offline"] if live.devices[device_id].online is False else []
+        status = live.devices[device_id]
+        if status.online is False:
+            return [f"device {device_id} is offline"]
+        if not status.online:
+            return []
+        # Online but a configured channel's register is missing or unreadable: the balance would be
+        # unknown (or, before issue 21, silently zero), so health says which channel and why.
+        reasons = []
+        for ch in site.device(device_id).channels:
+            sample = live.values.get((device_id, ch.quantity))
+            if sample is None or sample.value is None:
+                what = "no reading" if sample is None else "an invalid reading"
+                reasons.append(f"channel {ch.id} has {what} of {ch.quantity} from device {device_id}")
+        return reasons
 
     services.health.add("devices", lambda: {d: s.as_json()["state"] for d, s in live.devices.items()})
     return [

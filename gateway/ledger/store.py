@@ -549,6 +549,26 @@ class Ledger:
         ):
             yield int(eid), int(ts_ms), str(kind), device, str(detail), bytes(h)
 
+    def trend_buckets(
+        self, device: str, quantity: str, start_ms: int, end_ms: int, bucket_ms: int, *, max_rows: int
+    ) -> list[tuple[int, int, float, float, float]] | None:
+        """(bucket start, readings, mean, min, max) of the good/estimated numeric readings of one series in
+        [start_ms, end_ms), or None when the range holds more than `max_rows` readings (then the caller
+        samples instead: aggregating a month of 1-s readings would hold a reader thread for seconds)."""
+        where = "device = ? AND quantity = ? AND ts_ms >= ? AND ts_ms < ? AND pruned = 0"
+        args = (device, quantity, start_ms, end_ms)
+        (n,) = self._db.execute(
+            f"SELECT count(*) FROM (SELECT 1 FROM readings WHERE {where} LIMIT ?)", (*args, max_rows + 1)
+        ).fetchone()
+        if n > max_rows:
+            return None
+        rows = self._db.execute(
+            f"SELECT (ts_ms - ?) / ? AS b, count(*), avg(value), min(value), max(value) FROM readings WHERE {where}"
+            " AND quality IN ('good', 'estimated') AND typeof(value) IN ('integer', 'real') GROUP BY b ORDER BY b",
+            (start_ms, bucket_ms, *args),
+        )
+        return [(start_ms + int(b) * bucket_ms, int(c), float(a), float(lo), float(hi)) for b, c, a, lo, hi in rows]
+
     def newest_ts_ms(self) -> int | None:
         """The latest reading time in the ledger (kept entries): time must not run back past it."""
         row = self._db.execute("SELECT max(ts_ms) FROM readings WHERE pruned = 0").fetchone()

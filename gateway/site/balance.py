@@ -24,7 +24,7 @@ report is the authority.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Final, Protocol
 from zoneinfo import ZoneInfo
@@ -183,6 +183,75 @@ def indicators(energy: Mapping[str, int], channels: Sequence[ChannelSpec]) -> di
     return out
 
 
+#: Quality of a derived figure, best first: the worst of its inputs'. `unknown`: an input has no
+#: usable register advance, so the figure is not shown as a number at all.
+QUALITY_ORDER: Final = ("good", "stale", "partial", "unknown")
+_STATUS_QUALITY: Final = {"ok": "good", "stale": "stale", "partial": "partial"}
+
+
+def _inputs(channels: Sequence[BalanceChannel]) -> dict[str, list[str]]:
+    """indicator -> the channel ids it is computed from (the formulas of `energy_balance`)."""
+
+    def ids(pred: Callable[[BalanceChannel], Any]) -> list[str]:
+        return [c.id for c in channels if pred(c)]
+
+    def role(*roles: str) -> list[str]:
+        return ids(lambda c: c.role in roles)
+
+    has_grid = any(c.role in ("grid_import", "grid_export") for c in channels)
+    consumption = (
+        role("grid_import", "grid_export", "generation", "storage_charge", "storage_discharge")
+        if has_grid
+        else role("consumption")
+    )
+    renewable = ids(lambda c: c.role == "generation" and c.renewable)
+    out = {
+        "consumption_wh": consumption,
+        "metered_consumption_wh": role("consumption"),
+        "generation_wh": role("generation"),
+        "renewable_generation_wh": renewable,
+        "renewable_consumed_on_site_wh": renewable + role("grid_export"),
+        "grid_import_wh": role("grid_import"),
+        "grid_export_wh": role("grid_export"),
+        "storage_charge_wh": role("storage_charge"),
+        "storage_discharge_wh": role("storage_discharge"),
+        "auxiliary_wh": role("auxiliary"),
+        "self_consumption_wh": role("generation", "grid_export"),
+    }
+    out["renewable_share"] = out["renewable_consumed_on_site_wh"] + consumption
+    out["self_sufficiency"] = consumption + out["grid_import_wh"]
+    for c in channels:
+        if c.role == "generation":
+            out.setdefault(f"generation_{c.source or 'other'}_wh", []).append(c.id)
+    return out
+
+
+def graded_indicators(
+    energy: Mapping[str, int], channels: Sequence[ChannelSpec], status: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """`indicators` where every figure with an unusable input is None, and each figure's quality.
+
+    `status`: channel id -> `ok`, `stale`, `partial`, or anything else for "no usable advance" (no
+    data, register went backwards). Why: a missing grid import counted as 0 Wh turned a meter restart
+    into "100 % renewable"; unknown must stay unknown, and a figure is only as good as its worst input.
+    """
+    out = indicators(energy, channels)
+    quality: dict[str, str] = {}
+    for name, ids in _inputs(channels).items():
+        q = "good"
+        for cid in ids:
+            cq = _STATUS_QUALITY.get(status.get(cid, ""), "unknown")
+            if QUALITY_ORDER.index(cq) > QUALITY_ORDER.index(q):
+                q = cq
+        quality[name] = q
+        if q == "unknown":
+            if name.startswith("generation_") and name != "generation_wh":
+                out["generation_by_source_wh"][name[len("generation_") : -3]] = None
+            elif name in out:
+                out[name] = None
+    return out, quality
+
+
 def register_balance(
     channels: Sequence[ChannelSpec],
     lookup: RegisterLookup,
@@ -195,8 +264,9 @@ def register_balance(
 
     A channel whose register has no reading at or before the start uses its first reading after it
     (the period is then covered only partly: `partial`); a register that went backwards is left out
-    and named in `warnings` (the report's VEE decides what it was). `complete` is true when every
-    channel has both boundaries and its closing reading is at most `stale_after_ms` old.
+    and named in `warnings` (the report's VEE decides what it was), and every figure computed from it
+    is None (unknown), never a number with that channel counted as 0 (`graded_indicators`). `complete`
+    is true when every channel has both boundaries and its closing reading is at most `stale_after_ms` old.
     """
     rows: list[dict[str, Any]] = []
     energy: dict[str, int] = {}
@@ -233,10 +303,14 @@ def register_balance(
             elif status == "stale":
                 warnings.append(f"{ch.id}: last register reading at {row['closing_ts']}")
         rows.append(row)
+    graded, quality = graded_indicators(energy, channels, {r["id"]: r["status"] for r in rows})
+    worst = max((QUALITY_ORDER.index(q) for q in quality.values()), default=0)
     return {
         "start": iso_utc(_dt(start_ms)),
         "end": iso_utc(_dt(end_ms)),
-        "indicators": indicators(energy, channels),
+        "indicators": graded,
+        "quality": quality,
+        "worst_quality": QUALITY_ORDER[worst],
         "channels": rows,
         "complete": all(r["status"] == "ok" for r in rows) and bool(rows),
         "warnings": warnings,

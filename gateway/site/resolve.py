@@ -16,14 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from drivers.base import PermanentError
-from drivers.config import DeviceConfig, ModbusDeviceConfig
+from drivers.config import DeviceConfig, ModbusDeviceConfig, MqttDeviceConfig
 from drivers.factory import DeviceMap, device_class_of, device_map
 from drivers.modbus.registermap import RegisterMap
 from drivers.model import DeviceClass
 from gateway.site.channels import ChannelSpec, channel_specs
 
 if TYPE_CHECKING:
-    from gateway.settings import Location, Settings
+    from gateway.settings import Location, Problem, Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +104,7 @@ def resolve_site(settings: Settings, *, base_dir: Path) -> Site:
                 channels=tuple(channel_specs([cfg], moduli)),
             )
         )
+        problems += _channel_problems(i, cfg, rmap)
     if problems:
         raise ConfigError(problems)
     s = settings.site
@@ -117,6 +118,46 @@ def resolve_site(settings: Settings, *, base_dir: Path) -> Site:
         channels=tuple(c for d in resolved for c in d.channels),
         _by_id={d.id: d for d in resolved},
     )
+
+
+def provided_quantities(cfg: DeviceConfig, loaded: DeviceMap | None) -> set[str] | None:
+    """What a device can deliver, known before it is read: its map's quantities (register or node map)
+    or its MQTT profile and fields; None when only the device itself can tell (SunSpec discovery)."""
+    if isinstance(loaded, RegisterMap):
+        return {r.quantity for r in loaded.registers}
+    if loaded is not None:
+        return {n.quantity for n in loaded.nodes}
+    if isinstance(cfg, MqttDeviceConfig):
+        from drivers.mqtt.payload import PROFILES
+
+        return set(PROFILES.get(cfg.profile or "", {})) | set(cfg.fields)
+    return None
+
+
+def _channel_problems(index: int, cfg: DeviceConfig, loaded: DeviceMap | None) -> list[Problem]:
+    """A channel must name a quantity its device delivers: `energy_import_wh` on a map that has only
+    `energy_export_wh` passed check-config, read nothing, and the page showed 0 % renewable beside 26 kW."""
+    from gateway.settings import Problem
+
+    provided = provided_quantities(cfg, loaded)
+    if provided is None:
+        return []
+    map_name = getattr(cfg, "map", None)
+    source = f"map {map_name!r}" if map_name else "its payload profile/fields"
+    out = []
+    for j, ch in enumerate(getattr(cfg, "channels", [])):
+        if ch.quantity not in provided:
+            energy = sorted(q for q in provided if q.startswith("energy_"))
+            out.append(
+                Problem(
+                    f"devices[{index}].channels[{j}].quantity",
+                    f"{cfg.id} cannot supply {ch.quantity!r}: {source} does not read it",
+                    f"use one of {', '.join(energy)}"
+                    if energy
+                    else "this device has no energy register: remove the channel",
+                )
+            )
+    return out
 
 
 def modbus_devices(site: Site) -> list[tuple[ModbusDeviceConfig, SiteDevice]]:

@@ -37,6 +37,7 @@ README_LINES: list[tuple[str, str]] = [
         "not in the suite: the benchmarks run minutes each; every script is run by hand and its"
         " figures are in the README's Measured table",
     ),
+    (r"MONTH=\$\(TZ=Europe/Riga date .*", "tests/agent/test_readme.py::test_backfill_gives_a_verified_last_month"),
     (
         r"\.venv/bin/gia (report|keys export|evidence|verify) .*",
         "tests/agent/test_readme.py::test_backfill_gives_a_verified_last_month",
@@ -127,6 +128,15 @@ def stop(proc: subprocess.Popen[str]) -> str:
     return out
 
 
+def _certifier_block() -> list[str]:
+    """The shell lines of the README block that starts with `MONTH=` (the certifier's steps)."""
+    text = (ROOT / "README.md").read_text()
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        if block.startswith("MONTH="):
+            return [re.split(r"\s+#\s", line)[0].strip() for line in block.splitlines() if line.strip()]
+    raise AssertionError("no certifier block (MONTH=...) in the README")
+
+
 @pytest.mark.slow
 @pytest.mark.modbus
 def test_backfill_gives_a_verified_last_month(tmp_path: Path) -> None:
@@ -145,6 +155,25 @@ def test_backfill_gives_a_verified_last_month(tmp_path: Path) -> None:
         wait_healthy(base, proc, timeout=120)
     finally:
         stop(proc)
+    # Done-when 3 of issue 21: the README's certifier block, verbatim, in its order and with the key first
+    block = _certifier_block()
+    for order in (block, [block[0], block[2], block[3], block[1], block[4]]):
+        res = subprocess.run(
+            [
+                "bash",
+                "-euo",
+                "pipefail",
+                "-c",
+                "\n".join(order).replace(".venv/bin/gia", f"{sys.executable} -m gateway"),
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={k: v for k, v in os.environ.items() if not k.startswith("GIA_")},
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+        assert "grade verified" in res.stderr, res.stderr
     cfg = "gia-demo/gia.yaml"
     res = gia("report", "demo", last_month, "--config", cfg, "-o", "report.json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr

@@ -32,7 +32,15 @@ def app(*, anonymous: bool = False) -> httpx.AsyncClient:
         auth=Authenticator(tokens, anonymous_viewer_on_loopback=anonymous),
         health=lambda: {"status": "ok", "reasons": []},
     )
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=create_app(services)), base_url="http://gw")
+    api = create_app(services)
+    # the pages (/, /login, ...) are added beside the API (gateway/api/pages.py, issue 21)
+    from gateway.api.pages import PageSite, add_pages
+    from gateway.api.sessions import PageAuth
+    from gateway.i18n import Catalogues
+
+    assert isinstance(services.auth, Authenticator)
+    add_pages(api, auth=PageAuth(services.auth), catalogues=Catalogues(), site=PageSite("site-a", "", "UTC", False, ()))
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://gw")
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -117,7 +117,35 @@ def test_partial_missing_and_decreasing_registers_are_flagged(ledger: Ledger) ->
     assert status["pv.generation"] == "partial"  # readings start after the period start
     assert not b["complete"]
     assert any("went backwards" in w for w in b["warnings"])
-    assert b["indicators"]["grid_import_wh"] == 0  # left out, never a made-up number
+    ind, q = b["indicators"], b["quality"]
+    # left out, never a made-up number: unknown, and so is everything computed from it
+    assert ind["grid_import_wh"] is None and q["grid_import_wh"] == "unknown"
+    assert ind["consumption_wh"] is None and ind["renewable_share"] is None and ind["self_sufficiency"] is None
+    assert ind["grid_export_wh"] == 0 and q["grid_export_wh"] == "partial"  # readings start late
+    assert q["generation_wh"] == "partial" and ind["generation_by_source_wh"]["pv"] is not None
+    assert b["worst_quality"] == "unknown"
+
+
+def test_meter_restart_is_not_100_percent_renewable(ledger: Ledger) -> None:
+    """Finding 2 of issue 21: the grid meter restarted (register went backwards) during a sunny hour.
+
+    Before: grid import counted as 0 Wh and the headline read "100 % renewable"."""
+    t1 = T0 + timedelta(hours=1)
+    ledger.append(
+        [
+            sample("grid", "energy_import_wh", 9_000_000, T0),
+            sample("grid", "energy_export_wh", 0, T0),
+            sample("pv", "energy_export_wh", 0, T0),
+            sample("grid", "energy_import_wh", 12, t1),  # restarted meter
+            sample("grid", "energy_export_wh", 0, t1),
+            sample("pv", "energy_export_wh", 26_000, t1),
+        ]
+    )
+    chans = [c for c in CHANNELS if c.device in ("grid", "pv")]
+    b = register_balance(chans, ledger, start_ms=to_ms(T0), end_ms=to_ms(t1))
+    assert b["indicators"]["renewable_share"] is None, b["indicators"]
+    assert b["quality"]["renewable_share"] == "unknown"
+    assert b["indicators"]["generation_wh"] == 26_000 and b["quality"]["generation_wh"] == "good"
 
 
 def test_stale_closing_reading(ledger: Ledger) -> None:

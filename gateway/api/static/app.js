@@ -4,57 +4,43 @@
 // (past flows from the energy registers), /api/v1/forecasts/{target}, /api/v1/flexibility, /healthz.
 // Endpoints that answer 404 (not enabled on this gateway) show an explanation instead of a chart.
 (() => {
+  const G = window.GIA;
+  const { T, esc, fmtPower, fmtEnergy, pct, nf } = G;
   const $ = (id) => document.getElementById(id);
-  const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
   const S = {
     site: null, devices: {}, seen: {}, summary: null, summaryError: null, period: "today", target: "load",
     forecasts: {}, history: null, liveActual: { load: [], wind: [], pv: [] }, flex: undefined, health: null,
-    connected: false, lastTs: null, dirty: new Set(), chart: null,
+    connected: false, lastTs: null, dirty: new Set(), chart: null, months: null,
   };
   const page = (window.giaPage = { firstRenderMs: null, renders: 0, events: 0, chartDrawn: null });
-
-  // ---- formatting ----------------------------------------------------------------------------
-  const nf = (v, d) => v.toLocaleString(undefined, { minimumFractionDigits: d, maximumFractionDigits: d });
-  function fmtPower(w) {
-    if (w === null || w === undefined || Number.isNaN(w)) return "—";
-    if (Math.abs(w) < 0.5) w = 0; // never "-0 W"
-    const a = Math.abs(w);
-    if (a >= 1e6) return nf(w / 1e6, 2) + " MW";
-    if (a >= 1e3) return nf(w / 1e3, a >= 1e5 ? 0 : 1) + " kW";
-    return nf(w, 0) + " W";
-  }
-  function fmtEnergy(wh) {
-    if (wh === null || wh === undefined) return "—";
-    const a = Math.abs(wh);
-    if (a >= 1e6) return nf(wh / 1e6, a >= 1e8 ? 0 : 2) + " MWh";
-    if (a >= 1e3) return nf(wh / 1e3, a >= 1e5 ? 0 : 1) + " kWh";
-    return nf(wh, 0) + " Wh";
-  }
   const UNIT = { degC: "°C", deg: "°", "1": "", "": "" };
-  const DIGITS = { V: 1, A: 1, Hz: 2, "m/s": 1, "%": 0, degC: 1, deg: 0, rpm: 1, "1": 2, var: 0, VA: 0 };
+  const DIGITS = { V: 1, A: 1, Hz: 2, "m/s": 1, "%": 0, degC: 1, deg: 0, rpm: 1, "1": 3, var: 0, VA: 0 };
   function fmtValue(q, s) {
-    if (!s || s.value === null || s.value === undefined) return "invalid";
+    if (!s || s.value === null || s.value === undefined) return T("invalid");
     if (s.unit === "W") return fmtPower(s.value);
     if (s.unit === "Wh") return fmtEnergy(s.value);
     if (s.unit === "var" || s.unit === "VA") return fmtPower(s.value).replace("W", s.unit);
-    if (q === "status") return String(s.value);
+    if (q === "status" || q === "serial_number") return String(s.value);
     const d = DIGITS[s.unit] ?? 2;
     const u = UNIT[s.unit] ?? s.unit;
-    return nf(s.value, d) + (u ? (u === "%" || u === "°" ? "" : " ") + u : "");
+    return nf(s.value, d) + (u ? (u === "°" ? "" : " ") + u : "");
   }
-  const pct = (x) => (x === null || x === undefined ? "—" : nf(100 * x, 0) + " %");
   const LABEL = {
-    power_w: "Power", power_l1_w: "Power L1", power_l2_w: "Power L2", power_l3_w: "Power L3", dc_power_w: "DC power",
-    voltage_l1_v: "Voltage L1", voltage_l2_v: "Voltage L2", voltage_l3_v: "Voltage L3",
-    current_l1_a: "Current L1", current_l2_a: "Current L2", current_l3_a: "Current L3", frequency_hz: "Frequency",
-    reactive_power_var: "Reactive power", apparent_power_va: "Apparent power", power_factor: "Power factor",
-    energy_import_wh: "Energy in (register)", energy_export_wh: "Energy out (register)", wind_speed_ms: "Wind speed",
-    wind_direction_deg: "Wind direction", rotor_speed_rpm: "Rotor speed", soc_pct: "State of charge",
-    temperature_c: "Temperature", status: "Status code",
+    power_w: T("Power"), power_l1_w: T("Power L1"), power_l2_w: T("Power L2"), power_l3_w: T("Power L3"), dc_power_w: T("DC power"),
+    voltage_l1_v: T("Voltage L1"), voltage_l2_v: T("Voltage L2"), voltage_l3_v: T("Voltage L3"),
+    current_l1_a: T("Current L1"), current_l2_a: T("Current L2"), current_l3_a: T("Current L3"), frequency_hz: T("Frequency"),
+    reactive_power_var: T("Reactive power"), apparent_power_va: T("Apparent power"), power_factor: T("Power factor"),
+    energy_import_wh: T("Energy in (register)"), energy_export_wh: T("Energy out (register)"), wind_speed_ms: T("Wind speed"),
+    wind_direction_deg: T("Wind direction"), rotor_speed_rpm: T("Rotor speed"), soc_pct: T("State of charge"),
+    temperature_c: T("Temperature"), status: T("Status code"), serial_number: T("Serial number"),
   };
-  const CLASS_LABEL = { meter: "Meter", inverter: "PV inverter", wind_turbine: "Wind turbine", battery: "Battery" };
+  const CLASS_LABEL = { meter: T("Meter"), inverter: T("PV inverter"), wind_turbine: T("Wind turbine"), battery: T("Battery") };
+  const STATE = { online: T("online"), offline: T("offline"), unknown: T("unknown") };
+  const QUALITY = { good: T("good"), estimated: T("estimated"), stale: T("stale"), invalid: T("invalid"), partial: T("partial"), unknown: T("unknown") };
   const HIGHLIGHT = ["soc_pct", "wind_speed_ms", "energy_import_wh", "energy_export_wh", "frequency_hz", "voltage_l1_v"];
-  const timeFmt = (d) => d.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit", second: "2-digit" });
+  const timeFmt = (d) => G.timeS(d);
+  const boot = G.boot;
+  const sources = new Set((boot.site && boot.site.sources) || []);
 
   // ---- site layout: which device is grid / generation / storage / consumption ------------------
   function layout() {
@@ -78,27 +64,39 @@
 
   // ---- live flows --------------------------------------------------------------------------------
   function liveFlows() {
+    // Unknown stays unknown: a flow whose device is offline, unread or invalid is null, and every sum
+    // that needs it (consumption, the renewable share) is null too, never a number counting it as 0.
     const L = layout();
-    const f = { grid: null, storage: null, gen: {}, genRenewable: 0, metered: 0, meters: [], uncertain: new Set(), hasGrid: false };
+    const f = { grid: null, storage: null, gen: {}, genRenewable: 0, metered: 0, meters: [], uncertain: new Set(), unknown: new Set(), hasGrid: false, hasStorage: false };
     for (const [id, l] of Object.entries(L)) {
       const d = S.devices[id];
       if (!d || !l.flow) continue;
       const s = d.values && d.values.power_w;
-      const bad = d.state !== "online" || !s || s.value === null || s.quality === "invalid" || s.quality === "stale";
+      const missing = d.state !== "online" || !s || s.value === null || s.value === undefined || s.quality === "invalid";
       const key = l.flow === "generation" ? (l.source || "other") : l.flow;
-      if (bad) f.uncertain.add(key);
-      const p = s && s.value !== null ? s.value : 0;
-      if (l.flow === "grid") { f.grid = (f.grid || 0) + p; f.hasGrid = true; }
-      else if (l.flow === "storage") f.storage = (f.storage || 0) + p;
+      if (l.flow === "grid") f.hasGrid = true;
+      if (l.flow === "storage") f.hasStorage = true;
+      if (missing) { f.unknown.add(key); f.uncertain.add(key); }
+      else if (s.quality !== "good") f.uncertain.add(key);
+      const p = missing ? null : s.value;
+      const add = (a) => (a === null || p === null ? null : a + p);
+      if (l.flow === "grid") f.grid = f.unknown.has("grid") ? null : add(f.grid === null ? 0 : f.grid);
+      else if (l.flow === "storage") f.storage = f.unknown.has("storage") ? null : add(f.storage === null ? 0 : f.storage);
       else if (l.flow === "generation") {
-        f.gen[key] = (f.gen[key] || 0) + p;
-        if (l.renewable !== false) f.genRenewable += Math.max(0, p);
-      } else if (l.flow === "consumption") { f.metered += p; f.meters.push([id, p]); }
+        f.gen[key] = f.unknown.has(key) ? null : add(f.gen[key] === undefined || f.gen[key] === null ? 0 : f.gen[key]);
+        if (p !== null && l.renewable !== false) f.genRenewable += Math.max(0, p);
+      } else if (l.flow === "consumption") { f.metered = f.metered === null || p === null ? null : f.metered + p; f.meters.push([id, p]); if (p === null) f.unknown.add("consumption"); }
     }
-    const genTotal = Object.values(f.gen).reduce((a, b) => a + b, 0);
-    f.consumption = f.hasGrid ? f.grid + genTotal + (f.storage || 0) : f.metered;
-    const exportW = f.hasGrid ? Math.max(0, -f.grid) : 0;
-    f.share = f.consumption > 0 ? Math.min(1, Math.max(0, f.genRenewable - exportW) / f.consumption) : null;
+    const gens = Object.values(f.gen);
+    const genTotal = gens.some((v) => v === null) ? null : gens.reduce((a, b) => a + b, 0);
+    if (f.hasGrid) {
+      const parts = [f.grid, genTotal, f.hasStorage ? f.storage : 0];
+      f.consumption = parts.some((v) => v === null) ? null : parts.reduce((a, b) => a + b, 0);
+    } else f.consumption = f.metered;
+    const exportW = f.hasGrid && f.grid !== null ? Math.max(0, -f.grid) : null;
+    const renKnown = !Object.entries(f.gen).some(([, v]) => v === null);
+    f.share = f.consumption !== null && f.consumption > 0 && renKnown && (exportW !== null || !f.hasGrid)
+      ? Math.min(1, Math.max(0, f.genRenewable - (exportW || 0)) / f.consumption) : null;
     return f;
   }
 
@@ -114,7 +112,7 @@
   };
   const POS = { pv: [105, 52], wind: [315, 52], grid: [52, 170], storage: [368, 170], other: [210, 268], chp: [210, 268] };
   const CENTER = [210, 150];
-  const NAME = { grid: "Grid", pv: "Solar PV", wind: "Wind", storage: "Battery", other: "Other generation", chp: "CHP", consumption: "Site consumption" };
+  const NAME = { grid: T("Grid"), pv: T("Solar PV"), wind: T("Wind"), storage: T("Battery"), other: T("Other generation"), chp: T("CHP"), consumption: T("Site consumption") };
 
   function node(key, x, y, r, color) {
     const g = document.createElementNS(SVGNS, "g");
@@ -133,7 +131,7 @@
     const keys = [];
     if (f.hasGrid) keys.push("grid");
     for (const k of Object.keys(f.gen).sort()) keys.push(k);
-    if (f.storage !== null) keys.push("storage");
+    if (f.hasStorage) keys.push("storage");
     const sig = keys.join(",");
     const nodes = $("flow-nodes"), links = $("flow-links");
     if (sig !== flowKeys) {
@@ -158,35 +156,43 @@
     const values = { grid: f.grid, storage: f.storage, ...f.gen };
     const maxAbs = Math.max(1, ...keys.map((k) => Math.abs(values[k] || 0)), Math.abs(f.consumption || 0));
     for (const k of keys) {
-      const v = values[k] || 0;
+      const v = values[k];
+      const known = v !== null && v !== undefined;
       const g = nodes.querySelector(`[data-flow="${k}"]`), line = links.querySelector(`[data-flow="${k}"]`);
-      const idleW = Math.abs(v) < Math.max(50, maxAbs * 0.005);
-      const label = k === "grid" || k === "storage" ? fmtPower(Math.abs(v)) : fmtPower(v);
+      const idleW = !known || Math.abs(v) < Math.max(50, maxAbs * 0.005);
+      const label = !known ? "—" : k === "grid" || k === "storage" ? fmtPower(Math.abs(v)) : fmtPower(v);
       let note = "";
-      if (k === "grid") note = idleW ? "balanced" : v > 0 ? "importing" : "exporting";
-      else if (k === "storage") note = idleW ? "idle" : v > 0 ? "discharging" : "charging";
-      else if (v < 0) note = "own use";
+      if (!known) note = T("no reading");
+      else if (k === "grid") note = idleW ? T("balanced") : v > 0 ? T("importing") : T("exporting");
+      else if (k === "storage") note = idleW ? T("idle") : v > 0 ? T("discharging") : T("charging");
+      else if (v < 0) note = T("own use");
       g.querySelector(".value").textContent = label;
       g.querySelector(".note").textContent = note;
-      g.querySelector(".value").setAttribute("data-w", String(Math.round(v)));
+      if (known) g.querySelector(".value").setAttribute("data-w", String(Math.round(v)));
+      else g.querySelector(".value").removeAttribute("data-w");
       g.classList.toggle("offline", f.uncertain.has(k));
-      const toward = v > 0; // positive: into the site (import, production, discharge)
+      g.classList.toggle("unknown", !known);
+      const toward = known && v > 0; // positive: into the site (import, production, discharge)
       const idle = idleW;
       line.setAttribute("class", "link" + (idle ? " idle" : " on") + (!toward && !idle ? " rev" : "") + (f.uncertain.has(k) ? " uncertain" : ""));
-      line.style.strokeWidth = String(2 + 7 * Math.sqrt(Math.min(1, Math.abs(v) / maxAbs)));
+      line.style.strokeWidth = String(2 + 7 * Math.sqrt(Math.min(1, Math.abs(v || 0) / maxAbs)));
       line.removeAttribute("marker-end"); line.removeAttribute("marker-start");
       if (!idle) line.setAttribute(toward ? "marker-end" : "marker-start", "url(#arrow)");
       let title = g.querySelector("title");
       if (!title) { title = document.createElementNS(SVGNS, "title"); g.appendChild(title); }
-      title.textContent = k === "grid" ? (v >= 0 ? "importing from the grid" : "exporting to the grid")
-        : k === "storage" ? (v >= 0 ? "battery discharging" : "battery charging") : (NAME[k] || k) + " producing";
+      title.textContent = !known ? T("no reading: unknown, not zero") : k === "grid" ? (v >= 0 ? T("importing from the grid") : T("exporting to the grid"))
+        : k === "storage" ? (v >= 0 ? T("battery discharging") : T("battery charging")) : T("{name} producing", { name: NAME[k] || k });
     }
     const c = nodes.querySelector('[data-flow="consumption"]');
+    const cKnown = f.consumption !== null && f.consumption !== undefined;
     c.querySelector(".value").textContent = fmtPower(f.consumption);
-    c.querySelector(".value").setAttribute("data-w", String(Math.round(f.consumption || 0)));
-    c.querySelector(".label").textContent = "Site consumption";
+    if (cKnown) c.querySelector(".value").setAttribute("data-w", String(Math.round(f.consumption)));
+    else c.querySelector(".value").removeAttribute("data-w");
+    c.querySelector(".note").textContent = cKnown ? "" : T("unknown");
+    c.querySelector(".label").textContent = NAME.consumption;
     c.classList.toggle("offline", f.uncertain.size > 0);
-    $("flow-share").textContent = f.share === null ? "renewable —" : `renewable ${pct(f.share)} now`;
+    c.classList.toggle("unknown", !cKnown);
+    $("flow-share").textContent = f.share === null ? T("renewable: unknown") : T("renewable {share} now", { share: pct(f.share) });
     return f;
   }
 
@@ -196,18 +202,21 @@
     el.className = "device";
     el.dataset.device = id;
     el.innerHTML = `<div class="device-head"><div><h3>${esc(id)}</h3><span class="cls"></span></div>` +
-      `<span class="pill state state-unknown">unknown</span></div><div class="main num">—</div>` +
-      `<table class="hl"></table><details><summary>all values</summary><table class="all"></table></details>` +
-      `<div class="age"></div>`;
+      `<span class="pill state state-unknown" data-state="unknown">${esc(STATE.unknown)}</span></div><div class="main num">—</div>` +
+      `<table class="hl"></table><details><summary>${esc(T("all values"))}</summary><table class="all"></table></details>` +
+      `<div class="age"></div><a class="trend-link small" href="/history?device=${encodeURIComponent(id)}#trend">${esc(T("trend"))}</a>`;
     return el;
   }
   function rows(values, names) {
     return names.filter((q) => values[q]).map((q) => {
       const s = values[q];
-      const mark = s.quality !== "good" ? `<span class="q-mark" title="quality: ${esc(s.quality)}">${esc(s.quality)}</span>` : "";
+      const ql = QUALITY[s.quality] || s.quality;
+      const mark = s.quality !== "good" ? `<span class="q-mark" title="${esc(T("quality"))}: ${esc(ql)}">${esc(ql)}</span>` : "";
       return `<tr class="q-${esc(s.quality)}"><td>${esc(LABEL[q] || q)}${mark}</td><td class="v" data-q="${esc(q)}">${esc(fmtValue(q, s))}</td></tr>`;
     }).join("");
   }
+  const ROLE = { grid: T("grid connection"), storage: T("storage"), consumption: T("consumption"), auxiliary: T("auxiliary") };
+  const SOURCE = { pv: T("PV"), wind: T("wind"), chp: T("CHP"), other: T("other") };
   function renderDevice(id) {
     const d = S.devices[id];
     const root = $("devices");
@@ -215,16 +224,16 @@
     if (!el) { el = deviceCard(id); root.appendChild(el); }
     const l = layout()[id] || {};
     el.style.setProperty("--c", deviceColor(id));
-    const role = l.flow === "generation" ? `${l.source || "other"} generation` : l.flow === "storage" ? "storage" : l.flow || "";
+    const role = l.flow === "generation" ? T("{source} generation", { source: SOURCE[l.source || "other"] || l.source }) : ROLE[l.flow] || "";
     el.querySelector(".cls").textContent = [CLASS_LABEL[d.class] || d.class || "", role].filter(Boolean).join(" · ");
     const st = el.querySelector(".state");
-    st.textContent = d.state; st.className = `pill state state-${d.state}`;
+    st.textContent = STATE[d.state] || d.state; st.dataset.state = d.state; st.className = `pill state state-${d.state}`;
     el.classList.toggle("is-offline", d.state === "offline");
     const v = d.values || {};
     const p = v.power_w;
     let main = p ? fmtValue("power_w", p) : "—";
-    if (p && l.flow === "grid" && p.value !== null && Math.abs(p.value) >= 50) main += `<small>${p.value >= 0 ? "import" : "export"}</small>`;
-    if (p && l.flow === "storage" && p.value !== null && Math.abs(p.value) >= 50) main += `<small>${p.value > 0 ? "discharging" : "charging"}</small>`;
+    if (p && l.flow === "grid" && p.value !== null && Math.abs(p.value) >= 50) main += `<small>${esc(p.value >= 0 ? T("import") : T("export"))}</small>`;
+    if (p && l.flow === "storage" && p.value !== null && Math.abs(p.value) >= 50) main += `<small>${esc(p.value > 0 ? T("discharging") : T("charging"))}</small>`;
     const mainEl = el.querySelector(".main");
     mainEl.innerHTML = main;
     mainEl.classList.toggle("muted", !p || p.quality !== "good" || d.state !== "online");
@@ -237,34 +246,48 @@
       const id = el.dataset.device, d = S.devices[id];
       if (!d) continue;
       const seen = S.seen[id];
-      let text = "no reading yet";
+      let text = T("no reading yet");
       if (seen) {
         const s = Math.round((now - seen) / 1000);
-        text = s < 2 ? "updated just now" : `updated ${s} s ago`;
-      } else if (d.last_reading) text = "last reading " + timeFmt(new Date(d.last_reading));
-      if (d.state === "offline") text = "offline" + (d.last_reading ? ` · last reading ${timeFmt(new Date(d.last_reading))}` : "");
+        text = s < 2 ? T("updated just now") : T("updated {s} s ago", { s });
+      } else if (d.last_reading) text = T("last reading {time}", { time: timeFmt(d.last_reading) });
+      if (d.state === "offline") text = STATE.offline + (d.last_reading ? " · " + T("last reading {time}", { time: timeFmt(d.last_reading) }) : "");
       el.querySelector(".age").textContent = text;
     }
   }
 
-  // ---- warnings ----------------------------------------------------------------------------------
+  // The balance's channel problems (gateway/site/balance.py), translated, times in the site's zone.
+  const TS = "(\\d{4}-\\d\\d-\\d\\dT[0-9:.]+Z)";
+  const PROBLEMS = [
+    [new RegExp("^no register reading in this period$"), () => T("no register reading in this period")],
+    [new RegExp("^readings start at " + TS + ", after the period start$"), (m) => T("readings start at {time}, after the period start", { time: G.dateTime(m[1]) })],
+    [new RegExp("^register went backwards"), () => T("the register went backwards (meter restart or replacement): left out, figures that need it are unknown")],
+    [new RegExp("^last register reading at " + TS + "$"), (m) => T("last register reading at {time}", { time: G.dateTime(m[1]) })],
+  ];
+  function channelProblem(what) {
+    for (const [rx, fn] of PROBLEMS) { const m = rx.exec(what); if (m) return fn(m); }
+    return G.localiseTimes(what);
+  }
+
+  // ---- warnings: one notice -----------------------------------------------------------------------
+  // A fresh demo used to show six banners in three time conventions; now one notice, one sentence per
+  // fact, every time in the site's zone.
   function renderWarnings() {
     const items = [];
-    if (!S.connected && page.firstRenderMs !== null) items.push(["bad", "Live connection lost", "reconnecting… values shown may be old"]);
+    if (!S.connected && page.firstRenderMs !== null) items.push(["bad", T("Live connection lost: reconnecting. The values shown are the last ones received.")]);
     const now = Date.now();
+    const offline = [];
     for (const [id, d] of Object.entries(S.devices)) {
-      if (d.state === "offline") {
-        items.push(["bad", `${id} is offline`, d.last_reading ? `last reading ${timeFmt(new Date(d.last_reading))}` : "no reading yet"]);
-        continue;
-      }
+      if (d.state === "offline") { offline.push(id); continue; }
       const bad = Object.entries(d.values || {}).filter(([, s]) => s.quality !== "good");
       if (bad.length) {
         const byQ = {};
         for (const [q, s] of bad) (byQ[s.quality] = byQ[s.quality] || []).push(LABEL[q] || q);
-        for (const [qual, names] of Object.entries(byQ)) items.push([qual === "invalid" ? "bad" : "", `${id}: ${names.length} ${qual} value${names.length > 1 ? "s" : ""}`, names.slice(0, 4).join(", ") + (names.length > 4 ? "…" : "")]);
+        for (const [qual, names] of Object.entries(byQ)) items.push([qual === "invalid" ? "bad" : "", T("{device}: {quality} values: {names}", { device: id, quality: QUALITY[qual] || qual, names: names.slice(0, 4).join(", ") + (names.length > 4 ? "…" : "") })]);
       }
-      if (d.state === "online" && S.seen[id] && now - S.seen[id] > 60000) items.push(["", `${id}: no new reading`, `for ${Math.round((now - S.seen[id]) / 1000)} s`]);
+      if (d.state === "online" && S.seen[id] && now - S.seen[id] > 60000) items.push(["", T("{device}: no new reading for {s} s", { device: id, s: Math.round((now - S.seen[id]) / 1000) })]);
     }
+    if (offline.length) items.unshift(["bad", T("Offline: {devices}.", { devices: offline.join(", ") })]);
     if (S.summary) {
       const per = S.summary[S.period];
       // One line per kind of problem, not per channel: "no register reading" for nine channels on a
@@ -273,58 +296,69 @@
       for (const w of (per && per.warnings) || []) {
         const m = /^([^:]+): (.*)$/.exec(w);
         const [chan, what] = m ? [m[1], m[2]] : ["", w];
-        if (!groups.has(what)) groups.set(what, []);
-        if (chan) groups.get(what).push(chan);
+        const text = channelProblem(what);
+        if (!groups.has(text)) groups.set(text, []);
+        if (chan) groups.get(text).push(chan);
       }
-      for (const [what, chans] of groups) {
-        const who = chans.length > 3 ? `${chans.length} channels` : chans.join(", ");
-        items.push(["", "Energy balance", who ? `${who}: ${what}` : what]);
+      for (const [text, chans] of groups) {
+        const who = chans.length > 3 ? T("{n} channels", { n: chans.length }) : chans.join(", ");
+        items.push(["", T("Energy balance, {who}: {what}", { who, what: text })]);
       }
-      if (S.period === "month" && S.summary.month && S.summary.month.provisional) items.push(["info", "Provisional month", `${S.summary.month.label}: figures are provisional until the month is closed and its report is signed`]);
+      if (S.period === "month" && S.summary.month && S.summary.month.provisional) items.push(["info", T("{month}: figures are provisional until the month is closed and its report is signed.", { month: S.summary.month.label })]);
     }
     if (S.health && Array.isArray(S.health.reasons)) {
-      for (const r of S.health.reasons) if (!/^device .* is offline$/.test(r)) items.push(["", "Gateway", r]);
+      for (const r of S.health.reasons) if (!/^device .* is offline$/.test(r)) items.push(["", G.localiseTimes(r)]);
     }
     const list = $("warning-list");
-    list.innerHTML = items.map(([cls, title, detail]) => `<li class="${cls}"><b>${esc(title)}</b><span>${esc(detail)}</span></li>`).join("");
+    const worst = items.some(([c]) => c === "bad") ? "bad" : items.every(([c]) => c === "info") ? "info" : "";
+    $("warnings").className = "warnings notice " + worst;
+    $("warnings-title").textContent = items.length === 1 ? T("1 notice") : T("{n} notices", { n: items.length });
+    list.innerHTML = items.map(([cls, text]) => `<li class="${cls}">${esc(text)}</li>`).join("");
     $("warnings").hidden = items.length === 0;
+    document.body.classList.toggle("disconnected", !S.connected && page.firstRenderMs !== null);
   }
 
   // ---- energy balance ----------------------------------------------------------------------------
-  function sinceText(iso, tz) {
-    const opts = S.period === "month" ? { day: "numeric", month: "short", hour: "2-digit", minute: "2-digit" } : { hour: "2-digit", minute: "2-digit" };
-    try { return new Date(iso).toLocaleString([], { ...opts, timeZone: tz }) + ` (${tz})`; } catch { return new Date(iso).toLocaleString(); }
-  }
   function renderBalance() {
     const box = $("balance");
     if (!S.summary) {
       box.dataset.state = S.summaryError ? "unavailable" : "loading";
       box.innerHTML = S.summaryError
-        ? `<div class="empty"><div><strong>Energy balance not available</strong>${esc(S.summaryError)}</div></div>`
-        : `<p class="muted">Loading…</p>`;
+        ? `<div class="empty"><div><strong>${esc(T("Energy balance not available"))}</strong>${esc(S.summaryError)}</div></div>`
+        : `<p class="muted">${esc(T("Loading…"))}</p>`;
       return;
     }
     const per = S.summary[S.period];
     const i = per.indicators;
+    const q = per.quality || {};
     box.dataset.state = "ready";
     const src = i.generation_by_source_wh || {};
-    const cons = i.consumption_wh || 0;
-    const ren = i.renewable_consumed_on_site_wh || 0;
-    const imp = Math.min(cons - ren, i.grid_import_wh || 0);
-    const w = (x) => (cons > 0 ? Math.max(0, Math.min(100, (100 * x) / cons)) : 0);
-    const badge = S.period === "month" ? `<span class="badge prov" title="until the month is closed and its report signed">provisional</span>` : `<span class="badge okb">so far</span>`;
-    const srcRows = Object.entries(src).map(([k, v]) => `<div><dt><span class="dot" style="background:${COLOR[k] || COLOR.other}"></span>${esc(NAME[k] || k)}</dt><dd>${fmtEnergy(v)}</dd></div>`).join("");
-    box.innerHTML = `<div class="share"><div class="share-top"><div><span class="big num" data-k="renewable_share">${pct(i.renewable_share)}</span> <span class="muted">renewable</span></div>${badge}</div>` +
-      `<div class="bar" title="consumption covered by on-site renewables / grid import / other"><span style="width:${w(ren)}%;background:var(--absorb)"></span><span style="width:${w(imp)}%;background:var(--grid)"></span></div>` +
-      `<div class="muted small">${esc(per.label)} · since ${esc(sinceText(per.start, S.summary.timezone))}</div></div>` +
-      `<dl class="kv"><div><dt><span class="dot" style="background:var(--load)"></span>Consumption</dt><dd data-k="consumption_wh">${fmtEnergy(i.consumption_wh)}</dd></div>` +
-      `<div><dt>Generation</dt><dd data-k="generation_wh">${fmtEnergy(i.generation_wh)}</dd></div>${srcRows}` +
-      `<div><dt><span class="dot" style="background:var(--grid)"></span>Grid import</dt><dd>${fmtEnergy(i.grid_import_wh)}</dd></div>` +
-      `<div><dt>Grid export</dt><dd>${fmtEnergy(i.grid_export_wh)}</dd></div>` +
-      `<div><dt><span class="dot" style="background:var(--battery)"></span>Battery charged</dt><dd>${fmtEnergy(i.storage_charge_wh)}</dd></div>` +
-      `<div><dt>Battery discharged</dt><dd>${fmtEnergy(i.storage_discharge_wh)}</dd></div>` +
-      `<div><dt>Self-consumption</dt><dd>${fmtEnergy(i.self_consumption_wh)}</dd></div>` +
-      `<div><dt>Self-sufficiency</dt><dd>${pct(i.self_sufficiency)}</dd></div></dl>`;
+    const cons = i.consumption_wh;
+    const ren = i.renewable_consumed_on_site_wh;
+    const known = (x) => x !== null && x !== undefined;
+    const imp = known(cons) && known(ren) && known(i.grid_import_wh) ? Math.min(cons - ren, i.grid_import_wh) : null;
+    const w = (x) => (known(x) && known(cons) && cons > 0 ? Math.max(0, Math.min(100, (100 * x) / cons)) : 0);
+    const badge = S.period === "month" ? `<span class="badge prov" title="${esc(T("until the month is closed and its report signed"))}">${esc(T("provisional"))}</span>` : `<span class="badge okb">${esc(T("so far"))}</span>`;
+    // a figure with an unusable input is unknown ("—", marked); a partial or stale one is marked too
+    const mark = (key) => {
+      const qq = q[key] || "good";
+      return qq === "good" ? "" : `<span class="q-mark q-${qq}" title="${esc(T("quality"))}: ${esc(QUALITY[qq] || qq)}">${esc(QUALITY[qq] || qq)}</span>`;
+    };
+    const row = (label, key, value, dot) => `<div data-quality="${esc(q[key] || "good")}"><dt>${dot ? `<span class="dot" style="background:${dot}"></span>` : ""}${esc(label)}${mark(key)}</dt><dd data-k="${key}">${value}</dd></div>`;
+    const srcRows = Object.entries(src).map(([k, v]) => row(NAME[k] || k, `generation_${k}_wh`, fmtEnergy(v), COLOR[k] || COLOR.other)).join("");
+    const battery = boot.site && boot.site.has_battery;
+    const shareQ = q.renewable_share || "good";
+    const since = G.dateTime(per.start);
+    box.innerHTML = `<div class="share"><div class="share-top"><div><span class="big num" data-k="renewable_share" data-quality="${esc(shareQ)}">${pct(i.renewable_share)}</span> <span class="muted">${esc(T("renewable"))}</span>${mark("renewable_share")}</div>${badge}</div>` +
+      `<div class="bar" title="${esc(T("consumption covered by on-site renewables / grid import / other"))}"><span style="width:${w(ren)}%;background:var(--absorb)"></span><span style="width:${w(imp)}%;background:var(--grid)"></span></div>` +
+      `<div class="muted small">${esc(per.label)} · ${esc(T("since {time}", { time: since }))}</div></div>` +
+      `<dl class="kv">${row(T("Consumption"), "consumption_wh", fmtEnergy(cons), "var(--load)")}` +
+      row(T("Generation"), "generation_wh", fmtEnergy(i.generation_wh)) + srcRows +
+      row(T("Grid import"), "grid_import_wh", fmtEnergy(i.grid_import_wh), "var(--grid)") +
+      row(T("Grid export"), "grid_export_wh", fmtEnergy(i.grid_export_wh)) +
+      (battery ? row(T("Battery charged"), "storage_charge_wh", fmtEnergy(i.storage_charge_wh), "var(--battery)") + row(T("Battery discharged"), "storage_discharge_wh", fmtEnergy(i.storage_discharge_wh)) : "") +
+      row(T("Self-consumption"), "self_consumption_wh", fmtEnergy(i.self_consumption_wh)) +
+      row(T("Self-sufficiency"), "self_sufficiency", pct(i.self_sufficiency)) + `</dl>`;
   }
 
   // ---- forecast vs actual chart --------------------------------------------------------------------
@@ -351,8 +385,9 @@
     if (fc === null || fc.error) {
       if (S.chart) { S.chart.destroy(); S.chart = null; }
       box.dataset.state = "disabled";
-      const detail = fc && fc.detail ? fc.detail : "";
-      box.innerHTML = `<div class="empty"><div><strong>No forecast yet</strong>${esc(detail || "Enable the forecasting section of the configuration to see forecasts with P10–P90 bands here.")}</div></div>`;
+      const detail = fc && fc.error === "no_forecast" ? T("The first forecast arrives shortly after the agent starts; if it never does, forecasting is disabled in the configuration.")
+        : fc && fc.detail ? fc.detail : "";
+      box.innerHTML = `<div class="empty"><div><strong>${esc(T("No forecast yet"))}</strong>${esc(detail ? G.localiseTimes(detail) : T("Enable the forecasting section of the configuration to see forecasts with P10–P90 bands here."))}</div></div>`;
       note.textContent = "";
       return;
     }
@@ -367,6 +402,10 @@
       xs.set(t, e);
     }
     const x = [...xs.keys()].sort((a, b) => a - b);
+    // One point (a forecast just started, no history yet) gives uPlot a zero-width time range and an
+    // axis of repeated labels: give the axis a sane span around it.
+    const res = fc.resolution_s || 3600;
+    const xRange = x.length < 2 ? (x.length ? [x[0] - 6 * res, x[0] + 6 * res] : null) : null;
     const col = (k) => x.map((t) => { const v = xs.get(t)[k]; return v === undefined ? null : v; });
     const data = [x, col("a"), col("p10"), col("p50"), col("p90")];
     const axis = { stroke: css("--muted"), grid: { stroke: css("--line"), width: 1 }, ticks: { stroke: css("--line") } };
@@ -374,13 +413,14 @@
     const width = Math.max(280, box.clientWidth || 600);
     const opts = {
       width, height: width < 500 ? 220 : 280, cursor: { drag: { x: false, y: false } },
-      scales: { x: { time: true } },
-      axes: [axis, { ...axis, values: (u, vals) => vals.map((v) => fmtPower(v)), size: 70 }],
+      scales: { x: { time: true, ...(xRange ? { range: () => xRange } : {}) } },
+      tzDate: (ts) => uPlot.tzDate(new Date(ts * 1e3), G.tz),
+      axes: [{ ...axis, values: [[3600 * 24, "{D}.{M}.", null, null, null, null, null, null, 1], [3600, "{HH}:{mm}", "\n{D}.{M}.", null, null, null, null, null, 1], [60, "{HH}:{mm}", "\n{D}.{M}.", null, null, null, null, null, 1]] }, { ...axis, values: (u, vals) => vals.map((v) => fmtPower(v)), size: 70 }],
       series: [
-        {},
-        { label: "actual", stroke: color, width: 2, value: (u, v) => fmtPower(v) },
+        { label: T("Time"), value: (u, v) => (v === null ? "—" : G.dateTime(v * 1000)) },
+        { label: T("actual"), stroke: color, width: 2, value: (u, v) => fmtPower(v), points: { show: x.length < 3 } },
         { label: "P10", stroke: "transparent", value: (u, v) => fmtPower(v) },
-        { label: "forecast P50", stroke: css("--ink"), width: 1.5, dash: [6, 4], value: (u, v) => fmtPower(v) },
+        { label: T("forecast (median)"), stroke: css("--ink"), width: 1.5, dash: [6, 4], value: (u, v) => fmtPower(v), points: { show: x.length < 3 } },
         { label: "P90", stroke: "transparent", value: (u, v) => fmtPower(v) },
       ],
       bands: [{ series: [4, 2], fill: "rgba(100,116,139,0.22)" }],
@@ -402,12 +442,26 @@
       box.dataset.state = "ready";
     }
     const meta = fc.metadata || {};
-    note.textContent = `Forecast generated ${timeFmt(new Date(fc.generated_at))}` + (meta.method ? ` · ${meta.method}` : "") +
-      (meta.kind && meta.kind !== "model" ? ` (${meta.kind}${meta.reason ? ": " + meta.reason : ""})` : "") + ". Band: P10–P90.";
+    $("fc-note").dataset.kind = meta.kind || "model";
+    $("fc-note").textContent = T("Forecast made {time}.", { time: G.dateTime(fc.generated_at) }) + " " + methodText(meta) + " " + T("The band covers 80 % of outcomes (P10–P90).");
+  }
+  // Method names are for engineers; say what they mean, and hide the ones we cannot explain.
+  function methodText(meta) {
+    const kind = meta.kind || "model";
+    const m = String(meta.method || "");
+    let what = "";
+    if (kind === "baseline") {
+      const base = /persistence/.test(m) ? T("the same hours of the previous days") : /clear.?sky/.test(m) ? T("a clear-sky estimate") : /climatolog|mean|profile/.test(m) ? T("typical values for the hour and weekday") : "";
+      what = base ? T("Simple estimate from {what}: not enough history for a trained model yet.", { what: base }) : T("Simple estimate: not enough history for a trained model yet.");
+    } else if (kind === "empty") what = T("No forecast could be made.");
+    else what = /hgb|gradient|quantile/.test(m) ? T("Trained model (gradient boosting on history and weather).") : T("Trained model.");
+    return what;
   }
 
   // ---- flexibility timeline ----------------------------------------------------------------------
-  const LEVEL_TEXT = { absorb: "use more now", neutral: "normal", reduce: "use less now" };
+  // One word per level everywhere (chip, legend, rows): absorb / neutral / reduce, each explained once.
+  const LEVEL = { absorb: T("absorb"), neutral: T("neutral"), reduce: T("reduce") };
+  const LEVEL_HINT = { absorb: T("surplus: use more"), neutral: T("no action needed"), reduce: T("shortage: use less") };
   function intervalsOf(sig) {
     if (!sig) return [];
     const arr = Array.isArray(sig) ? sig : sig.intervals || sig.signal || [];
@@ -421,48 +475,67 @@
     if (S.flex === null || S.flex.error) {
       box.dataset.state = "disabled";
       chip.textContent = "—";
-      box.innerHTML = `<div class="empty"><div><strong>Flexibility signal not available</strong>${esc((S.flex && S.flex.detail) || "Configure flexibility assets and forecasting to get absorb / reduce signals.")}</div></div>`;
+      const detail = S.flex && S.flex.error === "no_signal" ? T("No signal yet: flexibility is disabled, or the first forecast has not arrived.") : (S.flex && S.flex.detail) || T("Configure flexibility assets and forecasting to get absorb / reduce signals.");
+      box.innerHTML = `<div class="empty"><div><strong>${esc(T("Flexibility signal not available"))}</strong>${esc(detail)}</div></div>`;
       return;
     }
     const iv = intervalsOf(S.flex);
-    if (!iv.length) { box.dataset.state = "empty"; box.innerHTML = `<div class="empty">No intervals in the current signal.</div>`; return; }
+    if (!iv.length) { box.dataset.state = "empty"; box.innerHTML = `<div class="empty">${esc(T("No intervals in the current signal."))}</div>`; return; }
     const t0 = Date.parse(iv[0].start), t1 = Date.parse(iv[iv.length - 1].end), span = Math.max(1, t1 - t0);
     const now = S.lastTs || Date.now();
     const cur = iv.find((i) => Date.parse(i.start) <= now && now < Date.parse(i.end)) || iv[0];
-    chip.textContent = LEVEL_TEXT[cur.level] || cur.level;
+    chip.textContent = `${LEVEL[cur.level] || cur.level} · ${LEVEL_HINT[cur.level] || ""}`;
+    chip.dataset.level = cur.level;
     chip.style.color = `var(--${cur.level === "reduce" ? "bad" : cur.level === "absorb" ? "ok" : "muted"})`;
     const segs = iv.map((i) => {
       const w = (100 * (Date.parse(i.end) - Date.parse(i.start))) / span;
-      const title = `${timeFmt(new Date(i.start))}–${timeFmt(new Date(i.end))}: ${i.level}` + (mid(i.surplus_w) !== null ? `, surplus ${fmtPower(mid(i.surplus_w))}` : "");
+      const title = `${G.time(i.start)}–${G.time(i.end)}: ${LEVEL[i.level] || i.level}` + (mid(i.surplus_w) !== null ? `, ${T("surplus")} ${fmtPower(mid(i.surplus_w))}` : "");
       return `<span class="seg-${esc(i.level)}" style="width:${w}%" title="${esc(title)}"></span>`;
     }).join("");
     const nowPct = Math.max(0, Math.min(100, (100 * (now - t0)) / span));
-    const hhmm = (iso) => new Date(iso).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    // hour ticks along the track, every 3 h (6 h on a phone), in the site's zone
+    const every = box.clientWidth < 360 ? 6 : 3;
+    const ticks = [];
+    for (let t = Math.ceil(t0 / 3600000) * 3600000; t <= t1; t += 3600000) {
+      if (G.hourOf(t) % every === 0) ticks.push(`<span style="left:${(100 * (t - t0)) / span}%">${esc(G.time(t))}</span>`);
+    }
     const rowsHtml = iv.slice(0, 24).map((i) => {
-      const tip = `upward ${fmtPower(i.upward_w)}, downward ${fmtPower(i.downward_w)}`;
-      return `<div title="${esc(tip)}"><span class="lvl">${hhmm(i.start)} <span class="dot" style="background:var(--${esc(i.level)})"></span>${esc(i.level)}</span><span class="num muted">${mid(i.surplus_w) !== null ? "surplus " + fmtPower(mid(i.surplus_w)) : ""}</span></div>`;
+      const tip = `${T("upward")} ${fmtPower(i.upward_w)}, ${T("downward")} ${fmtPower(i.downward_w)}`;
+      return `<div title="${esc(tip)}"><span class="lvl">${G.time(i.start)} <span class="dot" style="background:var(--${esc(i.level)})"></span>${esc(LEVEL[i.level] || i.level)}</span><span class="num muted">${mid(i.surplus_w) !== null ? esc(T("surplus")) + " " + fmtPower(mid(i.surplus_w)) : ""}</span></div>`;
     }).join("");
     box.dataset.state = "ready";
-    box.innerHTML = `<div style="position:relative"><div class="track">${segs}</div><div title="now" style="position:absolute;top:-4px;bottom:-4px;left:${nowPct}%;width:2px;background:var(--ink)"></div></div>` +
-      `<div class="flex-axis"><span>${hhmm(iv[0].start)}</span><span>${hhmm(iv[iv.length - 1].end)}</span></div>` +
-      `<div class="flex-legend"><span><span class="dot" style="background:var(--absorb)"></span>absorb: surplus, use more</span><span><span class="dot" style="background:var(--neutral)"></span>neutral</span><span><span class="dot" style="background:var(--reduce)"></span>reduce: shortage, use less</span></div>` +
+    box.innerHTML = `<div style="position:relative"><div class="track">${segs}</div><div title="${esc(T("now"))}" class="now-line" style="left:${nowPct}%"></div></div>` +
+      `<div class="flex-ticks" aria-label="${esc(T("hours"))}">${ticks.join("")}</div>` +
+      `<div class="flex-legend">${["absorb", "neutral", "reduce"].map((l) => `<span><span class="dot" style="background:var(--${l})"></span>${esc(LEVEL[l])}: ${esc(LEVEL_HINT[l])}</span>`).join("")}</div>` +
       `<div class="flex-rows">${rowsHtml}</div>`;
   }
 
-  // ---- reports -------------------------------------------------------------------------------------
+  // ---- reports: only months the ledger covers, links only for who can use them ---------------------
   function renderReports() {
     if (!S.site) return;
-    const cur = S.summary ? S.summary.month.label : new Date().toISOString().slice(0, 7);
-    const months = [];
-    let [y, m] = cur.split("-").map(Number);
-    for (let k = 0; k < 4; k++) {
-      months.push(`${y}-${String(m).padStart(2, "0")}`);
-      m -= 1; if (m === 0) { m = 12; y -= 1; }
-    }
+    const user = boot.user || {};
+    const note = $("reports-note");
+    const months = S.months;
+    if (months === null) { $("reports").innerHTML = `<li class="muted">${esc(T("Loading…"))}</li>`; return; }
+    if (!months.length) { note.textContent = T("No month has energy-register readings yet: reports appear once the meters have been read."); $("reports").innerHTML = ""; return; }
+    note.textContent = user.certifier ? T("Signed reports and their evidence for certifiers.")
+      : T("Signed reports and evidence need the certifier role: sign in with a certifier token to download them.");
     const base = `/api/v1/sites/${encodeURIComponent(S.site)}`;
-    $("reports").innerHTML = months.map((mo, k) => k === 0
-      ? `<li data-month="${mo}"><span><b>${mo}</b> <span class="badge prov">in progress</span></span><span class="muted small">signed after the month ends</span></li>`
-      : `<li data-month="${mo}"><span><b>${mo}</b></span><span><a href="${base}/reports/${mo}?format=pdf">PDF</a><a href="${base}/reports/${mo}?format=json">signed JSON</a><a href="${base}/reports/${mo}?format=csv">CSV</a><a href="${base}/evidence/${mo}">evidence</a></span></li>`).join("");
+    $("reports").innerHTML = months.slice(0, 6).map((m) => {
+      const mo = m.month;
+      const label = G.monthName(Date.UTC(Number(mo.slice(0, 4)), Number(mo.slice(5, 7)) - 1, 15));
+      if (m.state === "open") return `<li data-month="${mo}"><span><b>${esc(label)}</b> <span class="badge prov">${esc(T("in progress"))}</span></span><span class="muted small">${esc(T("signed after the month ends"))}</span></li>`;
+      const links = user.certifier
+        ? `<a href="${base}/reports/${mo}?format=pdf">PDF</a><a href="${base}/reports/${mo}?format=json">${esc(T("signed JSON"))}</a><a href="${base}/reports/${mo}?format=csv">CSV</a><a href="${base}/evidence/${mo}">${esc(T("evidence"))}</a>`
+        : `<span class="muted small">${esc(T("certifier role needed"))}</span>`;
+      return `<li data-month="${mo}"><span><b>${esc(label)}</b></span><span>${links}</span></li>`;
+    }).join("");
+  }
+  async function loadMonths() {
+    if (!S.site) return;
+    const { status, body } = await G.getJSON(`/api/v1/sites/${encodeURIComponent(S.site)}/reports`);
+    S.months = status === 200 ? body.months : [];
+    renderReports();
   }
 
   // ---- render loop ------------------------------------------------------------------------------
@@ -478,7 +551,7 @@
     renderFlow();
     renderWarnings();
     renderAges();
-    if (S.lastTs) $("clock").textContent = timeFmt(new Date(S.lastTs));
+    if (S.lastTs) $("clock").textContent = timeFmt(S.lastTs);
     page.renders++;
     if (page.firstRenderMs === null && Object.keys(S.devices).length) {
       page.firstRenderMs = performance.now();
@@ -501,23 +574,15 @@
   }
 
   // ---- data sources ----------------------------------------------------------------------------
-  async function getJSON(url) {
-    const r = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
-    let body = null;
-    try { body = await r.json(); } catch { body = null; }
-    return { status: r.status, body };
-  }
+  const getJSON = G.getJSON;
   async function loadSummary() {
     try {
       const { status, body } = await getJSON("/api/v1/summary");
-      if (status === 200) {
-        S.summary = body; S.summaryError = null;
-        if (body.site_name) $("site-name").textContent = `${body.site_name} · ${body.site}`;
-      }
-      else if (status === 404) S.summaryError = "This gateway does not provide today's and this month's balance (GET /api/v1/summary).";
-      else S.summaryError = (body && body.detail) || `the gateway answered HTTP ${status}`;
-    } catch (e) { S.summaryError = "gateway not reachable"; }
-    renderBalance(); renderReports(); schedule();
+      if (status === 200) { S.summary = body; S.summaryError = null; }
+      else if (status === 404) S.summaryError = T("This gateway does not provide today's and this month's balance.");
+      else S.summaryError = (body && body.detail) || T("the gateway answered HTTP {status}", { status });
+    } catch (e) { S.summaryError = T("gateway not reachable"); }
+    renderBalance(); schedule();
   }
   async function loadHistory() {
     try {
@@ -532,14 +597,14 @@
       S.forecasts[target] = status === 200 ? body : { error: (body && body.error) || status, detail: body && body.detail };
       // the first forecast comes seconds to a minute after start (training): ask again soon, not in 5 min
       if (status === 404) setTimeout(() => { if (target === S.target) loadForecast(target); }, 15000);
-    } catch (e) { S.forecasts[target] = { error: "network", detail: "gateway not reachable" }; }
+    } catch (e) { S.forecasts[target] = { error: "network", detail: T("gateway not reachable") }; }
     if (target === S.target) renderChart();
   }
   async function loadFlex() {
     try {
       const { status, body } = await getJSON("/api/v1/flexibility");
       S.flex = status === 200 ? body : { error: (body && body.error) || status, detail: body && body.detail };
-    } catch (e) { S.flex = { error: "network", detail: "gateway not reachable" }; }
+    } catch (e) { S.flex = { error: "network", detail: T("gateway not reachable") }; }
     renderFlex();
   }
   async function loadHealth() {
@@ -552,6 +617,7 @@
 
   function connect() {
     const es = new EventSource("/api/v1/live/stream");
+    page.stream = es;
     const conn = $("conn");
     const setConn = (ok, text) => {
       S.connected = ok;
@@ -573,10 +639,9 @@
           if (!S.lastTs || t > S.lastTs) S.lastTs = t;
         }
       }
-      $("site-name").textContent = S.summary && S.summary.site_name ? `${S.summary.site_name} · ${snap.site}` : `site ${snap.site}`;
       document.title = `GIA Gateway · ${snap.site}`;
-      setConn(true, "live");
-      if (first) renderReports();
+      setConn(true, T("live"));
+      if (first) loadMonths();
       schedule();
     });
     es.addEventListener("samples", (e) => {
@@ -603,9 +668,14 @@
       S.dirty.add(ev.device);
       schedule();
       loadHealth();
+      loadSummary();
     });
-    es.onopen = () => setConn(true, "live");
-    es.onerror = () => { setConn(false, "reconnecting"); schedule(); };
+    es.onopen = () => setConn(true, T("live"));
+    es.onerror = () => {
+      setConn(false, T("reconnecting"));
+      for (const id of Object.keys(S.devices)) S.dirty.add(id);
+      schedule();
+    };
   }
 
   // ---- UI wiring --------------------------------------------------------------------------------
@@ -617,6 +687,8 @@
       });
     }
   }
+  for (const b of $("fc-tabs").querySelectorAll("button")) if (b.dataset.target !== "load" && !sources.has(b.dataset.target)) b.remove();
+  G.header("live");
   tabs(document.querySelector(".balance-card .seg"), "period", (p) => { S.period = p; renderBalance(); renderWarnings(); });
   tabs($("fc-tabs"), "target", (t) => {
     S.target = t;
