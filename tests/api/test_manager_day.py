@@ -32,7 +32,16 @@ from gateway.runtime.live import LiveState
 from gateway.site.channels import ChannelSpec
 from gateway.site.history import period_balances, view_periods
 from gateway.site.resolve import resolve_site
-from tests.certification.helpers import MARCH_END, MARCH_START, channel, device, make_ledger, register_samples, settings
+from tests.certification.helpers import (
+    MARCH_END,
+    MARCH_START,
+    channel,
+    device,
+    make_ledger,
+    register_samples,
+    settings,
+    site_key,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 VIEW, CERT, ADMIN = "v" * 40, "c" * 40, "a" * 40
@@ -46,6 +55,7 @@ def _app(tmp_path: Path) -> tuple[Any, ReportService, PageAuth]:
         register_samples("grid", "energy_import_wh", MARCH_START, MARCH_END, value=lambda k, _ts: 1_000_000 + 250 * k),
     ).close()
     site = resolve_site(s, base_dir=Path.cwd())
+    site_key(s)  # a ledger with history gets its key from `gia keys rotate`, never silently
     service = ReportService(s, site, now_ms=lambda: to_ms(NOW))
     tokens = Authenticator(
         [
