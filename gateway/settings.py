@@ -597,20 +597,26 @@ def _is_path_key(key: object) -> bool:
     return isinstance(key, str) and (key.endswith(("_file", "_dir")) or key == "path")
 
 
-def _resolve_paths(raw: Any, base: Path) -> None:
+def _resolve_paths(raw: Any, base: Path, _seen: set[int] | None = None) -> None:
     """Relative paths in the file are relative to the file, not to wherever the agent was started:
     `data_dir`, every `*_file` (token files, TLS files, password files), `*_dir` and `path`, in every
     section. (Before issue 21 only `data_dir` was, so `token_file: viewer-token` failed from another
-    working directory.)"""
+    working directory.) YAML anchors can make a node contain itself (`a: &x [*x]`): each node is
+    visited once."""
+    seen = _seen if _seen is not None else set()
+    if id(raw) in seen:
+        return
     if isinstance(raw, dict):
+        seen.add(id(raw))
         for key, value in raw.items():
             if _is_path_key(key) and isinstance(value, str) and value and not os.path.isabs(value):
                 raw[key] = str(base / value)
             else:
-                _resolve_paths(value, base)
+                _resolve_paths(value, base, seen)
     elif isinstance(raw, list):
+        seen.add(id(raw))
         for item in raw:
-            _resolve_paths(item, base)
+            _resolve_paths(item, base, seen)
 
 
 @dataclass(frozen=True, slots=True)
