@@ -284,6 +284,20 @@ def compare(
     return out
 
 
+def windows_note(frame: pd.DataFrame, split: str) -> str:
+    """Which window was scored and which one the choices were made on (they never overlap)."""
+    n = len(frame)
+    idx = pd.DatetimeIndex(frame.index)
+    test = f"{idx[int(n * 0.8)]:%Y-%m-%d}..{idx[-1]:%Y-%m-%d}"
+    val = f"{idx[int(n * 0.6)]:%Y-%m-%d}..{idx[int(n * 0.8) - 1]:%Y-%m-%d}"
+    if split == "validation":
+        return f"scored: the validation window {val} (tuning); the test window {test} is not used"
+    return (
+        f"scored: the test window {test}; every choice (features, calibration margin) was made on the"
+        f" validation window {val} (bench --validation), never on this one"
+    )
+
+
 def verdict(label: str, rows: dict[str, float], *, goal: float | None, peers: list[str]) -> bool:
     """Print one target line: the model vs the goal and the best peer in the same run."""
     best_name = min(peers, key=lambda n: rows[n])

@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from forecast_common import ME, compare, limit_threads, load_victoria, peak_rss_mb, perturb, verdict
+from forecast_common import ME, compare, limit_threads, load_victoria, peak_rss_mb, perturb, verdict, windows_note
 
 
 def peers(max_iter: int) -> dict[str, tuple[Callable[[int], object], bool]]:
@@ -129,7 +129,8 @@ def main() -> None:
         )
     if split == "test":
         timing(noisy)
-    print(f"\n== targets ({split} window)")
+    print(f"\n{windows_note(frame, split)}")
+    print(f"== targets ({split} window)")
     names = list(peers(max_iter))
     for kind, by_protocol in results.items():
         for issued, rows in by_protocol.items():

@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from forecast_common import CURVE, ME, compare, load_la_haute_borne, peak_rss_mb, perturb, verdict
+from forecast_common import CURVE, ME, compare, load_la_haute_borne, peak_rss_mb, perturb, verdict, windows_note
 
 CAPACITY_KW = 8200.0  # the series is mean kW per hour (kWh per hour)
 
@@ -79,7 +79,8 @@ def main() -> None:
             exclude=exclude,
             split=split,
         )
-    print(f"\n== targets ({split} window): ahead of the best peer and of the power curve alone")
+    print(f"\n{windows_note(frame, split)}")
+    print(f"== targets ({split} window): ahead of the best peer and of the power curve alone")
     names = [*peers(200), CURVE]
     for kind, by_protocol in results.items():
         for issued, rows in by_protocol.items():

@@ -158,6 +158,9 @@ class ForecastingConfig(BaseModel):
     train_window_days: float = Field(default=365, ge=7, description="most recent days used for training")
     retrain_interval_h: float = Field(default=24, gt=0, description="hours between scheduled retrainings")
     interval_coverage: float = Field(
-        default=0.8, gt=0.5, lt=0.99, description="P10-P90 coverage the holdout calibration aims at"
+        default=0.8,
+        gt=0.5,
+        lt=0.99,
+        description="P10-P90 coverage aimed at (the holdout calibration aims 3 points higher: see pipelines)",
     )
     max_iter: int = Field(default=300, ge=10, le=2000, description="boosting iterations per quantile model")

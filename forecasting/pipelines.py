@@ -43,6 +43,11 @@ WIND_FORECAST_SIGMA_MS = 1.5
 #: larger leaves for the P10/P90 models: tail quantiles from small leaves are overfit (too narrow)
 INTERVAL_MIN_LEAF = 200
 LATEST_BLOCK = True
+#: The holdout weeks lie inside the training period and look easier than the future does: bands
+#: calibrated to exactly 80 % on them covered 73.6-78.5 % on the validation windows of both benchmarks
+#: (the window just before each test window; bench/forecast_*.py --validation). Aiming 3 points higher
+#: brought every validation row to 77.2-81.5 %. Chosen on those validation windows only.
+OUT_OF_SAMPLE_MARGIN = 0.03
 
 
 class TrainingCancelled(Exception):
@@ -288,7 +293,7 @@ def fit_model(
     min_width = 0.02 * float(np.nanmean(np.abs(target))) + 1e-9
     width = _width(lo, hi, min_width)
     conformity = np.maximum(lo - yh, yh - hi) / width
-    level = min(1.0, coverage * (1 + 1 / max(1, len(yh))))
+    level = min(1.0, min(0.99, coverage + OUT_OF_SAMPLE_MARGIN) * (1 + 1 / max(1, len(yh))))
     offset = float(np.quantile(conformity, level)) if len(yh) else 0.0
     lower, upper = _bounds(spec, y)
     valid_index = index[: len(y)][np.isfinite(y)]
