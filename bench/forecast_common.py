@@ -117,13 +117,13 @@ def run_peer(
     y: pd.Series,
     exog: pd.DataFrame,
     train_end: int,
-    origins: dict[str, np.ndarray[Any, Any]],
-    horizon: int,
+    origins: dict[str, tuple[np.ndarray[Any, Any], int]],
 ) -> tuple[dict[str, np.ndarray[Any, Any]], float]:
-    """Fit a skforecast forecaster on y[:train_end], predict `horizon` steps from each origin.
+    """Fit a skforecast forecaster on y[:train_end], predict each protocol's steps from its origins.
 
-    Returns ({protocol: (origins x horizon) predictions}, fit seconds). Gaps are filled by interpolation
-    for the peers (skforecast needs complete series); scoring uses the measured values only.
+    `origins`: {protocol: (origin positions, steps)}. Returns ({protocol: (origins x steps) predictions},
+    fit seconds). Gaps are filled by interpolation for the peers (skforecast needs complete series);
+    scoring uses the measured values only.
     """
     y = y.interpolate(limit_direction="both")
     y.index = pd.DatetimeIndex(y.index, freq="h")
@@ -137,13 +137,15 @@ def run_peer(
         f.fit(y=y.iloc[:train_end], exog=exog.iloc[:train_end])
         fit_s = time.perf_counter() - t0
         window = f.window_size
-        for key, orig in origins.items():
+        for key, (orig, horizon) in origins.items():
             preds = []
             for o in orig:
                 lw = y.iloc[o - window : o]
-                ex = exog.iloc[o : o + horizon]
-                p = f.predict(steps=horizon, last_window=lw, exog=ex, check_inputs=False, suppress_warnings=True)
-                preds.append(np.asarray(p, dtype=float)[:horizon])
+                ex = exog.iloc[o : o + horizon]  # shorter at the end of the data: those steps are not scored
+                p = f.predict(steps=len(ex), last_window=lw, exog=ex, check_inputs=False, suppress_warnings=True)
+                row = np.full(horizon, np.nan)
+                row[: len(ex)] = np.asarray(p, dtype=float)[: len(ex)]
+                preds.append(row)
             out[key] = np.vstack(preds)
     print(f"  {name}: fit {fit_s:.1f} s", flush=True)
     return out, fit_s
@@ -225,14 +227,14 @@ def compare(
     peer_fit: dict[str, float] = {}
     for name, (make, uses_weather) in peers.items():
         exog = with_weather if uses_weather else calendar
-        origins = {issued: np.unique(np.asarray(r.origin_positions)) for issued, r in results.items()}
+        origins = {issued: (np.unique(np.asarray(r.origin_positions)), r.last_step) for issued, r in results.items()}
         with limit_threads(1):
             preds, fit_s = run_peer(
-                name, lambda m=make: m(horizon), frame["value"].copy(), exog.copy(), train_end, origins, horizon
+                name, lambda m=make: m(horizon), frame["value"].copy(), exog.copy(), train_end, origins
             )
         peer_fit[name] = fit_s
         for issued, r in results.items():
-            row = {o: i for i, o in enumerate(origins[issued])}
+            row = {o: i for i, o in enumerate(origins[issued][0])}
             oo, kk = np.asarray(r.origin_positions), np.asarray(r.steps)
             peer_preds[issued][name] = preds[issued][np.array([row[o] for o in oo]), kk - 1]
     out: dict[str, dict[str, float]] = {}

@@ -442,9 +442,8 @@ class ForecastService:
     def _ready_to_train(self, target: TargetName, origin: pd.Timestamp) -> tuple[bool, str]:
         """Whether a first model can be trained now: enough history over the whole training window
         (every measured interval counts, gaps allowed) and no failed training in the last hour."""
-        failed = self._failed_train.get(target)
-        if failed is not None and origin - failed[0] < RETRY_FAILED:
-            return False, failed[1]
+        if self._recently_failed(target, origin):
+            return False, self._failed_train[target][1]
         tc = self.target_config(target)
         y = self._grid(target, origin - pd.Timedelta(days=self._cfg.train_window_days), origin)
         days = float(y.notna().sum()) * tc.resolution_s / 86400
@@ -490,6 +489,8 @@ class ForecastService:
                 result = self.train(target, now=now, quick=True)
                 model = self._model(target) if result.trained else None
                 reason = result.reason
+            elif self._load_reason.get(target, "no saved model") != "no saved model":
+                reason = f"{reason}; saved model not used: {self._load_reason[target]}"
             if model is None:
                 return self._baseline(target, y, origin, steps, generated, reason or "no usable model")
         index = pd.date_range(hist_start, origin + pd.Timedelta(seconds=res_s * steps), freq=freq, inclusive="left")

@@ -97,18 +97,23 @@ class ArchivingProvider:
     def _migrate(self) -> None:
         """The first archive (one row per hour, latest fetch kept) knows no leads: its rows fetched after
         their hour are kept as bucket 0 (after the fact), the rest is dropped (its lead is unknown)."""
-        old = self._db.execute("SELECT name FROM sqlite_master WHERE type='table' AND name='weather'").fetchone()
-        if old is None:
+        query = "SELECT name FROM sqlite_master WHERE type='table' AND name='weather'"
+        if self._db.execute(query).fetchone() is None:
             return
         names = ", ".join(_COLS)
-        self._db.execute("BEGIN")
-        self._db.execute(
-            f"INSERT OR IGNORE INTO weather_lead (ts_ms, lead, fetched_ms, {names})"
-            f" SELECT ts_ms, 0, fetched_ms, {names} FROM weather WHERE fetched_ms >= ts_ms"
-        )
-        self._db.execute("DROP TABLE weather")
-        self._db.execute("COMMIT")
-        log.info("forecasting: weather archive %s migrated to forecasts by lead", self._path)
+        self._db.execute("BEGIN IMMEDIATE")  # the agent and a training process may open it at once
+        try:
+            if self._db.execute(query).fetchone() is not None:
+                self._db.execute(
+                    f"INSERT OR IGNORE INTO weather_lead (ts_ms, lead, fetched_ms, {names})"
+                    f" SELECT ts_ms, 0, fetched_ms, {names} FROM weather WHERE fetched_ms >= ts_ms"
+                )
+                self._db.execute("DROP TABLE weather")
+                log.info("forecasting: weather archive %s migrated to forecasts by lead", self._path)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:

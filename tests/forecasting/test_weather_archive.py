@@ -300,3 +300,30 @@ def end_of_frame(frame: pd.DataFrame) -> datetime:
     last: pd.Timestamp = pd.DatetimeIndex(frame.index)[-1]
     end: datetime = (last + pd.Timedelta(hours=1)).to_pydatetime()
     return end
+
+
+def test_an_archive_of_the_first_format_keeps_only_what_was_fetched_after_the_hour(tmp_path: Path) -> None:
+    """The first archive kept the latest fetch per hour, lead unknown: its rows fetched after their hour
+    become weather known after the fact (bucket 0); the others are dropped, never used as forecasts."""
+    import sqlite3
+
+    path = tmp_path / "weather.db"
+    db = sqlite3.connect(path)
+    cols = ", ".join(
+        f"{c} REAL" for c in ("temperature_c", "wind_speed_ms", "wind_direction_deg", "ghi_wm2", "cloud_cover_pct")
+    )
+    db.execute(f"CREATE TABLE weather (ts_ms INTEGER PRIMARY KEY, fetched_ms INTEGER, {cols})")
+    hour = int(pd.Timestamp("2024-05-01T10:00Z").timestamp() * 1000)
+    db.execute("INSERT INTO weather VALUES (?, ?, 1.0, 5.0, 180.0, NULL, NULL)", (hour, hour + 3_600_000))
+    db.execute("INSERT INTO weather VALUES (?, ?, 2.0, 6.0, 180.0, NULL, NULL)", (hour + 3_600_000, hour))
+    db.commit()
+    db.close()
+    with OpenMeteoLike(pd.DataFrame(), WEATHER_START, stamp=True) as server:
+        arch = archiving(server, path)
+        assert arch.hours(lead=0) == 1 and arch.hours() == 1
+        b0, b1, _ = arch._load(
+            pd.Timestamp(hour, unit="ms", tz="UTC"), pd.Timestamp(hour + 7_200_000, unit="ms", tz="UTC")
+        )
+        assert b0["temperature_c"].tolist() == [1.0] and b1.empty
+        arch.close()
+        assert archiving(server, path).hours() == 1  # opened again: nothing left to migrate
