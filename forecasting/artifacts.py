@@ -24,7 +24,7 @@ from forecasting.pipelines import TrainedModel
 log = logging.getLogger(__name__)
 
 #: bump when TrainedModel or the feature builders change incompatibly
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 
 
 def library_versions() -> dict[str, str]:
@@ -60,6 +60,8 @@ def save(model: TrainedModel, directory: Path, target: str) -> Path:
         "versions": library_versions(),
         "features": model.feature_names,
         "training_window": {"start": iso_utc(model.train_start), "end": iso_utc(model.train_end)},
+        "trained_at": iso_utc(model.trained_at) if model.trained_at is not None else None,
+        "quick": bool(model.metrics.get("quick")),
         "metrics": model.metrics,
         "resolution_s": model.spec.resolution_s,
         "horizon_steps": model.spec.horizon_steps,

@@ -1,6 +1,17 @@
 """Baselines: what every model is compared with, and what is published when no model can be trusted.
 
-All baselines use the same origin-aligned positions as the features, so they never look ahead either.
+The naive forecasts a user judges a model by, all origin-aligned like the features (they never look
+ahead either) and in local wall-clock time across DST:
+
+* `last_value`: the last measured value, held flat;
+* `persistence`: the same time on the most recent local day complete at the origin ("same hour
+  yesterday" for a day-ahead forecast);
+* `same_hour_last_week`: the same local time seven days earlier;
+* `same_hour_mean_4w`: the mean of the same local time 7, 14, 21 and 28 days earlier;
+* `climatology`: the mean per local time of day over the history given (the training part).
+
+A model is reported against the **best** of them on the same points (`best_naive`), not against one
+chosen in advance: for wind, `last_value` beats `persistence`; for load, the weekly ones often do.
 """
 
 from __future__ import annotations
@@ -11,7 +22,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import pandas as pd
 
-from forecasting.features import _take
+from forecasting.features import LocalShifts, _take
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -19,8 +30,14 @@ if TYPE_CHECKING:
     FloatArray = NDArray[np.float64]
     IntArray = NDArray[np.int64]
 
-BaselineName = Literal["persistence", "same_hour_last_week", "climatology", "last_value"]
-BASELINES: tuple[BaselineName, ...] = ("persistence", "same_hour_last_week", "climatology", "last_value")
+BaselineName = Literal["last_value", "persistence", "same_hour_last_week", "same_hour_mean_4w", "climatology"]
+BASELINES: tuple[BaselineName, ...] = (
+    "last_value",
+    "persistence",
+    "same_hour_last_week",
+    "same_hour_mean_4w",
+    "climatology",
+)
 
 
 def climatology_table(y: FloatArray, index: pd.DatetimeIndex, timezone: str) -> dict[int, float]:
@@ -42,14 +59,23 @@ def baseline_values(
     steps_per_day: int,
     timezone: str,
     climatology: dict[int, float] | None = None,
+    shifts: LocalShifts | None = None,
 ) -> FloatArray:
     """Point forecast of one baseline for (origin, step) pairs; NaN where the history has no value."""
+    origins = np.asarray(origins, dtype=np.int64)
+    steps = np.asarray(steps, dtype=np.int64)
     j = origins + steps - 1
+    sh = shifts or LocalShifts(index, timezone, 86400 // steps_per_day)
     if name == "persistence":
-        days_back = np.maximum(1, -(-steps // steps_per_day))
-        return _take(y, j - steps_per_day * days_back, origins)
+        return _take(y, sh.back(j, sh.days_back(origins, steps)), origins)
     if name == "same_hour_last_week":
-        return _take(y, j - 7 * steps_per_day, origins)
+        return _take(y, sh.back(j, 7), origins)
+    if name == "same_hour_mean_4w":
+        weeks = np.vstack([_take(y, sh.back(j, 7 * w), origins) for w in (1, 2, 3, 4)])
+        counts = np.isfinite(weeks).sum(axis=0)
+        total = np.nansum(weeks, axis=0)
+        out: FloatArray = np.where(counts > 0, total / np.maximum(counts, 1), np.nan)
+        return out
     if name == "last_value":
         return _take(y, origins - 1, origins)
     table = climatology or {}
@@ -60,7 +86,11 @@ def baseline_values(
 
 @dataclass(frozen=True, slots=True)
 class BaselineChoice:
-    """The baseline that did best on recent history, with its residual quantiles for P10/P90."""
+    """The baseline that did best on recent history, with its residual quantiles for P10/P90.
+
+    `q_low == q_high == 0` (a zero-width band) means the history was too short to estimate errors:
+    such a forecast has no interval, and its coverage is not reported as 1.0 or anything else.
+    """
 
     name: BaselineName
     mae: float
@@ -76,9 +106,12 @@ def choose_baseline(
     horizon_steps: int,
     timezone: str,
     candidates: tuple[BaselineName, ...] = BASELINES,
+    first_step: int = 1,
 ) -> BaselineChoice:
-    """Evaluate each baseline on the history (origins each day) and keep the one with the lowest MAE.
+    """Evaluate each baseline on the history `y` (origins each quarter day) and keep the lowest MAE.
 
+    Only `y` is looked at, so a backtest passes its training part and never the test part. Steps
+    `first_step..horizon_steps` are scored (a noon-issued day-ahead forecast is judged on 13..36).
     With too little history to evaluate anything, `last_value` with no interval is returned.
     """
     n = len(y)
@@ -86,15 +119,16 @@ def choose_baseline(
     origins = np.arange(first, max(first, n - 1), max(1, steps_per_day // 4), dtype=np.int64)
     best: BaselineChoice | None = None
     if len(origins):
-        k = np.arange(1, horizon_steps + 1, dtype=np.int64)
+        k = np.arange(first_step, horizon_steps + 1, dtype=np.int64)
         oo, kk = np.repeat(origins, len(k)), np.tile(k, len(origins))
         keep = oo + kk - 1 < n
         oo, kk = oo[keep], kk[keep]
         actual = y[oo + kk - 1]
         clim = climatology_table(y, index, timezone)
+        shifts = LocalShifts(index, timezone, 86400 // steps_per_day)
         for name in candidates:
             pred = baseline_values(
-                name, y, index, oo, kk, steps_per_day=steps_per_day, timezone=timezone, climatology=clim
+                name, y, index, oo, kk, steps_per_day=steps_per_day, timezone=timezone, climatology=clim, shifts=shifts
             )
             ok = np.isfinite(pred) & np.isfinite(actual)
             if ok.sum() < max(24, horizon_steps):

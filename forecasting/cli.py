@@ -167,7 +167,27 @@ def register(app: typer.Typer) -> None:
     def backtest(
         target: TargetOpt = "load",
         data: DataOpt = Path("history.csv"),
-        horizon: Annotated[str, typer.Option(help="hours ahead from each midnight origin, e.g. 24h, 48h")] = "24h",
+        horizon: Annotated[
+            str, typer.Option(help="hours scored from the first local midnight at or after the issue, e.g. 24h")
+        ] = "24h",
+        issued_at: Annotated[
+            str,
+            typer.Option(
+                "--issued-at",
+                help="local time of issue, HH:MM: 00:00 scores steps 1-24; 12:00 the next day (steps 13-36)",
+            ),
+        ] = "00:00",
+        weather_kind: Annotated[
+            str | None,
+            typer.Option(
+                "--weather-kind",
+                help="what the CSV's weather columns are: observed, reanalysis, forecast or perturbed(SIGMA, RHO);"
+                " default observed (scores are then optimistic)",
+            ),
+        ] = None,
+        split: Annotated[
+            str, typer.Option(help="test (the last rows) or validation (the window before them, for tuning)")
+        ] = "test",
         json_out: JsonOpt = False,
         test_fraction: Annotated[float, typer.Option(help="last fraction of rows used as test set")] = 0.2,
         capacity: Annotated[float | None, typer.Option(help="installed capacity (wind/pv nMAE); default max")] = None,
@@ -176,18 +196,22 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
         plot: Annotated[Path | None, typer.Option(help="write actual vs forecast to this PNG (matplotlib)")] = None,
     ) -> None:
-        """Train on the first rows, forecast from every midnight in the test set, compare with baselines."""
+        """Train on the first rows, forecast from every issue time in the test set, compare with baselines."""
         import pandas as pd
 
-        from forecasting.backtest import parse_horizon, run_backtest
+        from forecasting.backtest import parse_horizon, parse_issued_at, parse_weather_kind, run_backtest
         from forecasting.history import DataError, infer_resolution, read_csv
 
         t = _target(target)
         if not 0.05 <= test_fraction <= 0.8:
             raise _fail("--test-fraction must be between 0.05 and 0.8")
+        if split not in ("test", "validation"):
+            raise _fail("--split must be test or validation")
         cfg, tz, lat, lon = _load_config(config)
         try:
             hz = parse_horizon(horizon)
+            parse_issued_at(issued_at)
+            kind = parse_weather_kind(weather_kind) if weather_kind is not None else "observed"
             sd = read_csv(data)
         except (ValueError, DataError) as exc:
             raise _fail(str(exc)) from None
@@ -198,11 +222,16 @@ def register(app: typer.Typer) -> None:
         tc = cfg.targets.get(t)
         say = _progress(json_out)
         say(f"{len(sd.values)} rows at {res_s} s, horizon {steps} steps, test = last {test_fraction:.0%}")
+        if sd.weather is not None and weather_kind is None:
+            say("weather columns taken as observed (pass --weather-kind forecast if they were forecast ahead)")
         try:
             res = run_backtest(
                 sd.values,
                 target=t,
                 weather=sd.weather,
+                weather_kind=kind,
+                issued_at=issued_at,
+                split="validation" if split == "validation" else "test",
                 resolution_s=res_s,
                 horizon_steps=steps,
                 test_fraction=test_fraction,
@@ -212,6 +241,8 @@ def register(app: typer.Typer) -> None:
                 capacity=capacity or (tc.capacity_w if tc else None),
                 latitude=lat,
                 longitude=lon,
+                tilt_deg=tc.tilt_deg if tc is not None and t == "pv" else None,
+                azimuth_deg=tc.azimuth_deg if tc is not None and t == "pv" else None,
                 max_iter=cfg.max_iter,
                 coverage=cfg.interval_coverage,
                 progress=say,
@@ -242,21 +273,37 @@ def _clean(obj: Any) -> Any:
 
 def _print_result(res: Any) -> None:
     def pct(x: float) -> str:
-        return f"{x * 100:6.2f} %" if math.isfinite(x) else "    n/a"
+        return f"{x * 100:6.2f} %" if x is not None and math.isfinite(x) else "    n/a"
 
     typer.echo(
-        f"target {res.target}: {res.origins} origins, {res.points} points, horizon {res.horizon_steps} "
-        f"steps of {res.resolution_s} s; nMAE = MAE / {res.normaliser:.1f}"
+        f"target {res.target}: {res.origins} origins issued at {res.issued_at} local, steps {res.first_step}-"
+        f"{res.last_step} of {res.resolution_s} s, {res.points} points; nMAE = MAE / {res.normaliser:.1f}"
+    )
+    typer.echo(
+        f"weather: {res.weather_kind}{' (' + ', '.join(res.weather_columns) + ')' if res.weather_columns else ''}"
+    )
+    typer.echo(
+        f"{res.split} window {res.scored_window[0]} .. {res.scored_window[1]}; "
+        f"trained on {res.train_window[0]} .. {res.train_window[1]}"
     )
     if res.note:
         typer.echo(f"note: {res.note}")
-    typer.echo(f"{'method':24s} {'MAE':>12s} {'nMAE':>9s} {'skill vs persistence':>21s}")
-    typer.echo(f"{res.method:24s} {res.mae:12.2f} {pct(res.nmae)} {pct(res.skill('persistence')):>21s}")
+    best = res.best_naive
+    typer.echo(f"{'method':24s} {'MAE':>12s} {'nMAE':>9s} {'skill vs best naive':>20s}")
+    typer.echo(f"{res.method:24s} {res.mae:12.2f} {pct(res.nmae)} {pct(res.skill('best_naive')):>20s}")
     for name, b in res.baselines.items():
-        skill = 1 - b["mae"] / res.baselines["persistence"]["mae"] if res.baselines["persistence"]["mae"] else math.nan
-        typer.echo(f"{name:24s} {b['mae']:12.2f} {pct(b['nmae'])} {pct(skill):>21s}")
+        skill = 1 - b["mae"] / best["mae"] if best["mae"] else math.nan
+        mark = "  <- best naive" if name == best["name"] else ""
+        typer.echo(f"{name:24s} {b['mae']:12.2f} {pct(b['nmae'])} {pct(skill):>20s}{mark}")
+    typer.echo(f"{'lead (h)':10s} {'points':>7s} {'nMAE':>9s} {'best naive':>9s} {'P10-P90 coverage':>17s}")
+    for row in res.by_lead:
+        typer.echo(
+            f"{row['lead_h']:10s} {row['points']:7d} {pct(row['nmae'])} {pct(row['best_naive']['nmae'])} "
+            f"{pct(row['coverage_p10_p90']):>17s}"
+        )
+    cov = f"{res.coverage:.1%}" if math.isfinite(res.coverage) else "n/a (no band)"
     typer.echo(
-        f"pinball loss {pct(res.pinball)} of normaliser; P10-P90 coverage {res.coverage:.1%}; "
+        f"pinball loss {pct(res.pinball)} of normaliser; P10-P90 coverage {cov}; "
         f"fit {res.fit_s:.1f} s; predict {res.predict_s * 1000:.1f} ms per origin"
     )
 
@@ -277,7 +324,7 @@ def _plot(res: Any, path: Path) -> None:
     ax.fill_between(ts, [res.p10[i] for i in order], [res.p90[i] for i in order], alpha=0.3, label="P10-P90")
     ax.plot(ts, [res.p50[i] for i in order], lw=1, label="P50")
     ax.plot(ts, [res.actual[i] for i in order], lw=1, color="k", label="actual")
-    ax.set_title(f"{res.target}: nMAE {res.nmae:.2%}, coverage {res.coverage:.0%}")
+    ax.set_title(f"{res.target}: nMAE {res.nmae:.2%}, coverage {res.coverage:.0%}, weather: {res.weather_kind}")
     ax.legend(loc="upper right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -50,6 +50,15 @@ class WeatherConfig(BaseModel):
         description="how far back the provider serves (Open-Meteo's forecast API: 92 days); older hours"
         " come from the gateway's weather archive",
     )
+    backfill: bool = Field(
+        default=True,
+        description="open-meteo: fill the training window's past forecasts (24 and 48 h ahead) from the"
+        " Previous Runs API, so models train on forecasts, not on weather known after the fact",
+    )
+    backfill_url: str = Field(
+        default="https://previous-runs-api.open-meteo.com/v1/forecast",
+        description="Previous-Runs-format endpoint (`<variable>_previous_dayN`) for the back-fill",
+    )
 
     @model_validator(mode="after")
     def _needs_path(self) -> WeatherConfig:
@@ -87,7 +96,15 @@ class TargetConfig(BaseModel):
     )
     cut_out_ms: float = Field(default=25.0, gt=0, le=60, description="wind: cut-out wind speed, m/s")
     # pv
-    tilt_deg: float = Field(default=30.0, ge=0, le=90, description="pv: module tilt (clear-sky feature)")
+    tilt_deg: float = Field(
+        default=30.0, ge=0, le=90, description="pv: module tilt from horizontal, for plane-of-array irradiance"
+    )
+    azimuth_deg: float | None = Field(
+        default=None,
+        ge=0,
+        lt=360,
+        description="pv: direction the modules face, degrees from north (180 = south); default: the equator",
+    )
 
     @field_validator("turbine_type")
     @classmethod
@@ -141,6 +158,9 @@ class ForecastingConfig(BaseModel):
     train_window_days: float = Field(default=365, ge=7, description="most recent days used for training")
     retrain_interval_h: float = Field(default=24, gt=0, description="hours between scheduled retrainings")
     interval_coverage: float = Field(
-        default=0.8, gt=0.5, lt=0.99, description="P10-P90 coverage the holdout calibration aims at"
+        default=0.8,
+        gt=0.5,
+        lt=0.99,
+        description="P10-P90 coverage aimed at (the holdout calibration aims 3 points higher: see pipelines)",
     )
     max_iter: int = Field(default=300, ge=10, le=2000, description="boosting iterations per quantile model")

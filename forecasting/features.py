@@ -10,6 +10,15 @@ No look-ahead by construction: every history read goes through `_take`, which re
 position at or after the origin. Weather is different: at `t` it is a *forecast* input, supplied by the
 caller for the horizon (the benchmarks state what stands in for it).
 
+"The same time yesterday" is a local wall-clock time: across a DST change it lies 23 or 25 hours back,
+not 24 (`LocalShifts`), so a factory that starts at 07:00 local is compared with 07:00 the day before.
+
+Weather by lead (`WeatherInput`): training can pass one frame per forecast lead, as archived by the
+gateway (`weather_archive`): frame 0 holds what was known after each hour (used for times before the
+origin), frame `b` >= 1 the forecast made about `24·b` hours ahead. A row for step `k` reads the target
+hour from frame `ceil(k·resolution / 24 h)`, so the model learns from forecasts at least as old as the
+ones it will predict with, never from weather fetched after the fact.
+
 Positions: `y[p]` is the mean over the interval starting at `index[p]`. An origin is a position `i`:
 `y[:i]` is known, `y[i:]` is not. Step `k` (1-based) targets position `j = i + k - 1`.
 """
@@ -25,7 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pandas as pd
 
-from forecasting.physics import PowerCurve, clear_sky_ghi
+from forecasting.physics import PowerCurve, clear_sky_ghi, plane_of_array
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -67,6 +76,9 @@ class FeatureSpec:
     power_curve: PowerCurve | None = None
     latitude: float | None = None
     longitude: float | None = None
+    #: PV modules' tilt and azimuth (None: horizontal clear-sky only, as for a backtest without a config)
+    tilt_deg: float | None = None
+    azimuth_deg: float | None = None
 
     @property
     def steps_per_day(self) -> int:
@@ -97,6 +109,70 @@ def to_grid(
         return pd.Series(dtype="float64", index=pd.DatetimeIndex([], tz="UTC"))
     full = pd.date_range(lo, hi, freq=freq, inclusive="left", tz="UTC")
     return s.reindex(full)
+
+
+#: weather for the feature builders: one frame for every lead, or one frame per lead (see the docstring)
+WeatherInput = pd.DataFrame | Sequence[pd.DataFrame]
+
+
+def lead_bucket(steps: IntArray, resolution_s: int, buckets: int) -> IntArray:
+    """Lead bucket (1..buckets-1) of each step: ceil(lead to the end of the interval / 24 h)."""
+    b = -(-(steps * resolution_s) // 86400)
+    out: IntArray = np.clip(b, 1, max(1, buckets - 1)).astype(np.int64)
+    return out
+
+
+class LocalShifts:
+    """Positions of "the same local wall-clock time N days earlier", DST-correct, computed once per N.
+
+    For a position whose wall-clock time did not exist or was ambiguous N days earlier (the DST hours),
+    the plain UTC shift is used.
+    """
+
+    def __init__(self, index: pd.DatetimeIndex, timezone: str, resolution_s: int) -> None:
+        self._index = index
+        self._tz = timezone
+        self._res = resolution_s
+        self._spd = 86400 // resolution_s
+        self._cache: dict[int, IntArray] = {}
+
+    def _table(self, days: int) -> IntArray:
+        if days not in self._cache:
+            n = len(self._index)
+            plain = np.arange(n, dtype=np.int64) - days * self._spd
+            if self._tz in ("UTC", "Etc/UTC") or n == 0:
+                self._cache[days] = plain
+            else:
+                wall = self._index.tz_convert(self._tz).tz_localize(None) - pd.Timedelta(days=days)
+                back = wall.tz_localize(self._tz, ambiguous="NaT", nonexistent="NaT").tz_convert("UTC")
+                delta = (back - self._index[0]).total_seconds().to_numpy(dtype=np.float64) / self._res
+                ok = np.isfinite(delta)
+                out = plain.copy()
+                out[ok] = np.floor(delta[ok]).astype(np.int64)
+                self._cache[days] = out
+        return self._cache[days]
+
+    def back(self, pos: IntArray, days: IntArray | int) -> IntArray:
+        """`pos` moved `days` local days back (days may differ per element)."""
+        pos = np.asarray(pos, dtype=np.int64)
+        d = np.broadcast_to(np.asarray(days, dtype=np.int64), pos.shape)
+        out = pos - d * self._spd
+        inside = (pos >= 0) & (pos < len(self._index))
+        for v in np.unique(d[inside]) if inside.any() else ():
+            sel = inside & (d == v)
+            out[sel] = self._table(int(v))[pos[sel]]
+        return out
+
+    def days_back(self, origins: IntArray, steps: IntArray) -> IntArray:
+        """Per row, the fewest whole local days back at which the target's time is known at the origin."""
+        j = origins + steps - 1
+        d = np.maximum(1, -(-steps // self._spd)).astype(np.int64)
+        for _ in range(2):  # a 25-hour day can push the same time one more day back
+            late = self.back(j, d) >= origins
+            if not late.any():
+                break
+            d = d + late
+        return d
 
 
 def _take(y: FloatArray, pos: IntArray, origin: IntArray) -> FloatArray:
@@ -155,13 +231,15 @@ def build_features(
     steps: IntArray,
     spec: FeatureSpec,
     *,
-    weather: pd.DataFrame | None = None,
+    weather: WeatherInput | None = None,
     calendar: pd.DataFrame | None = None,
+    shifts: LocalShifts | None = None,
 ) -> tuple[FloatArray, list[str]]:
     """Feature matrix for (origin, step) pairs given as equal-length arrays.
 
     `index` covers history and horizon (len(index) >= max target position + 1); `y` may be shorter (the
-    unknown future). `weather` is aligned to `index` (NaN where missing). Returns (X, column names).
+    unknown future). `weather` is aligned to `index` (NaN where missing): one frame, or one per lead
+    (module docstring). Returns (X, column names).
     """
     origins = np.asarray(origins, dtype=np.int64)
     steps = np.asarray(steps, dtype=np.int64)
@@ -172,26 +250,27 @@ def build_features(
     yk = np.full(len(index), np.nan)
     yk[: len(y)] = y[: len(index)]
     cal = calendar if calendar is not None else calendar_frame(index, spec)
+    sh = shifts if shifts is not None else LocalShifts(index, spec.timezone, spec.resolution_s)
     cols: dict[str, FloatArray] = {}
-    days_back = np.maximum(1, -(-steps // spd))  # most recent day whose same time is known at the origin
+    days_back = sh.days_back(origins, steps)  # most recent local day whose same time is known at the origin
 
     cols["step_h"] = steps / sph
     cols["origin_hour"] = cal["hour"].to_numpy()[np.clip(origins, 0, len(index) - 1)]
     for name in CALENDAR_FEATURES.get(spec.target, CALENDAR_FEATURES["load"]):
         cols[name] = cal[name].to_numpy()[j]
 
-    lag_d = j - spd * days_back
+    lag_d = sh.back(j, days_back)
     cols["lag_day"] = _take(yk, lag_d, origins)
     cols["lag_day_m1h"] = _take(yk, lag_d - sph, origins)
     cols["lag_day_p1h"] = _take(yk, lag_d + sph, origins)
-    cols["lag_day2"] = _take(yk, lag_d - spd, origins)
-    cols["lag_day3"] = _take(yk, lag_d - 2 * spd, origins)
-    cols["lag_week"] = _take(yk, j - 7 * spd, origins)
-    cols["lag_week2"] = _take(yk, j - 14 * spd, origins)
+    cols["lag_day2"] = _take(yk, sh.back(j, days_back + 1), origins)
+    cols["lag_day3"] = _take(yk, sh.back(j, days_back + 2), origins)
+    cols["lag_week"] = _take(yk, sh.back(j, 7), origins)
+    cols["lag_week2"] = _take(yk, sh.back(j, 14), origins)
     last = _take(yk, origins - 1, origins)
     cols["last"] = last
     cols["last_m1h"] = _take(yk, origins - 1 - sph, origins)
-    anchor = _take(yk, origins - 1 - spd * days_back, origins)
+    anchor = _take(yk, sh.back(origins - 1, days_back), origins)
     cols["lag_day_adj"] = cols["lag_day"] + (last - anchor)
     cols["lag_day_offday"] = cal["offday"].to_numpy()[np.clip(lag_d, 0, len(index) - 1)]
     m24, x24, n24 = _window_stats(yk, spd)
@@ -201,13 +280,31 @@ def build_features(
     for name, arr in (("mean_24h", m24), ("max_24h", x24), ("min_24h", n24), ("mean_3h", m3), ("mean_7d", m7)):
         cols[name] = _take(arr, prev, origins)
     # last week's profile moved to this week's level (the day-of-week shape, current level)
-    cols["lag_week_adj"] = cols["lag_week"] + (cols["mean_24h"] - _take(m24, prev - 7 * spd, origins))
+    cols["lag_week_adj"] = cols["lag_week"] + (cols["mean_24h"] - _take(m24, sh.back(prev, 7), origins))
 
-    if weather is not None and spec.weather_columns:
-        _weather_features(cols, weather, spec, j, lag_d)
+    frames = weather_frames(weather) if weather is not None and spec.weather_columns else []
+    lead = lead_bucket(steps, spec.resolution_s, len(frames)) if len(frames) > 1 else np.zeros(len(j), np.int64)
+    if frames:
+        _weather_features(cols, frames, spec, j, lag_d, lead)
 
     if spec.target == "pv" and spec.latitude is not None and spec.longitude is not None:
-        cs = clear_sky_ghi(index, spec.latitude, spec.longitude, offset_s=spec.resolution_s / 2)
+        offset = spec.resolution_s / 2
+        if spec.tilt_deg is None:
+            cs = clear_sky_ghi(index, spec.latitude, spec.longitude, offset_s=offset)
+        else:
+            ghi = [f["ghi_wm2"].to_numpy(dtype=np.float64) for f in frames if "ghi_wm2" in f]
+            ghi = ghi if "ghi_wm2" in spec.weather_columns else []
+            cs, poa = plane_of_array(
+                index,
+                spec.latitude,
+                spec.longitude,
+                tilt_deg=spec.tilt_deg,
+                azimuth_deg=spec.azimuth_deg,
+                ghi=ghi,
+                offset_s=offset,
+            )
+            if poa:
+                cols["poa_forecast"] = np.vstack(poa)[lead if len(poa) > 1 else 0, j]
         cols["clear_sky"] = cs[j]
         cs_lag = cs[np.clip(lag_d, 0, len(index) - 1)]
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -218,33 +315,57 @@ def build_features(
     return X, names
 
 
+def weather_frames(weather: WeatherInput) -> list[pd.DataFrame]:
+    """The weather as a list by lead: [known after the hour, ~24 h ahead, ~48 h ahead, ...]."""
+    if isinstance(weather, pd.DataFrame):
+        return [weather]
+    return list(weather)
+
+
 def _weather_features(
-    cols: dict[str, FloatArray], weather: pd.DataFrame, spec: FeatureSpec, j: IntArray, lag_d: IntArray
+    cols: dict[str, FloatArray],
+    frames: list[pd.DataFrame],
+    spec: FeatureSpec,
+    j: IntArray,
+    lag_d: IntArray,
+    lead: IntArray,
 ) -> None:
-    """Weather at the target time (a forecast), plus what the lag was measured under, plus derived terms."""
-    n = len(weather)
+    """Weather at the target time (a forecast), plus what the lag was measured under, plus derived terms.
+
+    With weather by lead, the target-time columns come from the frame of the row's lead and the lag's
+    from frame 0 (known after the fact, as it is at prediction time); rolling terms stay within a frame.
+    """
+    n = len(frames[0])
     spd = spec.steps_per_day
     lagc = np.clip(lag_d, 0, n - 1)
+
+    def stack(c: str) -> NDArray[np.float64]:
+        return np.vstack([f[c].to_numpy(dtype=np.float64) if c in f else np.full(n, np.nan) for f in frames])
+
     for c in spec.weather_columns:
-        w = weather[c].to_numpy(dtype=np.float64) if c in weather else np.full(n, np.nan)
+        w = stack(c)
+        at_j = w[lead, j]
         if c == "wind_direction_deg":
-            rad = np.deg2rad(w[j])
+            rad = np.deg2rad(at_j)
             cols["wind_dir_sin"] = np.sin(rad)
             cols["wind_dir_cos"] = np.cos(rad)
             continue
-        cols[c] = w[j]
+        cols[c] = at_j
         if c == "temperature_c":
-            cols["temperature_lag_day"] = np.where(lag_d >= 0, w[lagc], np.nan)
-            mean24 = pd.Series(w).rolling(spd, min_periods=1).mean().to_numpy()
-            cols["temperature_mean_24h"] = mean24[j]
-            cols["temperature_max_day"] = pd.Series(w).rolling(spd, min_periods=1, center=True).max().to_numpy()[j]
+            cols["temperature_lag_day"] = np.where(lag_d >= 0, w[0, lagc], np.nan)
+            # trailing windows (ending at the target hour): the same in training and at prediction,
+            # where the weather ends with the horizon (a centred window saw beyond it only in training)
+            mean24 = np.vstack([pd.Series(r).rolling(spd, min_periods=1).mean().to_numpy() for r in w])
+            max24 = np.vstack([pd.Series(r).rolling(spd, min_periods=1).max().to_numpy() for r in w])
+            cols["temperature_mean_24h"] = mean24[lead, j]
+            cols["temperature_max_day"] = max24[lead, j]
         if c == "wind_speed_ms" and spec.power_curve is not None:
-            cols["power_curve"] = spec.power_curve.power(w[j])
+            cols["power_curve"] = spec.power_curve.power(at_j)
             # neighbours smooth the timing error of a forecast front
             prev = np.clip(j - spec.steps_per_hour, 0, n - 1)
             nxt = np.clip(j + spec.steps_per_hour, 0, n - 1)
-            cols["wind_speed_prev_h"] = w[prev]
-            cols["wind_speed_next_h"] = w[nxt]
+            cols["wind_speed_prev_h"] = w[lead, prev]
+            cols["wind_speed_next_h"] = w[lead, nxt]
 
 
 def origin_step_grid(origins: Sequence[int] | IntArray, horizon_steps: int) -> tuple[IntArray, IntArray]:

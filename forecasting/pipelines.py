@@ -9,7 +9,9 @@ Why this shape:
   conformalised quantile regression, scaled by the model's own interval width: one factor widens or
   narrows P10/P90 until the holdout coverage meets the configured target (0.8).
 * Quantiles are sorted row-wise at the end, so P10 <= P50 <= P90 holds whatever the trees do, and each
-  target's physical bounds (the history's floor..capacity, 0 above cut-out) are applied after.
+  target's physical bounds (the history's floor..capacity) are applied after. Wind cut-out is applied
+  per quantile (`apply_cut_out`): the forecast wind speed is uncertain, so near the cut-out speed the
+  farm may stop or run at rated power, and only the quantiles below the storm's probability go to 0.
 
 scikit-learn is imported inside functions only: importing this module costs numpy/pandas, not sklearn.
 """
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from forecasting.features import FeatureSpec, build_features, calendar_frame
+from forecasting.features import FeatureSpec, LocalShifts, WeatherInput, build_features, calendar_frame
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -34,9 +36,18 @@ if TYPE_CHECKING:
     IntArray = NDArray[np.int64]
 
 QUANTILES: tuple[float, float, float] = (0.1, 0.5, 0.9)
+#: spread (standard deviation, m/s) of a day-ahead 100 m wind-speed forecast around the true speed, for
+#: the cut-out rule: published day-ahead hub-height wind errors are ~1.5-2.5 m/s RMSE; the low end keeps
+#: forecasts well above cut-out at 0 and well below it untouched
+WIND_FORECAST_SIGMA_MS = 1.5
 #: larger leaves for the P10/P90 models: tail quantiles from small leaves are overfit (too narrow)
 INTERVAL_MIN_LEAF = 200
 LATEST_BLOCK = True
+#: The holdout weeks lie inside the training period and look easier than the future does: bands
+#: calibrated to exactly 80 % on them covered 73.6-78.5 % on the validation windows of both benchmarks
+#: (the window just before each test window; bench/forecast_*.py --validation). Aiming 3 points higher
+#: brought every validation row to 77.2-81.5 %. Chosen on those validation windows only.
+OUT_OF_SAMPLE_MARGIN = 0.03
 
 
 class TrainingCancelled(Exception):
@@ -64,6 +75,8 @@ class TrainedModel:
     train_start: datetime
     train_end: datetime
     metrics: dict[str, float] = field(default_factory=dict)
+    #: when the model was trained (`train_end` is the last value used, which stops moving when data does)
+    trained_at: datetime | None = None
 
     def predict_matrix(self, X: FloatArray, *, wind_speed: FloatArray | None = None) -> FloatArray:
         """(n, 3) array of P10, P50, P90: calibrated, sorted, bounded."""
@@ -87,14 +100,14 @@ class TrainedModel:
         origins: IntArray,
         steps: IntArray,
         *,
-        weather: pd.DataFrame | None = None,
+        weather: WeatherInput | None = None,
     ) -> FloatArray:
         X, names = build_features(y, index, origins, steps, self.spec, weather=weather)
         if names != self.feature_names:
             raise ValueError("feature columns differ from the trained model's; retrain")
         ws = None
-        if weather is not None and "wind_speed_ms" in self.spec.weather_columns and "wind_speed_ms" in weather:
-            ws = weather["wind_speed_ms"].to_numpy(dtype=np.float64)[origins + steps - 1]
+        if "wind_speed_ms" in self.spec.weather_columns and "wind_speed_ms" in names:
+            ws = X[:, names.index("wind_speed_ms")]  # the speed at the row's lead, as the features saw it
         return self.predict_matrix(X, wind_speed=ws)
 
 
@@ -130,16 +143,45 @@ def postprocess(
     upper: float | None,
     wind_speed: FloatArray | None = None,
     cut_out_ms: float | None = None,
+    sigma_ms: float = WIND_FORECAST_SIGMA_MS,
 ) -> FloatArray:
-    """Sort quantiles per row (monotone guaranteed), clip to physical bounds, zero above cut-out."""
+    """Sort quantiles per row (monotone guaranteed), apply the cut-out per quantile, clip to bounds."""
     out = np.sort(q, axis=1)
+    if wind_speed is not None and cut_out_ms is not None:
+        out = apply_cut_out(out, wind_speed, cut_out_ms, sigma_ms)
     if lower is not None or upper is not None:
         out = np.clip(out, lower, upper)
-    if wind_speed is not None and cut_out_ms is not None:
-        storm = np.nan_to_num(wind_speed, nan=0.0) >= cut_out_ms
-        out[storm, 0] = min(0.0, lower) if lower is not None else 0.0
-        out[storm, 1] = 0.0
-        out[storm, 2] = np.maximum(out[storm, 2], 0.0)
+    return out
+
+
+def apply_cut_out(q: FloatArray, wind_speed: FloatArray, cut_out_ms: float, sigma_ms: float) -> FloatArray:
+    """P10/P50/P90 of a farm that stops when the *true* wind reaches cut-out, given a forecast speed.
+
+    With the forecast error ~ N(0, sigma), the farm is stopped with probability p = P(true >= cut-out).
+    Output is then a mixture: 0 with probability p, else the model's distribution (interpolated through
+    its P10/P50/P90). Its quantile tau is 0 when tau <= p, otherwise the model's quantile at
+    (tau - p) / (1 - p). Far above cut-out every quantile is 0; far below nothing changes; in between
+    the lower quantiles drop first (zeroing P50 alone left P90 at rated power in a certain storm and
+    cut P50 to 0 at 25.1 m/s although the farm would run half the time).
+    """
+    from scipy.special import ndtr  # type: ignore[import-untyped]
+
+    ws = np.asarray(wind_speed, dtype=np.float64)
+    p = np.where(np.isfinite(ws), ndtr((ws - cut_out_ms) / max(sigma_ms, 1e-6)), 0.0)
+    out = q.copy()
+    for i, tau in enumerate(QUANTILES):
+        rest = (tau - p) / np.maximum(1.0 - p, 1e-9)  # level within the running farm's distribution
+        running = _interp_quantile(q, rest)
+        out[:, i] = np.where(p >= tau, 0.0, np.where(p > 1e-6, running, q[:, i]))
+    return np.sort(out, axis=1)
+
+
+def _interp_quantile(q: FloatArray, level: FloatArray) -> FloatArray:
+    """Row-wise linear interpolation through (QUANTILES, q), flat beyond P10 and P90."""
+    lo, mid, hi = QUANTILES
+    a = np.clip((level - lo) / (mid - lo), 0.0, 1.0)
+    b = np.clip((level - mid) / (hi - mid), 0.0, 1.0)
+    out: FloatArray = np.where(level <= mid, q[:, 0] + a * (q[:, 1] - q[:, 0]), q[:, 1] + b * (q[:, 2] - q[:, 1]))
     return out
 
 
@@ -195,7 +237,7 @@ def fit_model(
     index: pd.DatetimeIndex,
     spec: FeatureSpec,
     *,
-    weather: pd.DataFrame | None = None,
+    weather: WeatherInput | None = None,
     exclude: NDArray[np.bool_] | None = None,
     max_iter: int = 300,
     coverage: float = 0.8,
@@ -220,7 +262,8 @@ def fit_model(
     if len(origins) < 200:
         raise ValueError(f"too few training rows ({len(origins)}): need more history")
     cal = calendar_frame(index, spec)
-    X, names = build_features(y, index, origins, steps, spec, weather=weather, calendar=cal)
+    shifts = LocalShifts(index, spec.timezone, spec.resolution_s)
+    X, names = build_features(y, index, origins, steps, spec, weather=weather, calendar=cal, shifts=shifts)
     target = y[origins + steps - 1]
     t_feat = time.perf_counter() - t0
     tr, ho = holdout_split(origins, spec.steps_per_day, holdout_fraction)
@@ -250,7 +293,7 @@ def fit_model(
     min_width = 0.02 * float(np.nanmean(np.abs(target))) + 1e-9
     width = _width(lo, hi, min_width)
     conformity = np.maximum(lo - yh, yh - hi) / width
-    level = min(1.0, coverage * (1 + 1 / max(1, len(yh))))
+    level = min(1.0, min(0.99, coverage + OUT_OF_SAMPLE_MARGIN) * (1 + 1 / max(1, len(yh))))
     offset = float(np.quantile(conformity, level)) if len(yh) else 0.0
     lower, upper = _bounds(spec, y)
     valid_index = index[: len(y)][np.isfinite(y)]

@@ -8,8 +8,10 @@
 
 Decisions, in the order `predict` takes them (each fallback says why in `Forecast.reason`):
 1. no history at all -> `kind="empty"`, no points;
-2. less than `min_history_days` of values -> best baseline ("cold start"), the model takes over by itself
-   once enough data exists (the next `predict` trains when nothing usable is saved);
+2. less than `min_history_days` of values in the whole training window (gaps allowed: every measured
+   interval counts) -> best baseline ("cold start"); the model takes over by itself once enough data
+   exists (the next `predict` trains when nothing usable is saved; a failed training is retried an hour
+   later, and `needs_training` says so too, so the retrain loop gets a first model as well);
 3. a saved model whose library versions differ -> retrained, never unpickled;
 4. a model that needs weather when the provider fails -> best baseline ("weather unavailable: ...");
 5. otherwise the model, P10 <= P50 <= P90, clipped to physical limits.
@@ -25,6 +27,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,13 +37,21 @@ import numpy as np
 import pandas as pd
 
 from forecasting import artifacts
+from forecasting.backtest import Accuracy, rolling_accuracy
 from forecasting.baselines import baseline_values, choose_baseline, climatology_table
 from forecasting.config import ForecastingConfig, TargetConfig, TargetName
-from forecasting.features import FeatureSpec, to_grid
+from forecasting.features import WEATHER_COLUMNS, FeatureSpec, WeatherInput, to_grid
 from forecasting.physics import PowerCurve
 from forecasting.pipelines import TrainedModel, TrainingCancelled, fit_model
 from forecasting.types import Forecast, ForecastPoint, HistorySource
-from forecasting.weather import FileProvider, OpenMeteoProvider, WeatherError, WeatherProvider, align
+from forecasting.weather import (
+    FileProvider,
+    OpenMeteoProvider,
+    PreviousRunsProvider,
+    WeatherError,
+    WeatherProvider,
+    align,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +66,8 @@ PREDICT_HISTORY_DAYS = 28
 #: budget of the first model a target gets (see `train(quick=True)`): ~5x cheaper than the full one
 QUICK_MAX_ITER = 100
 QUICK_MAX_ROWS = 20_000
+#: a training that failed (not a cold start) is tried again after this long
+RETRY_FAILED = pd.Timedelta(hours=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +77,18 @@ class TrainResult:
     reason: str
     metrics: dict[str, float] = field(default_factory=dict)
     weather_columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingSet:
+    """What a training sees: the history grid, the weather (by lead when archived) and the feature spec."""
+
+    y: np.ndarray[Any, np.dtype[np.float64]]
+    index: pd.DatetimeIndex
+    spec: FeatureSpec
+    weather: WeatherInput | None
+    exclude: np.ndarray[Any, np.dtype[np.bool_]] | None
+    days: float
 
 
 class Trainer(Protocol):
@@ -102,11 +127,17 @@ def make_weather_provider(
             return http
         from forecasting.weather_archive import ArchivingProvider
 
+        backfill = (
+            PreviousRunsProvider(url=w.backfill_url, latitude=lat, longitude=lon, timeout_s=w.timeout_s)
+            if w.backfill
+            else None
+        )
         return ArchivingProvider(
             http,
             archive_dir / "weather.db",
             max_past_days=w.max_past_days,
             keep_days=config.train_window_days + 35,
+            backfill=backfill,
         )
     return None
 
@@ -181,6 +212,8 @@ class ForecastService:
             power_curve=curve,
             latitude=self._lat,
             longitude=self._lon,
+            tilt_deg=tc.tilt_deg if target == "pv" else None,
+            azimuth_deg=tc.azimuth_deg if target == "pv" else None,
         )
 
     def _grid(self, target: TargetName, start: pd.Timestamp, end: pd.Timestamp) -> pd.Series:
@@ -211,6 +244,23 @@ class ForecastService:
             self._last_weather_error = None
         return frame, ""
 
+    def _fetch_training_weather(self, start: pd.Timestamp, end: pd.Timestamp) -> list[pd.DataFrame] | None:
+        """Weather for a training window: by lead from the archive (forecasts as first fetched), else the
+        provider's one frame (a file of recorded forecasts, a test's frame)."""
+        by_lead = getattr(self._weather, "fetch_leads", None)
+        if by_lead is None:
+            frame, _ = self._fetch_weather(start, end)
+            return None if frame is None else [frame]
+        try:
+            frames: list[pd.DataFrame] = by_lead(start.to_pydatetime(), end.to_pydatetime())
+        except WeatherError as exc:
+            log.error("forecasting: weather history unavailable: %s", exc)
+            return None
+        except Exception:  # a provider bug must not take forecasting down
+            log.exception("forecasting: weather provider failed")
+            return None
+        return frames
+
     # ---------------------------------------------------------------- training
     def train(self, target: TargetName, *, now: datetime | None = None, quick: bool = False) -> TrainResult:
         """Fit and save the target's model from history up to `now`; returns why when it cannot.
@@ -228,68 +278,98 @@ class ForecastService:
                 with self._lock:
                     self._models.pop(target, None)  # `_model` loads the new artifact
                     self._load_reason.pop(target, None)
-            return result
-        return self._train_here(target, now=now, quick=quick)
+        else:
+            result = self._train_here(target, now=now, quick=quick)
+        at = _utc(now or datetime.now(UTC))
+        if result.trained:
+            self._failed_train.pop(target, None)
+        elif not result.reason.startswith(("cold start", "training cancelled")):
+            self._failed_train[target] = (at, result.reason)
+        return result
 
-    def _train_here(self, target: TargetName, *, now: datetime | None, quick: bool) -> TrainResult:
+    def training_set(self, target: TargetName, *, now: datetime | None = None) -> tuple[TrainingSet | None, str]:
+        """The data a training of `target` at `now` uses, or None and why not (cold start, no weather...).
+
+        Weather comes by lead when the provider archives it (`fetch_leads`): the rows of step k read the
+        forecast made about ceil(k h / 24 h) days ahead, as the agent will predict with.
+        """
         tc = self.target_config(target)
         end = _utc(now or datetime.now(UTC)).floor(f"{tc.resolution_s}s")
         start = end - pd.Timedelta(days=self._cfg.train_window_days)
-        try:
-            y = self._grid(target, start, end)
-        except Exception as exc:
-            log.exception("forecasting: history for %s unreadable", target)
-            return TrainResult(target, False, f"history unreadable: {exc.__class__.__name__}")
+        y = self._grid(target, start, end)
         valid = y.dropna()
         days = len(valid) * tc.resolution_s / 86400
         if days < self._cfg.min_history_days:
-            return TrainResult(
-                target, False, f"cold start: {days:.1f} days of history < {self._cfg.min_history_days:g}"
-            )
+            return None, f"cold start: {days:.1f} days of history < {self._cfg.min_history_days:g}"
         first = valid.index[0]
         y = y[y.index >= first]
-        index = y.index
+        index = pd.DatetimeIndex(y.index)
         weather_cols: tuple[str, ...] = ()
-        wframe: pd.DataFrame | None = None
+        frames: list[pd.DataFrame] | None = None
+        main: pd.DataFrame | None = None
         wanted = TARGET_WEATHER.get(target, ())
         if self._weather is not None:
-            raw, _ = self._fetch_weather(first, end)
-            wframe = align(raw, index)
-            if wframe is not None and target in ("wind", "pv"):
-                # Weather may reach less far back than the plant's history (a forecast API serves ~3
-                # months until the archive has grown): train on the span with weather, not on nothing.
-                have = wframe[list(wanted)].notna().any(axis=1).to_numpy()
-                if have.any():
-                    since = index[int(np.argmax(have))]
-                    if since > first and (end - since) >= pd.Timedelta(days=self._cfg.min_history_days):
-                        keep = index >= since
-                        y, wframe = y[keep], wframe[keep]
-                        index = y.index
-            if wframe is not None:
-                weather_cols = tuple(c for c in wanted if wframe[c].notna().mean() >= 0.8)
+            raw = self._fetch_training_weather(first, end)
+            if raw is not None:
+                aligned = [align(f, index) for f in raw]
+                empty = pd.DataFrame(index=index, columns=list(WEATHER_COLUMNS), dtype="float64")
+                frames = [f if f is not None else empty for f in aligned]
+                if all(f is None for f in aligned):
+                    frames = None
+            if frames is not None:
+                main = frames[1] if len(frames) > 1 else frames[0]  # the forecasts most rows read
+                if target in ("wind", "pv"):
+                    # Forecast weather may reach less far back than the plant's history (an archive
+                    # without back-fill grows from the first fetch): train on the span with weather.
+                    have = main[list(wanted)].notna().any(axis=1).to_numpy()
+                    if have.any():
+                        since = index[int(np.argmax(have))]
+                        if since > first and (end - since) >= pd.Timedelta(days=self._cfg.min_history_days):
+                            keep = index >= since
+                            y, index = y[keep], pd.DatetimeIndex(y.index[keep])
+                            frames = [f[keep] for f in frames]
+                            main = main[keep]
+                weather_cols = tuple(c for c in wanted if main[c].notna().mean() >= 0.8)
         if target in ("wind", "pv") and not weather_cols:
-            return TrainResult(target, False, f"{target} needs weather history ({', '.join(wanted)}); baseline used")
+            return None, f"{target} needs weather history ({', '.join(wanted)}); baseline used"
         capacity = tc.capacity_w
         yv = y.to_numpy(dtype=np.float64)
         if capacity is None and target in ("wind", "pv"):
             capacity = float(np.nanmax(yv))
         curve: PowerCurve | None = None
         exclude: np.ndarray[Any, np.dtype[np.bool_]] | None = None
-        if target == "wind" and wframe is not None and "wind_speed_ms" in weather_cols:
+        if target == "wind" and main is not None and "wind_speed_ms" in weather_cols:
             assert capacity is not None
-            curve = self._power_curve(tc, capacity, wframe["wind_speed_ms"].to_numpy(), yv)
-            exclude = outage_mask(yv, curve.power(wframe["wind_speed_ms"].to_numpy()), capacity)
+            ws = main["wind_speed_ms"].to_numpy()  # forecast wind: the curve absorbs the forecast's bias
+            curve = self._power_curve(tc, capacity, ws, yv)
+            exclude = outage_mask(yv, curve.power(ws), capacity)
         spec = self._spec(target, weather_cols, curve, capacity)
+        weather: WeatherInput | None = None
+        if frames is not None and weather_cols:
+            weather = frames if len(frames) > 1 else frames[0]
+        return TrainingSet(yv, index, spec, weather, exclude, days), ""
+
+    def _train_here(self, target: TargetName, *, now: datetime | None, quick: bool) -> TrainResult:
+        tc = self.target_config(target)
+        end = _utc(now or datetime.now(UTC)).floor(f"{tc.resolution_s}s")
+        try:
+            ts, why = self.training_set(target, now=end.to_pydatetime())
+        except Exception as exc:
+            log.exception("forecasting: history for %s unreadable", target)
+            return TrainResult(target, False, f"history unreadable: {exc.__class__.__name__}")
+        if ts is None:
+            return TrainResult(target, False, why)
+        spec, days = ts.spec, ts.days
         try:
             from threadpoolctl import threadpool_limits  # type: ignore[import-untyped,unused-ignore]
 
             with threadpool_limits(self._threads):
                 model = fit_model(
-                    yv,
-                    index,
+                    ts.y,
+                    ts.index,
                     spec,
-                    weather=wframe if weather_cols else None,
-                    exclude=exclude,
+                    weather=ts.weather,
+                    exclude=ts.exclude,
                     max_iter=min(self._cfg.max_iter, QUICK_MAX_ITER) if quick else self._cfg.max_iter,
                     max_rows=QUICK_MAX_ROWS if quick else 60_000,
                     coverage=self._cfg.interval_coverage,
@@ -301,6 +381,7 @@ class ForecastService:
             return TrainResult(target, False, f"not trained: {exc}")
         if quick:
             model.metrics["quick"] = 1.0
+        model.trained_at = end.to_pydatetime()
         artifacts.save(model, self._dir, target)
         with self._lock:
             self._models[target] = model
@@ -312,7 +393,7 @@ class ForecastService:
             model.metrics["fit_s"],
             " (first, quick model; the full one follows at the next round)" if quick else "",
         )
-        return TrainResult(target, True, "", dict(model.metrics), weather_cols)
+        return TrainResult(target, True, "", dict(model.metrics), spec.weather_columns)
 
     def _power_curve(
         self, tc: TargetConfig, capacity: float, ws: np.ndarray[Any, Any], y: np.ndarray[Any, Any]
@@ -328,12 +409,47 @@ class ForecastService:
         return PowerCurve.empirical(ws[:n], y[:n], capacity=capacity, cut_out_ms=tc.cut_out_ms)
 
     def needs_training(self, target: TargetName, now: datetime) -> bool:
-        """True when no usable model exists, it is a quick first model, or older than `retrain_interval_h`."""
+        """True when a training is due: no usable model yet (and history allows one), a quick first model,
+        or a model older than `retrain_interval_h` *and* data newer than what it was trained on.
+
+        Age counts from when the model was trained, not from its last value: when a meter falls silent,
+        the last value stops moving and the model would otherwise be "due" at every round.
+        """
+        tc = self.target_config(target)
+        origin = _utc(now).floor(f"{tc.resolution_s}s")
         model = self._model(target)
-        if model is None or model.metrics.get("quick"):
-            return True
-        age = _utc(now) - _utc(model.train_end)
-        return bool(age > pd.Timedelta(hours=self._cfg.retrain_interval_h))
+        if model is None or not self._fits(model, target):
+            return self._ready_to_train(target, origin)[0]
+        if model.metrics.get("quick"):
+            return not self._recently_failed(target, origin)
+        trained = _utc(model.trained_at or model.train_end)
+        if origin - trained <= pd.Timedelta(hours=self._cfg.retrain_interval_h):
+            return False
+        if self._recently_failed(target, origin):
+            return False
+        newer = self._grid(target, _utc(model.train_end).floor(f"{tc.resolution_s}s"), origin).iloc[1:]
+        return bool(newer.notna().any())
+
+    def _fits(self, model: TrainedModel, target: TargetName) -> bool:
+        tc = self.target_config(target)
+        steps = tc.horizon_h * 3600 // tc.resolution_s
+        return model.spec.resolution_s == tc.resolution_s and model.spec.horizon_steps >= steps
+
+    def _recently_failed(self, target: TargetName, origin: pd.Timestamp) -> bool:
+        failed = self._failed_train.get(target)
+        return failed is not None and origin - failed[0] < RETRY_FAILED
+
+    def _ready_to_train(self, target: TargetName, origin: pd.Timestamp) -> tuple[bool, str]:
+        """Whether a first model can be trained now: enough history over the whole training window
+        (every measured interval counts, gaps allowed) and no failed training in the last hour."""
+        if self._recently_failed(target, origin):
+            return False, self._failed_train[target][1]
+        tc = self.target_config(target)
+        y = self._grid(target, origin - pd.Timedelta(days=self._cfg.train_window_days), origin)
+        days = float(y.notna().sum()) * tc.resolution_s / 86400
+        if days < self._cfg.min_history_days:
+            return False, f"cold start: {days:.1f} days of history < {self._cfg.min_history_days:g}"
+        return True, ""
 
     def _model(self, target: TargetName) -> TrainedModel | None:
         with self._lock:
@@ -367,24 +483,16 @@ class ForecastService:
         if days == 0:
             return self._empty(target, generated, "no history yet")
         model = self._model(target)
-        if model is None or model.spec.resolution_s != res_s or model.spec.horizon_steps < steps:
-            reason = self._load_reason.get(target, "no saved model")
-            failed = self._failed_train.get(target)
-            recent_failure = failed is not None and origin - failed[0] < pd.Timedelta(
-                hours=self._cfg.retrain_interval_h
-            )
-            if failed is not None and recent_failure:
-                reason = failed[1]
-            elif days >= self._cfg.min_history_days:
+        if model is None or not self._fits(model, target):
+            ready, reason = self._ready_to_train(target, origin)
+            if ready:
                 result = self.train(target, now=now, quick=True)
                 model = self._model(target) if result.trained else None
-                if not result.trained:
-                    reason = result.reason
-                    self._failed_train[target] = (origin, result.reason)
-            else:
-                reason = f"cold start: {days:.1f} days of history < {self._cfg.min_history_days:g}"
+                reason = result.reason
+            elif self._load_reason.get(target, "no saved model") != "no saved model":
+                reason = f"{reason}; saved model not used: {self._load_reason[target]}"
             if model is None:
-                return self._baseline(target, y, origin, steps, generated, reason)
+                return self._baseline(target, y, origin, steps, generated, reason or "no usable model")
         index = pd.date_range(hist_start, origin + pd.Timedelta(seconds=res_s * steps), freq=freq, inclusive="left")
         wframe: pd.DataFrame | None = None
         if model.spec.weather_columns:
@@ -416,10 +524,34 @@ class ForecastService:
         )
         meta = {
             "training_window": [model.train_start.isoformat(), model.train_end.isoformat()],
+            "trained_at": model.trained_at.isoformat() if model.trained_at is not None else None,
+            # the first model a target gets is a cheap one (`train(quick=True)`); the full one follows
+            "quick": bool(model.metrics.get("quick")),
             "weather": list(model.spec.weather_columns),
             "predict_s": round(elapsed, 4),
         }
         return Forecast(target, generated, res_s, tc.unit, pts, "model", "hgb-quantile", "", meta)
+
+    def accuracy(
+        self, target: TargetName, forecasts: Sequence[Forecast], now: datetime, *, window_days: float = 7
+    ) -> Accuracy:
+        """Live accuracy of the forecasts published for `target` over the last `window_days`: rolling nMAE,
+        P10-P90 coverage and skill against the best naive baseline, all on the same points."""
+        tc = self.target_config(target)
+        origin = _utc(now).floor(f"{tc.resolution_s}s")
+        window = pd.Timedelta(days=window_days)
+        y = self._grid(target, origin - window - pd.Timedelta(days=30), origin)
+        norm: float | None = None
+        if target in ("wind", "pv"):
+            norm = tc.capacity_w or (float(np.nanmax(y.to_numpy())) if y.notna().any() else None)
+        return rolling_accuracy(
+            forecasts,
+            y.dropna(),
+            now=origin.to_pydatetime(),
+            window=window.to_pytimedelta(),
+            normaliser=norm,
+            timezone=self._tz,
+        )
 
     def _empty(self, target: TargetName, generated: datetime, reason: str) -> Forecast:
         tc = self.target_config(target)

@@ -8,6 +8,11 @@ turns into "baseline used, reason: ..." in the forecast's metadata.
 Open-Meteo conventions handled here: instantaneous variables (temperature, wind) are stamped at the hour;
 `shortwave_radiation` is the mean of the *preceding* hour, so it is moved back one hour to our
 interval-start labels. Requests ask for `timezone=UTC` and `wind_speed_unit=ms`.
+
+`PreviousRunsProvider` reads Open-Meteo's Previous Runs API, where `temperature_2m_previous_day1` is the
+value forecast 24 h before the valid time, `_previous_day2` 48 h before (https://open-meteo.com/en/docs/
+previous-runs-api; archived from January 2024 for most models). The weather archive back-fills a
+training window from it with forecasts at the leads the gateway predicts with.
 """
 
 from __future__ import annotations
@@ -52,8 +57,11 @@ class WeatherProvider(Protocol):
         ...
 
 
-def parse_open_meteo(payload: Any) -> pd.DataFrame:
-    """Parse an Open-Meteo JSON body into our frame; anything malformed raises WeatherError."""
+def parse_open_meteo(payload: Any, *, suffix: str = "") -> pd.DataFrame:
+    """Parse an Open-Meteo JSON body into our frame; anything malformed raises WeatherError.
+
+    `suffix` picks the variables named `<variable><suffix>` (e.g. `_previous_day1`).
+    """
     if not isinstance(payload, dict) or not isinstance(payload.get("hourly"), dict):
         raise WeatherError("malformed Open-Meteo response: no 'hourly' object")
     hourly = payload["hourly"]
@@ -68,11 +76,12 @@ def parse_open_meteo(payload: Any) -> pd.DataFrame:
         raise WeatherError(f"malformed Open-Meteo response: bad time values ({exc})") from None
     idx = idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
     units = payload.get("hourly_units") or {}
-    if isinstance(units, dict) and units.get("wind_speed_100m") not in (None, "m/s"):
-        raise WeatherError(f"wind speed in {units.get('wind_speed_100m')!r}; request wind_speed_unit=ms")
+    wind_unit = units.get(f"wind_speed_100m{suffix}") if isinstance(units, dict) else None
+    if wind_unit not in (None, "m/s"):
+        raise WeatherError(f"wind speed in {wind_unit!r}; request wind_speed_unit=ms")
     frame = pd.DataFrame(index=idx)
     for src, col in OPEN_METEO_VARIABLES.items():
-        vals = hourly.get(src)
+        vals = hourly.get(src + suffix)
         if vals is None:
             continue
         if not isinstance(vals, list) or len(vals) != len(times):
@@ -85,7 +94,7 @@ def parse_open_meteo(payload: Any) -> pd.DataFrame:
             series.index = idx - pd.Timedelta(hours=1)
         frame[col] = series
     if frame.columns.empty:
-        raise WeatherError("Open-Meteo response holds none of the requested variables")
+        raise WeatherError(f"Open-Meteo response holds none of the requested variables{suffix and ' (' + suffix + ')'}")
     frame = frame[~frame.index.duplicated(keep="last")].sort_index()
     return frame.reindex(columns=list(WEATHER_COLUMNS))
 
@@ -117,27 +126,82 @@ class OpenMeteoProvider:
         return f"{self._url}?{urllib.parse.urlencode(params)}"
 
     def fetch(self, start: datetime, end: datetime) -> pd.DataFrame:
-        url = self.request_url(start, end)
-        req = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "gia-gateway"})
-        try:
-            with urllib.request.urlopen(req, timeout=self._timeout) as resp:
-                body = resp.read(_MAX_BODY + 1)
-        except urllib.error.HTTPError as exc:
-            exc.close()  # the error holds the response's socket open otherwise
-            raise WeatherError(f"weather server answered HTTP {exc.code}") from None
-        except OSError as exc:  # URLError, TimeoutError, ConnectionError are all OSErrors
-            reason = getattr(exc, "reason", exc)
-            raise WeatherError(f"weather request failed: {reason}") from None
-        if len(body) > _MAX_BODY:
-            raise WeatherError("weather response too large")
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
-            raise WeatherError("weather response is not JSON") from None
-        frame = parse_open_meteo(payload)
-        s, e = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
-        out: pd.DataFrame = frame[(frame.index >= s.floor("h")) & (frame.index < e)]
-        return out
+        frame = parse_open_meteo(_get_json(self.request_url(start, end), self._timeout))
+        return _between(frame, start, end)
+
+
+#: lead days asked of the Previous Runs API: the gateway forecasts up to 48 h ahead
+PREVIOUS_RUN_DAYS: Final = (1, 2)
+
+
+class PreviousRunsProvider:
+    """Client for Open-Meteo's Previous Runs API (or a server speaking its JSON format).
+
+    `fetch_leads` returns `[day 0, day 1, day 2]` frames: day 0 is the plain variable (the latest run,
+    near the measurement), day N the `_previous_dayN` variable (forecast 24·N hours before valid time).
+    """
+
+    def __init__(self, *, url: str, latitude: float, longitude: float, timeout_s: float = 10.0) -> None:
+        self._url = url
+        self._lat = latitude
+        self._lon = longitude
+        self._timeout = timeout_s
+
+    def request_url(self, start: datetime, end: datetime) -> str:
+        last = (pd.Timestamp(end) - pd.Timedelta(seconds=1)).tz_convert("UTC")
+        names = [v + suffix for v in OPEN_METEO_VARIABLES for suffix in ("", *_suffixes())]
+        params = {
+            "latitude": f"{self._lat:.4f}",
+            "longitude": f"{self._lon:.4f}",
+            "hourly": ",".join(names),
+            "wind_speed_unit": "ms",
+            "timezone": "UTC",
+            "start_date": pd.Timestamp(start).tz_convert("UTC").strftime("%Y-%m-%d"),
+            "end_date": last.strftime("%Y-%m-%d"),
+        }
+        return f"{self._url}?{urllib.parse.urlencode(params)}"
+
+    def fetch_leads(self, start: datetime, end: datetime) -> list[pd.DataFrame]:
+        payload = _get_json(self.request_url(start, end), self._timeout)
+        frames = []
+        for suffix in ("", *_suffixes()):
+            try:
+                frames.append(_between(parse_open_meteo(payload, suffix=suffix), start, end))
+            except WeatherError:
+                if not suffix:
+                    raise
+                frames.append(pd.DataFrame(columns=list(WEATHER_COLUMNS), dtype="float64"))
+        return frames
+
+
+def _suffixes() -> tuple[str, ...]:
+    return tuple(f"_previous_day{d}" for d in PREVIOUS_RUN_DAYS)
+
+
+def _between(frame: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame:
+    s, e = pd.Timestamp(start).tz_convert("UTC"), pd.Timestamp(end).tz_convert("UTC")
+    out: pd.DataFrame = frame[(frame.index >= s.floor("h")) & (frame.index < e)]
+    return out
+
+
+def _get_json(url: str, timeout: float) -> Any:
+    """GET a JSON body with one deadline; every failure is a WeatherError (never a URL with secrets)."""
+    req = urllib.request.Request(url, headers={"Accept": "application/json", "User-Agent": "gia-gateway"})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            body = resp.read(_MAX_BODY + 1)
+    except urllib.error.HTTPError as exc:
+        exc.close()  # the error holds the response's socket open otherwise
+        raise WeatherError(f"weather server answered HTTP {exc.code}") from None
+    except OSError as exc:  # URLError, TimeoutError, ConnectionError are all OSErrors
+        reason = getattr(exc, "reason", exc)
+        raise WeatherError(f"weather request failed: {reason}") from None
+    if len(body) > _MAX_BODY:
+        raise WeatherError("weather response too large")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise WeatherError("weather response is not JSON") from None
 
 
 class FileProvider:

@@ -5,13 +5,20 @@ child process (`gateway.forecasts.training`). One supervised part runs the round
 (nightly by default), predict every target, then update the flexibility signal; every result goes to
 MQTT (retained), the API, and InfluxDB. scikit-learn is imported only in the forecasting package and only
 when forecasting is enabled, so an agent without it stays small.
+
+Live accuracy: the runner keeps one published forecast per target and hour for a week and, once an
+hour, scores them against the ledger (`ForecastService.accuracy`: rolling nMAE, P10-P90 coverage, skill
+against the best naive baseline on the same points). The result rides in each forecast's
+`metadata.accuracy`, so it reaches MQTT and `GET /api/v1/forecasts/{target}` with the forecast itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +39,7 @@ from gateway.site.resolve import Site
 log = logging.getLogger(__name__)
 
 ROUND_S = 900  # a round every quarter of an hour (forecast and signal refresh)
+ACCURACY_DAYS = 7  # live accuracy window
 
 
 def forecast_lines(site: str, fc: Forecast) -> list[str]:
@@ -60,6 +68,9 @@ class ForecastRunner:
     rounds: int = 0
     last_error: str | None = None
     _topics: Topics | None = None
+    #: one published forecast per target and hour, for the live accuracy (a week plus the horizon)
+    _past: dict[str, deque[Forecast]] = field(default_factory=dict)
+    _accuracy: dict[str, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # the flexibility service lives inside the rounds: every forecast refresh updates its signal
@@ -137,6 +148,7 @@ class ForecastRunner:
                         self.last_error = f"{target}: {type(exc).__name__}: {exc}"
                         log.exception("forecast %s failed", target)
                         continue
+                    fc = await self._with_accuracy(service, target, fc, now)
                     self.forecasts[target] = fc
                     self._publish_forecast(fc)
                 if self.flex is not None:
@@ -153,12 +165,28 @@ class ForecastRunner:
             if training is not None:
                 training.cancel()
 
-    async def _retrain_due(self, service: Any, targets: Sequence[str], now: datetime) -> None:
-        for target in targets:
-            current = self.forecasts.get(target)
+    async def _with_accuracy(self, service: Any, target: str, fc: Forecast, now: datetime) -> Forecast:
+        """Keep `fc` for scoring later and attach the live accuracy (recomputed once an hour)."""
+        past = self._past.setdefault(target, deque(maxlen=ACCURACY_DAYS * 24 + 48))
+        hour = fc.generated_at.replace(minute=0, second=0, microsecond=0)
+        if fc.points and (not past or past[-1].generated_at.replace(minute=0, second=0, microsecond=0) != hour):
+            past.append(fc)
+        cached = self._accuracy.get(target)
+        if cached is None or (now - cached[0]).total_seconds() >= 3600:
             try:
-                if current is None or current.kind != "model":
-                    continue  # no model yet: `predict` trains the first one when history allows
+                acc = await asyncio.to_thread(service.accuracy, target, list(past), now, window_days=ACCURACY_DAYS)
+                cached = (now, acc.to_json())
+            except Exception as exc:  # accuracy is a report; a failure must not stop the forecast
+                self.last_error = f"{target} accuracy: {type(exc).__name__}: {exc}"
+                log.exception("forecast %s: live accuracy failed", target)
+                cached = (now, {"window_days": ACCURACY_DAYS, "points": 0})
+            self._accuracy[target] = cached
+        return dataclasses.replace(fc, metadata={**fc.metadata, "accuracy": cached[1]})
+
+    async def _retrain_due(self, service: Any, targets: Sequence[str], now: datetime) -> None:
+        """Train every target that is due, a target still on a baseline included (its first model)."""
+        for target in targets:
+            try:
                 if not await asyncio.to_thread(service.needs_training, target, now):
                     continue
                 result = await asyncio.to_thread(service.train, target, now=now)

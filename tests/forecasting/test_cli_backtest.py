@@ -73,12 +73,71 @@ def test_backtest_json_on_a_generated_csv(small_csv: Path, fast_yaml: Path) -> N
     )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    assert {"nmae", "mae", "baselines"} <= set(out)
-    assert {"persistence", "same_hour_last_week", "climatology"} <= set(out["baselines"])
-    assert set(out["baselines"]["persistence"]) >= {"nmae", "mae"}
+    assert {"nmae", "mae", "baselines", "weather_kind", "by_lead", "skill_vs_best_naive"} <= set(out)
+    names = {"last_value", "persistence", "same_hour_last_week", "same_hour_mean_4w", "climatology"}
+    assert set(out["baselines"]) == names | {"best_naive"}
+    assert set(out["baselines"]["persistence"]) == {"nmae", "mae"}  # no "coverage": a point has no band
+    best = out["baselines"]["best_naive"]
+    assert set(best) == {"name", "nmae", "mae"} and best["name"] in names
+    assert best["mae"] == min(out["baselines"][n]["mae"] for n in names)
     assert out["method"] == "model" and out["weather_columns"] == ["temperature_c"]
-    assert 0 < out["nmae"] < out["baselines"]["persistence"]["nmae"]  # the model must beat persistence
+    assert out["weather_kind"] == "observed"  # a CSV's weather is taken as observed unless said otherwise
+    assert 0 < out["nmae"] < best["nmae"]  # the model must beat the best naive forecast
     assert out["origins"] == 11 and out["points"] == 11 * 24  # local midnights with a full day after them
+    assert out["issued_at"] == "00:00" and out["steps"] == [1, 24]
+    assert [b["lead_h"] for b in out["by_lead"]] == ["1-6", "7-12", "13-18", "19-24"]
+    assert sum(b["points"] for b in out["by_lead"]) == out["points"]
+
+
+def test_backtest_noon_issued_day_ahead_states_its_weather(small_csv: Path, fast_yaml: Path) -> None:
+    """The market protocol: issued at 12:00 local for the next day (steps 13-36); the weather kind is in
+    the JSON and in the text output."""
+    base = ["forecast", "backtest", "--data", str(small_csv), "--config", str(fast_yaml), "--issued-at", "12:00"]
+    r = CliRunner().invoke(app(), [*base, "--weather-kind", "perturbed(1, 0.9)", "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["issued_at"] == "12:00" and out["steps"] == [13, 36]
+    assert out["weather_kind"] == "perturbed(1, 0.9)"
+    assert [b["lead_h"] for b in out["by_lead"]] == ["13-18", "19-24", "25-30", "31-36"]
+    assert all(0 <= b["coverage_p10_p90"] <= 1 and b["best_naive"]["name"] for b in out["by_lead"])
+    r = CliRunner().invoke(app(), [*base, "--weather-kind", "forecast", "--split", "validation"])
+    assert r.exit_code == 0, r.output
+    assert "weather: forecast (temperature_c)" in r.stdout and "validation window" in r.stdout
+    assert "steps 13-36" in r.stdout and "best naive" in r.stdout
+    r = CliRunner().invoke(app(), [*base, "--weather-kind", "guessed"])
+    assert r.exit_code == 2 and "perturbed(SIGMA, RHO)" in r.output
+
+
+def test_short_history_baseline_is_chosen_on_the_training_part_only() -> None:
+    """Training part: a daily cycle (same hour yesterday is exact); test part: a ramp (the last value is
+    best). The baseline must be chosen on the training part, as a forecaster would have to: before, it
+    was chosen by its error on the test part's actuals. Its band comes from its training-part errors."""
+    idx = pd.date_range("2024-01-01", periods=10 * 24, freq="h", tz="UTC")
+    hours = np.arange(len(idx))
+    cycle = 100.0 + (30.0 + 3.0 * hours / 24) * np.sin(2 * np.pi * hours / 24)  # a growing daily swing
+    ramp = np.linspace(0.0, 400.0, len(idx))
+    test_start = int(len(idx) * 0.7)
+    values = pd.Series(np.where(np.arange(len(idx)) < test_start, cycle, cycle[test_start] + ramp), index=idx)
+    res = run_backtest(values, target="load", test_fraction=0.3, holidays_country=None)
+    assert res.method == "persistence" and "chosen on the training part" in res.note
+    assert res.best_naive["name"] == "last_value"  # on the test part, with hindsight
+    assert 0 <= res.coverage < 0.5  # a real band, and the ramp leaves it
+
+
+def test_model_and_baselines_are_scored_on_the_same_points() -> None:
+    """Gaps make some baselines undefined at some points; the model is scored on the same points only."""
+    f = make_load(60)
+    values = f["value"].copy()
+    test = values.index >= values.index[int(len(values) * 0.8)]
+    values[test & (np.arange(len(values)) % 17 == 0)] = np.nan  # a missing hour now and then
+    res = run_backtest(values, target="load", timezone="Europe/Riga", max_iter=20)
+    assert res.points < 11 * 24 - int((test & values.isna()).sum())  # fewer than all measured points
+    assert res.points == len(res.actual) == len(res.baseline_p50["last_value"])
+    actual = np.asarray(res.actual)
+    for name, b in res.baselines.items():
+        pred = np.asarray(res.baseline_p50[name])
+        assert np.isfinite(pred).all()
+        assert b["mae"] == pytest.approx(float(np.mean(np.abs(pred - actual))))
 
 
 def test_backtest_text_output_and_plot(small_csv: Path, tmp_path: Path, fast_yaml: Path) -> None:
@@ -170,7 +229,7 @@ def test_parse_horizon() -> None:
         parse_horizon("3d")
 
 
-def test_rolling_accuracy_against_persistence() -> None:
+def test_rolling_accuracy_against_the_best_naive_on_the_same_points() -> None:
     t0 = datetime(2024, 5, 1, tzinfo=UTC)
     actuals = [(t0 + timedelta(hours=h), 100.0 + (h % 24)) for h in range(24 * 4)]
     gen = t0 + timedelta(days=2)
@@ -186,9 +245,26 @@ def test_rolling_accuracy_against_persistence() -> None:
     acc = rolling_accuracy([perfect], actuals, now=t0 + timedelta(days=4))
     assert acc.points == 24
     assert acc.mae == pytest.approx(1.0)
-    assert acc.persistence_mae == 0.0 or acc.skill_vs_persistence < 1  # periodic series: persistence exact
-    empty = rolling_accuracy([], actuals, now=t0)
-    assert empty.points == 0
+    # a periodic series: same hour yesterday is exact, so it is the best naive and the model has no skill
+    assert acc.best_naive["name"] == "persistence" and acc.best_naive["mae"] == 0.0
+    assert acc.baselines["last_value"]["mae"] > 0
+    assert np.isnan(acc.baselines["same_hour_last_week"]["mae"])  # four days of history: not scored
+    assert acc.coverage == 1.0
+    out = acc.to_json()
+    assert set(out) >= {"window_days", "points", "nmae", "best_naive", "skill_vs_best_naive", "coverage_p10_p90"}
+    json.dumps(out)
+    assert rolling_accuracy([], actuals, now=t0).points == 0
+    # a zero-width band (a baseline without error history) is not "coverage 1.0"
+    flat = Forecast(
+        "load",
+        gen,
+        3600,
+        "W",
+        tuple(ForecastPoint(p.ts, p.p50, p.p50, p.p50) for p in perfect.points),
+        "baseline",
+        "last_value",
+    )
+    assert np.isnan(rolling_accuracy([flat], actuals, now=t0 + timedelta(days=4)).coverage)
 
 
 def test_power_curve_respects_cut_out_and_capacity() -> None:

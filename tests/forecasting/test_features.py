@@ -89,3 +89,51 @@ def test_fifteen_minute_grid_aggregates_finer_data() -> None:
     s = pd.Series(np.arange(12.0), index=idx)
     g = to_grid(s, 900)
     assert g.tolist() == [1.0, 4.0, 7.0, 10.0]
+
+
+def test_lags_are_in_local_time_across_dst() -> None:
+    """After Riga's spring-forward night, 'the same time yesterday' of 08:00 local is 08:00 local the day
+    before: 23 hours back, not 24 (before, the lags were fixed UTC offsets: one hour off for a day)."""
+    from forecasting.baselines import baseline_values
+
+    f = make_load(40, start="2024-03-01")
+    index = pd.date_range(f.index[0], periods=len(f) + 48, freq="h")
+    y = f["value"].to_numpy()
+    origin = int(np.searchsorted(index, pd.Timestamp("2024-03-31", tz="Europe/Riga").tz_convert("UTC")))
+    o, k = origin_step_grid([origin], 24)
+    spec = FeatureSpec(target="load", resolution_s=3600, horizon_steps=24, timezone="Europe/Riga")
+    X, names = build_features(y, index, o, k, spec)
+    j = o + k - 1
+    local = index[j].tz_convert("Europe/Riga")
+    expected = []
+    for t in local:
+        back = (t.tz_localize(None) - pd.Timedelta(days=1)).tz_localize("Europe/Riga").tz_convert("UTC")
+        expected.append(y[index.get_loc(back)])
+    after = local.hour >= 4  # the hours after the change
+    lag = X[:, names.index("lag_day")]
+    np.testing.assert_allclose(lag[after], np.asarray(expected)[after])
+    assert not np.allclose(lag[after], y[j[after] - 24])  # the UTC lag is a different hour
+    persistence = baseline_values("persistence", y, index, o, k, steps_per_day=24, timezone="Europe/Riga")
+    np.testing.assert_allclose(persistence[after], np.asarray(expected)[after])
+
+
+def test_a_prediction_sees_the_same_features_as_training_did_for_the_same_origin() -> None:
+    """At prediction the history starts 28 days back and the weather ends with the horizon; in training
+    both extend further. Every feature must come out the same (before, `temperature_max_day` was a
+    centred window that saw 12 hours beyond the horizon in training only)."""
+    f = make_load(40)
+    spec = FeatureSpec(
+        target="load", resolution_s=3600, horizon_steps=48, timezone="Europe/Riga", weather_columns=("temperature_c",)
+    )
+    long_index = pd.DatetimeIndex(f.index)
+    y = f["value"].to_numpy()
+    origin = 35 * 24 + 7
+    o, k = origin_step_grid([origin], 48)
+    train_X, names = build_features(y, long_index, o, k, spec, weather=f[["temperature_c"]])
+    start = origin - 28 * 24
+    short_index = long_index[start : origin + 48]
+    weather = f[["temperature_c"]].iloc[start : origin + 48]
+    pred_X, pred_names = build_features(y[start:origin], short_index, o - start, k, spec, weather=weather)
+    assert pred_names == names
+    for i, name in enumerate(names):
+        np.testing.assert_allclose(pred_X[:, i], train_X[:, i], err_msg=name)

@@ -215,11 +215,18 @@ def test_quantiles_are_monotone_and_bounded(q: np.ndarray, cap: float | None) ->
         assert (out <= cap).all()
 
 
-def test_cut_out_forces_zero_p50() -> None:
-    q = np.array([[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
-    out = postprocess(q, lower=0.0, upper=2.5, wind_speed=np.array([10.0, 30.0]), cut_out_ms=25.0)
-    assert out[0].tolist() == [1.0, 2.0, 2.5]
-    assert out[1, 0] == 0.0 and out[1, 1] == 0.0
+def test_cut_out_is_applied_per_quantile_not_by_zeroing_p50() -> None:
+    """Forecast wind near cut-out is uncertain: the farm may stop or run at rated power. Before, P50 went
+    to 0 at 25.1 m/s while P90 stayed at rated even in a certain storm; now each quantile goes to 0 only
+    when the storm's probability (forecast error sigma 1.5 m/s) is at least its level."""
+    q = np.tile([1.5e6, 1.8e6, 2.0e6], (5, 1))
+    ws = np.array([10.0, 23.5, 25.1, 27.0, 35.0])
+    out = postprocess(q.copy(), lower=0.0, upper=2.0e6, wind_speed=ws, cut_out_ms=25.0)
+    assert out[0].tolist() == q[0].tolist()  # far below cut-out: untouched
+    assert out[1, 0] == 0.0 and 0 < out[1, 1] < 1.8e6 and out[1, 2] > 1.8e6  # P(storm) 0.16: P10 only
+    assert out[2, 0] == 0.0 and out[2, 1] == 0.0 and out[2, 2] > 1.5e6  # just above: P90 still near rated
+    assert out[3].tolist() == [0.0, 0.0, 0.0] and out[4].tolist() == [0.0, 0.0, 0.0]  # a sure storm: all 0
+    assert (np.diff(out, axis=1) >= 0).all()
 
 
 def test_first_model_is_quick_and_the_full_one_is_asked_for(tmp_path: Path) -> None:
@@ -228,17 +235,20 @@ def test_first_model_is_quick_and_the_full_one_is_asked_for(tmp_path: Path) -> N
     cfg = ForecastingConfig(
         enabled=True, targets={"load": TargetConfig(horizon_h=24)}, min_history_days=14, max_iter=150
     )
-    f = make_load(40)
-    now = end_of(f)
+    f = make_load(42)  # two more days of data arrive after `now`
+    now = f.index[40 * 24].to_pydatetime()
     svc = service(cfg, f, tmp_path)
-    assert svc.predict("load", now).kind == "model"
-    quick = json.loads((tmp_path / "models" / "load.json").read_text())["metrics"]
-    assert quick["quick"] == 1.0 and quick["rows"] <= 20_000
+    fc = svc.predict("load", now)
+    assert fc.kind == "model"
+    assert fc.to_payload()["metadata"]["quick"] is True  # a consumer sees it is the cheap first model
+    saved = json.loads((tmp_path / "models" / "load.json").read_text())
+    assert saved["quick"] is True and saved["metrics"]["quick"] == 1.0 and saved["metrics"]["rows"] <= 20_000
     assert svc.needs_training("load", now)
     res = svc.train("load", now=now)
     assert res.trained and "quick" not in res.metrics
+    assert svc.predict("load", now).to_payload()["metadata"]["quick"] is False
     assert not svc.needs_training("load", now)
-    assert svc.needs_training("load", now + timedelta(hours=25))  # nightly, as before
+    assert svc.needs_training("load", now + timedelta(hours=25))  # nightly, as before (new data came)
 
 
 def test_cancelled_training_stops_at_the_next_estimator(fast_config: ForecastingConfig, tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from forecasting.config import ForecastingConfig, Location, TargetConfig
 from forecasting.history import FrameHistory, FrameWeather
-from forecasting.physics import PowerCurve, clear_sky_ghi
+from forecasting.physics import PowerCurve, clear_sky_ghi, plane_of_array
 from forecasting.service import ForecastService, outage_mask
 
 CAP = 2_000_000.0
@@ -111,6 +111,24 @@ def test_pv_model_is_zero_at_night_and_follows_irradiance(tmp_path: Path) -> Non
     actual = f["value"].iloc[40 * 24 :].to_numpy()
     assert np.mean(np.abs(p50 - actual)) < 0.5 * np.mean(np.abs(actual - actual.mean()))
     assert all(0 <= p.p10 <= p.p50 <= p.p90 <= 400_000 for p in fc.points)
+    model = svc._model("pv")
+    assert model is not None and model.spec.tilt_deg == 30.0  # the configured tilt is used, not ignored
+    assert "poa_forecast" in model.feature_names  # forecast irradiance on the modules' plane
+
+
+def test_tilt_and_azimuth_give_plane_of_array_irradiance() -> None:
+    """pvlib (Erbs split, isotropic sky): a horizontal plane sees GHI; at an equinox noon at 57° N a
+    40° south-facing plane sees much more, a north-facing one less."""
+    idx = pd.date_range("2024-03-20", periods=24, freq="h", tz="UTC")
+    ghi = clear_sky_ghi(idx, 56.95, 24.1, offset_s=1800)
+    flat, _ = plane_of_array(idx, 56.95, 24.1, tilt_deg=0, offset_s=1800)
+    np.testing.assert_allclose(flat, ghi, rtol=1e-6, atol=1e-6)
+    south, (poa,) = plane_of_array(idx, 56.95, 24.1, tilt_deg=40, azimuth_deg=180, ghi=[ghi], offset_s=1800)
+    noon = int(np.argmax(ghi))
+    assert south[noon] > 1.3 * ghi[noon] and poa[noon] == pytest.approx(south[noon])
+    north, _ = plane_of_array(idx, 56.95, 24.1, tilt_deg=40, azimuth_deg=0, offset_s=1800)
+    assert north[noon] < 0.5 * ghi[noon]
+    assert (south[ghi == 0] == 0).all()
 
 
 def test_windpowerlib_curve_comes_from_the_bundled_library_scaled_to_capacity() -> None:
