@@ -95,6 +95,12 @@ class Result:
     neutral_updates: int = 0
     solve_s: float = 0.0
     hourly_import_w: list[float] = field(default_factory=list)
+    #: per hour, for the certified accounting: load (W, with the shiftable loads), wind and PV output, and
+    #: each battery's achieved power (+ discharge)
+    hourly_load_w: list[float] = field(default_factory=list)
+    hourly_wind_w: list[float] = field(default_factory=list)
+    hourly_pv_w: list[float] = field(default_factory=list)
+    hourly_battery_w: list[list[float]] = field(default_factory=list)
 
     @property
     def share_cert(self) -> float:
@@ -324,6 +330,10 @@ def simulate(
         res.export_wh += max(0.0, -net)
         res.peak_import_w = max(res.peak_import_w, net)
         res.hourly_import_w.append(max(0.0, net))
+        res.hourly_load_w.append(load)
+        res.hourly_wind_w.append(max(0.0, wind))
+        res.hourly_pv_w.append(pv)
+        res.hourly_battery_w.append(list(achieved))
         res.shiftable_wh += sum(shift)
         if progress is not None:
             progress(i)
