@@ -44,12 +44,13 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.replay import NoiseModel, Result, SiteSeries, hourly_means, simulate
+from bench.replay import NoiseModel, Policy, Result, SiteSeries, hourly_means, simulate
 from bench.replay_report import certified, signed_report
 from drivers.sim.site import BATTERY_EFF, BATTERY_W, BATTERY_WH, PV_PEAK_W, TIMEZONE, WIND_RATED_W, DemoSite
 from gateway.certification.periods import month_period
@@ -118,30 +119,31 @@ def real_series(month: str, days: int, horizon_h: int) -> tuple[SiteSeries, floa
     return SiteSeries(start, load_w, wind_w, np.zeros(len(idx)), "Australia/Melbourne"), capacity_w
 
 
-POLICIES = ("idle", "default", "signals", "control", "perfect")
+POLICIES: tuple[Policy, ...] = ("idle", "default", "signals", "control", "perfect")
+FollowMode = Literal["envelope", "self_consumption"]
 
 
 def table(title: str, results: list[Result], start: datetime) -> str:
     """Print the table and the gains; return the captured-fraction line (certified storage-aware share)."""
     print(f"\n== {title}")
-    head = f"{'policy':<9} {'on-site only':>12} {'+storage pool':>13} {'+storage cert':>13} {'import MWh':>10}"
+    head = f"{'policy':<26} {'on-site only':>12} {'+storage pool':>13} {'+storage cert':>13} {'import MWh':>10}"
     head += f" {'export MWh':>10} {'peak kW':>8} {'process MWh':>12} {'update ms':>9}"
     print(head)
-    cert = {r.policy: float(certified(r, start)["hourly_matched_share_storage"]) for r in results}
+    cert = {r.label: float(certified(r, start)["hourly_matched_share_storage"]) for r in results}
     for r in results:
         ms = f"{1000 * r.solve_s / r.updates:.1f}" if r.updates else "-"
         print(
-            f"{r.policy:<9} {r.share_cert:>12.2%} {r.share_storage:>13.2%} {cert[r.policy]:>13.2%}"
+            f"{r.label:<26} {r.share_cert:>12.2%} {r.share_storage:>13.2%} {cert[r.label]:>13.2%}"
             f" {r.import_wh / 1e6:>10.1f} {r.export_wh / 1e6:>10.1f} {r.peak_import_w / 1e3:>8.1f}"
             f" {r.shiftable_wh / 1e6:>5.1f}/{r.shiftable_target_wh / 1e6:<6.1f} {ms:>9}"
         )
-    by = {r.policy: r for r in results}
-    a, b, c = by["default"], by["control"], by["perfect"]
+    by = {r.label: r for r in results}
+    a, b, c = by["default"], by["control (self_consumption)"], by["perfect"]
     line = ""
     for name, get in (
         ("on-site only", lambda r: r.share_cert),
         ("storage pool (replay)", lambda r: r.share_storage),
-        ("storage (certified)", lambda r: cert[r.policy]),
+        ("storage (certified)", lambda r: cert[r.label]),
     ):
         gain_b, gain_c = 100 * (get(b) - get(a)), 100 * (get(c) - get(a))
         captured = 100 * gain_b / gain_c if abs(gain_c) > 1e-9 else float("nan")
@@ -154,7 +156,7 @@ def table(title: str, results: list[Result], start: datetime) -> str:
     for r in (a, b, c):
         u = certified(r, start)["storage"]
         print(
-            f"  certified storage, {r.policy}: charged {u.charge_wh / 1e6:.2f} MWh"
+            f"  certified storage, {r.label}: charged {u.charge_wh / 1e6:.2f} MWh"
             f" ({sum(u.charge_renewable) / 1e6:.2f} renewable), discharged {u.discharge_wh / 1e6:.2f} MWh"
             f" ({sum(u.discharge_renewable) / 1e6:.2f} renewable, {sum(u.discharge_unallocated) / 1e6:.3f} from"
             f" stock held before the month), losses {u.losses_wh / 1e6 if u.losses_wh else 0:.2f} MWh"
@@ -167,12 +169,12 @@ def reports(results: list[Result], month: str, start: datetime) -> None:
     """The signed monthly reports of (a) and (b), built from the replayed flows: the same shares."""
     import tempfile
 
-    by = {r.policy: r for r in results}
+    by = {r.label: r for r in results}
     shares = {}
     with tempfile.TemporaryDirectory(prefix="gia-replay-") as tmp:
-        for policy in ("default", "control"):
+        for policy in ("default", "control (self_consumption)"):
             t0 = time.perf_counter()
-            rep = signed_report(by[policy], month, TIMEZONE, Path(tmp) / policy)
+            rep = signed_report(by[policy], month, TIMEZONE, Path(tmp) / policy.split()[0])
             got = rep["indicators"]["hourly_matched_share_storage"]
             want = certified(by[policy], start)["hourly_matched_share_storage"]
             if got != want:
@@ -183,26 +185,31 @@ def reports(results: list[Result], month: str, start: datetime) -> None:
                 f" grade {rep['quality']['grade']}, built in {time.perf_counter() - t0:.1f} s",
                 flush=True,
             )
-    gain = 100 * (float(shares["control"]) - float(shares["default"]))
+    gain = 100 * (float(shares["control (self_consumption)"]) - float(shares["default"]))
     print(f"signed reports: (b) - (a) = {gain:+.2f} points, the replay's certified gain")
 
 
 def run(series: SiteSeries, cfg: FlexibilityConfig, hours: int, wind_cap: float, pv_cap: float) -> list[Result]:
+    """Every policy; `control` twice: with `follow: self_consumption` — (b), the mode the control room
+    recommends for the hourly matching — and with `follow: envelope` (shown, not scored)."""
     out = []
-    for policy in POLICIES:
+    runs: list[tuple[Policy, FollowMode]] = [(p, "self_consumption") for p in POLICIES]
+    runs.insert(POLICIES.index("control") + 1, ("control", "envelope"))
+    for policy, follow in runs:
         t0 = time.perf_counter()
         out.append(
             simulate(
-                series, cfg, policy, hours=hours, noise=NoiseModel(), wind_capacity_w=wind_cap, pv_capacity_w=pv_cap
+                series, cfg, policy, hours=hours, noise=NoiseModel(), wind_capacity_w=wind_cap, pv_capacity_w=pv_cap,
+                follow=follow,
             )
-        )
-        print(f"  {policy}: {time.perf_counter() - t0:.1f} s", flush=True)
+        )  # fmt: skip
+        print(f"  {out[-1].label}: {time.perf_counter() - t0:.1f} s", flush=True)
     return out
 
 
 def spread(series: SiteSeries, cfg: FlexibilityConfig, hours: int, results: list[Result], seeds: int) -> None:
     """The closed loop on other forecast-noise draws: the captured fraction's spread (certified share)."""
-    by = {r.policy: r for r in results}
+    by = {r.label: r for r in results}
     start = series.start
 
     def share(r: Result) -> float:
@@ -212,9 +219,9 @@ def spread(series: SiteSeries, cfg: FlexibilityConfig, hours: int, results: list
     base = NoiseModel().seed
     caps = []
     for seed in [base, *range(base + 1, base + seeds)]:
-        r = by["control"] if seed == base else simulate(
+        r = by["control (self_consumption)"] if seed == base else simulate(
             series, cfg, "control", hours=hours, noise=NoiseModel(seed=seed), wind_capacity_w=WIND_RATED_W,
-            pv_capacity_w=PV_PEAK_W,
+            pv_capacity_w=PV_PEAK_W, follow="self_consumption",
         )  # fmt: skip
         caps.append(100 * (share(r) - a) / (c - a))
         print(f"  closed loop, noise seed {seed}: captured {caps[-1]:.0f} %", flush=True)
