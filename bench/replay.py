@@ -16,9 +16,9 @@ Three policies, same site, same forecasts:
   inside the published PEBC envelope: it still charges from any actual surplus, but discharges at most
   what the plan schedules for the hour (so energy is kept for the hours the plan reserves it for);
 * `control` — the agent's closed loop (gateway/control): the same plans, turned into setpoints by the
-  control room's law (`battery_target`, follow: envelope, on the measured surplus) through its safety
-  envelope (`gateway.control.envelope.apply`: limits, SoC window), executed by the simulator's battery
-  physics (`drivers.sim.battery.BatteryModel`) — the code that runs on a site, hour by hour;
+  control room's law (`battery_target`, `follow` envelope or self_consumption, on the measured surplus)
+  through its safety envelope (`gateway.control.envelope.apply`: limits, SoC window), executed by the
+  simulator's battery physics (`drivers.sim.battery.BatteryModel`) — the code that runs on a site, hour by hour;
 * `perfect` — perfect foresight: one plan over the whole replay solved on the *actual* values (the
   same LP, `gateway.flexibility.plan.solve`), executed exactly: the optimum the forecasts aim at.
 
@@ -82,6 +82,7 @@ class NoiseModel:
 @dataclass
 class Result:
     policy: Policy
+    label: str = ""
     load_wh: float = 0.0
     renewable_wh: float = 0.0
     matched_cert_wh: float = 0.0
@@ -95,6 +96,12 @@ class Result:
     neutral_updates: int = 0
     solve_s: float = 0.0
     hourly_import_w: list[float] = field(default_factory=list)
+    #: per hour, for the certified accounting: load (W, with the shiftable loads), wind and PV output, and
+    #: each battery's achieved power (+ discharge)
+    hourly_load_w: list[float] = field(default_factory=list)
+    hourly_wind_w: list[float] = field(default_factory=list)
+    hourly_pv_w: list[float] = field(default_factory=list)
+    hourly_battery_w: list[list[float]] = field(default_factory=list)
 
     @property
     def share_cert(self) -> float:
@@ -211,8 +218,10 @@ def simulate(
     pv_capacity_w: float,
     soc0_pct: float = 50.0,
     progress: Callable[[int], None] | None = None,
+    follow: Literal["envelope", "self_consumption"] = "envelope",
 ) -> Result:
-    """Run `policy` over the first `hours` of `site` (the series must extend a horizon beyond)."""
+    """Run `policy` over the first `hours` of `site` (the series must extend a horizon beyond); `follow`:
+    the control room's battery mode for the `control` policy."""
     import time
 
     from drivers.sim.battery import BatteryModel
@@ -220,7 +229,7 @@ def simulate(
     from gateway.control.law import battery_target
 
     tz = ZoneInfo(site.timezone)
-    res = Result(policy)
+    res = Result(policy, label=f"{policy} ({follow})" if policy == "control" else policy)
     bats = [_Battery(b, soc0_pct) for b in config.batteries]
     closed_loop = policy in ("signals", "control")
     svc = FlexibilityService(config, site="replay", timezone=site.timezone) if closed_loop else None
@@ -298,7 +307,7 @@ def simulate(
             if policy == "control":
                 # the control room's law and envelope on the measured surplus, then the battery's physics
                 target, _how = battery_target(
-                    setpoints[j], follow="envelope", surplus_w=-want, max_charge_w=bt.b.max_charge_w
+                    setpoints[j], follow=follow, surplus_w=-want, max_charge_w=bt.b.max_charge_w
                 )
                 soc = 100.0 * bt.e / bt.b.capacity_wh
                 decision = apply(envelopes[j], memories[j], target, now_s=3600.0 * i, soc_pct=soc)
@@ -324,6 +333,10 @@ def simulate(
         res.export_wh += max(0.0, -net)
         res.peak_import_w = max(res.peak_import_w, net)
         res.hourly_import_w.append(max(0.0, net))
+        res.hourly_load_w.append(load)
+        res.hourly_wind_w.append(max(0.0, wind))
+        res.hourly_pv_w.append(pv)
+        res.hourly_battery_w.append(list(achieved))
         res.shiftable_wh += sum(shift)
         if progress is not None:
             progress(i)

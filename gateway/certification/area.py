@@ -21,6 +21,10 @@ beside the reports. Rules:
 * a site appears once; every metering channel belongs to one site: channels are identified by their
   meter serial (normalised: 'sn-123 ' is 'SN-123') and register, and a serial listed by two sites is an
   error; channels without a serial cannot be checked that way and are listed in `unserialised_channels[]`;
+* a granular certificate id (the site reports list the ids they cancelled in `matching.certificates.ids`)
+  may appear in one site only: an id listed by two sites is an error (a certificate is cancelled once);
+* the 24/7 figures are sums of the sites' (hourly matching is per site: no pooling between sites): the
+  hourly-matched share (CFE %) over the area's load, and the share of site-hours fully matched;
 * per site only the report's SHA-256, key id and grade are published: the figures stay behind the hashes;
 * the area report is signed (Ed25519, RFC 8785, the same `signature` object as site reports) by the
   aggregator's key; `verify_area` checks that signature against the aggregator key the certifier
@@ -62,6 +66,15 @@ _SUMMED: Final = (
     "guarantees_of_origin_applied_wh",
     "hourly_matched_wh",
     "hourly_load_wh",
+)
+#: Sums of the hourly matching's figures (site reports with `method.hourly_matching`); the area figure is
+#: null when a summed site's report predates them (it was matched on on-site generation alone).
+_SUMMED_MATCHING: Final = (
+    "hourly_matched_onsite_wh",
+    "hourly_matched_storage_wh",
+    "hourly_matched_contracted_wh",
+    "hours_with_load",
+    "hours_fully_matched",
 )
 
 
@@ -116,7 +129,10 @@ def aggregate(
     missing: list[dict[str, Any]] = []
     unserialised: list[dict[str, str]] = []
     totals = dict.fromkeys(_SUMMED, 0)
+    matching: dict[str, int | None] = dict.fromkeys(_SUMMED_MATCHING, 0)
+    cert_owners: dict[str, str] = {}
     co2_loc = co2_mkt = Decimal(0)
+    co2_hourly: Decimal | None = Decimal(0)
     for inp in inputs:
         if inp.site in seen_sites:
             problems.append(f"site {inp.site!r} listed twice")
@@ -151,6 +167,14 @@ def aggregate(
                     f" {owners[key]!r}: a channel belongs to exactly one site"
                 )
             owners.setdefault(key, inp.site)
+        certs = (rep.get("matching") or {}).get("certificates") or {}
+        for cid in certs.get("ids", []):
+            if cid in cert_owners and cert_owners[cid] != inp.site:
+                problems.append(
+                    f"granular certificate {cid} is cancelled by site {inp.site!r} and by site {cert_owners[cid]!r}:"
+                    " a certificate is cancelled once"
+                )
+            cert_owners.setdefault(cid, inp.site)
         if not rep["period"]["complete"]:
             missing.append({"site": inp.site, "report_sha256": sha, "grade": outcome.policy_grade,
                             "reason": f"{month} is not closed in this report"})  # fmt: skip
@@ -170,6 +194,11 @@ def aggregate(
             totals[k] += int(ind[k])
         co2_loc += Decimal(ind["co2_location_kg"])
         co2_mkt += Decimal(ind["co2_market_kg"])
+        for k in _SUMMED_MATCHING:
+            have = matching[k]
+            matching[k] = None if have is None or ind.get(k) is None else have + int(ind[k])
+        hourly_kg = ind.get("co2_location_hourly_kg")
+        co2_hourly = None if co2_hourly is None or hourly_kg is None else co2_hourly + Decimal(hourly_kg)
         sites.append(
             {
                 "site": inp.site,
@@ -193,6 +222,8 @@ def aggregate(
         if totals["hourly_load_wh"] > 0
         else None,
     }
+    full, with_load = matching["hours_fully_matched"], matching["hours_with_load"]
+    shares["hours_fully_matched_share"] = ratio(full, with_load) if full is not None and with_load else None
     judged = shares[
         {"physical": "renewable_share", "market": "renewable_share_market", "hourly": "hourly_matched_share"}[
             threshold_basis
@@ -207,7 +238,13 @@ def aggregate(
         "sites": sites,
         "missing": missing,
         "unserialised_channels": unserialised,
-        "totals": {**totals, "co2_location_kg": str(co2_loc), "co2_market_kg": str(co2_mkt)},
+        "totals": {
+            **totals,
+            **(matching if sites else dict.fromkeys(_SUMMED_MATCHING)),
+            "co2_location_kg": str(co2_loc),
+            "co2_market_kg": str(co2_mkt),
+            "co2_location_hourly_kg": str(co2_hourly) if co2_hourly is not None and sites else None,
+        },
         **shares,
         "verified_consumption_share": "1.000000" if cons > 0 else None,
         "renewable_share_threshold": threshold,
@@ -216,7 +253,8 @@ def aggregate(
         "policy": policy.to_json(),
         "method": "sums of site indicators from signed site reports that verify against the sites' pinned keys"
         " and grade verified under the policy; the rest are listed in missing[]; each metering channel counted"
-        " in one site (normalised meter serial + register); hourly matching is per site (no pooling)",
+        " in one site (normalised meter serial + register) and each granular certificate id in one site; hourly"
+        " matching is per site (no pooling); the share of fully matched hours counts site-hours",
     }
 
 

@@ -11,6 +11,12 @@ Files (a directory from `gia evidence`, or the same files in a zip from the API)
 * `serials.jsonl` — where a channel's meter reports its serial number: those readings (`serial_number`),
   in the same line format, so the serial the report records is checked against the ledger;
 * `intervals.csv` — `channel,start,end,energy_wh,quality` with UTC timestamps and integer Wh;
+* `storage_allocation.csv` — where the site has storage: every Storage Allocation Record of the hourly
+  matching, `unit,charge_hour,discharge_hour,source,energy_wh` (first-in first-out, losses deducted;
+  source `renewable`, `grid` or `unallocated`); the report commits to it by `matching.storage_allocation_sha256`;
+* `certificates.csv` — where granular certificates were imported for the period: each certificate with
+  the Wh cancelled against the site's load in its hour; committed to by
+  `matching.certificates.cancellation_sha256`;
 * `events.jsonl` — the ledger's events up to the report's `events_head_id` (clock jumps, meter
   replacements, key transitions, earlier months' closings), one per line in id order: `id`, `ts` (ms),
   `kind`, `device`, `detail`, chain `hash`;
@@ -37,6 +43,8 @@ READINGS: Final = "readings.jsonl"
 SERIALS: Final = "serials.jsonl"
 EVENTS: Final = "events.jsonl"
 INTERVALS: Final = "intervals.csv"
+STORAGE_ALLOCATION: Final = "storage_allocation.csv"
+CERTIFICATES: Final = "certificates.csv"
 README: Final = "README.txt"
 REPLACED_DIR: Final = "replaced"
 
@@ -47,8 +55,10 @@ previous_report.json   the previous month's signed report (if any): report.previ
 readings.jsonl         every register reading the report used, with its ledger chain hash and predecessor hash
 serials.jsonl          the serial numbers the meters reported (where their maps read them), chained likewise
 intervals.csv          interval energies (UTC, integer Wh, quality) recomputed from the readings
-events.jsonl           the ledger's events (clock jumps, meter replacements, key transitions, closed months)
-                       with their own hash chain
+storage_allocation.csv storage charge records linked to discharges first-in first-out (hourly matching)
+certificates.csv       imported granular certificates and the Wh each cancelled against the site's load
+events.jsonl           the ledger's events (clock jumps, meter replacements, key transitions, closed months,
+                       imported certificate and grid-factor files) with their own hash chain
 replaced/              for a reissue: the reports it replaces
 
 No public key is included: verify with the site key you pinned (published out of band), e.g.
@@ -117,7 +127,7 @@ def load_bundle(path: Path) -> dict[str, bytes]:
     """The bundle's files by name, from a directory or a zip file."""
     files: dict[str, bytes] = {}
     if path.is_dir():
-        for name in (REPORT, PREVIOUS, READINGS, SERIALS, INTERVALS, EVENTS):
+        for name in (REPORT, PREVIOUS, READINGS, SERIALS, INTERVALS, EVENTS, STORAGE_ALLOCATION, CERTIFICATES):
             p = path / name
             if p.is_file():
                 files[name] = p.read_bytes()

@@ -283,6 +283,66 @@ def keys_rotate(
         )
 
 
+def import_certificates(
+    file: Annotated[
+        Path, typer.Argument(metavar="FILE", help="CSV: certificate_id,production_device,hour_start,energy_wh")
+    ],
+    config: ConfigOpt = None,
+) -> None:
+    """Import hourly granular certificates (off-site renewables) cancelled for this site; each id once, ever."""
+    from gateway.certification.certificates import ImportFileError
+    from gateway.certification.imports import import_certificates as record
+    from gateway.ledger.store import Ledger
+    from gateway.runtime.clockguard import ClockImplausible
+
+    settings = load_or_exit(config).settings
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    ledger = Ledger(settings.ledger_path)
+    try:
+        eid, n = record(ledger, data, str(file))
+    except (ImportFileError, UnicodeDecodeError, ClockImplausible) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        ledger.close()
+    typer.echo(f"imported {n} certificates from {file.name} as event {eid}")
+
+
+def import_grid_factors(
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="CSV: hour_start,value")],
+    source: Annotated[str, typer.Option(help="publisher and data set of the factors (printed in reports)")],
+    unit: Annotated[str, typer.Option(help="'t CO2/MWh' or 'g CO2/kWh'")] = "t CO2/MWh",
+    basis: Annotated[str, typer.Option(help="what the factors describe")] = "location-based: hourly grid average",
+    status: Annotated[str, typer.Option(help="provisional or final")] = "provisional",
+    config: ConfigOpt = None,
+) -> None:
+    """Import hourly location-based grid emission factors (a later import restates the hours it covers)."""
+    from gateway.certification.certificates import ImportFileError
+    from gateway.certification.imports import import_grid_factors as record
+    from gateway.ledger.store import Ledger
+    from gateway.runtime.clockguard import ClockImplausible
+
+    settings = load_or_exit(config).settings
+    try:
+        data = file.read_bytes()
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    ledger = Ledger(settings.ledger_path)
+    try:
+        eid, n = record(ledger, data, str(file), unit=unit, source=source, basis=basis, status=status)
+    except (ImportFileError, UnicodeDecodeError, ClockImplausible) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    finally:
+        ledger.close()
+    typer.echo(f"imported {n} hourly factors from {file.name} as event {eid}")
+
+
 def register(app: typer.Typer) -> None:
     """Add this area's commands to `gia`."""
     app.command("report")(report)
@@ -295,3 +355,7 @@ def register(app: typer.Typer) -> None:
     keys.command("export")(keys_export)
     keys.command("rotate")(keys_rotate)
     app.add_typer(keys, name="keys")
+    imports = typer.Typer(help="record certificate and grid-factor files in the ledger", no_args_is_help=True)
+    imports.command("certificates")(import_certificates)
+    imports.command("grid-factors")(import_grid_factors)
+    app.add_typer(imports, name="import")

@@ -9,6 +9,7 @@ print the same digits. Only the standard library is used: `gia verify` imports t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Final
@@ -45,6 +46,16 @@ def ratio(num: int, den: int, places: Decimal = SHARE_PLACES) -> str | None:
 def wh_times_factor_kg(wh: int, factor_t_per_mwh: str) -> str:
     """kg CO2 = Wh x (t/MWh) / 1000 (1 t/MWh = 1 kg/kWh), as a decimal string to the gram."""
     kg = _CTX.divide(_CTX.multiply(Decimal(wh), Decimal(factor_t_per_mwh)), Decimal(1000))
+    return str(kg.quantize(KG_PLACES, rounding=ROUND_HALF_EVEN, context=_CTX))
+
+
+def wh_factors_kg(wh: Sequence[int], factors_t_per_mwh: Sequence[str]) -> str:
+    """sum_h Wh_h x factor_h / 1000 kg, summed exactly and rounded once, to the gram."""
+    total = Decimal(0)
+    for e, f in zip(wh, factors_t_per_mwh, strict=True):
+        if e:
+            total = _CTX.add(total, _CTX.multiply(Decimal(e), Decimal(f)))
+    kg = _CTX.divide(total, Decimal(1000))
     return str(kg.quantize(KG_PLACES, rounding=ROUND_HALF_EVEN, context=_CTX))
 
 

@@ -12,14 +12,25 @@ Energy balance conventions (certification.md, "Site indicators"):
 * renewable energy consumed on site = renewable generation - export, never below 0: exports are counted
   as renewable first, the conservative choice for a renewable share;
 * market-based share adds imports backed by Guarantees of Origin cancelled for the month (at most the
-  grid import); the hourly-matched share is sum_h min(load_h, renewable_h) / sum_h load_h.
+  grid import); the hourly-matched share is sum_h min(load_h, renewable_h) / sum_h load_h, where
+  renewable_h counts on-site renewable generation, the renewable part of storage discharge and
+  contracted granular certificates (`matching.py`, reports with `method.hourly_matching`); reports
+  without that marker were matched on on-site generation alone and are recomputed that way.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
+from gateway.certification.certificates import (
+    CANCELLATION_HEADER,
+    CertificateSelection,
+    FactorSelection,
+    cancellation_lines,
+    certificates_meta,
+)
 from gateway.certification.compute import (
     ChannelResult,
     Params,
@@ -29,6 +40,18 @@ from gateway.certification.compute import (
     night_flags,
 )
 from gateway.certification.exact import dec_ge, iso_ms, ratio, wh_times_factor_kg
+from gateway.certification.matching import (
+    MATCHING_METHOD,
+    METHOD_TEXT,
+    HourlyInputs,
+    Matched,
+    StorageHours,
+    allocation_csv,
+    match,
+    matching_block,
+    matching_indicators,
+    storage_units,
+)
 from gateway.certification.merkle import merkle_root
 from gateway.certification.policy import Policy, balance_check, grade_report, lenient_parameters, policy_of_method
 from gateway.site.balance import energy_balance
@@ -61,8 +84,12 @@ def site_indicators(
     threshold: str,
     threshold_basis: str,
     balance_tolerance: str = "0.02",
+    matched: Matched | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """(indicators, producer block or None). `factors` = {"location": {...}, "market": {...}}.
+
+    `matched`: the hourly matching with storage and certificates (`matching.match`); without it the
+    hourly figures are matched on on-site generation alone (reports from before `method.hourly_matching`).
 
     `balance_check`: where the site has both grid channels (consumption derived from the connection
     point) and consumption meters, the two must agree within `balance_tolerance`; auxiliary channels
@@ -90,14 +117,20 @@ def site_indicators(
     else:
         load = _series_sum(results, n, lambda r: 1 if r.spec.role == "consumption" else 0)
     ren_iv = _series_sum(results, n, lambda r: 1 if r.spec.role == "generation" and r.spec.renewable else 0)
+    m = matched
+    del matched
     per_hour = max(1, 3600 // interval_s)
     load_h = [max(0, x) for x in _hourly(load, per_hour)]
     ren_h = _hourly(ren_iv, per_hour)
-    matched = sum(min(lh, rh) for lh, rh in zip(load_h, ren_h, strict=True))
+    matched_wh = sum(min(lh, rh) for lh, rh in zip(load_h, ren_h, strict=True))
 
     share_physical = ratio(ren_onsite, consumption) if consumption > 0 else None
     share_market = ratio(ren_onsite + go_applied, consumption) if consumption > 0 else None
-    share_hourly = ratio(matched, sum(load_h)) if sum(load_h) > 0 else None
+    share_hourly = ratio(matched_wh, sum(load_h)) if sum(load_h) > 0 else None
+    extra: dict[str, Any] = {}
+    if m is not None:
+        extra = matching_indicators(m, annual_factor=str(factors["location"]["value"]))
+        share_hourly = extra["hourly_matched_share"]
     judged = {"physical": share_physical, "market": share_market, "hourly": share_hourly}[threshold_basis]
     market_factor = factors["market"]
     indicators = {
@@ -119,7 +152,7 @@ def site_indicators(
         "renewable_share": share_physical,
         "renewable_share_market": share_market,
         "hourly_matched_share": share_hourly,
-        "hourly_matched_wh": matched,
+        "hourly_matched_wh": matched_wh,
         "hourly_load_wh": sum(load_h),
         "renewable_share_threshold": threshold,
         "threshold_basis": threshold_basis,
@@ -129,6 +162,7 @@ def site_indicators(
         "co2_factors": factors,
         "balance_check": balance,
         "month": month,
+        **extra,
     }
     producer = None
     if gen > 0 or any(r.spec.role == "generation" for r in results):
@@ -143,6 +177,81 @@ def site_indicators(
             "hourly_export_wh": _hourly(exp_iv, per_hour),
         }
     return indicators, producer
+
+
+@dataclass(slots=True)
+class MatchingOutcome:
+    """The hourly matching of a report: what it says (`block`) and the evidence files behind it."""
+
+    matched: Matched
+    block: dict[str, Any]
+    allocation_csv: str | None
+    cancellation_csv: str | None
+
+
+def hourly_inputs(
+    results: Sequence[ChannelResult],
+    *,
+    interval_s: int,
+    start_ms: int,
+    certificates: CertificateSelection | None = None,
+    factors: FactorSelection | None = None,
+) -> HourlyInputs:
+    """The matching's hourly inputs from the channels' intervals (the hours of the period, a last partial
+    hour included), the period's certificates and hourly factors."""
+    n = max((len(r.interval_wh) for r in results), default=0)
+    per_hour = max(1, 3600 // interval_s)
+    has_grid = any(r.spec.role in ("grid_import", "grid_export") for r in results)
+    if has_grid:
+        load = _series_sum(results, n, lambda r: LOAD_SIGN.get(r.spec.role, 0))
+    else:
+        load = _series_sum(results, n, lambda r: 1 if r.spec.role == "consumption" else 0)
+    ren = _series_sum(results, n, lambda r: 1 if r.spec.role == "generation" and r.spec.renewable else 0)
+    imp = _series_sum(results, n, lambda r: 1 if r.spec.role == "grid_import" else 0)
+    by_id = {r.spec.id: r for r in results}
+    units = []
+    for unit, charge_ids, discharge_ids in storage_units(r.spec for r in results):
+        c = _series_sum([by_id[i] for i in charge_ids], n, lambda r: 1)
+        d = _series_sum([by_id[i] for i in discharge_ids], n, lambda r: 1)
+        units.append(
+            StorageHours(unit, tuple(charge_ids), tuple(discharge_ids), _hourly(c, per_hour), _hourly(d, per_hour))
+        )
+    hours = len(_hourly(load, per_hour))
+    return HourlyInputs(
+        start_ms,
+        [max(0, x) for x in _hourly(load, per_hour)],
+        _hourly(ren, per_hour),
+        _hourly(imp, per_hour),
+        units,
+        certificates.hourly(start_ms, hours) if certificates is not None else [0] * hours,
+        factors.hourly[:hours] if factors is not None else None,
+    )
+
+
+def compute_matching(
+    results: Sequence[ChannelResult],
+    *,
+    interval_s: int,
+    start_ms: int,
+    annual_factor: str,
+    certificates: CertificateSelection | None = None,
+    factors: FactorSelection | None = None,
+) -> MatchingOutcome:
+    """The hourly matching from the channels' intervals, with the evidence files behind it."""
+    inputs = hourly_inputs(
+        results, interval_s=interval_s, start_ms=start_ms, certificates=certificates, factors=factors
+    )
+    m = match(inputs)
+    meta = None
+    cancel = None
+    if certificates is not None:
+        remaining = m.remaining_after_storage()
+        meta = certificates_meta(certificates, start_ms, remaining)
+        cancel = CANCELLATION_HEADER + "".join(cancellation_lines(certificates, start_ms, remaining))
+    block = matching_block(
+        m, certificates=meta, grid_factors=factors.meta if factors is not None else None, annual_factor=annual_factor
+    )
+    return MatchingOutcome(m, block, allocation_csv(m) if m.units else None, cancel)
 
 
 def report_quality(
@@ -271,9 +380,11 @@ def compute_all(
     ]
 
 
-def method_json(params: Params, *, threshold: str, threshold_basis: str) -> dict[str, Any]:
+def method_json(params: Params, *, threshold: str, threshold_basis: str, matching: bool = False) -> dict[str, Any]:
+    extra = {"hourly_matching": MATCHING_METHOD, "hourly_matching_rule": METHOD_TEXT} if matching else {}
     return {
         **params.to_json(),
+        **extra,
         "renewable_share_threshold": threshold,
         "threshold_basis": threshold_basis,
         "totals": "register advance between boundary readings (never an integral of power); steps failing"
@@ -305,8 +416,9 @@ def assemble(
     reissue_of: str | None = None,
     reissue_reason: str | None = None,
     key_transitions: list[dict[str, Any]] | None = None,
+    matching: MatchingOutcome | None = None,
 ) -> dict[str, Any]:
-    """The unsigned report body."""
+    """The unsigned report body (`matching`: the hourly matching with storage and certificates)."""
     indicators, producer = site_indicators(
         results,
         interval_s=params.interval_s,
@@ -316,9 +428,11 @@ def assemble(
         threshold=threshold,
         threshold_basis=threshold_basis,
         balance_tolerance=params.balance_tolerance,
+        matched=matching.matched if matching is not None else None,
     )
-    method = method_json(params, threshold=threshold, threshold_basis=threshold_basis)
+    method = method_json(params, threshold=threshold, threshold_basis=threshold_basis, matching=matching is not None)
     channels = [r.json for r in results]
+    extra = {"matching": matching.block} if matching is not None else {}
     return {
         "schema": SCHEMA,
         "site": site,
@@ -335,4 +449,5 @@ def assemble(
         "reissue_of": reissue_of,
         "reissue_reason": reissue_reason,
         "key_transitions": key_transitions or [],
+        **extra,
     }

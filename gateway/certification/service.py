@@ -42,11 +42,12 @@ from drivers.errors import GiaError
 from gateway import __version__
 from gateway.certification import bundle
 from gateway.certification.archive import Archived, ReportArchive
+from gateway.certification.certificates import certificates_for_period, factors_for_period
 from gateway.certification.compute import ChannelResult, Params, Series, compute_channel, night_flags
 from gateway.certification.exact import iso_ms, parse_iso_ms
 from gateway.certification.keys import transitions_from_events
 from gateway.certification.periods import BadMonth, Period, month_period, shift_month
-from gateway.certification.report import assemble, evidence_summary, period_json
+from gateway.certification.report import MatchingOutcome, assemble, compute_matching, evidence_summary, period_json
 from gateway.certification.signing import KeyMissing, KeyStore, canonical
 from gateway.certification.source import LedgerSource
 from gateway.settings import Settings
@@ -366,6 +367,25 @@ class ReportService:
                     yield line.encode()
 
         yield bundle.INTERVALS, intervals()
+        if rep["method"].get("hourly_matching"):
+            chain: list[dict[str, Any]] = []
+            if "events_head_id" in rep["evidence"]:
+                src = self._source()
+                try:
+                    chain = src.events_json(int(rep["evidence"]["events_head_id"]))
+                finally:
+                    src.close()
+            outcome = self._matching(
+                b.results,
+                params=Params.from_json(rep["method"]),
+                start_ms=b.start_ms,
+                events=chain,
+                factors=rep["indicators"]["co2_factors"],
+            )
+            if outcome.allocation_csv is not None:
+                yield bundle.STORAGE_ALLOCATION, [outcome.allocation_csv.encode()]
+            if outcome.cancellation_csv is not None:
+                yield bundle.CERTIFICATES, [outcome.cancellation_csv.encode()]
         if "events_head_id" in rep["evidence"]:
             max_event = int(rep["evidence"]["events_head_id"])
 
@@ -705,15 +725,15 @@ class ReportService:
         factors = {"location": c.emission_factors.location.model_dump(), "market": self._market_factor()}
         gos = [g.model_dump() for g in c.guarantees_of_origin if g.month == period.month and g.site in (None, site.id)]
         transitions: list[dict[str, Any]] = []
+        events: list[dict[str, Any]] = []
         if cut.events_head is not None:
             src = self._source()
             try:
-                transitions = [
-                    {"event_id": eid, **detail}
-                    for eid, detail in transitions_from_events(src.events_json(cut.events_head[0]))
-                ]
+                events = src.events_json(cut.events_head[0])
             finally:
                 src.close()
+            transitions = [{"event_id": eid, **detail} for eid, detail in transitions_from_events(events)]
+        matching = self._matching(results, params=p, start_ms=period.start_ms, events=events, factors=factors)
         body = assemble(
             site={
                 "id": site.id,
@@ -749,12 +769,34 @@ class ReportService:
             reissue_of=cut.reissue_of,
             reissue_reason=cut.reissue_reason,
             key_transitions=transitions,
+            matching=matching,
         )
         try:
             signed = self.keys.sign_report(body)
         except KeyMissing as exc:
             raise SigningKeyMissing(str(exc)) from None
         return Built(signed, canonical(signed), results, period.start_ms, end)
+
+    @staticmethod
+    def _matching(
+        results: Sequence[ChannelResult],
+        *,
+        params: Params,
+        start_ms: int,
+        events: Sequence[dict[str, Any]],
+        factors: dict[str, Any],
+    ) -> MatchingOutcome:
+        """The hourly matching (storage, certificates, hourly factors) from the results and the events
+        chain up to the report's events head (imports recorded later play no part)."""
+        hours = -(-max((len(r.interval_wh) for r in results), default=0) // max(1, 3600 // params.interval_s))
+        return compute_matching(
+            results,
+            interval_s=params.interval_s,
+            start_ms=start_ms,
+            annual_factor=str(factors["location"]["value"]),
+            certificates=certificates_for_period(events, max_id=None, start_ms=start_ms, hours=hours),
+            factors=factors_for_period(events, max_id=None, start_ms=start_ms, hours=hours),
+        )
 
     def _market_factor(self) -> dict[str, Any]:
         ef = self.settings.certification.emission_factors

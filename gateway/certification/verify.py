@@ -53,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from drivers.errors import GiaError
 from gateway.certification import bundle
 from gateway.certification import events as ev_mod
+from gateway.certification.certificates import certificates_for_period, factors_for_period
 from gateway.certification.compute import (
     ChannelResult,
     Params,
@@ -69,6 +70,15 @@ from gateway.certification.keys import (
     pinned_for,
     transitions_from_events,
 )
+from gateway.certification.matching import (
+    HOUR_MS,
+    MATCHING_METHOD,
+    Matched,
+    inputs_from_block,
+    match,
+    matching_block,
+    storage_units,
+)
 from gateway.certification.periods import BadMonth, month_period
 from gateway.certification.policy import (
     GRADES,
@@ -83,6 +93,7 @@ from gateway.certification.policy import (
 from gateway.certification.report import (
     SCHEMA,
     compute_all,
+    compute_matching,
     evidence_summary,
     report_quality,
     site_indicators,
@@ -180,7 +191,114 @@ def _pseudo_results(report: dict[str, Any], intervals: dict[str, list[int]] | No
 _HOURLY_KEYS = ("hourly_matched_share", "hourly_matched_wh", "hourly_load_wh", "threshold_met")
 
 
-def _check_indicators(out: Outcome, report: dict[str, Any], results: list[ChannelResult], *, with_hourly: bool) -> None:
+#: Fields of `matching.certificates` / `matching.grid_factors` the matching computes; the rest is their
+#: provenance, which only the evidence (the events chain's imports) can recompute.
+_CERT_COMPUTED = ("offered_wh", "cancelled_wh", "excess_wh")
+_FACTOR_COMPUTED = ("unit", "hourly_t_co2_per_mwh", "hours_from_file", "hours_annual_fallback", "annual_fallback_value")
+
+
+def _compare_block(out: Outcome, prefix: str, reported: Any, recomputed: Any) -> None:
+    """Compare two JSON values, descending into objects and lists of objects for precise rule names."""
+    if isinstance(recomputed, dict) and isinstance(reported, dict):
+        for key in sorted(set(reported) | set(recomputed)):
+            _compare_block(out, f"{prefix}.{key}", reported.get(key), recomputed.get(key))
+    elif (
+        isinstance(recomputed, list)
+        and isinstance(reported, list)
+        and recomputed
+        and all(isinstance(x, dict) for x in recomputed)
+        and len(reported) == len(recomputed)
+    ):
+        for k, (a, b) in enumerate(zip(reported, recomputed, strict=True)):
+            _compare_block(out, f"{prefix}[{b.get('unit', k)}]", a, b)
+    else:
+        out.compare(prefix, reported, recomputed)
+
+
+def _hours(report: dict[str, Any]) -> tuple[int, int]:
+    """(period start, hours matched): the period, or up to `as_of` for a month that is not closed."""
+    per = report["period"]
+    start = parse_iso_ms(per["start"])
+    end = parse_iso_ms(per["end"]) if per["complete"] else parse_iso_ms(per["as_of"])
+    return start, -(-(end - start) // HOUR_MS)
+
+
+def _check_matching_internal(out: Outcome, report: dict[str, Any]) -> Matched | None:
+    """Re-run the hourly matching from the report's own hourly inputs; tie those to the channel totals."""
+    block = report.get("matching")
+    if not isinstance(block, dict) or block.get("method") != MATCHING_METHOD:
+        out.fail(
+            "matching",
+            f"method.hourly_matching is {report['method'].get('hourly_matching')!r} but the report has no"
+            f" {MATCHING_METHOD} matching block",
+        )
+        return None
+    start, hours = _hours(report)
+    inputs = inputs_from_block(block, start)
+    lists = {
+        "hourly_load_wh": inputs.load,
+        "hourly_renewable_wh": inputs.renewable,
+        "hourly_grid_import_wh": inputs.grid_import,
+        "hourly_certificates_wh": inputs.certificates,
+        **{f"storage[{u.unit}].hourly_charge_wh": u.charge for u in inputs.storage},
+        **{f"storage[{u.unit}].hourly_discharge_wh": u.discharge for u in inputs.storage},
+    }
+    if inputs.factors is not None:
+        lists["grid_factors.hourly_t_co2_per_mwh"] = inputs.factors  # type: ignore[assignment]
+    wrong = [k for k, v in lists.items() if len(v) != hours]
+    if wrong:
+        out.fail("matching.hours", f"{', '.join(wrong)}: not {hours} hours (the period's)")
+        return None
+    channels = report["channels"]
+    by_role: dict[str, int] = {}
+    for ch in channels:
+        key = "renewable" if ch["role"] == "generation" and ch.get("renewable") else ch["role"]
+        by_role[key] = by_role.get(key, 0) + int(ch["energy_wh"])
+    out.compare("matching.hourly_renewable_wh (sum)", sum(inputs.renewable), by_role.get("renewable", 0))
+    out.compare("matching.hourly_grid_import_wh (sum)", sum(inputs.grid_import), by_role.get("grid_import", 0))
+    units = storage_units(ChannelSpec.from_report(ch) for ch in channels)
+    out.compare(
+        "matching.storage (units)",
+        [(u.unit, list(u.charge_channels), list(u.discharge_channels)) for u in inputs.storage],
+        [(u, c, d) for u, c, d in units],
+    )
+    energy = {ch["id"]: int(ch["energy_wh"]) for ch in channels}
+    for u in inputs.storage:
+        out.compare(
+            f"matching.storage[{u.unit}].hourly_charge_wh (sum)",
+            sum(u.charge),
+            sum(energy.get(c, 0) for c in u.charge_channels),
+        )
+        out.compare(
+            f"matching.storage[{u.unit}].hourly_discharge_wh (sum)",
+            sum(u.discharge),
+            sum(energy.get(c, 0) for c in u.discharge_channels),
+        )
+    m = match(inputs)
+    certs = block.get("certificates")
+    factors = block.get("grid_factors")
+    again = matching_block(
+        m,
+        certificates={k: v for k, v in certs.items() if k not in _CERT_COMPUTED} if isinstance(certs, dict) else None,
+        grid_factors={k: v for k, v in factors.items() if k not in _FACTOR_COMPUTED}
+        if isinstance(factors, dict)
+        else None,
+        annual_factor=str(report["indicators"]["co2_factors"]["location"]["value"]),
+    )
+    _compare_block(out, "matching", block, again)
+    return m
+
+
+def _check_indicators(
+    out: Outcome,
+    report: dict[str, Any],
+    results: list[ChannelResult],
+    *,
+    with_hourly: bool,
+    matched: Matched | None = None,
+) -> None:
+    """Recompute the indicators; without the intervals (`with_hourly` false) the hourly figures are
+    checked only where the report's own hourly matching inputs (`matched`) give them."""
     ind = report["indicators"]
     method = report["method"]
     indicators, producer = site_indicators(
@@ -192,10 +310,14 @@ def _check_indicators(out: Outcome, report: dict[str, Any], results: list[Channe
         threshold=method["renewable_share_threshold"],
         threshold_basis=method["threshold_basis"],
         balance_tolerance=method["balance_tolerance"],
+        matched=matched,
     )
+    if method.get("hourly_matching") and matched is None:
+        return  # the matching block did not check out: its failures are listed already
     for key, value in indicators.items():
         if (
             not with_hourly
+            and matched is None
             and key in _HOURLY_KEYS
             and not (key == "threshold_met" and method["threshold_basis"] != "hourly")
         ):
@@ -224,7 +346,8 @@ def _check_internal(out: Outcome, report: dict[str, Any]) -> None:
         out.compare(f"channel.{ch['id']}.grade", ch["grade"], g.total)
         out.compare(f"channel.{ch['id']}.interval_grade", ch.get("interval_grade"), g.intervals)
     results = _pseudo_results(report, None)
-    _check_indicators(out, report, results, with_hourly=False)
+    matched = _check_matching_internal(out, report) if report["method"].get("hourly_matching") else None
+    _check_indicators(out, report, results, with_hourly=False, matched=matched)
     q = report["quality"]
     expected = report_quality(
         report["channels"],
@@ -515,7 +638,10 @@ def _check_evidence(
         for key in sorted(set(ch) | set(res.json)):
             if ch.get(key) != res.json.get(key):
                 out.compare(f"channel.{ch['id']}.{key}", ch.get(key), res.json.get(key))
-    _check_indicators(out, report, results, with_hourly=True)
+    matched = None
+    if report["method"].get("hourly_matching"):
+        matched = _check_matching_evidence(out, report, files, events, results, params, start)
+    _check_indicators(out, report, results, with_hourly=True, matched=matched)
     if bundle.INTERVALS not in files:
         out.fail("evidence.files", f"the bundle has no {bundle.INTERVALS}: the interval figures cannot be checked")
     else:
@@ -548,6 +674,53 @@ def _check_evidence(
         )
         return [r.json for r in again]
     return None
+
+
+def _check_matching_evidence(
+    out: Outcome,
+    report: dict[str, Any],
+    files: dict[str, bytes],
+    events: list[dict[str, Any]] | None,
+    results: list[ChannelResult],
+    params: Params,
+    start: int,
+) -> Matched | None:
+    """The hourly matching recomputed from the readings and the events chain's imports; the bundle's
+    allocation and cancellation files compared line for line with what that recomputation writes."""
+    _, hours = _hours(report)
+    evs = events or []
+    outcome = compute_matching(
+        results,
+        interval_s=params.interval_s,
+        start_ms=start,
+        annual_factor=str(report["indicators"]["co2_factors"]["location"]["value"]),
+        certificates=certificates_for_period(evs, max_id=None, start_ms=start, hours=hours),
+        factors=factors_for_period(evs, max_id=None, start_ms=start, hours=hours),
+    )
+    _compare_block(out, "matching", report.get("matching"), outcome.block)
+    for name, expected in (
+        (bundle.STORAGE_ALLOCATION, outcome.allocation_csv),
+        (bundle.CERTIFICATES, outcome.cancellation_csv),
+    ):
+        got = files.get(name)
+        if expected is None:
+            if got is not None:
+                out.fail("evidence.files", f"the bundle has {name} but the report's matching has no such records")
+            continue
+        if got is None:
+            out.fail("evidence.files", f"the bundle has no {name}: the hourly matching's records cannot be checked")
+            continue
+        text = got.decode(errors="replace")
+        if text != expected:
+            ga, gb = text.splitlines(), expected.splitlines()
+            first = next((i for i, (x, y) in enumerate(zip(ga, gb, strict=False)) if x != y), min(len(ga), len(gb)))
+            rule = "evidence.storage_allocation" if name == bundle.STORAGE_ALLOCATION else "evidence.certificates"
+            out.fail(
+                rule,
+                f"{name} line {first + 1}: bundle has {ga[first] if first < len(ga) else '<end>'!r},"
+                f" recomputed {gb[first] if first < len(gb) else '<end>'!r}",
+            )
+    return outcome.matched
 
 
 def _serials(

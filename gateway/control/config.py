@@ -56,10 +56,11 @@ class BatteryActuatorConfig(BaseModel):
         description="the grid meter's power (+ import): with it the battery charges only from the measured"
         " surplus and discharges at most what the plan schedules (follow: envelope)",
     )
-    follow: Literal["envelope", "setpoint"] = Field(
+    follow: Literal["envelope", "setpoint", "self_consumption"] = Field(
         default="envelope",
-        description="envelope: self-consumption inside the plan's discharge cap (needs grid); setpoint: the"
-        " plan's power as it is",
+        description="envelope: self-consumption inside the plan's discharge cap (needs grid); self_consumption:"
+        " charge from the measured surplus, discharge into the measured deficit (needs grid; best for the hourly"
+        " matching, docs/control.md); setpoint: the plan's power as it is",
     )
     ramp_w_per_s: float | None = Field(default=None, gt=0, description="largest change of setpoint per second, W/s")
     min_dwell_s: float = Field(default=60.0, ge=0, description="least time a setpoint is held before it changes, s")
