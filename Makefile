@@ -6,7 +6,8 @@ PIP    := $(PY) -m pip
 DEB_PKGS := mosquitto mosquitto-clients influxdb victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium postgresql
 DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium initdb
 # Three workers on two cores: most tests wait on real servers (brokers, databases, devices), not the CPU.
-# A test file stays on one worker (its module fixtures are started once). PYTEST_ARGS="-n 0" runs serially.
+# A test file stays on one worker (its module fixtures are started once), and tests marked `cpu` share one
+# worker (tests/conftest.py). PYTEST_ARGS="-n 0" runs serially.
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 
@@ -39,7 +40,7 @@ deps-system:
 	fi
 
 test: deps-system venv
-	PATH="$$PATH:/usr/sbin" $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	PATH="$$PATH:/usr/sbin" $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 check: venv
 	$(VENV)/bin/ruff format --check gateway drivers forecasting tests bench

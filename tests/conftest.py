@@ -34,3 +34,13 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, A
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
         report.outcome = "failed"
         report.longrepr = f"skipped under CI (a missing dependency must fail the run): {reason}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Spread the suite over pytest-xdist workers (`make test`: `-n 3 --dist loadgroup`) by file, and keep the
+    tests marked `cpu` (model training, whole-month reports) on one worker: two of them at once on a 2-core
+    machine turned their generous deadlines into timeouts, while the rest of the suite mostly waits on servers.
+    A file stays on one worker, so its module fixtures (a browser, an agent) start once."""
+    for item in items:
+        group = "cpu" if item.get_closest_marker("cpu") else item.nodeid.split("::", 1)[0]
+        item.add_marker(pytest.mark.xdist_group(group))

@@ -19,6 +19,8 @@ from bench.replay import NoiseModel, simulate
 from bench.replay_report import certified, signed_report
 from drivers.sim.site import PV_PEAK_W, TIMEZONE, WIND_RATED_W
 
+pytestmark = [pytest.mark.cpu]
+
 pytest.importorskip("scipy", reason="perfect foresight solves an LP: pip install -e '.[flex]'")
 
 

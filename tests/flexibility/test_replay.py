@@ -10,6 +10,8 @@ from bench.replay import NoiseModel, SiteSeries, hourly_means, simulate
 from drivers.sim.site import PV_PEAK_W, TIMEZONE, WIND_RATED_W, DemoSite
 from gateway.flexibility.config import FlexibilityConfig
 
+pytestmark = [pytest.mark.cpu]
+
 DAYS = 7
 
 

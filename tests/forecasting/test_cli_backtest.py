@@ -19,6 +19,8 @@ from forecasting.types import Forecast, ForecastPoint
 
 from .conftest import make_load
 
+pytestmark = [pytest.mark.cpu]
+
 
 def app() -> typer.Typer:
     a = typer.Typer()

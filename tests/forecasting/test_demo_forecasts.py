@@ -20,7 +20,7 @@ import pytest
 from tests.servers import MosquittoBroker, free_port
 from tests.support.browser import get_json, start_gia, stop_process
 
-pytestmark = [pytest.mark.mosquitto, pytest.mark.modbus, pytest.mark.slow]
+pytestmark = [pytest.mark.cpu, pytest.mark.mosquitto, pytest.mark.modbus, pytest.mark.slow]
 
 TARGETS = ("load", "wind", "pv")
 

@@ -24,6 +24,8 @@ from gateway.settings import Settings
 
 from .conftest import make_load
 
+pytestmark = [pytest.mark.cpu]
+
 
 def service(cfg: ForecastingConfig, values: pd.Series, tmp_path: Path) -> ForecastService:
     return ForecastService(

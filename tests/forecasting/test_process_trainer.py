@@ -20,7 +20,7 @@ from gateway.forecasts.training import CANCELLED, ProcessTrainer, build_service
 from gateway.ledger.store import Ledger
 from gateway.settings import load_config
 
-pytestmark = [pytest.mark.slow]
+pytestmark = [pytest.mark.cpu, pytest.mark.slow]
 
 
 def demo_site(tmp_path: Path, days: float) -> tuple[Any, list[Any], datetime]:

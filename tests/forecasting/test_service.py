@@ -27,6 +27,8 @@ from forecasting.weather import OpenMeteoProvider, WeatherProvider
 
 from .conftest import make_load
 
+pytestmark = [pytest.mark.cpu]
+
 
 def service(
     cfg: ForecastingConfig, frame: pd.DataFrame, tmp_path: Path, *, weather: WeatherProvider | None = None
