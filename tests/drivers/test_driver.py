@@ -81,7 +81,7 @@ async def test_paused_device_times_out_then_recovers(sim_factory: SimFactory) ->
         drv = driver_for(server, pool, "m")
         await drv.read(TS)
         server.pause()
-        with pytest.raises(TransientError, match="no valid response"):
+        with pytest.raises(TransientError, match="no answer within"):
             await drv.read(TS)
         server.resume()
         assert len(await drv.read(TS)) == len(server.map.registers)
@@ -163,7 +163,7 @@ async def test_connection_refused_is_transient_with_backoff() -> None:
         drv = ModbusDriver(device_id="m", register_map=load_map("eastron-sdm630"), bus=bus, unit_id=1)
         with pytest.raises(TransientError, match="cannot connect"):
             await drv.read(TS)
-        with pytest.raises(TransientError, match="next connection attempt"):
+        with pytest.raises(TransientError, match="cannot connect .* next attempt in"):
             await drv.read(TS)
 
 
