@@ -1,11 +1,11 @@
 """The hub's HTTP API (FastAPI, as the gateway's: JSON errors `{"error", "detail"}`, 401/403, `/openapi.json`).
 
-* `POST /api/v1/hub/sites/{site}/reports` — a site pushes a signed report (or a key-transition
-  statement) with its per-site bearer token. 200 with the signed receipt once the report is decided and
-  stored (accepted, or rejected with reasons: either way the site stops retrying); 422 when the
-  submission is quarantined or malformed; 413 past the body limit (read in chunks, so a 10 MB body
-  never sits in memory whole); 401 without a valid token, 403 with another site's token; 503 while the
-  database is unavailable (retry).
+* `POST /api/v1/hub/sites/{site}/reports` — a site pushes a signed report (or its key-transition
+  announcement `{site, transitions}`) with its per-site bearer token. 200 with the signed receipt once
+  the report is decided and stored (accepted, or rejected with reasons: either way the site stops
+  retrying); 422 when the submission is quarantined or malformed; 413 past the body limit (read in
+  chunks, so a 10 MB body never sits in memory whole); 401 without a valid token, 403 with another
+  site's token; 503 while the database is unavailable (retry).
 * `GET /api/v1/log/head`, `GET /api/v1/log/proof?site=&month=`, `GET /api/v1/log/consistency?first=&second=`
   — public: the signed tree head and proofs (a certifier checks them with `gateway.hub.log`).
 * `GET /healthz` — 200 when healthy, 503 with reasons.
@@ -120,10 +120,11 @@ def create_hub_app(
             raise ApiError(403, "forbidden", f"this token pushes for site {owner!r}, not {site[:63]!r}")
         data = await _read_limited(request, max_body_bytes)
         try:
-            kind = json.loads(data).get("schema", "")
-        except (ValueError, UnicodeDecodeError, AttributeError, RecursionError):
-            kind = ""
-        if isinstance(kind, str) and kind.startswith("gia-key-transition"):
+            doc = json.loads(data)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            doc = None
+        # the site's key-transition announcement ({site, transitions}, as on gia/{site}/keys/transition)
+        if isinstance(doc, dict) and "transitions" in doc and "schema" not in doc:
             outcome = await _db(lambda: ingestor.submit_key_transition(site, data, via="http"))
         else:
             outcome = await _db(lambda: ingestor.submit_report(site, data, via="http"))

@@ -3,6 +3,7 @@ database on both engines (`hub_db` is parametrised: embedded SQLite and a real P
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -37,10 +38,35 @@ class SignedSite:
         doc.update(changes)
         return json.dumps(self.keys.sign_report(doc), indent=2).encode()
 
+    def as_site(self, site: str, month: str, *, serial: str | None = None) -> bytes:
+        """This site's real report for `month` as another site with the same key would sign it: the site id
+        and the key's announcement in `key_transitions` (a statement names its site) for `site`, March
+        chained to that site's February, the meter serial `serial` (default: one per site)."""
+        from gateway.certification.keys import transition_detail
+
+        doc = json.loads(self.reports[month])
+        doc["site"]["id"] = site
+        private = self.keys.private_key_for_rotation()
+        assert private is not None
+        transitions = []
+        for t in doc["key_transitions"]:
+            st = t["statement"]
+            detail = transition_detail(
+                site=site, new_key=private, old_key=None, old_key_id=None, reason=st["reason"], at=st["at"]
+            )
+            transitions.append({"event_id": t["event_id"], **detail})
+        doc["key_transitions"] = transitions
+        for ch in doc["channels"]:
+            ch["meter"]["serial"] = serial or f"SN-{site.upper()}"
+        if month == "2025-03":
+            doc["previous_report_sha256"] = hashlib.sha256(self.as_site(site, "2025-02", serial=serial)).hexdigest()
+        return json.dumps(self.keys.sign_report(doc), sort_keys=True).encode()
+
 
 def build_site(directory: Path, site: str) -> SignedSite:
     samples = h.register_samples("m1", "energy_import_wh", FEB_START, h.MARCH_END + h.Q15, value=h.constant_400w)
-    s = h.settings(directory, [h.device("m1", h.channel("consumption"), serial="SN-1")], site=site)
+    consumption = h.channel("consumption", rated_power_w=1000)
+    s = h.settings(directory, [h.device("m1", consumption, serial="SN-1")], site=site)
     h.make_ledger(s.ledger_path, samples).close()
     svc = h.service(s, now=datetime(2025, 4, 5, tzinfo=UTC))
     reports = {m: svc.report_json(site, m) for m in ("2025-02", "2025-03")}
