@@ -210,6 +210,12 @@ class HubConfig(BaseModel):
     max_report_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="larger reports are refused"
     )
+    max_evidence_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, le=2 * 1024 * 1024 * 1024, description="larger evidence zips are refused"
+    )
+    area_check_s: float = Field(
+        default=60.0, gt=0, le=3600, description="how often due area reports are looked for (also after each report)"
+    )
 
     @field_validator("database", mode="before")
     @classmethod

@@ -271,6 +271,87 @@ class Ingestor:
         logger.warning("quarantined a submission for %r via %s: %s: %s", claimed, via, kind, reason[:200])
         return Outcome("quarantined", claimed, month, sha, [reason], quarantine_kind=kind)
 
+    # -- evidence -------------------------------------------------------------------------------------
+    def submit_evidence(self, site: str, month: str, data: bytes, *, max_unpacked: int) -> Outcome:
+        """An evidence bundle (zip) for a report the hub holds: recomputed from its readings and events with
+        the certification verifier under the area's policy; stored with the result (`verified` / `failed`).
+        The recomputation runs outside the write lock (it reads a month of readings); only the result is
+        written under it."""
+        import io
+        import zipfile
+
+        from gateway.certification import bundle
+        from gateway.certification.verify import verify_report
+
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                infos = z.infolist()
+                if sum(i.file_size for i in infos) > max_unpacked:
+                    return Outcome("refused", site, month, sha, [f"evidence unpacks to more than {max_unpacked} bytes"])
+                files: dict[str, bytes] = {}
+                for info in infos:
+                    parts = info.filename.split("/")
+                    key = "/".join(parts[-2:]) if len(parts) >= 2 and parts[-2] == bundle.REPLACED_DIR else parts[-1]
+                    files[key] = z.read(info)
+        except (zipfile.BadZipFile, ValueError, OSError) as exc:
+            return Outcome("refused", site, month, sha, [f"not a zip evidence bundle ({exc})"])
+        report = files.get(bundle.REPORT)
+        if report is None or bundle.READINGS not in files:
+            return Outcome("refused", site, month, sha, [f"the bundle lacks {bundle.REPORT} or {bundle.READINGS}"])
+        report_sha = hashlib.sha256(report).hexdigest()
+        s = self.store
+        with s.engine.connect() as conn:
+            row = conn.execute(
+                select(db.reports.c.status, db.reports.c.month).where(
+                    db.reports.c.site == site, db.reports.c.sha256 == report_sha
+                )
+            ).first()
+            if row is None or row.month != month:
+                return Outcome(
+                    "refused",
+                    site,
+                    month,
+                    sha,
+                    [f"no report {report_sha} of {site} for {month} at the hub: push it first"],
+                )
+            site_row = s.site_row(conn, site)
+            policy = s.area_policy(conn, site_row.area)
+            trusted = s.pinned_keys(conn, site)
+        from gateway.certification.keys import PinnedKey as TrustedKey
+
+        try:
+            outcome = verify_report(
+                report,
+                trusted=[TrustedKey(k.key_id, k.public_key(), site) for k in trusted],
+                evidence=files,
+                policy=policy,
+            )
+            reasons = [f"{f.rule}: {f.message}" for f in outcome.failures][:MAX_REASONS]
+        except Exception as exc:  # an unusable bundle is a refusal of the bundle, not of the hub
+            reasons = [f"unusable: {type(exc).__name__}: {str(exc)[:300]}"]
+        status = "verified" if not reasons else "failed"
+        with db.write_transaction(s.engine) as conn:
+            have = conn.execute(
+                select(db.evidence.c.status).where(
+                    db.evidence.c.site == site, db.evidence.c.report_sha256 == report_sha
+                )
+            ).first()
+            if have is None:
+                conn.execute(
+                    insert(db.evidence).values(
+                        site=site,
+                        report_sha256=report_sha,
+                        month=month,
+                        zip=data,
+                        status=status,
+                        reasons=json.dumps(reasons),
+                        received_ms=s.now_ms(),
+                    )
+                )
+        logger.info("evidence for %s %s (%s): %s", site, month, report_sha[:16], status)
+        return Outcome("accepted" if status == "verified" else "rejected", site, month, report_sha, reasons)
+
     # -- key transitions ------------------------------------------------------------------------------
     def submit_key_transition(self, claimed_site: str, data: bytes, *, via: Via) -> Outcome:
         """The site's key-transition announcement (`{site, transitions: [...]}`): transitions signed by a key

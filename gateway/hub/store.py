@@ -490,9 +490,11 @@ class HubStore:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(db.log_leaves)).scalar_one())
 
-    def inclusion_proof(self, site: str, month: str, *, sha256: str | None = None) -> dict[str, Any]:
+    def inclusion_proof(
+        self, site: str, month: str, *, sha256: str | None = None, tree_size: int | None = None
+    ) -> dict[str, Any]:
         """The authoritative (latest accepted) report of a site-month, its leaf and audit path under the
-        latest tree head. Raises HubError when there is none."""
+        latest tree head (or the head of `tree_size`). Raises HubError when there is none."""
         with self.engine.connect() as conn:
             q = select(db.reports.c.sha256, db.reports.c.log_index).where(
                 db.reports.c.site == site, db.reports.c.month == month, db.reports.c.status == "accepted"
@@ -502,17 +504,37 @@ class HubStore:
             row = conn.execute(q.order_by(db.reports.c.log_index.desc()).limit(1)).first()
             if row is None:
                 raise HubError(f"no accepted report of site {site!r} for {month} in the log")
-            head_row = conn.execute(
-                select(db.tree_heads.c.head).order_by(db.tree_heads.c.tree_size.desc()).limit(1)
+            return {"site": site, "month": month, **self._proof(conn, row.sha256, int(row.log_index), tree_size)}
+
+    def area_inclusion_proof(self, area: str, period: str, *, tree_size: int | None = None) -> dict[str, Any]:
+        """The latest area report of a period (YYYY-MM or YYYY), its leaf and audit path."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(db.area_reports.c.sha256, db.area_reports.c.log_index)
+                .where(db.area_reports.c.area == area, db.area_reports.c.period == period)
+                .order_by(db.area_reports.c.version.desc())
+                .limit(1)
             ).first()
-            assert head_row is not None
-            head = json.loads(head_row[0])
-            hashes = self._leaf_hashes(conn)[: head["tree_size"]]
-        index = int(row.log_index)
+            if row is None:
+                raise HubError(f"no area report of area {area!r} for {period} in the log")
+            return {"area": area, "period": period, **self._proof(conn, row.sha256, int(row.log_index), tree_size)}
+
+    def _proof(self, conn: Connection, sha: str, index: int, tree_size: int | None) -> dict[str, Any]:
+        q = select(db.tree_heads.c.head)
+        q = (
+            q.where(db.tree_heads.c.tree_size == tree_size)
+            if tree_size is not None
+            else q.order_by(db.tree_heads.c.tree_size.desc()).limit(1)
+        )
+        head_row = conn.execute(q).first()
+        if head_row is None:
+            raise HubError(f"the hub signed no tree head of size {tree_size}")
+        head = json.loads(head_row[0])
+        hashes = self._leaf_hashes(conn)[: head["tree_size"]]
+        if index >= len(hashes):
+            raise HubError(f"leaf {index} is not in the tree of size {len(hashes)}")
         return {
-            "site": site,
-            "month": month,
-            "report_sha256": row.sha256,
+            "report_sha256": sha,
             "leaf_index": index,
             "tree_size": len(hashes),
             "leaf_hash": hashes[index].hex(),

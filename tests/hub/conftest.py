@@ -109,3 +109,77 @@ def store(tmp_path: Path, hub_db: DatabaseConfig) -> Iterator[HubStore]:
         yield s
     finally:
         s.close()
+
+
+# -- an area: a producer with a shared wind turbine and two consumers, with hourly profiles ------------------
+AREA_END = h.MARCH_END + h.Q15
+
+
+def _rate(wh_per_q: int) -> Any:
+    return lambda k, ts: 1000 + wh_per_q * k
+
+
+def _uneven() -> list[int]:
+    """A register advancing 50 Wh per quarter hour from 18:00 to 06:00 UTC and 250 Wh by day."""
+    out, total = [], 1000
+    for j in range(int((AREA_END - FEB_START) / h.Q15) + 1):
+        out.append(total)
+        total += 250 if 6 <= (FEB_START + j * h.Q15).hour < 18 else 50
+    return out
+
+
+UNEVEN = _uneven()
+AREA_DEFINITION: dict[str, Any] = {
+    "shared_generators": [
+        {"id": "wind", "site": "p", "channel": "wt.generation", "allocation": "hourly_pro_rata"},
+    ],
+    "criteria": [
+        {"name": "renewable_share", "basis": "market", "threshold": "0.3"},
+        {"name": "renewable_share", "basis": "hourly", "threshold": "0.3"},
+        {"name": "co2_intensity", "basis": "location", "threshold": "100"},
+        {"name": "verified_consumption_share", "threshold": "0.9"},
+        {"name": "data_completeness", "threshold": "1"},
+    ],
+    "deadline_days": 10,
+}
+
+
+def area_site_devices(site: str) -> tuple[list[Any], list[Any]]:
+    """(devices, samples) of site p (wind 600 W shared, hall 400 W, export 200 W), b (400 W) or c (uneven)."""
+    if site == "p":
+        devices = [
+            h.device(
+                "wt", h.channel("generation", "energy_export_wh", source="wind", renewable=True, rated_power_w=1000),
+                serial="WT-P",
+            ),
+            h.device("hall", h.channel("consumption", rated_power_w=1000), serial="HALL-P"),
+            h.device(
+                "grid", h.channel("grid_import", rated_power_w=2000),
+                h.channel("grid_export", "energy_export_wh", rated_power_w=2000), serial="GRID-P",
+            ),
+        ]  # fmt: skip
+        samples = (
+            h.register_samples("wt", "energy_export_wh", FEB_START, AREA_END, value=_rate(150))
+            + h.register_samples("hall", "energy_import_wh", FEB_START, AREA_END, value=_rate(100))
+            + h.register_samples("grid", "energy_export_wh", FEB_START, AREA_END, value=_rate(50))
+            + h.register_samples("grid", "energy_import_wh", FEB_START, AREA_END, value=_rate(0))
+        )
+        return devices, samples
+    devices = [h.device("grid", h.channel("grid_import", rated_power_w=2000), serial=f"GRID-{site.upper()}")]
+    value = _rate(100) if site == "b" else (lambda k, ts: UNEVEN[k])
+    return devices, h.register_samples("grid", "energy_import_wh", FEB_START, AREA_END, value=value)
+
+
+def build_area_site(directory: Path, site: str) -> SignedSite:
+    devices, samples = area_site_devices(site)
+    s = h.settings(directory, devices, site=site, certification={"hourly_profiles": True})
+    h.make_ledger(s.ledger_path, samples).close()
+    svc = h.service(s, now=datetime(2025, 4, 5, tzinfo=UTC))
+    reports = {m: svc.report_json(site, m) for m in ("2025-02", "2025-03")}
+    keys = KeyStore(directory / "keys")
+    return SignedSite(site, keys, public_pem(keys.public_key()).encode(), reports, directory)
+
+
+@pytest.fixture(scope="session")
+def area_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, SignedSite]:
+    return {s: build_area_site(tmp_path_factory.mktemp(f"area-{s}"), s) for s in ("p", "b", "c")}
