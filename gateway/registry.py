@@ -11,10 +11,11 @@ from gateway.api.room import ROOM as HTTP
 from gateway.certification.room import ROOM as CERTIFICATION
 from gateway.devices.room import ROOM as DEVICES
 from gateway.forecasts.runner import ROOM as FORECASTING
+from gateway.hubpush.room import ROOM as HUB
 from gateway.ledger.room import ROOM as LEDGER
 from gateway.rooms import Room
 from gateway.runtime.room import ROOM as RUNTIME
 from gateway.sinks.influx.room import ROOM as INFLUXDB
 from gateway.sinks.mqtt.room import ROOM as MQTT
 
-ROOMS: tuple[Room, ...] = (LEDGER, DEVICES, INFLUXDB, MQTT, CERTIFICATION, FORECASTING, HTTP, RUNTIME)
+ROOMS: tuple[Room, ...] = (LEDGER, DEVICES, INFLUXDB, MQTT, CERTIFICATION, HUB, FORECASTING, HTTP, RUNTIME)

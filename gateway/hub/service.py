@@ -20,7 +20,7 @@ from gateway.hub.api import create_hub_app, hub_authenticator
 from gateway.hub.areas import AreaReports
 from gateway.hub.config import HubSettings
 from gateway.hub.ingest import Ingestor, Outcome
-from gateway.hub.mqtt import HubMqtt, _transient
+from gateway.hub.mqtt import HubMqtt, Inflight, _transient
 from gateway.hub.store import HubStore
 from gateway.rooms import Part
 from gateway.runtime.http import HttpServer
@@ -38,6 +38,7 @@ class Hub:
         self.ingestor = Ingestor(self.store, max_bytes=self.cfg.max_report_bytes)
         self.areas = AreaReports(self.store)
         self.areas_due = asyncio.Event()
+        self.inflight = Inflight()
         self.supervisor = Supervisor()
         self.started = time.monotonic()
         self.mqtt: HubMqtt | None = None
@@ -47,6 +48,7 @@ class Hub:
                 self.ingestor,
                 client_id=self.cfg.mqtt.client_id or f"gia-hub-{socket.gethostname()}",
                 on_decided=self._decided,
+                inflight=self.inflight,
             )
         self.http_server: HttpServer | None = None
         self._stopping = False
@@ -70,7 +72,7 @@ class Hub:
         while True:
             self.areas_due.clear()
             try:
-                await asyncio.to_thread(self.areas.step)
+                await self.inflight.run(self.areas.step)
             except Exception as exc:
                 if not _transient(exc):
                     raise
@@ -156,5 +158,6 @@ class Hub:
         try:
             await self.supervisor.run()
         finally:
+            await self.inflight.drain()
             if self._own_store:
                 self.store.close()

@@ -7,7 +7,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -119,16 +119,15 @@ def _rate(wh_per_q: int) -> Any:
     return lambda k, ts: 1000 + wh_per_q * k
 
 
-def _uneven() -> list[int]:
+def uneven(start: datetime, end: datetime) -> list[int]:
     """A register advancing 50 Wh per quarter hour from 18:00 to 06:00 UTC and 250 Wh by day."""
     out, total = [], 1000
-    for j in range(int((AREA_END - FEB_START) / h.Q15) + 1):
+    for j in range(int((end - start) / h.Q15) + 1):
         out.append(total)
-        total += 250 if 6 <= (FEB_START + j * h.Q15).hour < 18 else 50
+        total += 250 if 6 <= (start + j * h.Q15).hour < 18 else 50
     return out
 
 
-UNEVEN = _uneven()
 AREA_DEFINITION: dict[str, Any] = {
     "shared_generators": [
         {"id": "wind", "site": "p", "channel": "wt.generation", "allocation": "hourly_pro_rata"},
@@ -144,7 +143,7 @@ AREA_DEFINITION: dict[str, Any] = {
 }
 
 
-def area_site_devices(site: str) -> tuple[list[Any], list[Any]]:
+def area_site_devices(site: str, start: datetime = FEB_START, end: datetime = AREA_END) -> tuple[list[Any], list[Any]]:
     """(devices, samples) of site p (wind 600 W shared, hall 400 W, export 200 W), b (400 W) or c (uneven)."""
     if site == "p":
         devices = [
@@ -159,25 +158,59 @@ def area_site_devices(site: str) -> tuple[list[Any], list[Any]]:
             ),
         ]  # fmt: skip
         samples = (
-            h.register_samples("wt", "energy_export_wh", FEB_START, AREA_END, value=_rate(150))
-            + h.register_samples("hall", "energy_import_wh", FEB_START, AREA_END, value=_rate(100))
-            + h.register_samples("grid", "energy_export_wh", FEB_START, AREA_END, value=_rate(50))
-            + h.register_samples("grid", "energy_import_wh", FEB_START, AREA_END, value=_rate(0))
+            h.register_samples("wt", "energy_export_wh", start, end, value=_rate(150))
+            + h.register_samples("hall", "energy_import_wh", start, end, value=_rate(100))
+            + h.register_samples("grid", "energy_export_wh", start, end, value=_rate(50))
+            + h.register_samples("grid", "energy_import_wh", start, end, value=_rate(0))
         )
         return devices, samples
     devices = [h.device("grid", h.channel("grid_import", rated_power_w=2000), serial=f"GRID-{site.upper()}")]
-    value = _rate(100) if site == "b" else (lambda k, ts: UNEVEN[k])
-    return devices, h.register_samples("grid", "energy_import_wh", FEB_START, AREA_END, value=value)
+    if site == "b":
+        value = _rate(100)
+    else:
+        reg = uneven(start, end)
+
+        def value(k: int, ts: datetime) -> int:
+            return reg[k]
+
+    return devices, h.register_samples("grid", "energy_import_wh", start, end, value=value)
 
 
-def build_area_site(directory: Path, site: str) -> SignedSite:
-    devices, samples = area_site_devices(site)
+def build_area_site(
+    directory: Path,
+    site: str,
+    *,
+    start: datetime = FEB_START,
+    end: datetime = AREA_END,
+    now: datetime = datetime(2025, 4, 5, tzinfo=UTC),
+    months: tuple[str, ...] = ("2025-02", "2025-03"),
+) -> SignedSite:
+    """One of the area's sites with readings from `start` to `end` and `months` closed as of `now`."""
+    devices, samples = area_site_devices(site, start, end)
     s = h.settings(directory, devices, site=site, certification={"hourly_profiles": True})
     h.make_ledger(s.ledger_path, samples).close()
-    svc = h.service(s, now=datetime(2025, 4, 5, tzinfo=UTC))
-    reports = {m: svc.report_json(site, m) for m in ("2025-02", "2025-03")}
+    svc = h.service(s, now=now)
+    reports = {m: svc.report_json(site, m) for m in months}
     keys = KeyStore(directory / "keys")
     return SignedSite(site, keys, public_pem(keys.public_key()).encode(), reports, directory)
+
+
+def recent_window(now: datetime | None = None) -> tuple[datetime, datetime, datetime, tuple[str, ...]]:
+    """(start, end, now, closed months) for sites run by real agents: readings from just before the civil
+    month two months back (Riga) to the last quarter hour; the months that have settled by now."""
+    from zoneinfo import ZoneInfo
+
+    from gateway.certification.periods import month_period, shift_month
+
+    now = now or datetime.now(UTC)
+    local = now.astimezone(ZoneInfo(h.RIGA))
+    this = f"{local.year:04d}-{local.month:02d}"
+    months = tuple(m for m in (shift_month(this, -2), shift_month(this, -1)))
+    start_ms = month_period(months[0], h.RIGA).start_ms
+    start = datetime.fromtimestamp(start_ms / 1000, UTC)
+    end = now.replace(second=0, microsecond=0) - timedelta(minutes=now.minute % 15 + 15)
+    closed = tuple(m for m in months if month_period(m, h.RIGA).end_ms + 48 * 3_600_000 <= now.timestamp() * 1000)
+    return start, end, now, closed
 
 
 @pytest.fixture(scope="session")
