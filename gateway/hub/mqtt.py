@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RECEIPT_POLL_S: Final = 5.0
+DRAIN_S: Final = 30.0
 MAX_QUEUED: Final = 1000
 
 
@@ -102,9 +103,10 @@ class Inflight:
         fut.add_done_callback(self._running.discard)
         return await asyncio.shield(fut)
 
-    async def drain(self, timeout: float = 30.0) -> None:
+    async def drain(self) -> None:
+        """Wait (at most DRAIN_S) for the database work still running."""
         if self._running:
-            await asyncio.wait(list(self._running), timeout=timeout)
+            await asyncio.wait(list(self._running), timeout=DRAIN_S)
 
 
 class HubMqtt:
