@@ -76,10 +76,20 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
+#: A certifier sees what a viewer sees (the portal's page and matrix) and downloads; an admin everything.
+IMPLIED: dict[str, frozenset[str]] = {"certifier": frozenset({"viewer"}), "admin": frozenset({"viewer", "certifier"})}
+
+
 def hub_authenticator(cfg: HubHttpConfig) -> Authenticator:
     """The gateway's authenticator with the hub's tokens; a principal's scope holds area ids."""
     tokens = [
-        TokenEntry(t.value().encode(), Principal(t.name, frozenset(t.roles), frozenset(t.areas))) for t in cfg.tokens
+        TokenEntry(
+            t.value().encode(),
+            Principal(
+                t.name, frozenset(t.roles).union(*(IMPLIED.get(r, frozenset()) for r in t.roles)), frozenset(t.areas)
+            ),
+        )
+        for t in cfg.tokens
     ]
     return Authenticator(tokens, anonymous_viewer_on_loopback=cfg.anonymous_viewer_on_loopback)
 
@@ -225,7 +235,13 @@ def create_hub_app(
     )
     async def push(site: str, request: Request) -> JSONResponse:
         await _site_token(request, site)
-        data = await _read_limited(request, max_body_bytes)
+        try:
+            data = await _read_limited(request, max_body_bytes)
+        except ApiError as exc:
+            if exc.status_code == 413:
+                size = request.headers.get("content-length", "?")
+                await _db(lambda: ingestor.note_too_large(site, int(size) if size.isdigit() else -1, via="http"))
+            raise
         try:
             doc = json.loads(data)
         except (ValueError, UnicodeDecodeError, RecursionError):

@@ -271,6 +271,15 @@ class Ingestor:
         logger.warning("quarantined a submission for %r via %s: %s: %s", claimed, via, kind, reason[:200])
         return Outcome("quarantined", claimed, month, sha, [reason], quarantine_kind=kind)
 
+    def note_too_large(self, claimed_site: str, size: int, *, via: Via) -> None:
+        """Count a payload refused for its size (nothing of it is kept): visible on the portal."""
+        digest = hashlib.sha256(f"too_large:{via}".encode()).hexdigest()
+        with db.write_transaction(self.store.engine) as conn:
+            self.store.record_incident(
+                conn, site=claimed_site, month=None, kind="too_large", sha256=digest,
+                detail=f"a {size}-byte payload via {via} refused (limit {self.max_bytes})",
+            )  # fmt: skip
+
     # -- evidence -------------------------------------------------------------------------------------
     def submit_evidence(self, site: str, month: str, data: bytes, *, max_unpacked: int) -> Outcome:
         """An evidence bundle (zip) for a report the hub holds: recomputed from its readings and events with

@@ -19,6 +19,7 @@ aiomqtt is used only through `async with`; its errors end the connection and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -189,6 +190,8 @@ class HubMqtt:
                 log.warning(
                     "refused a %d-byte message on %s (limit %d)", len(data), message.topic, self.ingestor.max_bytes
                 )
+                with contextlib.suppress(Exception):  # only a count: a database outage must not stop the loop
+                    await self.inflight.run(self.ingestor.note_too_large, site, len(data), via="mqtt")
                 continue
             outcome = await self._decide(site, kind, data)
             self.health.decided += 1
