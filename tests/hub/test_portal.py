@@ -158,8 +158,9 @@ async def test_attacks_are_refused_and_listed_and_tokens_are_scoped(
         (d / "proof.json").write_bytes(
             (await http.get("/api/v1/log/proof", params={"area": "park", "period": "2025-03"})).content
         )
-        rc, out = verify(str(d / "area.json"), "--public-key", str(d / "hub.pem"), "--trusted-keys", str(d / "keys.json"),
-                         "--evidence", str(d / "sites"), "--log-head", str(d / "proof.json"), "--hub-key", str(d / "hub.pem"))  # fmt: skip
+        args = ["--public-key", str(d / "hub.pem"), "--trusted-keys", str(d / "keys.json"), "--evidence",
+                str(d / "sites"), "--log-head", str(d / "proof.json"), "--hub-key", str(d / "hub.pem")]  # fmt: skip
+        rc, out = verify(str(d / "area.json"), *args)
         assert rc == 0, out
         rc, out = verify(str(d / "sites" / "b.json"), "--trusted-keys", str(d / "keys.json"))
         assert rc == 0 and "OK b 2025-03" in out, out
