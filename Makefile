@@ -7,7 +7,7 @@ DEB_PKGS := mosquitto mosquitto-clients influxdb victoria-metrics socat mbpoll f
 DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium initdb
 PYTEST_ARGS ?=
 
-.PHONY: demo test check bench venv deps-system clean
+.PHONY: demo demo-area test check bench venv deps-system clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/gia demo $(DEMO_ARGS)
+
+# Three simulated sites of one area and their hub (portal on 127.0.0.1:8090); state in ./gia-demo-area/.
+demo-area: venv
+	$(VENV)/bin/gia demo --area --http 127.0.0.1:8090 $(DEMO_ARGS)
 
 # Installs the real servers the tests talk to (Debian packages) when they are missing.
 deps-system:

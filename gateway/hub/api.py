@@ -196,6 +196,10 @@ def create_hub_app(
             raise
         return HTMLResponse(_page("portal.html"))
 
+    @app.get("/login", response_class=HTMLResponse, include_in_schema=False)
+    async def login_page() -> Response:
+        return HTMLResponse(_page("login.html"))
+
     @app.post("/login", include_in_schema=False)
     async def login(request: Request) -> Response:
         body = (await _read_limited(request, 4096)).decode(errors="replace")

@@ -54,8 +54,9 @@ async function loadMatrix() {
     const ar = row.area_report;
     const areaCell = el("td", { class: "cell area", tabindex: "0", dataset: { month: row.month, site: "" } });
     if (ar) {
-      areaCell.append(badge(ar.complete ? `v${ar.version}` : `v${ar.version}, ${ar.missing.length} missing`,
-        ar.complete ? "verified" : "provisional"), criteriaList(ar.criteria));
+      const notSummed = ar.missing.length;
+      areaCell.append(badge(notSummed ? `v${ar.version}, ${notSummed} not summed` : `v${ar.version}, every site summed`,
+        notSummed ? "provisional" : "verified"), criteriaList(ar.criteria));
     } else if (row.status) {
       areaCell.append(badge("awaited", "missing"),
         el("div", { class: "small" }, `waiting for ${row.status.awaited.join(", ") || "nobody"}; deadline ${row.status.deadline}`));
@@ -156,6 +157,8 @@ async function main() {
   window.giaPortal = { ready: false };
   state.me = await api("/api/v1/me");
   document.getElementById("who").textContent = `${state.me.name} (${state.me.roles.join(", ")})`;
+  // a viewer (anonymous on the hub's own machine, say) signs in with a certifier token to download
+  document.getElementById("sign-in").hidden = state.me.roles.includes("certifier") || state.me.roles.includes("admin");
   const { areas } = await api("/api/v1/areas");
   const sel = document.getElementById("area");
   sel.replaceChildren(...areas.map((a) => el("option", { value: a.id }, a.name || a.id)));
