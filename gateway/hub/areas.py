@@ -7,8 +7,8 @@ hub feeds it what it holds: each site's authoritative (latest accepted) report o
 pinned key chain, the area's grading policy and definition, the log state and each report's leaf index.
 
 When a month's area report is built (`due`):
-* every site expected for the month (enrolled in the area before the month's deadline, not revoked before
-  the month began) has an accepted report — built at once; or
+* every site expected for the month (enrolled in the area, not revoked before the month began) has an
+  accepted report — built at once; or
 * the deadline has passed (`deadline_days` after the month's end, in the area's time zone) — built with
   the sites still without a report listed in `missing[]` ("no accepted report by the deadline ...").
 
@@ -119,14 +119,11 @@ class AreaReports:
 
     # -- who is expected, what is in --------------------------------------------------------------------
     def expected(self, conn: Connection, a: AreaRow, month: str) -> list[str]:
-        """Sites of the area enrolled before the month's deadline (a site enrolls, then sends its history)
-        and not revoked before the month began."""
+        """Sites of the area enrolled now and not revoked before the month began: a site enrolls, then
+        sends its history, and an area report built today names every enrolled site it lacks."""
         start = month_period(month, a.definition.timezone).start_ms
-        deadline = self._deadline_ms(a, month)
         rows = conn.execute(select(db.sites).where(db.sites.c.area == a.id).order_by(db.sites.c.id)).all()
-        return [
-            r.id for r in rows if r.enrolled_ms < deadline and (r.status == "enrolled" or (r.revoked_ms or 0) >= start)
-        ]
+        return [r.id for r in rows if r.status == "enrolled" or (r.revoked_ms or 0) >= start]
 
     def _inputs(self, conn: Connection, area: str, month: str) -> dict[str, tuple[str, bytes, int]]:
         """site -> (sha256, bytes, log index) of the authoritative report of every site of the area."""

@@ -141,3 +141,46 @@ def test_at_the_deadline_the_missing_are_named_and_a_late_report_makes_a_new_ver
         assert store.leaf_count() == 6  # 3 site reports + 2 versions of February + the roll-up
     finally:
         store.close()
+
+
+def test_gia_hub_area_report_pin_and_area_proof_from_the_command_line(
+    tmp_path: Path, area_sites: dict[str, SignedSite]
+) -> None:
+    import yaml
+    from typer.testing import CliRunner
+
+    from gateway.cli import build_app
+    from gateway.hub.config import load_hub_settings
+
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(yaml.safe_dump({"hub": {"data_dir": "state", "areas": [{"id": "park", **AREA_DEFINITION}]}}))
+
+    def gia(*args: str) -> tuple[int, str]:
+        r = CliRunner().invoke(build_app(), [*args, "--config", str(cfg)])
+        return r.exit_code, r.output
+
+    for s, site in area_sites.items():
+        (tmp_path / f"{s}.pem").write_bytes(site.public_pem)
+        assert gia("hub", "enroll", s, "--area", "park", "--public-key", str(tmp_path / f"{s}.pem"))[0] == 0
+    store = HubStore.open(load_hub_settings(cfg).hub)
+    try:
+        ing = Ingestor(store, max_bytes=1 << 22)
+        for s in ("p", "b"):
+            ing.submit_report(s, area_sites[s].reports["2025-03"], via="http")
+    finally:
+        store.close()
+    code, out = gia("hub", "area-report", "park", "2025-13")
+    assert code == 1 and "not a month" in out
+    # March's deadline is long past (the hub runs on today's clock): built at once, c named missing
+    code, out = gia("hub", "area-report", "park", "2025-03", "-o", str(tmp_path / "area.json"))
+    assert code == 0 and "version 1" in out, out
+    area = json.loads((tmp_path / "area.json").read_text())
+    assert [m["site"] for m in area["missing"]] == ["c"], ([s["site"] for s in area["sites"]], area["accounting"])
+    code, out = gia("hub", "log", "proof", "park", "2025-03", "--area", "-o", str(tmp_path / "proof.json"))
+    assert code == 0 and json.loads((tmp_path / "proof.json").read_text())["leaf_index"] == 2
+    code, out = gia("hub", "area-report", "park", "2025")
+    assert code == 1 and "--now" in out
+    assert gia("hub", "area-report", "park", "2025", "--now")[0] == 0
+    code, out = gia("hub", "pin", "c", "--public-key", str(tmp_path / "b.pem"), "--reason", "checked by phone")
+    assert code == 0 and "pinned key" in out
+    assert gia("hub", "pin", "nobody", "--public-key", str(tmp_path / "b.pem"), "--reason", "x")[0] == 1
