@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, func, insert, select
 
 from gateway.certification.area import (
     AreaDefinition,
@@ -39,7 +39,7 @@ from gateway.certification.area import (
 )
 from gateway.certification.exact import iso_ms
 from gateway.certification.keys import PinnedKey as TrustedKey
-from gateway.certification.periods import BadMonth, month_period, parse_month
+from gateway.certification.periods import BadMonth, month_period, parse_month, shift_month
 from gateway.certification.policy import policy_from_mapping
 from gateway.certification.signing import canonical
 from gateway.hub import db, log
@@ -125,6 +125,53 @@ class AreaReports:
         rows = conn.execute(select(db.sites).where(db.sites.c.area == a.id).order_by(db.sites.c.id)).all()
         return [r.id for r in rows if r.status == "enrolled" or (r.revoked_ms or 0) >= start]
 
+    def _shas(self, conn: Connection, area: str, month: str) -> dict[str, str]:
+        """site -> SHA-256 of its authoritative report of the month (no report bytes read)."""
+        rows = conn.execute(
+            select(db.reports.c.site, db.reports.c.sha256)
+            .join(db.sites, db.sites.c.id == db.reports.c.site)
+            .where(db.sites.c.area == area, db.reports.c.month == month, db.reports.c.status == "accepted")
+            .order_by(db.reports.c.site, db.reports.c.log_index)
+        ).all()
+        return {r.site: r.sha256 for r in rows}
+
+    @staticmethod
+    def _listed(data: bytes) -> dict[str, str]:
+        was = json.loads(data)
+        listed = {s["site"]: s["report_sha256"] for s in was.get("sites", [])}
+        listed.update({m["site"]: m["report_sha256"] for m in was.get("missing", []) if m.get("report_sha256")})
+        return listed
+
+    def needs_build(self, area: str, month: str) -> bool:
+        """Read-only: would `build_month` build now (due and never built, or a site report changed since)?"""
+        with self.store.engine.connect() as conn:
+            a = self._area(conn, area)
+            now = self.store.now_ms()
+            if month_period(month, a.definition.timezone).end_ms > now:
+                return False
+            have = self._shas(conn, area, month)
+            current = self._latest(conn, area, month)
+            if current is not None:
+                return self._listed(current.data) != have
+            expected = self.expected(conn, a, month)
+            return all(s in have for s in expected) or now >= self._deadline_ms(a, month)
+
+    def needs_year(self, area: str, year: str) -> bool:
+        """Read-only: would `build_year` build now (December in and never built, or a month changed)?"""
+        with self.store.engine.connect() as conn:
+            rows = conn.execute(
+                select(db.area_reports.c.period, db.area_reports.c.sha256)
+                .where(db.area_reports.c.area == area, db.area_reports.c.period.like(f"{year}%"))
+                .order_by(db.area_reports.c.period, db.area_reports.c.version)
+            ).all()
+        latest = {r.period: r.sha256 for r in rows}  # the last version of each period wins
+        monthly = {p: sha for p, sha in latest.items() if len(p) == 7}
+        if year not in latest:
+            return f"{year}-12" in monthly
+        current = self.latest(area, year)
+        assert current is not None
+        return {m["month"]: m["report_sha256"] for m in json.loads(current.data).get("months", [])} != monthly
+
     def _inputs(self, conn: Connection, area: str, month: str) -> dict[str, tuple[str, bytes, int]]:
         """site -> (sha256, bytes, log index) of the authoritative report of every site of the area."""
         rows = conn.execute(
@@ -175,14 +222,8 @@ class AreaReports:
             have = self._inputs(conn, area, month)
             current = self._latest(conn, area, month)
             complete = all(s in have for s in expected)
-            if current is not None:
-                was = json.loads(current.data)
-                listed = {s["site"]: s["report_sha256"] for s in was.get("sites", [])}
-                listed.update(
-                    {m["site"]: m.get("report_sha256") for m in was.get("missing", []) if m.get("report_sha256")}
-                )
-                if listed == {s: v[0] for s, v in have.items()}:
-                    return current
+            if current is not None and self._listed(current.data) == {s: v[0] for s, v in have.items()}:
+                return current
             elif not complete and not force and now < self._deadline_ms(a, month):
                 return None
             deadline = iso_ms(self._deadline_ms(a, month))
@@ -261,17 +302,22 @@ class AreaReports:
 
     # -- the loop's step --------------------------------------------------------------------------------
     def due_months(self, area: str) -> list[str]:
-        """Months with accepted reports in the area whose area report may be built or rebuilt now."""
+        """Every ended month from the area's first accepted report on (a month nobody reported gets its
+        area report at the deadline too, naming everyone missing)."""
         with self.store.engine.connect() as conn:
             a = self._area(conn, area)
-            rows = conn.execute(
-                select(db.reports.c.month)
+            first = conn.execute(
+                select(func.min(db.reports.c.month))
                 .join(db.sites, db.sites.c.id == db.reports.c.site)
                 .where(db.sites.c.area == area, db.reports.c.status == "accepted")
-                .distinct()
-            ).all()
+            ).scalar_one()
         now = self.store.now_ms()
-        return sorted(str(r[0]) for r in rows if month_period(str(r[0]), a.definition.timezone).end_ms <= now)
+        out: list[str] = []
+        month = str(first) if first is not None else None
+        while month is not None and month_period(month, a.definition.timezone).end_ms <= now and len(out) < 1200:
+            out.append(month)
+            month = shift_month(month, 1)
+        return out
 
     def step(self) -> list[Built]:
         """Build every area report that is due (and the roll-ups they complete); returns what was built."""
@@ -281,6 +327,10 @@ class AreaReports:
         for area in areas:
             years: set[str] = set()
             for month in self.due_months(area):
+                if not self.needs_build(area, month):  # cheap: no report bytes, no write lock
+                    if self.latest(area, month) is not None:
+                        years.add(month[:4])
+                    continue
                 before = self.latest(area, month)
                 b = self.build_month(area, month)
                 if b is not None and (before is None or before.sha256 != b.sha256):
@@ -288,6 +338,8 @@ class AreaReports:
                 if b is not None:
                     years.add(month[:4])
             for year in sorted(years):
+                if not self.needs_year(area, year):
+                    continue
                 before = self.latest(area, year)
                 y = self.build_year(area, year)
                 if y is not None and (before is None or before.sha256 != y.sha256):

@@ -139,6 +139,19 @@ def test_at_the_deadline_the_missing_are_named_and_a_late_report_makes_a_new_ver
         rc, out = verify(str(yd / "year.json"), "--public-key", str(yd / "hub.pem"), "--evidence", str(yd))
         assert rc == 0 and "OK area park 2025" in out, out
         assert store.leaf_count() == 6  # 3 site reports + 2 versions of February + the roll-up
+        # December's area report (built at its deadline: nobody in) completes the year: the step rolls it up
+        clock.now = ms(2025, 12, 20)
+        # March to November were reported by nobody: each built at its deadline, naming everyone missing (and
+        # the roll-up built on demand above follows as its version 2)...
+        assert [b.period for b in areas.step()] == [*(f"2025-{m:02d}" for m in range(3, 12)), "2025"]
+        clock.now = ms(2026, 1, 11)  # ...as was December (nobody in)
+        built = areas.step()
+        assert [b.period for b in built] == ["2025-12", "2025"] and not built[0].complete
+        again = built[1]
+        assert again.version == 3
+        assert [m["month"] for m in json.loads(again.data)["months"]][:2] == ["2025-02", "2025-03"]
+        assert len(json.loads(again.data)["months"]) == 11
+        assert areas.step() == []
     finally:
         store.close()
 
