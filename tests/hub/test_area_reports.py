@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -197,3 +198,26 @@ def test_gia_hub_area_report_pin_and_area_proof_from_the_command_line(
     code, out = gia("hub", "pin", "c", "--public-key", str(tmp_path / "b.pem"), "--reason", "checked by phone")
     assert code == 0 and "pinned key" in out
     assert gia("hub", "pin", "nobody", "--public-key", str(tmp_path / "b.pem"), "--reason", "x")[0] == 1
+
+
+def test_a_bad_area_definition_or_policy_in_hub_yaml_names_the_field(tmp_path: Path) -> None:
+    import pytest
+    import yaml
+
+    from gateway.hub.config import load_hub_settings
+    from gateway.settings import ConfigError
+
+    bad = [
+        ({"policy": {"min_energy_coverag": "0.9"}}, "hub.areas[0].policy: unknown policy field(s) min_energy_coverag"),
+        (
+            {"shared_generators": [{"id": "w", "site": "p", "channel": "x", "allocation": "contracted",
+                                    "shares": {"a": "0.6", "b": "0.5"}}]},
+            "shares: add up to 1.1",
+        ),
+        ({"criteria": [{"name": "renewable_share", "basis": "location", "threshold": "0.5"}]}, "criteria[0].basis"),
+    ]  # fmt: skip
+    for area, message in bad:
+        cfg = tmp_path / "hub.yaml"
+        cfg.write_text(yaml.safe_dump({"hub": {"data_dir": "state", "areas": [{"id": "park", **area}]}}))
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_hub_settings(cfg)
