@@ -11,7 +11,7 @@ DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketi
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: demo test check bench venv deps-system clean
+.PHONY: demo demo-area test check bench venv deps-system clean
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ venv: $(VENV)/.installed
 
 demo: venv
 	$(VENV)/bin/gia demo $(DEMO_ARGS)
+
+# Three simulated sites of one area and their hub (portal on 127.0.0.1:8090); state in ./gia-demo-area/.
+demo-area: venv
+	$(VENV)/bin/gia demo --area --http 127.0.0.1:8090 $(DEMO_ARGS)
 
 # Installs the real servers the tests talk to (Debian packages) when they are missing.
 deps-system:

@@ -53,12 +53,23 @@ def register(app: typer.Typer) -> None:
         influx: Annotated[str | None, typer.Option(help="also write to this InfluxDB 1.x, http://HOST:8086/DB")] = None,
         directory: Annotated[Path, typer.Option("--dir", help="where the demo keeps its state")] = Path("gia-demo"),
         log_format: LogFormatOpt = "text",
+        area: Annotated[
+            bool,
+            typer.Option(
+                "--area",
+                help="three simulated sites (demo-a, demo-b, demo-c) and an area hub on SQLite; --http is the hub's"
+                " portal; state in ./gia-demo-area/",
+            ),
+        ] = False,
     ) -> None:
         """A simulated site (site id 'demo') plus the agent on embedded defaults; state in ./gia-demo/."""
         from gateway.demo import DemoOptions, run_demo
         from gateway.runtime.logs import setup_logging
 
         setup_logging(level="info", fmt=log_format)
+        if area:
+            _area_demo(directory, http, speed, backfill, mqtt, influx)
+            return
         opts = DemoOptions(
             directory=directory, http=http, speed=speed, backfill_days=backfill, mqtt=mqtt, influx=influx
         )
@@ -68,6 +79,22 @@ def register(app: typer.Typer) -> None:
             asyncio.run(run_demo(opts))
         except (OSError, GiaError) as exc:
             typer.echo(f"demo: {exc}", err=True)
+            raise typer.Exit(1) from None
+
+    def _area_demo(
+        directory: Path, http: str, speed: float, backfill: float, mqtt: str | None, influx: str | None
+    ) -> None:
+        from drivers.errors import GiaError
+        from gateway.demo_area import AreaDemoOptions, run_area_demo
+
+        if mqtt or influx:
+            typer.echo("demo --area: --mqtt and --influx are for the single-site demo", err=True)
+            raise typer.Exit(2)
+        d = Path("gia-demo-area") if directory == Path("gia-demo") else directory
+        try:
+            asyncio.run(run_area_demo(AreaDemoOptions(directory=d, http=http, speed=speed, backfill_days=backfill)))
+        except (OSError, GiaError, RuntimeError) as exc:
+            typer.echo(f"demo --area: {exc}", err=True)
             raise typer.Exit(1) from None
 
     @app.command("backup")

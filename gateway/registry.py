@@ -12,10 +12,11 @@ from gateway.certification.room import ROOM as CERTIFICATION
 from gateway.control.room import ROOM as CONTROL
 from gateway.devices.room import ROOM as DEVICES
 from gateway.forecasts.runner import ROOM as FORECASTING
+from gateway.hubpush.room import ROOM as HUB
 from gateway.ledger.room import ROOM as LEDGER
 from gateway.rooms import Room
 from gateway.runtime.room import ROOM as RUNTIME
 from gateway.sinks.influx.room import ROOM as INFLUXDB
 from gateway.sinks.mqtt.room import ROOM as MQTT
 
-ROOMS: tuple[Room, ...] = (LEDGER, DEVICES, INFLUXDB, MQTT, CERTIFICATION, FORECASTING, CONTROL, HTTP, RUNTIME)
+ROOMS: tuple[Room, ...] = (LEDGER, DEVICES, INFLUXDB, MQTT, CERTIFICATION, HUB, FORECASTING, CONTROL, HTTP, RUNTIME)

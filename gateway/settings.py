@@ -630,6 +630,15 @@ class Config:
     path: Path | None = None
 
 
+def _registered_rooms() -> Sequence[Room]:
+    """The registry's rooms, so a room's own section (one added with its folder and a registry line, such
+    as `hub:`) is accepted by every command. Imported when a file is loaded: the registry imports the
+    rooms, which import this module."""
+    from gateway.registry import ROOMS
+
+    return ROOMS
+
+
 def settings_class(rooms: Sequence[Room] = ()) -> type[Settings]:
     """`Settings` plus a section for each room whose section it does not declare already.
 
@@ -743,7 +752,7 @@ def _load(
     secrets_dir = os.environ.get("GIA_SECRETS_DIR") or os.environ.get("CREDENTIALS_DIRECTORY")
     raw_problems = _check_devices_raw(raw, base)
     try:
-        model = settings_class(rooms)
+        model = settings_class(rooms or _registered_rooms())
         settings = model(**raw, _secrets_dir=secrets_dir)
     except ValidationError as exc:
         schema_problems = _problems_from_validation(exc, model)

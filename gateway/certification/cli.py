@@ -126,7 +126,12 @@ def verify(
     policy: Annotated[Path | None, typer.Option(help="your grading policy (JSON); default the scheme's")] = None,
     evidence_dir: Annotated[Path | None, typer.Option("--evidence", help="evidence bundle directory or zip")] = None,
     previous: Annotated[Path | None, typer.Option(help="the previous month's report")] = None,
-    log_head: Annotated[Path | None, typer.Option(help="a hub's signed log head (hub tools)")] = None,
+    log_head: Annotated[
+        Path | None,
+        typer.Option(help="an area hub's signed tree head, or its inclusion proof file (which embeds the head)"),
+    ] = None,
+    log_proof: Annotated[Path | None, typer.Option(help="the inclusion proof, when --log-head is a bare head")] = None,
+    hub_key: Annotated[Path | None, typer.Option(help="the area hub's public key you pinned (PEM)")] = None,
 ) -> None:
     """Verify a report offline against pinned keys: exit 0 valid, 1 invalid (failed rules), 2 unusable."""
     from gateway.certification.verify import verify_paths
@@ -140,6 +145,8 @@ def verify(
             evidence=evidence_dir,
             previous=previous,
             log_head=log_head,
+            log_proof=log_proof,
+            hub_key=hub_key,
         )
     )
 

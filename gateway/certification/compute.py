@@ -122,9 +122,16 @@ class Params:
     replacement_late_after_h: int = 48
     latitude: str | None = None
     longitude: str | None = None
+    #: Each channel's energy per hour (`channels[].hourly_wh`): what an area hub needs to split a shared
+    #: generator hour by hour and to match renewable supply hourly across sites. Opt-in, and absent from
+    #: `method` when off, so reports made without it keep their bytes.
+    hourly_profiles: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        out = {f: getattr(self, f) for f in self.__dataclass_fields__}
+        if not self.hourly_profiles:
+            del out["hourly_profiles"]
+        return out
 
     @staticmethod
     def from_json(d: dict[str, Any]) -> Params:
@@ -923,6 +930,9 @@ def compute_channel(
             "last_ts": iso_ms(used.ts[-1]) if len(used) else None,
         },
     }
+    if p.hourly_profiles:
+        per_hour = max(1, 3600 // p.interval_s)
+        out["hourly_wh"] = [sum(interval_wh[k : k + per_hour]) for k in range(0, len(interval_wh), per_hour)]
     g = grade_channel(out, p.policy())
     out["grade"] = g.total
     out["interval_grade"] = g.intervals

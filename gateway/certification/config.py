@@ -157,6 +157,11 @@ class CertificationConfig(BaseModel):
     reports_dir: str | None = Field(
         default=None, description="where closed-month reports are copied; default <data_dir>/reports"
     )
+    hourly_profiles: bool = Field(
+        default=False,
+        description="put each channel's energy per hour into the report (channels[].hourly_wh): an area hub"
+        " needs it to split a shared generator hourly and to match renewable supply hour by hour",
+    )
 
     @field_validator(
         "renewable_share_threshold",

@@ -194,6 +194,7 @@ class ReportService:
             replacement_late_after_h=c.replacement_late_after_h,
             latitude=str(loc.latitude) if loc is not None else None,
             longitude=str(loc.longitude) if loc is not None else None,
+            hourly_profiles=c.hourly_profiles,
         )
 
     # -- public interface -------------------------------------------------------------------------

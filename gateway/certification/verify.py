@@ -342,6 +342,17 @@ def _check_internal(out: Outcome, report: dict[str, Any]) -> None:
                 "energy_split",
                 f"{ch['id']}: energy_wh {ch['energy_wh']} != measured + interpolated + estimated {parts}",
             )
+        if "hourly_wh" in ch:  # the hourly profile must add up to the total (each hour is rechecked with evidence)
+            hourly = ch["hourly_wh"]
+            if not isinstance(hourly, list) or any(not isinstance(x, int) or isinstance(x, bool) for x in hourly):
+                out.fail("hourly_profile", f"{ch['id']}: hourly_wh is not a list of integers")
+            elif sum(hourly) != ch["energy_wh"]:
+                out.fail(
+                    "hourly_profile", f"{ch['id']}: hourly_wh adds up to {sum(hourly)}, energy_wh is {ch['energy_wh']}"
+                )
+        if bool(report["method"].get("hourly_profiles")) != ("hourly_wh" in ch):
+            out.fail("hourly_profile", f"{ch['id']}: hourly_wh present {'hourly_wh' in ch} but method.hourly_profiles"
+                     f" {report['method'].get('hourly_profiles')}")  # fmt: skip
         g = grade_channel(ch, own)
         out.compare(f"channel.{ch['id']}.grade", ch["grade"], g.total)
         out.compare(f"channel.{ch['id']}.interval_grade", ch.get("interval_grade"), g.intervals)
@@ -881,7 +892,15 @@ def run(argv: Sequence[str] | None = None, *, stdout: Any = None) -> int:
     ap.add_argument("--policy", type=Path, default=None, help="the certifier's grading policy (JSON or YAML)")
     ap.add_argument("--evidence", type=Path, default=None, help="evidence bundle directory or zip")
     ap.add_argument("--previous", type=Path, default=None, help="the previous month's report")
-    ap.add_argument("--log-head", type=Path, default=None, help="a hub's signed log head (checked by the hub tools)")
+    ap.add_argument(
+        "--log-head",
+        type=Path,
+        default=None,
+        help="an area hub's signed tree head, or its inclusion proof file (gia hub log proof), which embeds the head:"
+        " checks that the report is in the hub's transparency log",
+    )
+    ap.add_argument("--log-proof", type=Path, default=None, help="the inclusion proof, when --log-head is a bare head")
+    ap.add_argument("--hub-key", type=Path, default=None, help="the area hub's public key you pinned (PEM)")
     args = ap.parse_args(argv)
     return verify_paths(
         args.report,
@@ -891,6 +910,8 @@ def run(argv: Sequence[str] | None = None, *, stdout: Any = None) -> int:
         evidence=args.evidence,
         previous=args.previous,
         log_head=args.log_head,
+        log_proof=args.log_proof,
+        hub_key=args.hub_key,
         stdout=stdout,
     )
 
@@ -904,6 +925,8 @@ def verify_paths(
     policy: Path | None = None,
     previous: Path | None = None,
     log_head: Path | None = None,
+    log_proof: Path | None = None,
+    hub_key: Path | None = None,
     stdout: Any = None,
 ) -> int:
     w = stdout or sys.stdout
@@ -914,19 +937,18 @@ def verify_paths(
         pol = chosen or Policy()
         trusted = load_trusted_keys(trusted_keys) if trusted_keys is not None else []
         key = load_public_pem(public_key.read_bytes()) if public_key is not None else None
+        log = _load_log(log_head, log_proof, hub_key) if log_head is not None else None
         if head.get("schema") == "gia-area-report/1":
             from gateway.certification.area import verify_area_paths
 
-            return verify_area_paths(report, evidence, public_key=key, trusted=trusted, policy=chosen, stdout=w)
+            rc = verify_area_paths(report, evidence, public_key=key, trusted=trusted, policy=chosen, stdout=w)
+            return _check_log(data, log, rc, w)
         if key is None and not trusted:
             print(
                 "unusable input: no trusted key: pass --public-key PINNED.pem or --trusted-keys FILE (the keys you"
                 " pinned out of band; a key shipped with the report or bundle is never trusted)",
                 file=w,
             )
-            return 2
-        if log_head is not None:
-            print("unusable input: --log-head is checked by the area hub's tools, not by this verifier", file=w)
             return 2
         files = bundle.load_bundle(evidence) if evidence is not None else None
         prev = previous.read_bytes() if previous is not None else None
@@ -946,9 +968,47 @@ def verify_paths(
             + (f" (report says {outcome.declared_grade})" if outcome.declared_grade != outcome.policy_grade else ""),
             file=w,
         )
-        return 0
+        return _check_log(data, log, 0, w)
     print(f"INVALID: {len(outcome.failures)} rule(s) failed", file=w)
-    return 1
+    return _check_log(data, log, 1, w)
+
+
+def _load_log(
+    log_head: Path, log_proof: Path | None, hub_key: Path | None
+) -> tuple[dict[str, Any], dict[str, Any], Ed25519PublicKey]:
+    """(tree head, inclusion proof, hub key) for `--log-head`; raises Unusable with what is missing."""
+    from gateway.certification.logproof import load_log_files
+
+    if hub_key is None:
+        raise Unusable("--log-head needs --hub-key HUB.pem: the area hub's public key you pinned (gia hub keys export)")
+    hub = load_public_pem(hub_key.read_bytes())
+    try:
+        head, proof = load_log_files(log_head.read_bytes(), log_proof.read_bytes() if log_proof is not None else None)
+    except ValueError as exc:
+        raise Unusable(str(exc)) from None
+    return head, proof, hub
+
+
+def _check_log(
+    data: bytes, log: tuple[dict[str, Any], dict[str, Any], Ed25519PublicKey] | None, rc: int, w: Any
+) -> int:
+    """With `--log-head`: the report (its exact bytes) must be in the hub's log under the signed head."""
+    if log is None or rc == 2:
+        return rc
+    from gateway.certification.logproof import check_report_inclusion
+
+    head, proof, hub = log
+    problems = check_report_inclusion(data, proof, head, hub)
+    for p in problems:
+        print(f"FAIL log.inclusion: {p}", file=w)
+    if problems:
+        return 1
+    print(
+        f"OK log: included at leaf {proof['leaf_index']} of the hub's log (tree size {head['tree_size']}, root"
+        f" {head['root']}), tree head signed by hub key {key_id(hub)}",
+        file=w,
+    )
+    return rc
 
 
 if __name__ == "__main__":

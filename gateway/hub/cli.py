@@ -1,4 +1,5 @@
-"""`gia hub ...`: run the area hub and administer it (enroll, revoke, sites, quarantine, keys, log).
+"""`gia hub ...`: run the area hub and administer it (enroll, pin, revoke, sites, quarantine, area-report,
+keys, log).
 
 Every command reads the hub's config (`--config FILE`, default ./hub.yaml then /etc/gia/hub.yaml) and
 talks to its database directly, so an operator can enroll a site while the hub runs (the database's
@@ -114,6 +115,75 @@ def enroll(
         typer.echo(f"push token (shown once; the hub keeps only its hash): {done.token}")
 
 
+def pin(
+    site: Annotated[str, typer.Argument(help="the enrolled site id")],
+    public_key: Annotated[Path, typer.Option("--public-key", help="the site's new public key PEM (gia keys export)")],
+    reason: Annotated[str, typer.Option("--reason", help="why, and how the fingerprint was checked")],
+    config: ConfigOpt = None,
+) -> None:
+    """Pin a new key for a site whose old key was lost (its transition was not signed by a trusted key)."""
+    from gateway.hub.store import HubError
+
+    try:
+        pem = public_key.read_bytes()
+    except OSError as exc:
+        typer.echo(f"error: {public_key}: {exc.strerror}", err=True)
+        raise typer.Exit(2) from None
+    store = _store(config)
+    try:
+        kid = store.pin_key(site, pem, reason)
+    except HubError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    typer.echo(f"pinned key {kid} for {site}; check it against the site's 'gia keys show' out of band")
+
+
+def area_report(
+    area: Annotated[str, typer.Argument(help="the area id")],
+    period: Annotated[str, typer.Argument(help="YYYY-MM (a month) or YYYY (the yearly roll-up)")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="write the signed area report here")] = None,
+    now: Annotated[
+        bool, typer.Option("--now", help="build it now, listing the sites still awaited, instead of at the deadline")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Build (when due) or fetch the signed area report; it is appended to the transparency log."""
+    from gateway.hub.areas import AreaReports
+    from gateway.hub.store import HubError
+
+    store = _store(config)
+    try:
+        reports = AreaReports(store)
+        if len(period) == 4:
+            built = reports.build_year(area, period, force=now)
+            status = None
+        else:
+            built = reports.build_month(area, period, force=now)
+            status = reports.status(area, period) if built is None else None
+    except HubError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    finally:
+        store.close()
+    if built is None:
+        if status is not None:
+            typer.echo(
+                f"not due yet: waiting for {', '.join(status['awaited']) or 'the month to end'} until the deadline"
+                f" {status['deadline']}; --now builds it with them listed as missing",
+                err=True,
+            )
+        else:
+            typer.echo("no area report: no monthly area report of that year yet (--now builds what exists)", err=True)
+        raise typer.Exit(1)
+    if output is not None:
+        output.write_bytes(built.data)
+        typer.echo(f"wrote {output}: version {built.version}, log leaf {built.log_index}, sha256 {built.sha256}")
+    else:
+        typer.echo(built.data.decode())
+
+
 def revoke(
     site: Annotated[str, typer.Argument(help="the site id")],
     reason: Annotated[str, typer.Option("--reason", help="why (kept with the site)")] = "",
@@ -195,17 +265,19 @@ def log_head(config: ConfigOpt = None) -> None:
 
 
 def log_proof(
-    site: Annotated[str, typer.Argument(help="the site id")],
-    month: Annotated[str, typer.Argument(help="YYYY-MM")],
+    site: Annotated[str, typer.Argument(help="the site id (the area id with --area)")],
+    month: Annotated[str, typer.Argument(help="YYYY-MM (with --area also YYYY)")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="write the proof here")] = None,
+    area: Annotated[bool, typer.Option("--area", help="the proof of the area report of AREA for the period")] = False,
     config: ConfigOpt = None,
 ) -> None:
-    """The inclusion proof of a site's report for a month, with the signed tree head it is against."""
+    """The inclusion proof of a site's report for a month (or an area report), with the signed tree head it
+    is against: `gia verify REPORT --log-head PROOF --hub-key HUB.pem` checks it offline."""
     from gateway.hub.store import HubError
 
     store = _store(config)
     try:
-        proof = store.inclusion_proof(site, month)
+        proof = store.area_inclusion_proof(site, month) if area else store.inclusion_proof(site, month)
     except HubError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -224,6 +296,8 @@ def register(app: typer.Typer) -> None:
     hub = typer.Typer(help="the area hub: enrolled sites, verified reports, the transparency log", no_args_is_help=True)
     hub.command("run")(run)
     hub.command("enroll")(enroll)
+    hub.command("pin")(pin)
+    hub.command("area-report")(area_report)
     hub.command("revoke")(revoke)
     hub.command("sites")(sites)
     hub.command("quarantine")(quarantine)

@@ -9,7 +9,12 @@
       areas:
         - id: zemgale
           name: Zemgale green industrial area
-          policy: {min_energy_coverage: "0.99", max_estimated_share: "0.01"}
+          policy: {min_energy_coverage: "0.99", max_estimated_share: "0.01"}   # certification Policy fields
+          shared_generators:
+            - {id: kaigu-wind, site: laflora, channel: wind.generation, allocation: hourly_pro_rata}
+          criteria:
+            - {name: renewable_share, basis: market, threshold: "0.5"}
+            - {name: co2_intensity, basis: location, threshold: "250"}
 
 The database password never sits in the URL (it would end up in logs and process lists): a URL that
 carries one is refused with the fix; give it as `database.password_file` or `GIA_HUB__DATABASE__PASSWORD`.
@@ -19,48 +24,105 @@ Problems come back as the agent's `ConfigError` (one line per problem: path, wha
 from __future__ import annotations
 
 import os
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from gateway.settings import ConfigError, HttpConfig, MqttConfig, Problem, _problems_from_validation
+from gateway.settings import (
+    ConfigError,
+    HttpConfig,
+    MqttConfig,
+    Problem,
+    Role,
+    _problems_from_validation,
+    _secret,
+)
+
+if TYPE_CHECKING:
+    from gateway.certification.policy import Policy
 
 DEFAULT_HUB_CONFIG_PATHS = (Path("hub.yaml"), Path("/etc/gia/hub.yaml"))
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
-def _decimal(v: str, what: str) -> str:
-    try:
-        d = Decimal(v)
-    except InvalidOperation:
-        raise ValueError(f"{what} {v!r} is not a decimal string such as '0.99'") from None
-    if not Decimal(0) <= d <= Decimal(1):
-        raise ValueError(f"{what} {v!r} must be between 0 and 1")
-    return v
-
-
-class GradingPolicy(BaseModel):
-    """The area's grading thresholds: the area sets them, not the site (a site may only be stricter)."""
+class SharedGeneratorConfig(BaseModel):
+    """A generator several sites of the area share (a wind park with its producer as one user)."""
 
     model_config = ConfigDict(extra="forbid")
-    min_energy_coverage: str = Field(default="0.99", description="verified needs measured/total >= this")
-    max_estimated_share: str = Field(default="0.01", description="verified needs estimated/total <= this")
+    id: str = Field(pattern=ID_PATTERN, description="the generator's id, e.g. 'kaigu-wind'")
+    site: str = Field(description="the site whose reports meter it")
+    channel: str = Field(description="its channel id in that site's reports, e.g. 'wind.generation'")
+    allocation: Literal["contracted", "hourly_pro_rata"] = Field(
+        description="contracted: fixed shares of the output; hourly_pro_rata: each hour's output split in"
+        " proportion to the participants' consumption that hour"
+    )
+    shares: dict[str, str] = Field(default_factory=dict, description="contracted: site -> share ('0.3'); sum <= 1")
+    participants: list[str] = Field(
+        default_factory=list, description="hourly_pro_rata: the sites sharing it (default: every site of the area)"
+    )
 
-    @field_validator("min_energy_coverage", "max_estimated_share")
-    @classmethod
-    def _dec(cls, v: str) -> str:
-        return _decimal(v, "threshold")
+
+class CriterionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Literal["renewable_share", "co2_intensity", "verified_consumption_share", "data_completeness"]
+    basis: str | None = Field(
+        default=None,
+        description="renewable_share: physical | market | hourly; co2_intensity: location | market (kg/MWh)",
+    )
+    threshold: str = Field(description="a decimal string: a minimum (shares), a maximum (co2_intensity, kg/MWh)")
 
 
 class AreaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     id: str = Field(pattern=ID_PATTERN, description="lowercase area id, e.g. 'zemgale'")
     name: str = Field(default="", description="a human-readable area name")
-    policy: GradingPolicy = Field(default_factory=GradingPolicy, description="the area's grading thresholds")
+    policy: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the area's grading policy: fields of gateway.certification.policy.Policy (default: the"
+        " scheme's published defaults); the area sets the thresholds, not the site",
+    )
+    timezone: str = Field(default="Europe/Riga", description="the area's civil months (deadlines, area reports)")
+    shared_generators: list[SharedGeneratorConfig] = Field(default_factory=list)
+    criteria: list[CriterionConfig] = Field(default_factory=list, description="the area's criteria set")
+    deadline_days: int = Field(
+        default=10,
+        ge=0,
+        le=366,
+        description="the monthly area report is built once every site is in, or this"
+        " many days after the month's end naming the sites missing",
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from gateway.certification.policy import policy_from_mapping
+
+        policy_from_mapping(v)  # raises PolicyError (a ValueError) naming the field
+        return v
+
+    @model_validator(mode="after")
+    def _definition(self) -> AreaConfig:
+        from gateway.certification.area import definition_from_mapping
+
+        definition_from_mapping(self.definition_json())  # raises AreaError (a ValueError) naming the problem
+        return self
+
+    def grading_policy(self) -> Policy:
+        from gateway.certification.policy import policy_from_mapping
+
+        return policy_from_mapping({"name": f"area {self.id} policy", **self.policy})
+
+    def definition_json(self) -> dict[str, Any]:
+        """What the area's reports embed and a verifier recomputes with (`certification.area`)."""
+        return {
+            "shared_generators": [g.model_dump() for g in self.shared_generators],
+            "criteria": [c.model_dump() for c in self.criteria],
+            "deadline_days": self.deadline_days,
+            "timezone": self.timezone,
+        }
 
 
 class DatabaseConfig(BaseModel):
@@ -99,10 +161,37 @@ class DatabaseConfig(BaseModel):
         return None
 
 
+class HubToken(BaseModel):
+    """A portal/API token: roles (viewer, certifier, admin) scoped to areas, as the gateway's are to sites."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="who holds the token (shown in logs instead of the token)")
+    token: SecretStr | None = Field(default=None, description="the bearer token; at least 32 characters")
+    token_file: Path | None = Field(default=None, description="file holding the token")
+    roles: list[Role] = Field(min_length=1, description="viewer, certifier and/or admin")
+    areas: list[str] = Field(default_factory=lambda: ["*"], description="area ids this token may read, or '*'")
+
+    @model_validator(mode="after")
+    def _has_token(self) -> HubToken:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("set exactly one of 'token' or 'token_file'")
+        if self.token is not None and len(self.token.get_secret_value()) < 32:
+            raise ValueError("token too short (< 32 characters); generate one: openssl rand -hex 32")
+        return self
+
+    def value(self) -> str:
+        v = _secret(self.token, self.token_file)
+        assert v is not None
+        return v
+
+
 class HubHttpConfig(HttpConfig):
-    """As the agent's `http:` section, on another default port, with a request body limit."""
+    """As the agent's `http:` section, on another default port, with a request body limit and tokens
+    scoped to areas (`anonymous_viewer_on_loopback` lets the portal be viewed from the hub's machine)."""
 
     listen: str = Field(default="127.0.0.1:8090", description="HOST:PORT to serve the hub API on")
+    tokens: list[HubToken] = Field(default_factory=list, description="bearer tokens with roles, scoped to areas")  # type: ignore[assignment]
     max_body_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="larger requests are refused (413)"
     )
@@ -120,6 +209,12 @@ class HubConfig(BaseModel):
     areas: list[AreaConfig] = Field(default_factory=list, description="the industrial areas this hub serves")
     max_report_bytes: int = Field(
         default=2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="larger reports are refused"
+    )
+    max_evidence_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, le=2 * 1024 * 1024 * 1024, description="larger evidence zips are refused"
+    )
+    area_check_s: float = Field(
+        default=60.0, gt=0, le=3600, description="how often due area reports are looked for (also after each report)"
     )
 
     @field_validator("database", mode="before")
@@ -174,6 +269,7 @@ def _check_files(s: HubSettings) -> list[Problem]:
         ("hub.http.tls_cert_file", h.http.tls_cert_file),
         ("hub.http.tls_key_file", h.http.tls_key_file),
     ]
+    files += [(f"hub.http.tokens[{i}].token_file", t.token_file) for i, t in enumerate(h.http.tokens)]
     if h.database is not None:
         files.append(("hub.database.password_file", h.database.password_file))
     if h.mqtt is not None:
@@ -206,6 +302,10 @@ def load_hub_settings(path: Path | None = None) -> HubSettings:
         rel = hub["database"].removeprefix("sqlite:///")
         if rel and not os.path.isabs(rel):
             hub["database"] = f"sqlite:///{base / rel}"
+    http = hub.get("http") if isinstance(hub, dict) else None
+    for t in http.get("tokens", []) if isinstance(http, dict) and isinstance(http.get("tokens"), list) else []:
+        if isinstance(t, dict) and isinstance(t.get("token_file"), str) and not os.path.isabs(t["token_file"]):
+            t["token_file"] = str(base / t["token_file"])
     secrets_dir = os.environ.get("GIA_SECRETS_DIR") or os.environ.get("CREDENTIALS_DIRECTORY")
     try:
         settings = HubSettings(**raw, _secrets_dir=secrets_dir)

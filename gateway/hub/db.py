@@ -51,7 +51,7 @@ from gateway.hub.config import DatabaseConfig
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 #: The advisory lock key (any 64-bit constant): "GIAHUB\0\1".
 LOCK_KEY: Final = 0x4749414855420001
 
@@ -75,6 +75,8 @@ areas = Table(
     Column("name", Text, nullable=False, default=""),
     Column("policy", Text, nullable=False),  # canonical JSON of the grading policy in force
     Column("updated_ms", Ms, nullable=False),
+    # schema 2: canonical JSON of the area definition (shared generators, criteria, deadline)
+    Column("definition", Text, nullable=False, server_default="{}"),
 )
 
 sites = Table(
@@ -192,6 +194,86 @@ receipts = Table(
 )
 
 
+# -- schema 2 --------------------------------------------------------------------------------------
+# Key transitions the hub followed (the site's events chain event ids): a report whose events head lies
+# after one must be signed by its new key.
+key_transitions = Table(
+    "key_transitions",
+    metadata,
+    Column("site", String(63), ForeignKey("sites.id"), primary_key=True),
+    Column("event_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("new_key_id", String(64), nullable=False),
+    Column("old_key_id", String(64), nullable=True),
+    Column("sha256", String(64), nullable=False),  # of the canonical {event_id, statement, signatures}
+    Column("detail", LargeBinary, nullable=False),
+    Column("log_index", BigInteger, ForeignKey("log_leaves.idx"), nullable=True),
+    Column("received_ms", Ms, nullable=False),
+)
+
+# Every metering channel belongs to one site: the first accepted report claiming a meter (normalised
+# serial + register) makes its site the owner; another site's report claiming it is rejected.
+channel_owners = Table(
+    "channel_owners",
+    metadata,
+    Column("channel_key", String(255), primary_key=True),
+    Column("site", String(63), ForeignKey("sites.id"), nullable=False),
+    Column("channel", String(255), nullable=False),
+    Column("first_month", String(7), nullable=False),
+    Column("report_sha256", String(64), nullable=False),
+)
+
+# Signed area reports: monthly (`period` YYYY-MM) and yearly roll-ups (`period` YYYY); a newer version of
+# the same period names the one it replaces (`reissue_of`).
+area_reports = Table(
+    "area_reports",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("area", String(63), ForeignKey("areas.id"), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("raw", LargeBinary, nullable=False),
+    Column("complete", Boolean, nullable=False),  # every enrolled site was in (else built at the deadline)
+    Column("reissue_of", String(64), nullable=True),
+    Column("log_index", BigInteger, ForeignKey("log_leaves.idx"), nullable=False),
+    Column("created_ms", Ms, nullable=False),
+    UniqueConstraint("area", "period", "version", name="area_reports_area_period_version"),
+)
+
+# Evidence bundles pushed with a report (zip), checked on arrival.
+evidence = Table(
+    "evidence",
+    metadata,
+    Column("site", String(63), ForeignKey("sites.id"), primary_key=True),
+    Column("report_sha256", String(64), primary_key=True),
+    Column("month", String(7), nullable=False),
+    Column("zip", LargeBinary, nullable=False),
+    Column("status", String(16), nullable=False),  # verified | failed
+    Column("reasons", Text, nullable=False),
+    Column("received_ms", Ms, nullable=False),
+)
+
+# What the hub refused without a decision of its own to show (replays, oversize payloads): counted per
+# (site, kind, sha256) so a retained message re-read on every reconnect is one row, not thousands.
+incidents = Table(
+    "incidents",
+    metadata,
+    Column("id", Id, primary_key=True, autoincrement=True),
+    Column("site", String(255), nullable=False),
+    Column("month", String(16), nullable=True),
+    Column("kind", String(32), nullable=False),  # replay | too_large
+    Column("sha256", String(64), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("count", BigInteger, nullable=False),
+    Column("first_ms", Ms, nullable=False),
+    Column("last_ms", Ms, nullable=False),
+    UniqueConstraint("site", "kind", "sha256", name="incidents_site_kind_sha"),
+)
+
+V1_TABLES: Final = (hub_meta, areas, sites, site_keys, log_leaves, reports, conflicts, quarantine, tree_heads, receipts)
+V2_TABLES: Final = (key_transitions, channel_owners, area_reports, evidence, incidents)
+
+
 class DatabaseError(Exception):
     """The database is unusable (newer schema, unreachable at start): the message names the fix."""
 
@@ -259,12 +341,21 @@ def write_transaction(engine: Engine) -> Iterator[Connection]:
 
 # -- migrations --------------------------------------------------------------------------------------
 def _v1(conn: Connection) -> None:
-    """The first schema: every table above as of release 1."""
-    metadata.create_all(conn)
+    """The first schema: the tables of release 1 (`areas` as defined now; `_v2` adds its later column)."""
+    metadata.create_all(conn, tables=list(V1_TABLES))
+
+
+def _v2(conn: Connection) -> None:
+    """Key transitions followed, channel owners, area reports, evidence, incidents; areas.definition."""
+    from sqlalchemy import inspect
+
+    if "definition" not in {c["name"] for c in inspect(conn).get_columns("areas")}:
+        conn.execute(text("ALTER TABLE areas ADD COLUMN definition TEXT NOT NULL DEFAULT '{}'"))
+    metadata.create_all(conn, tables=list(V2_TABLES))
 
 
 #: MIGRATIONS[n] brings schema n to n + 1 (index 0: from nothing). Append, never edit.
-MIGRATIONS: Final[list[Callable[[Connection], None]]] = [_v1]
+MIGRATIONS: Final[list[Callable[[Connection], None]]] = [_v1, _v2]
 
 
 def schema_version(conn: Connection) -> int:

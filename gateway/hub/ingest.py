@@ -8,12 +8,21 @@ The decision, in order (each step's outcome is final):
    URL names another site than the report, `unknown_site`, `revoked_site`, `unpinned_key`,
    `bad_signature`): kept and listed, never counted, and no receipt in the site's name (a forged
    report must not overwrite the genuine site's receipt);
-4. verified with the adapter (`verifier.verify_site_report`: pinned key, previous-report chain, the
-   area's policy) -> `rejected` with reasons, or
+4. verified with the adapter (`verifier.verify_site_report`: the pinned key chain and the key in force
+   after the transitions the hub followed, the previous-report chain, the area's policy) -> `rejected`
+   with reasons; a report claiming a meter another site owns is rejected too (`channel:`), or
 5. the first accepted report of a site-month wins: a different one is a `conflict` unless it is a
    valid reissue (`reissue_of` = the SHA-256 of the report that counts now);
 6. accepted -> appended to the log (leaf `site_report`), a new signed tree head;
 7. a signed receipt (accepted / rejected with reasons, log index) stored for the MQTT outbox.
+
+The previous-report link: month M names the report of M-1 it followed. When M-1 was reissued after M
+was built (the reissue accepted before or after M arrives), M still names the version it saw: any
+accepted version of M-1 is a valid link, and continuity is checked against that version.
+
+Key transitions (`submit_key_transition`): the site's announcement is checked by the adapter; each
+transition signed by a key the hub trusts is followed (its key pinned, the statement logged), one that
+is not is quarantined (`key_transition`) for an operator to pin the new key out of band.
 
 Everything from step 2 on runs inside `db.write_transaction`, so concurrent submissions (threads, or
 hub replicas sharing a database) are decided one at a time and a crash leaves either all of it or none.
@@ -29,10 +38,11 @@ from typing import Any, Final, Literal
 
 from sqlalchemy import Connection, insert, select
 
+from gateway.certification.area import channel_key
 from gateway.certification.periods import shift_month
 from gateway.hub import db, log
 from gateway.hub.store import HubStore
-from gateway.hub.verifier import Identity, Malformed, identify, verify_key_transition, verify_site_report
+from gateway.hub.verifier import Identity, Malformed, follow_transitions, identify, verify_site_report
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +113,8 @@ class Ingestor:
                 db.reports.c.site == site, db.reports.c.month == month, db.reports.c.sha256 == sha
             )
         ).first()
-        if row is not None:  # a replay: the decision stands, nothing changes
+        if row is not None:  # a replay: the decision stands, nothing changes (it is counted, to be seen)
+            s.record_incident(conn, site=site, month=month, kind="replay", sha256=sha, detail=f"again via {via}")
             receipt = s.stored_receipt(conn, site, month, sha)
             was: Status = "accepted" if row.status == "accepted" else "rejected"
             return Outcome(was, site, month, sha, json.loads(row.reasons), row.log_index, receipt, replay=True)
@@ -117,15 +128,19 @@ class Ingestor:
             return self._quarantine(
                 conn, site, month, sha, data, via, "unpinned_key", f"signed by key {key_id}, not pinned for {site!r}"
             )
-        previous = self._authoritative(conn, site, shift_month(month, -1))
         verdict = verify_site_report(
             data,
             pinned=pinned,
-            previous=previous[1] if previous is not None else None,
+            previous=self._previous(conn, site, month, ident.previous_sha256),
             policy=s.area_policy(conn, site_row.area),
+            transitions=s.known_transitions(conn, site),
         )
         if not verdict.signature_ok:
             return self._quarantine(conn, site, month, sha, data, via, "bad_signature", "; ".join(verdict.reasons))
+        channels = self._channel_keys(site, data)
+        if verdict.ok:
+            verdict.reasons += s.channel_conflicts(conn, site, channels)
+            verdict.ok = not verdict.reasons
         reasons = verdict.reasons[:MAX_REASONS]
         status: Status = "accepted" if verdict.ok else "rejected"
         db_status: str = status
@@ -140,6 +155,7 @@ class Ingestor:
         if status == "accepted":
             log_index, head = s.append_leaf(conn, "site_report", log.site_report_leaf(site, month, sha))
             tree_size = int(head["tree_size"])
+            s.claim_channels(conn, site, month, sha, channels)
         conn.execute(
             insert(db.reports).values(
                 site=site,
@@ -181,6 +197,35 @@ class Ingestor:
         )
         logger.info("report %s %s from %s: %s%s", site, month, via, status, f" ({reasons[0]})" if reasons else "")
         return Outcome(status, site, month, sha, reasons, log_index, receipt)
+
+    @staticmethod
+    def _channel_keys(site: str, data: bytes) -> list[tuple[str, str]]:
+        """(meter key, channel id) of every serialised channel of a verified report."""
+        doc = json.loads(data)
+        out = []
+        for ch in doc.get("channels", []):
+            key = channel_key(site, ch)
+            if key is not None:
+                out.append((key[:255], str(ch.get("id"))[:255]))
+        return out
+
+    def _previous(self, conn: Connection, site: str, month: str, named: str | None) -> bytes | None:
+        """The report of the previous month to check the chain against: the accepted version `named` (a
+        report built before M-1 was reissued names the version it followed), else the one counting now."""
+        prev = shift_month(month, -1)
+        if named is not None:
+            row = conn.execute(
+                select(db.reports.c.raw).where(
+                    db.reports.c.site == site,
+                    db.reports.c.month == prev,
+                    db.reports.c.sha256 == named,
+                    db.reports.c.status == "accepted",
+                )
+            ).first()
+            if row is not None:
+                return bytes(row.raw)
+        found = self._authoritative(conn, site, prev)
+        return found[1] if found is not None else None
 
     def _authoritative(self, conn: Connection, site: str, month: str) -> tuple[str, bytes] | None:
         """(sha256, bytes) of the report that counts for a site-month: the last accepted one."""
@@ -226,16 +271,128 @@ class Ingestor:
         logger.warning("quarantined a submission for %r via %s: %s: %s", claimed, via, kind, reason[:200])
         return Outcome("quarantined", claimed, month, sha, [reason], quarantine_kind=kind)
 
+    def note_too_large(self, claimed_site: str, size: int, *, via: Via) -> None:
+        """Count a payload refused for its size (nothing of it is kept): visible on the portal."""
+        digest = hashlib.sha256(f"too_large:{via}".encode()).hexdigest()
+        with db.write_transaction(self.store.engine) as conn:
+            self.store.record_incident(
+                conn, site=claimed_site, month=None, kind="too_large", sha256=digest,
+                detail=f"a {size}-byte payload via {via} refused (limit {self.max_bytes})",
+            )  # fmt: skip
+
+    # -- evidence -------------------------------------------------------------------------------------
+    def submit_evidence(self, site: str, month: str, data: bytes, *, max_unpacked: int) -> Outcome:
+        """An evidence bundle (zip) for a report the hub holds: recomputed from its readings and events with
+        the certification verifier under the area's policy; stored with the result (`verified` / `failed`).
+        The recomputation runs outside the write lock (it reads a month of readings); only the result is
+        written under it."""
+        import io
+        import zipfile
+
+        from gateway.certification import bundle
+        from gateway.certification.verify import verify_report
+
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                infos = z.infolist()
+                if sum(i.file_size for i in infos) > max_unpacked:
+                    return Outcome("refused", site, month, sha, [f"evidence unpacks to more than {max_unpacked} bytes"])
+                files: dict[str, bytes] = {}
+                for info in infos:
+                    parts = info.filename.split("/")
+                    key = "/".join(parts[-2:]) if len(parts) >= 2 and parts[-2] == bundle.REPLACED_DIR else parts[-1]
+                    files[key] = z.read(info)
+        except (zipfile.BadZipFile, ValueError, OSError) as exc:
+            return Outcome("refused", site, month, sha, [f"not a zip evidence bundle ({exc})"])
+        report = files.get(bundle.REPORT)
+        if report is None or bundle.READINGS not in files:
+            return Outcome("refused", site, month, sha, [f"the bundle lacks {bundle.REPORT} or {bundle.READINGS}"])
+        report_sha = hashlib.sha256(report).hexdigest()
+        s = self.store
+        with s.engine.connect() as conn:
+            row = conn.execute(
+                select(db.reports.c.status, db.reports.c.month).where(
+                    db.reports.c.site == site, db.reports.c.sha256 == report_sha
+                )
+            ).first()
+            if row is None or row.month != month:
+                return Outcome(
+                    "refused",
+                    site,
+                    month,
+                    sha,
+                    [f"no report {report_sha} of {site} for {month} at the hub: push it first"],
+                )
+            site_row = s.site_row(conn, site)
+            policy = s.area_policy(conn, site_row.area)
+            trusted = s.pinned_keys(conn, site)
+        from gateway.certification.keys import PinnedKey as TrustedKey
+
+        try:
+            outcome = verify_report(
+                report,
+                trusted=[TrustedKey(k.key_id, k.public_key(), site) for k in trusted],
+                evidence=files,
+                policy=policy,
+            )
+            reasons = [f"{f.rule}: {f.message}" for f in outcome.failures][:MAX_REASONS]
+        except Exception as exc:  # an unusable bundle is a refusal of the bundle, not of the hub
+            reasons = [f"unusable: {type(exc).__name__}: {str(exc)[:300]}"]
+        status = "verified" if not reasons else "failed"
+        with db.write_transaction(s.engine) as conn:
+            have = conn.execute(
+                select(db.evidence.c.status).where(
+                    db.evidence.c.site == site, db.evidence.c.report_sha256 == report_sha
+                )
+            ).first()
+            if have is None:
+                conn.execute(
+                    insert(db.evidence).values(
+                        site=site,
+                        report_sha256=report_sha,
+                        month=month,
+                        zip=data,
+                        status=status,
+                        reasons=json.dumps(reasons),
+                        received_ms=s.now_ms(),
+                    )
+                )
+        logger.info("evidence for %s %s (%s): %s", site, month, report_sha[:16], status)
+        return Outcome("accepted" if status == "verified" else "rejected", site, month, report_sha, reasons)
+
     # -- key transitions ------------------------------------------------------------------------------
     def submit_key_transition(self, claimed_site: str, data: bytes, *, via: Via) -> Outcome:
-        """Through the adapter; until #14 fixes the statement format every transition is quarantined."""
+        """The site's key-transition announcement (`{site, transitions: [...]}`): transitions signed by a key
+        the hub trusts are followed; anything else is quarantined (`key_transition`) and listed."""
         sha = hashlib.sha256(data).hexdigest()
         if len(data) > self.max_bytes:
             return Outcome("refused", claimed_site, None, sha, [f"statement of {len(data)} bytes > {self.max_bytes}"])
-        with db.write_transaction(self.store.engine) as conn:
-            verdict = verify_key_transition(data, pinned=self.store.pinned_keys(conn, claimed_site))
-            if not verdict.ok:
+        s = self.store
+        with db.write_transaction(s.engine) as conn:
+            site_row = s.site_row(conn, claimed_site)
+            if site_row is None or site_row.status != "enrolled":
+                kind = "unknown_site" if site_row is None else "revoked_site"
                 return self._quarantine(
-                    conn, claimed_site, None, sha, data, via, "key_transition", "; ".join(verdict.reasons)
+                    conn, claimed_site, None, sha, data, via, kind, f"site {claimed_site!r} is {kind}"
                 )
-            raise NotImplementedError("following key transitions arrives with #14")
+            try:
+                verdict = follow_transitions(
+                    data,
+                    site=claimed_site,
+                    pinned=s.pinned_keys(conn, claimed_site),
+                    known=s.transition_digests(conn, claimed_site),
+                )
+            except Malformed as exc:
+                return self._quarantine(conn, claimed_site, None, sha, data, via, "malformed", str(exc))
+            last = None
+            for t, pem, detail in verdict.followed:
+                last = s.record_transition(conn, claimed_site, t, pem, detail)
+                logger.info("site %s: key %s in force from event %d", claimed_site, t.new_key_id[:16], t.event_id)
+            if verdict.problems:
+                out = self._quarantine(
+                    conn, claimed_site, None, sha, data, via, "key_transition", "; ".join(verdict.problems)[:2000]
+                )
+                out.log_index = last
+                return out
+            return Outcome("accepted", claimed_site, None, sha, [], last, replay=not verdict.followed)

@@ -19,10 +19,11 @@ aiomqtt is used only through `async with`; its errors end the connection and the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, TypeVar
 from urllib.parse import urlsplit
 
 import aiomqtt
@@ -37,7 +38,9 @@ from gateway.sinks.mqtt.topics import Topics
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 RECEIPT_POLL_S: Final = 5.0
+DRAIN_S: Final = 30.0
 MAX_QUEUED: Final = 1000
 
 
@@ -88,6 +91,25 @@ def _transient(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
+class Inflight:
+    """Database work running on worker threads. A thread cannot be cancelled: when the hub stops, `drain`
+    waits for what is still running, so no connection is left open behind a closed store."""
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Future[Any]] = set()
+
+    async def run(self, fn: Callable[..., T], /, *args: Any, **kw: Any) -> T:
+        fut: asyncio.Future[T] = asyncio.ensure_future(asyncio.to_thread(fn, *args, **kw))
+        self._running.add(fut)
+        fut.add_done_callback(self._running.discard)
+        return await asyncio.shield(fut)
+
+    async def drain(self) -> None:
+        """Wait (at most DRAIN_S) for the database work still running."""
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=DRAIN_S)
+
+
 class HubMqtt:
     def __init__(
         self,
@@ -96,6 +118,7 @@ class HubMqtt:
         *,
         client_id: str,
         on_decided: Callable[[Outcome], None] | None = None,
+        inflight: Inflight | None = None,
     ) -> None:
         self.cfg = cfg
         self.ingestor = ingestor
@@ -104,6 +127,7 @@ class HubMqtt:
         self.health = MqttHealth()
         self.receipts_due = asyncio.Event()
         self._on_decided = on_decided
+        self.inflight = inflight or Inflight()
 
     def _client(self) -> aiomqtt.Client:
         parts = urlsplit(self.cfg.url)
@@ -166,6 +190,8 @@ class HubMqtt:
                 log.warning(
                     "refused a %d-byte message on %s (limit %d)", len(data), message.topic, self.ingestor.max_bytes
                 )
+                with contextlib.suppress(Exception):  # only a count: a database outage must not stop the loop
+                    await self.inflight.run(self.ingestor.note_too_large, site, len(data), via="mqtt")
                 continue
             outcome = await self._decide(site, kind, data)
             self.health.decided += 1
@@ -179,7 +205,7 @@ class HubMqtt:
         backoff = Backoff(initial_s=0.2, max_s=5.0)
         while True:
             try:
-                return await asyncio.to_thread(fn, site, data, via="mqtt")
+                return await self.inflight.run(fn, site, data, via="mqtt")
             except Exception as exc:
                 if not _transient(exc):
                     # A bug, not an outage: retrying would loop on this message at every reconnect.
@@ -196,7 +222,7 @@ class HubMqtt:
         while True:
             self.receipts_due.clear()  # before reading: a receipt stored from now on sets it again
             try:
-                due = await asyncio.to_thread(store.unpublished_receipts, 100)
+                due = await self.inflight.run(store.unpublished_receipts, 100)
             except Exception as exc:
                 if not _transient(exc):
                     raise
@@ -205,7 +231,7 @@ class HubMqtt:
                 await client.publish(self.topics.receipt(site, month), body, qos=1, retain=retain)
             if due:
                 try:
-                    await asyncio.to_thread(store.mark_published, [d[0] for d in due])
+                    await self.inflight.run(store.mark_published, [d[0] for d in due])
                     self.health.receipts_published += len(due)
                 except Exception as exc:
                     if not _transient(exc):

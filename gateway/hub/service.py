@@ -1,22 +1,26 @@
 """`Hub`: the area hub's composition root — the store, the ingestor and the hub's parts under the
 gateway's `Supervisor` (each restarted with backoff on failure; their states are `/healthz`).
 
-Parts: `hub-mqtt` (subscriptions and the receipt outbox; when `hub.mqtt` is set) and `hub-http`
-(the API; when `hub.http.enabled`). Nothing global: two hubs can run in one process (tests do).
+Parts: `hub-mqtt` (subscriptions and the receipt outbox; when `hub.mqtt` is set), `hub-http` (the push
+API and the certifier portal; when `hub.http.enabled`) and `hub-areas` (builds the area reports that are
+due: after each accepted report and every `area_check_s`). Nothing global: two hubs can run in one
+process (tests do).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 import time
 from typing import Any
 
 from gateway import __version__
-from gateway.hub.api import create_hub_app
+from gateway.hub.api import create_hub_app, hub_authenticator
+from gateway.hub.areas import AreaReports
 from gateway.hub.config import HubSettings
-from gateway.hub.ingest import Ingestor
-from gateway.hub.mqtt import HubMqtt
+from gateway.hub.ingest import Ingestor, Outcome
+from gateway.hub.mqtt import HubMqtt, Inflight, _transient
 from gateway.hub.store import HubStore
 from gateway.rooms import Part
 from gateway.runtime.http import HttpServer
@@ -32,6 +36,9 @@ class Hub:
         self._own_store = store is None
         self.store = store if store is not None else HubStore.open(self.cfg)
         self.ingestor = Ingestor(self.store, max_bytes=self.cfg.max_report_bytes)
+        self.areas = AreaReports(self.store)
+        self.areas_due = asyncio.Event()
+        self.inflight = Inflight()
         self.supervisor = Supervisor()
         self.started = time.monotonic()
         self.mqtt: HubMqtt | None = None
@@ -40,6 +47,8 @@ class Hub:
                 self.cfg.mqtt,
                 self.ingestor,
                 client_id=self.cfg.mqtt.client_id or f"gia-hub-{socket.gethostname()}",
+                on_decided=self._decided,
+                inflight=self.inflight,
             )
         self.http_server: HttpServer | None = None
         self._stopping = False
@@ -51,7 +60,29 @@ class Hub:
             out.append(Part("hub-mqtt", self.mqtt.run, max_backoff_s=10.0))
         if self.cfg.http.enabled:
             out.append(Part("hub-http", self._serve_http, max_backoff_s=10.0))
+        out.append(Part("hub-areas", self._build_areas, max_backoff_s=30.0))
         return out
+
+    def _decided(self, outcome: Outcome) -> None:
+        if outcome.status == "accepted" and not outcome.replay:
+            self.areas_due.set()
+
+    async def _build_areas(self) -> None:
+        """Build the area reports that are due (every area_check_s, and soon after an accepted report)."""
+        while True:
+            self.areas_due.clear()
+            try:
+                await self.inflight.run(self.areas.step)
+            except Exception as exc:
+                if not _transient(exc):
+                    raise
+                log.warning("area reports: database unavailable (%s); retrying", type(exc).__name__)
+            try:
+                async with asyncio.timeout(self.cfg.area_check_s):
+                    await self.areas_due.wait()
+                await asyncio.sleep(1.0)  # let a burst of reports land before building
+            except TimeoutError:
+                pass
 
     def health(self) -> dict[str, Any]:
         reasons: list[str] = []
@@ -91,12 +122,21 @@ class Hub:
         }
 
     def app(self) -> Any:
+        receipts = self.mqtt.receipts_due.set if self.mqtt is not None else (lambda: None)
+
+        def on_receipt() -> None:
+            receipts()
+            self.areas_due.set()
+
         return create_hub_app(
             self.store,
             self.ingestor,
             health=self.health,
             max_body_bytes=self.cfg.http.max_body_bytes,
-            on_receipt=self.mqtt.receipts_due.set if self.mqtt is not None else (lambda: None),
+            on_receipt=on_receipt,
+            auth=hub_authenticator(self.cfg.http),
+            areas=self.areas,
+            max_evidence_bytes=self.cfg.max_evidence_bytes,
         )
 
     async def _serve_http(self) -> None:
@@ -118,5 +158,6 @@ class Hub:
         try:
             await self.supervisor.run()
         finally:
+            await self.inflight.drain()
             if self._own_store:
                 self.store.close()

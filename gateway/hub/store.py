@@ -24,10 +24,11 @@ from typing import Any, Final
 from sqlalchemy import Connection, Engine, func, insert, select, update
 
 from gateway.certification.exact import iso_ms
+from gateway.certification.policy import Policy, policy_from_mapping
 from gateway.certification.signing import KeyFileError, KeyStore, canonical, key_id, load_public_pem
 from gateway.hub import db, log
 from gateway.hub.config import AreaConfig, HubConfig
-from gateway.hub.verifier import PinnedKey, Policy
+from gateway.hub.verifier import KnownTransition, PinnedKey
 
 HUB_KEY_FILE: Final = "hub-ed25519.pem"
 RECEIPT_SCHEMA: Final = "gia-hub-receipt/1"
@@ -72,8 +73,8 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def policy_json(policy: Any) -> str:
-    return canonical(policy.model_dump()).decode()
+def policy_json(policy: Policy) -> str:
+    return canonical(policy.to_json()).decode()
 
 
 class HubStore:
@@ -106,21 +107,31 @@ class HubStore:
         with db.write_transaction(self.engine) as conn:
             have = {r.id: r for r in conn.execute(select(db.areas))}
             for a in areas:
-                pol = policy_json(a.policy)
+                pol = policy_json(a.grading_policy())
+                definition = canonical(a.definition_json()).decode()
                 row = have.get(a.id)
+                values = {"name": a.name, "policy": pol, "definition": definition, "updated_ms": self.now_ms()}
                 if row is None:
-                    conn.execute(insert(db.areas).values(id=a.id, name=a.name, policy=pol, updated_ms=self.now_ms()))
-                elif row.policy != pol or row.name != a.name:
-                    conn.execute(
-                        update(db.areas)
-                        .where(db.areas.c.id == a.id)
-                        .values(name=a.name, policy=pol, updated_ms=self.now_ms())
-                    )
+                    conn.execute(insert(db.areas).values(id=a.id, **values))
+                elif (row.policy, row.name, row.definition) != (pol, a.name, definition):
+                    conn.execute(update(db.areas).where(db.areas.c.id == a.id).values(**values))
 
     def area_policy(self, conn: Connection, area: str) -> Policy:
+        """The area's grading policy (the certification `Policy`; the scheme's defaults for an unknown area)."""
         row = conn.execute(select(db.areas.c.policy).where(db.areas.c.id == area)).first()
-        data = json.loads(row[0]) if row is not None else {}
-        return Policy(**data)
+        return policy_from_mapping(json.loads(row[0])) if row is not None else Policy()
+
+    def areas(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [
+                {
+                    "id": r.id,
+                    "name": r.name,
+                    "policy": json.loads(r.policy),
+                    "definition": json.loads(r.definition or "{}"),
+                }
+                for r in conn.execute(select(db.areas).order_by(db.areas.c.id))
+            ]
 
     def enroll(self, site: str, area: str, public_pem: bytes) -> Enrolled:
         try:
@@ -173,6 +184,186 @@ class HubStore:
             .order_by(db.site_keys.c.position)
         )
         return [PinnedKey(r.key_id, r.public_pem.encode()) for r in rows]
+
+    def known_transitions(self, conn: Connection, site: str) -> list[KnownTransition]:
+        rows = conn.execute(
+            select(db.key_transitions.c.event_id, db.key_transitions.c.new_key_id, db.key_transitions.c.old_key_id)
+            .where(db.key_transitions.c.site == site)
+            .order_by(db.key_transitions.c.event_id)
+        )
+        return [KnownTransition(int(r.event_id), r.new_key_id, r.old_key_id) for r in rows]
+
+    def transition_digests(self, conn: Connection, site: str) -> dict[int, str]:
+        rows = conn.execute(
+            select(db.key_transitions.c.event_id, db.key_transitions.c.sha256).where(db.key_transitions.c.site == site)
+        )
+        return {int(r.event_id): r.sha256 for r in rows}
+
+    def record_transition(self, conn: Connection, site: str, t: KnownTransition, new_pem: bytes, detail: bytes) -> int:
+        """Follow one transition (in the caller's write transaction): its new key joins the pinned chain
+        (unless pinned already), the statement is kept and logged. Returns its leaf index."""
+        digest = hashlib.sha256(detail).hexdigest()
+        index, _head = self.append_leaf(conn, "key_transition", log.key_transition_leaf(site, digest))
+        now = self.now_ms()
+        conn.execute(
+            insert(db.key_transitions).values(
+                site=site,
+                event_id=t.event_id,
+                new_key_id=t.new_key_id,
+                old_key_id=t.old_key_id,
+                sha256=digest,
+                detail=detail,
+                log_index=index,
+                received_ms=now,
+            )
+        )
+        if t.new_key_id not in {k.key_id for k in self.pinned_keys(conn, site)}:
+            position = conn.execute(
+                select(func.coalesce(func.max(db.site_keys.c.position), -1) + 1).where(db.site_keys.c.site == site)
+            ).scalar_one()
+            conn.execute(
+                insert(db.site_keys).values(
+                    site=site,
+                    position=int(position),
+                    key_id=t.new_key_id,
+                    public_pem=new_pem.decode(),
+                    pinned_ms=now,
+                    via="transition",
+                    statement=detail,
+                    log_index=index,
+                )
+            )
+        return index
+
+    def pin_key(self, site: str, public_pem: bytes, reason: str) -> str:
+        """Pin another key for an enrolled site, out of band (its old key was lost: the transition it
+        announced was not signed by a key the hub trusts). The site's quarantined announcements are then
+        followed again: the transition that introduced this key becomes the point from which it is the
+        key in force. Returns the key id."""
+        try:
+            kid = key_id(load_public_pem(public_pem))
+        except KeyFileError as exc:
+            raise HubError(f"public key: {exc}") from None
+        if not reason.strip():
+            raise HubError("pinning a key needs a reason (--reason TEXT): certifiers read it")
+        with db.write_transaction(self.engine) as conn:
+            row = self.site_row(conn, site)
+            if row is None or row.status != "enrolled":
+                raise HubError(f"site {site!r} is not enrolled")
+            if kid in {k.key_id for k in self.pinned_keys(conn, site)}:
+                return kid
+            position = conn.execute(
+                select(func.coalesce(func.max(db.site_keys.c.position), -1) + 1).where(db.site_keys.c.site == site)
+            ).scalar_one()
+            conn.execute(
+                insert(db.site_keys).values(
+                    site=site,
+                    position=int(position),
+                    key_id=kid,
+                    public_pem=public_pem.decode(),
+                    pinned_ms=self.now_ms(),
+                    via="pin",
+                    statement=json.dumps({"reason": reason}).encode(),
+                )
+            )
+            self._refollow(conn, site)
+        return kid
+
+    def _refollow(self, conn: Connection, site: str) -> None:
+        from gateway.hub.verifier import Malformed, follow_transitions
+
+        rows = conn.execute(
+            select(db.quarantine.c.raw)
+            .where(db.quarantine.c.claimed_site == site, db.quarantine.c.kind == "key_transition")
+            .order_by(db.quarantine.c.id)
+        ).all()
+        for r in rows:
+            try:
+                verdict = follow_transitions(
+                    bytes(r.raw),
+                    site=site,
+                    pinned=self.pinned_keys(conn, site),
+                    known=self.transition_digests(conn, site),
+                )
+            except Malformed:
+                continue
+            for t, pem, detail in verdict.followed:
+                self.record_transition(conn, site, t, pem, detail)
+
+    # -- channels, incidents ----------------------------------------------------------------------------
+    def channel_conflicts(self, conn: Connection, site: str, keys: Sequence[tuple[str, str]]) -> list[str]:
+        """Reasons for every (channel key, channel id) another site already owns."""
+        if not keys:
+            return []
+        rows = conn.execute(
+            select(db.channel_owners).where(db.channel_owners.c.channel_key.in_([k for k, _ in keys]))
+        ).all()
+        owned = {r.channel_key: r for r in rows if r.site != site}
+        return [
+            f"channel: {cid} ({k}) belongs to site {owned[k].site!r} (its channel {owned[k].channel}, first in"
+            f" {owned[k].first_month}): a meter is counted in one site only"
+            for k, cid in keys
+            if k in owned
+        ]
+
+    def claim_channels(
+        self, conn: Connection, site: str, month: str, sha256: str, keys: Sequence[tuple[str, str]]
+    ) -> None:
+        have = {
+            r[0]
+            for r in conn.execute(
+                select(db.channel_owners.c.channel_key).where(db.channel_owners.c.channel_key.in_([k for k, _ in keys]))
+            )
+        }
+        for k, cid in keys:
+            if k not in have:
+                conn.execute(
+                    insert(db.channel_owners).values(
+                        channel_key=k, site=site, channel=cid, first_month=month, report_sha256=sha256
+                    )
+                )
+
+    def record_incident(
+        self, conn: Connection, *, site: str, month: str | None, kind: str, sha256: str, detail: str
+    ) -> None:
+        """Count a refusal that changes nothing else (a replay, an oversize payload): one row per
+        (site, kind, payload), its count and last time moving."""
+        site = site[:255]
+        now = self.now_ms()
+        row = conn.execute(
+            select(db.incidents.c.id).where(
+                db.incidents.c.site == site, db.incidents.c.kind == kind, db.incidents.c.sha256 == sha256
+            )
+        ).first()
+        if row is None:
+            conn.execute(
+                insert(db.incidents).values(
+                    site=site, month=month, kind=kind, sha256=sha256, detail=detail[:2000], count=1,
+                    first_ms=now, last_ms=now,
+                )
+            )  # fmt: skip
+        else:
+            conn.execute(
+                update(db.incidents)
+                .where(db.incidents.c.id == row.id)
+                .values(count=db.incidents.c.count + 1, last_ms=now)
+            )
+
+    def incidents(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return [
+                {
+                    "site": r.site,
+                    "month": r.month,
+                    "kind": r.kind,
+                    "sha256": r.sha256,
+                    "detail": r.detail,
+                    "count": int(r._mapping["count"]),
+                    "first_at": iso_ms(r.first_ms),
+                    "last_at": iso_ms(r.last_ms),
+                }
+                for r in conn.execute(select(db.incidents).order_by(db.incidents.c.id))
+            ]
 
     def site_for_token(self, token: str) -> str | None:
         """The enrolled site a push token belongs to, or None. Only SHA-256 hashes of tokens are stored,
@@ -299,9 +490,11 @@ class HubStore:
         with self.engine.connect() as conn:
             return int(conn.execute(select(func.count()).select_from(db.log_leaves)).scalar_one())
 
-    def inclusion_proof(self, site: str, month: str, *, sha256: str | None = None) -> dict[str, Any]:
+    def inclusion_proof(
+        self, site: str, month: str, *, sha256: str | None = None, tree_size: int | None = None
+    ) -> dict[str, Any]:
         """The authoritative (latest accepted) report of a site-month, its leaf and audit path under the
-        latest tree head. Raises HubError when there is none."""
+        latest tree head (or the head of `tree_size`). Raises HubError when there is none."""
         with self.engine.connect() as conn:
             q = select(db.reports.c.sha256, db.reports.c.log_index).where(
                 db.reports.c.site == site, db.reports.c.month == month, db.reports.c.status == "accepted"
@@ -311,17 +504,37 @@ class HubStore:
             row = conn.execute(q.order_by(db.reports.c.log_index.desc()).limit(1)).first()
             if row is None:
                 raise HubError(f"no accepted report of site {site!r} for {month} in the log")
-            head_row = conn.execute(
-                select(db.tree_heads.c.head).order_by(db.tree_heads.c.tree_size.desc()).limit(1)
+            return {"site": site, "month": month, **self._proof(conn, row.sha256, int(row.log_index), tree_size)}
+
+    def area_inclusion_proof(self, area: str, period: str, *, tree_size: int | None = None) -> dict[str, Any]:
+        """The latest area report of a period (YYYY-MM or YYYY), its leaf and audit path."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(db.area_reports.c.sha256, db.area_reports.c.log_index)
+                .where(db.area_reports.c.area == area, db.area_reports.c.period == period)
+                .order_by(db.area_reports.c.version.desc())
+                .limit(1)
             ).first()
-            assert head_row is not None
-            head = json.loads(head_row[0])
-            hashes = self._leaf_hashes(conn)[: head["tree_size"]]
-        index = int(row.log_index)
+            if row is None:
+                raise HubError(f"no area report of area {area!r} for {period} in the log")
+            return {"area": area, "period": period, **self._proof(conn, row.sha256, int(row.log_index), tree_size)}
+
+    def _proof(self, conn: Connection, sha: str, index: int, tree_size: int | None) -> dict[str, Any]:
+        q = select(db.tree_heads.c.head)
+        q = (
+            q.where(db.tree_heads.c.tree_size == tree_size)
+            if tree_size is not None
+            else q.order_by(db.tree_heads.c.tree_size.desc()).limit(1)
+        )
+        head_row = conn.execute(q).first()
+        if head_row is None:
+            raise HubError(f"the hub signed no tree head of size {tree_size}")
+        head = json.loads(head_row[0])
+        hashes = self._leaf_hashes(conn)[: head["tree_size"]]
+        if index >= len(hashes):
+            raise HubError(f"leaf {index} is not in the tree of size {len(hashes)}")
         return {
-            "site": site,
-            "month": month,
-            "report_sha256": row.sha256,
+            "report_sha256": sha,
             "leaf_index": index,
             "tree_size": len(hashes),
             "leaf_hash": hashes[index].hex(),

@@ -60,6 +60,23 @@ README_LINES: list[tuple[str, str]] = [
     (r"gia meter-replacement .*", "tests/certification/test_area_cli.py::test_cli_meter_replacement_and_area_report"),
     (r"gia forecast backtest .*", "tests/forecasting/test_cli_backtest.py::test_backtest_json_on_a_generated_csv"),
     (r"gia forecast train .*", "tests/forecasting/test_cli_backtest.py::test_train_and_show"),
+    (
+        r"make demo-area DEMO_ARGS=\"--backfill 62\"",
+        "tests/hub/test_portal_browser.py::test_the_demo_builds_and_verifies_the_last_closed_months_area_report"
+        " (gia demo --area --backfill 62, what the target runs)",
+    ),
+    (
+        r"gia hub enroll .*",
+        "tests/hub/test_cli_config.py::test_enroll_sites_log_proof_and_revoke_from_the_command_line",
+    ),
+    (
+        r"gia hub area-report .*",
+        "tests/hub/test_area_reports.py::test_gia_hub_area_report_pin_and_area_proof_from_the_command_line",
+    ),
+    (
+        r"gia verify area\.json .* --log-head .* --hub-key .*",
+        "tests/hub/test_area_reports.py::test_area_report_when_every_site_is_in_adds_up_and_verifies_offline",
+    ),
 ]
 
 

@@ -163,7 +163,7 @@ async def test_connection_refused_is_transient_with_backoff() -> None:
         drv = ModbusDriver(device_id="m", register_map=load_map("eastron-sdm630"), bus=bus, unit_id=1)
         with pytest.raises(TransientError, match="cannot connect"):
             await drv.read(TS)
-        with pytest.raises(TransientError, match="cannot connect .* next attempt in"):
+        with pytest.raises(TransientError, match=r"cannot connect .* next attempt in"):
             await drv.read(TS)
 
 

@@ -100,32 +100,45 @@ def test_second_different_report_for_a_month_is_a_conflict_unless_a_reissue(stor
 
 def lenient(mill: SignedSite, month: str) -> bytes:
     """The site chose its own lenient threshold (coverage 0.9): 5 % of the energy not measured, still
-    'verified' by its own rules, internally consistent and validly signed (issue #14, case 7)."""
+    'verified' by its own rules, internally consistent (its quality block recomputed as the gateway would,
+    the lenient threshold listed in `lenient_vs_scheme`) and validly signed (issue #14, case 7)."""
+    from gateway.certification.policy import grade_channel, policy_of_method
+    from gateway.certification.report import report_quality
+
     doc = json.loads(mill.reports[month])
+    doc["method"]["min_energy_coverage"] = "0.9"
     ch = doc["channels"][0]
     moved = ch["energy_wh"] // 20
     ch["measured_wh"] -= moved
     ch["interpolated_wh"] += moved
     ch["coverage"]["energy"] = "0.950000"
-    doc["method"]["min_energy_coverage"] = "0.9"
-    doc["quality"]["thresholds"]["min_energy_coverage"] = "0.9"
+    g = grade_channel(ch, policy_of_method(doc["method"]))
+    ch["grade"], ch["interval_grade"], ch["reasons"] = g.total, g.intervals, g.reasons
+    doc["quality"] = report_quality(
+        doc["channels"], indicators=doc["indicators"], complete=doc["period"]["complete"], method=doc["method"]
+    )
+    assert doc["quality"]["grade"] == "verified" and doc["quality"]["lenient_vs_scheme"]
     return json.dumps(mill.keys.sign_report(doc)).encode()
 
 
 def test_grade_better_than_the_area_policy_is_rejected(store: HubStore, mill: SignedSite) -> None:
     """The area, not the site, sets the thresholds: the same report is refused under the area's 0.99."""
-    from gateway.hub.config import AreaConfig, GradingPolicy
-    from gateway.hub.verifier import PinnedKey, Policy, verify_site_report
+    from gateway.certification.policy import Policy
+    from gateway.hub.config import AreaConfig
+    from gateway.hub.verifier import PinnedKey, verify_site_report
 
     report = lenient(mill, "2025-02")
     pinned = [PinnedKey(json.loads(report)["signature"]["key_id"], mill.public_pem)]
-    # by the site's own rules the report is consistent: only the area's policy refuses it
-    assert verify_site_report(report, pinned=pinned, previous=None, policy=Policy(min_energy_coverage="0.9")).ok
-    store.sync_areas([AreaConfig(id="strict", policy=GradingPolicy(min_energy_coverage="0.99"))])
+    # by a policy as lenient as the site's the report is fine: only the area's policy refuses it
+    verdict = verify_site_report(report, pinned=pinned, previous=None, policy=Policy(min_energy_coverage="0.9"))
+    assert verdict.ok and verdict.grade == "verified", verdict.reasons
+    store.sync_areas([AreaConfig(id="strict", policy={"min_energy_coverage": "0.99"})])
     store.enroll("mill", "strict", mill.public_pem)
     out = ingest(store).submit_report("mill", report, via="mqtt")
     assert out.status == "rejected"
-    assert any(r.startswith("policy:") and "'provisional'" in r for r in out.reasons), out.reasons
+    assert any(r.startswith("policy.grade:") and "gives provisional" in r for r in out.reasons), out.reasons
+    with store.engine.connect() as conn:
+        assert store.area_policy(conn, "strict").name == "area strict policy"
 
 
 def test_previous_report_chain_is_checked(store: HubStore, mill: SignedSite) -> None:
@@ -181,12 +194,7 @@ def test_two_hubs_sharing_one_database_append_one_at_a_time(
         for s in sites:
             store.enroll(s, "zemgale", mill.public_pem)
 
-        def report(site: str) -> bytes:
-            doc = json.loads(mill.reports["2025-02"])
-            doc["site"]["id"] = site
-            return json.dumps(mill.keys.sign_report(doc)).encode()
-
-        payloads = [report(s) for s in sites]
+        payloads = [mill.as_site(s, "2025-02") for s in sites]
         a, b = ingest(store), ingest(other)
         with ThreadPoolExecutor(4) as pool:
             futs = [
