@@ -12,8 +12,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
-
 from gateway.certification.service import ReportService
 from gateway.certification.signing import KeyStore, public_pem
 from gateway.certification.sitekeys import rotate_site_key
