@@ -40,6 +40,7 @@ from forecasting.config import ForecastingConfig
 from gateway.certification.config import CertificationConfig
 from gateway.control.config import ControlConfig
 from gateway.flexibility.config import FlexibilityConfig
+from gateway.hubpush.config import HubPushConfig
 
 if TYPE_CHECKING:
     from gateway.rooms import Room
@@ -302,6 +303,9 @@ class Settings(BaseSettings):
     forecasting: ForecastingConfig = Field(default_factory=ForecastingConfig)
     flexibility: FlexibilityConfig = Field(default_factory=FlexibilityConfig)
     control: ControlConfig = Field(default_factory=ControlConfig, description="acting on the plan (off by default)")
+    hub: HubPushConfig | None = Field(
+        default=None, description="push reports and key transitions to the area hub over HTTPS; omit to disable"
+    )
     certification: CertificationConfig = Field(default_factory=CertificationConfig)
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info")
 

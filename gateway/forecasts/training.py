@@ -64,6 +64,14 @@ class ProcessTrainer:
     """`forecasting.service.Trainer` that runs each training in `python -m gateway.forecasts.training`."""
 
     def __init__(self, settings: Settings, channels: Sequence[Any]) -> None:
+        # A room added at run time extends the settings with a class made on the fly (settings_class), which
+        # pickle cannot name: the child gets the built-in model, which holds everything forecasting reads.
+        from gateway.settings import Settings as BaseModelOfSettings
+
+        if type(settings) is not BaseModelOfSettings:
+            settings = BaseModelOfSettings.model_construct(
+                **{k: getattr(settings, k) for k in BaseModelOfSettings.model_fields}
+            )
         self._payload = pickle.dumps((settings, list(channels)))
         self._lock = threading.Lock()
         self._running: set[subprocess.Popen[bytes]] = set()

@@ -179,3 +179,20 @@ async def test_a_sink_added_as_a_room_gets_every_reading_and_shows_in_health(tmp
     assert seqs == list(range(1, len(seqs) + 1)), "every committed reading once, in order"
     assert all(len({(e.device, e.ts_ms) for e in p.entries}) == 1 for p in received), "a poll arrives whole"
     assert {p.device for p in received} == set(MAPS)
+
+
+def test_settings_extended_by_a_room_still_reach_the_training_child(tmp_path: Path) -> None:
+    """The class `settings_class` makes for a room's section cannot be pickled by name; the training child
+    must still get the settings (it failed with a PicklingError once the hub room's section was dynamic)."""
+    import pickle
+
+    from gateway.forecasts.training import ProcessTrainer
+
+    rooms = (*ROOMS, dummy_room([]))
+    path = tmp_path / "gia.yaml"
+    path.write_text(yaml.safe_dump({"site": {"id": "s"}, "http": {"enabled": False}, "dummy": {"label": "x"}}))
+    config = load_config(path, rooms=rooms)
+    assert type(config.settings).__name__ == "Settings" and hasattr(config.settings, "dummy")
+    trainer = ProcessTrainer(config.settings, [])
+    settings, channels = pickle.loads(trainer._payload)
+    assert settings.site.id == "s" and channels == []
