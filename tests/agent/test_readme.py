@@ -155,6 +155,7 @@ def _certifier_block() -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.cpu  # 62 days of backfill and a month report: CPU-bound for ~40 s
 @pytest.mark.modbus
 def test_backfill_gives_a_verified_last_month(tmp_path: Path) -> None:
     """README: make demo DEMO_ARGS="--backfill 62", then report / keys export / evidence / verify of the last
