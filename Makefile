@@ -7,7 +7,8 @@ DEB_PKGS := mosquitto mosquitto-clients influxdb victoria-metrics socat mbpoll f
 DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium initdb
 # Three workers on two cores: most tests wait on real servers (brokers, databases, devices), not the CPU.
 # A test file stays on one worker (its module fixtures are started once), and tests marked `cpu` share one
-# worker (tests/conftest.py). PYTEST_ARGS="-n 0" runs serially.
+# worker (tests/conftest.py). Numeric libraries get one thread each: three workers on two cores, each training
+# with every core's threads, oversubscribed the machine tenfold. PYTEST_ARGS="-n 0" runs serially.
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 
@@ -44,7 +45,8 @@ deps-system:
 	fi
 
 test: deps-system venv
-	PATH="$$PATH:/usr/sbin" $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	PATH="$$PATH:/usr/sbin" OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \
+	  $(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 check: venv
 	$(VENV)/bin/ruff format --check gateway drivers forecasting tests bench
