@@ -8,7 +8,7 @@ DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketi
 # Three workers on two cores: most tests wait on real servers (brokers, databases, devices), not the CPU.
 # A test file stays on one worker (its module fixtures are started once), and tests marked `cpu` share one
 # worker (tests/conftest.py). Numeric libraries get one thread each: three workers on two cores, each training
-# with every core's threads, oversubscribed the machine tenfold. PYTEST_ARGS="-n 0" runs serially.
+# with threads for every core, oversubscribed them. PYTEST_ARGS="-n 0" runs serially.
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 
