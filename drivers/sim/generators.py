@@ -1,6 +1,7 @@
 """Value generators for `gia sim`: a map's example values brought to life.
 
-Power-like quantities follow a daily profile around the map's example value (with a little noise),
+Power-like quantities follow a daily profile around the map's example value (with a little noise) — for
+a PV inverter the sun's clear-sky profile at the pilot area's place, so it delivers nothing at night —
 voltages and frequency wobble around theirs, and energy counters integrate the power actually served
 (positive power into `energy_import_wh` for meters, into `energy_export_wh` for generators; negative
 power into the other one), so a reader sees counters advance consistently with power. Counters roll
@@ -19,6 +20,7 @@ from typing import Protocol
 from drivers.modbus.registermap import RegisterMap
 from drivers.model import QUANTITIES, QuantityKind
 from drivers.sim.server import SimServer
+from drivers.sim.sun import clear_sky_ghi
 
 
 class _Point(Protocol):
@@ -65,6 +67,8 @@ class ProfileValues:
         self._last_power = 0.0
         self._counters: dict[str, float] = {}
         generator = register_map.device_class in ("inverter", "wind_turbine", "battery")  # + = delivering
+        # a PV inverter follows the sun (nothing at night); other devices a smooth day/night profile
+        self._solar = register_map.device_class == "inverter" and period_s == 86400.0
         self._positive_counter = "energy_export_wh" if generator else "energy_import_wh"
         self._negative_counter = "energy_import_wh" if generator else "energy_export_wh"
         for reg in register_map.registers:
@@ -73,7 +77,9 @@ class ProfileValues:
                 self._counters[reg.quantity] = float(start)
 
     def _profile(self, t: float) -> float:
-        """0.2..1.0 over the period (peaks mid-period), never negative."""
+        """0.2..1.0 over the period (peaks mid-period), never negative; for PV, clear-sky sunlight 0..~0.85."""
+        if self._solar:
+            return clear_sky_ghi(t) / 1000
         return 0.6 - 0.4 * math.cos(2 * math.pi * (t % self.period_s) / self.period_s)
 
     def __call__(self) -> dict[str, float | int | None]:

@@ -34,9 +34,8 @@ from drivers.modbus.driver import compile_register
 from drivers.modbus.registermap import Register
 from drivers.sim.battery import BatteryModel, DemoBatteryLink
 from drivers.sim.server import SimServer, encode_register, free_tcp_port
+from drivers.sim.sun import LATITUDE, LONGITUDE, clear_sky_ghi
 
-LATITUDE: Final = 56.9
-LONGITUDE: Final = 24.1
 TIMEZONE: Final = "Europe/Riga"
 DEFAULT_EPOCH: Final = datetime(2026, 1, 1, tzinfo=UTC)
 _DAY: Final = 86400
@@ -235,15 +234,7 @@ class DemoSite:
 
     def ghi_wm2(self, t: float) -> float:
         """Global horizontal irradiance (W/m²): Meinel clear sky on a NOAA-style sun, dimmed by cloud."""
-        day_of_year = datetime.fromtimestamp(t, UTC).timetuple().tm_yday
-        decl = math.radians(23.44) * math.sin(2 * math.pi * (284 + day_of_year) / 365)
-        solar_hours = (t % _DAY) / 3600 + LONGITUDE / 15
-        hour_angle = math.radians(15 * (solar_hours - 12))
-        lat = math.radians(LATITUDE)
-        sin_el = math.sin(lat) * math.sin(decl) + math.cos(lat) * math.cos(decl) * math.cos(hour_angle)
-        if sin_el <= 0.01:
-            return 0.0
-        clear: float = 1040 * sin_el * 0.7 ** ((1 / sin_el) ** 0.678)
+        clear = clear_sky_ghi(t, latitude=LATITUDE, longitude=LONGITUDE)
         return float(clear * (1 - 0.8 * self._cloud(t)))
 
     def pv_w(self, t: float) -> float:

@@ -266,3 +266,29 @@ registers:
     )
     for reg in m.registers:
         assert compile_register(reg)([0x4366, 0x8000, 0x4366, 0x6000], None) == (None, Quality.INVALID)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, m in ALL_MAPS.items() if m.device_class == "inverter"))
+def test_a_simulated_pv_inverter_follows_the_sun_and_stays_in_its_maps_ranges(name: str) -> None:
+    """#21 finding 9: `gia sim huawei-sun2000` served 26 kW at 22:50 on a Riga December night and a power
+    factor of 1.001 its own map rejects. PV now follows the sun at the pilot area; every value stays in
+    the range the map declares, at any hour."""
+    from drivers.sim.generators import ProfileValues
+
+    m = ALL_MAPS[name]
+    clock = {"now": datetime(2026, 12, 15, 20, 50, tzinfo=UTC)}  # 22:50 in Riga
+    values = ProfileValues(m, now=lambda: clock["now"])
+    night = values()
+    for q in ("power_w", "dc_power_w"):
+        if q in night:
+            assert night[q] == 0, (q, night[q])
+    clock["now"] = datetime(2026, 6, 21, 10, 0, tzinfo=UTC)  # solar noon in Riga
+    day = values()
+    assert float(day.get("power_w") or 0) > 0.5 * (m.register("power_w").example or 0), day
+    for hour in range(0, 24, 3):
+        clock["now"] = datetime(2026, 3, 20, hour, tzinfo=UTC)
+        out = values()
+        for reg in m.registers:
+            v = out.get(reg.quantity)
+            if reg.range is not None and v is not None:
+                assert reg.range[0] <= float(v) <= reg.range[1], (reg.quantity, v, reg.range)
