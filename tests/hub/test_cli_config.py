@@ -158,3 +158,17 @@ def test_gia_hub_run_serves_healthz_and_stops_cleanly_on_sigterm(
 def test_the_example_config_loads() -> None:
     s = load_hub_settings(Path(__file__).parents[2] / "deploy" / "hub.example.yaml")
     assert s.hub.areas[0].id == "zemgale" and s.hub.database_config.url.startswith("postgresql://")
+
+
+def test_the_area_file_format_in_docs_loads(tmp_path: Path) -> None:
+    """#21 finding 8: the area file format is documented — and the documented example is a valid config."""
+    text = (Path(__file__).parents[2] / "docs" / "hub.md").read_text()
+    start = text.index("The area file format")
+    block = text[text.index("```yaml\n", start) + 8 : text.index("```", text.index("```yaml\n", start) + 8)]
+    cfg = tmp_path / "hub.yaml"
+    cfg.write_text(block.replace("hub:\n", "hub:\n  data_dir: state\n", 1))
+    area = load_hub_settings(cfg).hub.areas[0]
+    assert area.id == "zemgale" and area.shared_generators[0].allocation == "hourly_pro_rata"
+    assert [c.name for c in area.criteria] == [
+        "renewable_share", "co2_intensity", "verified_consumption_share", "data_completeness",
+    ]  # fmt: skip
