@@ -63,6 +63,8 @@ async def open_services(config: Config, clock: Clock) -> AsyncIterator[Services]
                 floor=max(RELEASE_FLOOR, from_ms(newest_ms)) if newest_ms is not None else RELEASE_FLOOR,
                 require_ntp_sync=s.clock.require_ntp_sync,
                 max_held=s.clock.max_held,
+                max_step_s=s.clock.max_step_s,
+                trust_after_s=s.clock.trust_after_s,
                 wall=clock.now,
                 # A simulated clock has no jumps to detect: measure it against itself.
                 mono=time.monotonic if isinstance(clock, WallClock) else lambda: clock.now().timestamp(),
@@ -99,8 +101,20 @@ async def open_services(config: Config, clock: Clock) -> AsyncIterator[Services]
                     )
                     yield services
             finally:
+                await _commit_held(guard, writer)
                 await asyncio.to_thread(reader.close)
         finally:
             await asyncio.to_thread(writer.close)
     finally:
         lock.close()
+
+
+async def _commit_held(guard: ClockGuard, writer: LedgerWriter) -> None:
+    """Shutdown (every part has stopped, the writer's thread still runs): readings the clock guard still
+    holds are committed `estimated`, stamped from its trusted time, rather than lost with the process.
+    In chunks below the writer's queue limit, so `submit` never waits for a commit loop that is gone."""
+    held = guard.take_held()
+    step = 1000
+    for i in range(0, len(held), step):
+        await writer.submit(held[i : i + step])
+        await writer.flush()
