@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -52,10 +53,16 @@ async def open_services(config: Config, clock: Clock) -> AsyncIterator[Services]
             on_disk_full=on_disk_full,
         )
         try:
-            newest_ms = await writer.call(Ledger.newest_ts_ms)
+            newest_ms = await writer.call(Ledger.clock_floor_ms)
+
+            def record(led: Ledger, kind: str, detail: str, ts_ms: int) -> None:
+                if kind == "clock_floor_lowered":
+                    # Where the trustworthy readings start: Ledger.clock_floor_ms reads it on restart.
+                    detail = json.dumps({**json.loads(detail), "head_seq": led.head[0]})
+                led.record_event(kind, detail, ts_ms=ts_ms)
 
             async def record_event(kind: str, detail: str, ts_ms: int) -> None:
-                await writer.call(partial(Ledger.record_event, kind=kind, detail=detail, ts_ms=ts_ms))
+                await writer.call(partial(record, kind=kind, detail=detail, ts_ms=ts_ms))
 
             guard = ClockGuard(
                 forward=writer.submit,

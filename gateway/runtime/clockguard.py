@@ -262,7 +262,9 @@ class ClockGuard:
         if trustworthy and held_for >= self.trust_after_s:
             # A steady clock behind the floor for this long: the floor came from a bad clock (a reading
             # stored before this fix, restored from the ledger). Trust the clock; say so in the ledger.
-            detail = json.dumps({"from": iso_utc(self.floor), "to": iso_utc(wall), "held_s": round(held_for, 1)})
+            detail = json.dumps(
+                {"from": iso_utc(self.floor), "to": iso_utc(wall), "to_ms": to_ms(wall), "held_s": round(held_for, 1)}
+            )
             log.error("clock floor %s is ahead of a steady clock %s: lowering it", iso_utc(self.floor), iso_utc(wall))
             await self.record_event("clock_floor_lowered", detail, to_ms(wall))
             self.floor = wall
@@ -328,8 +330,9 @@ class ClockImplausible(GiaError):
 
 
 def guarded_now(newest_ms: int | None, *, wall: Callable[[], datetime] = lambda: datetime.now(UTC)) -> datetime:
-    """The wall clock when the guard would accept it: at or after the release floor and the newest stored
-    reading (the same floor `ClockGuard` holds readings against). What commands that record a time of
+    """The wall clock when the guard would accept it: at or after the release floor and the ledger's clock
+    floor (`Ledger.clock_floor_ms`: the newest stored reading, or where the guard lowered a floor that
+    a bad clock had poisoned; the same floor `ClockGuard` holds readings against). What commands that record a time of
     their own (`gia meter-replacement`'s `recorded_at`, `gia keys rotate`) use, so a record cannot be
     stamped earlier than what the ledger already holds."""
     now = wall()
