@@ -299,7 +299,8 @@ class ModbusDriver(SharedConnection):
                 value, quality = convert(reg_words, exp)
             # The map's conversion and range first, then the one per-quantity rule table every driver
             # applies (drivers/model.py VALID_RANGES); never raises, whatever the device answers.
-            sample = checked_sample(self.device_id, reg.quantity, value, ts, quality)
+            why = "outside the map's range" if quality is Quality.INVALID and value is not None else None
+            sample = checked_sample(self.device_id, reg.quantity, value, ts, quality, why)
             value, quality = sample.value, sample.quality
             if quality is Quality.INVALID:
                 self.stats.invalid_values += 1
