@@ -19,7 +19,7 @@ Units and signs are written once, here:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Final, Literal
@@ -196,6 +196,9 @@ class Sample:
     unit: str
     ts: datetime
     quality: Quality = Quality.GOOD
+    #: why an `invalid` value was refused (the validity rule it broke); health and logs show it, the
+    #: ledger stores the quality. Not part of equality: two readings of the same value are the same.
+    reason: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.ts.tzinfo is None or self.ts.utcoffset() != UTC.utcoffset(None):
@@ -231,6 +234,78 @@ def iso_utc(ts: datetime) -> str:
     if ts.microsecond:
         return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
     return ts.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+#: The one table of per-quantity validity rules, applied by every driver that reads values from a device
+#: (Modbus after its map's own `range`, MQTT, P1/SML, M-Bus, OCPP) through `checked_sample`: [min, max]
+#: in the quantity's SI unit. These are physical limits (a voltage is never negative, a power factor
+#: lies in [-1, 1], an energy register never counts below zero), not a product's ratings: a map's
+#: `range` narrows them per device. A quantity not listed only has to be finite and, as an integer,
+#: within the exact JSON range.
+VALID_RANGES: Final[dict[str, tuple[float, float]]] = {
+    **{f"voltage_l{i}_v": (0.0, 1e6) for i in (1, 2, 3)},
+    "frequency_hz": (0.0, 100.0),
+    "power_factor": (-1.0, 1.0),
+    "soc_pct": (0.0, 100.0),
+    "wind_speed_ms": (0.0, 150.0),
+    "wind_direction_deg": (0.0, 360.0),
+    "rotor_speed_rpm": (0.0, 1e5),
+    "temperature_c": (-273.15, 2000.0),
+    "flow_temperature_c": (-273.15, 2000.0),
+    "return_temperature_c": (-273.15, 2000.0),
+    **{name: (0.0, float(MAX_SAFE_INT)) for name in ("energy_import_wh", "energy_export_wh", "heat_energy_wh")},
+    "session_energy_wh": (0.0, float(MAX_SAFE_INT)),
+}
+
+
+def refusal(quantity_name: str, value: Value) -> str | None:
+    """Why `value` is not a valid reading of `quantity_name` under `VALID_RANGES` (None: it is).
+
+    Also refuses what `Sample` cannot hold at all: a non-finite float, an integer beyond 2**53."""
+    if value is None:
+        return "no value"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{value!r} is not a number"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value} is not a finite number"
+    if abs(value) > MAX_SAFE_INT:
+        return f"{value:g} is beyond the exact range (2**53) of a stored value"
+    bounds = VALID_RANGES.get(quantity_name)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        return f"{value:g} is outside [{bounds[0]:g}, {bounds[1]:g}] for {quantity_name}"
+    return None
+
+
+def _storable(value: Value) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value) and abs(value) <= MAX_SAFE_INT
+    return value is None or -MAX_SAFE_INT <= value <= MAX_SAFE_INT
+
+
+def checked_sample(
+    device: str,
+    quantity_name: str,
+    value: Value,
+    ts: datetime,
+    quality: Quality = Quality.GOOD,
+    reason: str | None = None,
+) -> Sample:
+    """A sample of `value` that never raises: a device is hostile input, and one register of 2**60 or
+    a published `1e13` kWh must cost that one value, not the poll (before issue 15 the `ValueError`
+    from `Sample` killed the device's poller, which restarted in a loop).
+
+    A value the rule table refuses is kept `invalid` with the reason; one that cannot be stored at all
+    (not finite, beyond 2**53) becomes `value=None`. A value given as `invalid` already keeps it."""
+    unit = QUANTITIES[quantity_name].unit
+    why = refusal(quantity_name, value)
+    if why is not None:
+        quality = Quality.INVALID
+        reason = reason or why
+    if not _storable(value):
+        value = None
+    if value is None:
+        quality = Quality.INVALID
+    return Sample(device, quantity_name, value, unit, ts, quality, reason)
 
 
 def invalid(device: str, quantity_name: str, ts: datetime) -> Sample:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,20 +32,11 @@ from typing import Any, Protocol, Self
 
 from drivers.base import TransientError, WarmingUp
 from drivers.links import Link, LinkSettings, open_link
-from drivers.model import MAX_SAFE_INT, QUANTITIES, Quality, Sample, Value
+from drivers.model import Sample, Value, checked_sample
+
+__all__ = ["checked_sample"]  # re-exported: M-Bus and OCPP import it from here
 
 log = logging.getLogger(__name__)
-
-
-def checked_sample(device: str, quantity: str, value: Value, ts: datetime) -> Sample:
-    """A good sample of `value`, or an invalid one when it is missing, not finite or beyond the range
-    every JSON consumer represents exactly (a garbled register must not crash the read or be stored)."""
-    unit = QUANTITIES[quantity].unit
-    if value is None or (isinstance(value, float) and not math.isfinite(value)):
-        return Sample(device, quantity, None, unit, ts, Quality.INVALID)
-    if isinstance(value, int) and not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
-        return Sample(device, quantity, None, unit, ts, Quality.INVALID)
-    return Sample(device, quantity, value, unit, ts, Quality.GOOD)
 
 
 class DecodeError(TransientError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from functools import partial
@@ -52,10 +53,16 @@ async def open_services(config: Config, clock: Clock) -> AsyncIterator[Services]
             on_disk_full=on_disk_full,
         )
         try:
-            newest_ms = await writer.call(Ledger.newest_ts_ms)
+            newest_ms = await writer.call(Ledger.clock_floor_ms)
+
+            def record(led: Ledger, kind: str, detail: str, ts_ms: int) -> None:
+                if kind == "clock_floor_lowered":
+                    # Where the trustworthy readings start: Ledger.clock_floor_ms reads it on restart.
+                    detail = json.dumps({**json.loads(detail), "head_seq": led.head[0]})
+                led.record_event(kind, detail, ts_ms=ts_ms)
 
             async def record_event(kind: str, detail: str, ts_ms: int) -> None:
-                await writer.call(partial(Ledger.record_event, kind=kind, detail=detail, ts_ms=ts_ms))
+                await writer.call(partial(record, kind=kind, detail=detail, ts_ms=ts_ms))
 
             guard = ClockGuard(
                 forward=writer.submit,
@@ -63,6 +70,8 @@ async def open_services(config: Config, clock: Clock) -> AsyncIterator[Services]
                 floor=max(RELEASE_FLOOR, from_ms(newest_ms)) if newest_ms is not None else RELEASE_FLOOR,
                 require_ntp_sync=s.clock.require_ntp_sync,
                 max_held=s.clock.max_held,
+                max_step_s=s.clock.max_step_s,
+                trust_after_s=s.clock.trust_after_s,
                 wall=clock.now,
                 # A simulated clock has no jumps to detect: measure it against itself.
                 mono=time.monotonic if isinstance(clock, WallClock) else lambda: clock.now().timestamp(),
@@ -99,8 +108,20 @@ async def open_services(config: Config, clock: Clock) -> AsyncIterator[Services]
                     )
                     yield services
             finally:
+                await _commit_held(guard, writer)
                 await asyncio.to_thread(reader.close)
         finally:
             await asyncio.to_thread(writer.close)
     finally:
         lock.close()
+
+
+async def _commit_held(guard: ClockGuard, writer: LedgerWriter) -> None:
+    """Shutdown (every part has stopped, the writer's thread still runs): readings the clock guard still
+    holds are committed `estimated`, stamped from its trusted time, rather than lost with the process.
+    In chunks below the writer's queue limit, so `submit` never waits for a commit loop that is gone."""
+    held = guard.take_held()
+    step = 1000
+    for i in range(0, len(held), step):
+        await writer.submit(held[i : i + step])
+        await writer.flush()

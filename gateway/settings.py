@@ -100,7 +100,24 @@ class ClockConfig(BaseModel):
     require_ntp_sync: bool = Field(
         default=False, description="also require the kernel to report NTP sync before readings are stamped"
     )
-    max_held: int = Field(default=200_000, ge=1000, description="readings held in memory while the clock is unset")
+    max_held: int = Field(
+        default=200_000,
+        ge=1000,
+        description="memory backstop: readings held while the clock has no trusted time at all (never set)",
+    )
+    max_step_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a forward step of the clock up to this is trusted at once; readings stamped further ahead"
+        " of monotonic time are quarantined (a bad or spoofed NTP answer)",
+    )
+    trust_after_s: float = Field(
+        default=300.0,
+        gt=0,
+        description="how long a new clock time must hold steadily before it is trusted (a large forward step"
+        " ends its quarantine; a clock behind the newest stored reading lowers that floor): the hold is"
+        " sized in time",
+    )
 
 
 def _secret(value: SecretStr | None, file: Path | None) -> str | None:

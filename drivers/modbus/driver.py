@@ -24,7 +24,7 @@ from drivers.modbus.bus import ILLEGAL_ADDRESS, DeviceException, ModbusBus
 from drivers.modbus.decode import FLOATS, DataType, compile_decoder, decode, is_not_implemented, raw_int
 from drivers.modbus.plan import Field, ReadRequest, plan_reads
 from drivers.modbus.registermap import PollClass, Quirks, Register, RegisterMap
-from drivers.model import MAX_SAFE_INT, QUANTITIES, Quality, QuantityKind, Sample, Value
+from drivers.model import MAX_SAFE_INT, QUANTITIES, Quality, QuantityKind, Sample, Value, checked_sample
 
 
 def sf_key(name: str) -> str:
@@ -167,6 +167,7 @@ class DriverStats:
     polls: int = 0
     requests: int = 0
     invalid_values: int = 0
+    last_invalid: str = ""  # the latest value the rule table refused, and why
     counter_decreases: int = 0
     split_requests: int = 0
     unsupported: set[str] = field(default_factory=set)
@@ -280,7 +281,7 @@ class ModbusDriver(SharedConnection):
         if "static" in classes:
             self._static_done = True
         samples: list[Sample] = []
-        for reg, unit, counter, convert in self._compiled:
+        for reg, _unit, counter, convert in self._compiled:
             if reg.poll not in classes:
                 continue  # slow/static values not due this poll: no sample rather than a repeated one
             reg_words = words.get(reg.quantity)
@@ -296,13 +297,20 @@ class ModbusDriver(SharedConnection):
                     pieces = [words.get(part_key(reg.quantity, i)) for i in range(len(reg.parts))]
                     reg_words = [*reg_words, *(w for piece in pieces if piece is not None for w in piece)]
                 value, quality = convert(reg_words, exp)
+            # The map's conversion and range first, then the one per-quantity rule table every driver
+            # applies (drivers/model.py VALID_RANGES); never raises, whatever the device answers.
+            why = "outside the map's range" if quality is Quality.INVALID and value is not None else None
+            sample = checked_sample(self.device_id, reg.quantity, value, ts, quality, why)
+            value, quality = sample.value, sample.quality
             if quality is Quality.INVALID:
                 self.stats.invalid_values += 1
+                if sample.reason:
+                    self.stats.last_invalid = f"{reg.quantity}: {sample.reason}"
             elif counter and isinstance(value, int):
                 last_count = self._last_counter.get(reg.quantity)
                 if last_count is not None and value < last_count and reg.modulus is None:
                     self.stats.counter_decreases += 1
                 self._last_counter[reg.quantity] = value
-            samples.append(Sample(self.device_id, reg.quantity, value, unit, ts, quality))
+            samples.append(sample)
         self.stats.polls += 1
         return samples

@@ -30,7 +30,7 @@ from drivers.backoff import Backoff
 from drivers.base import PermanentError, SharedConnection, TransientError
 from drivers.cancel import raise_if_cancelling
 from drivers.config import MqttDeviceConfig
-from drivers.model import QUANTITIES, Quality, QuantityKind, Sample
+from drivers.model import MAX_SAFE_INT, QUANTITIES, Quality, QuantityKind, Sample, checked_sample
 from drivers.mqtt.payload import PROFILES, FieldSpec, field_value, parse_json, topic_for
 
 log = logging.getLogger(__name__)
@@ -206,6 +206,8 @@ class MqttDriver(SharedConnection):
         self.fields = dict(fields)
         self.stale_after_s = poll_interval_s * stale_after_intervals
         self.topics = sorted({topic_for(topic, spec) for spec in self.fields.values()})
+        #: values refused since the driver was created (not a number, out of the quantity's range)
+        self.invalid_values = 0
 
     async def __aenter__(self) -> Self:
         for t in self.topics:
@@ -221,15 +223,21 @@ class MqttDriver(SharedConnection):
             if latest is None:
                 continue
             heard = True
-            value = field_value(latest.payload, spec)
-            spec_q = QUANTITIES[quantity]
-            unit = spec_q.unit
+            value, why = field_value(latest.payload, spec)
             if value is None:
-                samples.append(Sample(self.device_id, quantity, None, unit, ts, Quality.INVALID))
+                self.invalid_values += 1
+                samples.append(checked_sample(self.device_id, quantity, None, ts, reason=why))
                 continue
             quality = Quality.GOOD if now - latest.received <= self.stale_after_s else Quality.STALE
-            number: float | int = round(value) if spec_q.kind is not QuantityKind.INSTANT else value
-            samples.append(Sample(self.device_id, quantity, number, unit, ts, quality))
+            number: float | int = value
+            if QUANTITIES[quantity].kind is not QuantityKind.INSTANT and abs(value) <= MAX_SAFE_INT:
+                number = round(value)
+            # The same validity rules as every other driver (drivers/model.py VALID_RANGES): anyone who
+            # can publish on the topic can send a negative energy register or a power factor of 7.
+            sample = checked_sample(self.device_id, quantity, number, ts, quality)
+            if sample.quality is Quality.INVALID:
+                self.invalid_values += 1
+            samples.append(sample)
         if not heard:
             state = (
                 "connected" if self.hub.connected else f"not connected ({self.hub.stats.last_error or 'connecting'})"

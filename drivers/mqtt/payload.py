@@ -105,13 +105,20 @@ def parse_json(payload: bytes) -> Any:
         return None
 
 
-def field_value(obj: Any, spec: FieldSpec) -> float | None:
-    """A finite number from the payload, scaled; None when absent, non-numeric or non-finite."""
+def field_value(obj: Any, spec: FieldSpec) -> tuple[float | None, str | None]:
+    """The field's number, scaled, or (None, why): absent, not a JSON number, or not finite.
+
+    Only JSON numbers count: a string such as `"1e3"` or `"NaN"` is not a reading (before issue 15
+    `float()` turned `"1e3"` into 1000), and a boolean is not either."""
     raw = extract(obj, spec.path)
-    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
-        return None
+    if raw is None:
+        return None, f"no {'.'.join(spec.path)} in the payload"
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        return None, f"{'.'.join(spec.path)} is {type(raw).__name__} {str(raw)[:40]!r}, not a JSON number"
     try:
         value = float(raw) * spec.factor
-    except (ValueError, OverflowError):  # OverflowError: an integer too large for a float (e.g. 400 digits)
-        return None
-    return value if math.isfinite(value) else None
+    except OverflowError:  # an integer too large for a float (e.g. 400 digits)
+        return None, f"{'.'.join(spec.path)} is too large"
+    if not math.isfinite(value):
+        return None, f"{'.'.join(spec.path)} is not finite after scaling"
+    return value, None

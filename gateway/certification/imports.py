@@ -33,7 +33,7 @@ def _events(ledger: Ledger, kind: str) -> list[dict[str, object]]:
 
 
 def _now_ms(ledger: Ledger) -> int:
-    return int(guarded_now(ledger.newest_ts_ms()).timestamp() * 1000)
+    return int(guarded_now(ledger.clock_floor_ms()).timestamp() * 1000)
 
 
 def import_certificates(ledger: Ledger, data: bytes, file_name: str) -> tuple[int, int]:

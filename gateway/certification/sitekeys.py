@@ -68,7 +68,7 @@ class Rotation:
 
 
 def _record(ledger: Ledger, *, site: str, new: Ed25519PrivateKey, old: Ed25519PrivateKey | None, reason: str) -> int:
-    now = guarded_now(ledger.newest_ts_ms())
+    now = guarded_now(ledger.clock_floor_ms())
     detail = transition_detail(
         site=site, new_key=new, old_key=old, old_key_id=None, reason=reason, at=now.strftime("%Y-%m-%dT%H:%M:%SZ")
     )

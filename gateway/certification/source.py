@@ -150,7 +150,7 @@ def record_meter_replacement(
     if not registers:
         raise ValueError("a meter replacement needs at least one register: quantity=(closing, opening)")
     if recorded_ms is None:
-        recorded_ms = int(guarded_now(ledger.newest_ts_ms()).timestamp() * 1000)
+        recorded_ms = int(guarded_now(ledger.clock_floor_ms()).timestamp() * 1000)
     detail: dict[str, Any] = {
         "registers": {q: {"closing_wh": int(c), "opening_wh": int(o)} for q, (c, o) in registers.items()},
         "old_serial": old_serial,

@@ -115,6 +115,15 @@ async def parts(site: Site, services: Services) -> Sequence[Part]:
         return reasons
 
     services.health.add("devices", lambda: {d: s.as_json()["state"] for d, s in live.devices.items()})
+    # Values a device sent that the validity rules refused (issue 15): counted per device with the latest
+    # reason, so a meter publishing garbage is visible while its other values keep flowing.
+    services.health.add(
+        "device_values",
+        lambda: {
+            d: {"polls": s.polls, "invalid_values": s.invalid_values, "last_invalid": s.last_invalid}
+            for d, s in live.devices.items()
+        },
+    )
     return [
         Part(f"device:{d.id}", _poller(d, services).run, reasons=lambda i=d.id: offline(i))  # type: ignore[misc]
         for d in site.devices

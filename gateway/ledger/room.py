@@ -56,7 +56,12 @@ async def parts(site: Site, services: Services) -> Sequence[Part]:
 
     def clock_reasons() -> list[str]:
         ch, out = guard.health, []
-        if not ch.plausible or ch.held:
+        if ch.quarantined:
+            out.append(
+                f"system clock is {ch.ahead_s:.0f} s ahead of monotonic time: {ch.held} readings quarantined"
+                " until it comes back or holds steadily"
+            )
+        elif not ch.plausible or ch.held:
             out.append(f"system clock is before {ch.floor}: {ch.held} readings held until it passes it")
         if ch.dropped:
             out.append(f"{ch.dropped} readings dropped while the clock was unset (hold buffer full)")

@@ -574,6 +574,24 @@ class Ledger:
         row = self._db.execute("SELECT max(ts_ms) FROM readings WHERE pruned = 0").fetchone()
         return int(row[0]) if row and row[0] is not None else None
 
+    def clock_floor_ms(self) -> int | None:
+        """The time the clock must not run back past: the newest reading, unless the clock guard has since
+        lowered its floor (event `clock_floor_lowered`: readings stamped by a bad clock, far ahead).
+        Then only what was committed after that event counts, and the floor it was lowered to, so a
+        restart does not hold readings against the bad stamps again (issue 15)."""
+        row = self._db.execute(
+            "SELECT detail FROM events WHERE kind = 'clock_floor_lowered' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            try:
+                detail = json.loads(row[0])
+                seq, to_ms = int(detail["head_seq"]), int(detail["to_ms"])
+            except (ValueError, KeyError, TypeError):
+                return self.newest_ts_ms()
+            after = self._db.execute("SELECT max(ts_ms) FROM readings WHERE pruned = 0 AND seq > ?", (seq,)).fetchone()
+            return max(to_ms, int(after[0])) if after and after[0] is not None else to_ms
+        return self.newest_ts_ms()
+
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM readings").fetchone()[0])
 

@@ -27,6 +27,9 @@ class DeviceStatus:
     errors: int = 0
     consecutive_failures: int = 0
     overruns: int = 0
+    #: values the device sent that the validity rules refused (stored `invalid`), and the latest reason
+    invalid_values: int = 0
+    last_invalid: str | None = None
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -38,6 +41,8 @@ class DeviceStatus:
             "polls": self.polls,
             "errors": self.errors,
             "overruns": self.overruns,
+            "invalid_values": self.invalid_values,
+            "last_invalid": self.last_invalid,
         }
 
 
@@ -88,8 +93,13 @@ class LiveState:
             sub.queue.put_nowait(event)
 
     def update(self, device: str, samples: Sequence[Sample]) -> None:
+        status = self.devices.get(device)
         for s in samples:
             self.values[(s.device, s.quantity)] = s
+            if s.reason is not None and status is not None:
+                # Refused by a validity rule (issue 15): counted in health with the reason, per device.
+                status.invalid_values += 1
+                status.last_invalid = f"{s.quantity}: {s.reason}"
         self._emit(LiveEvent("samples", device, tuple(samples)))
 
     def set_online(self, device: str, online: bool) -> bool:

@@ -15,7 +15,10 @@ import pytest
 from drivers.base import PermanentError, TransientError
 from drivers.config import MqttDeviceConfig
 from drivers.factory import create_driver
-from drivers.model import Quality
+from drivers.modbus.decode import DataType, encode
+from drivers.modbus.driver import register_value
+from drivers.modbus.registermap import Register
+from drivers.model import Quality, checked_sample
 from drivers.mqtt.driver import Broker, MqttDriver, MqttHub
 from drivers.mqtt.payload import FieldSpec, field_value, parse_json
 from drivers.services import DriverServices
@@ -27,12 +30,14 @@ def test_field_syntax_and_extraction() -> None:
     spec = FieldSpec.parse("status/emdata:0:total_act")
     assert spec == FieldSpec("status/emdata:0", ("total_act",), 1.0)
     assert FieldSpec.parse("SML.Total_in*1000") == FieldSpec("", ("SML", "Total_in"), 1000.0)
-    payload = parse_json(b'{"SML": {"Total_in": 12.5, "bad": "x", "nan": NaN}, "list": [{"p": 3}]}')
-    assert field_value(payload, FieldSpec.parse("SML.Total_in*1000")) == 12500.0
-    assert field_value(payload, FieldSpec.parse("list.0.p")) == 3.0
-    assert field_value(payload, FieldSpec.parse("SML.bad")) is None
-    assert field_value(payload, FieldSpec.parse("SML.nan")) is None
-    assert field_value(payload, FieldSpec.parse("SML.missing")) is None
+    payload = parse_json(b'{"SML": {"Total_in": 12.5, "bad": "x", "nan": NaN, "s": "1e3"}, "list": [{"p": 3}]}')
+    assert field_value(payload, FieldSpec.parse("SML.Total_in*1000")) == (12500.0, None)
+    assert field_value(payload, FieldSpec.parse("list.0.p")) == (3.0, None)
+    assert field_value(payload, FieldSpec.parse("SML.bad"))[0] is None
+    assert field_value(payload, FieldSpec.parse("SML.nan"))[0] is None
+    assert field_value(payload, FieldSpec.parse("SML.missing"))[0] is None
+    value, why = field_value(payload, FieldSpec.parse("SML.s"))  # a string is not a JSON number (issue 15)
+    assert value is None and why is not None and "not a JSON number" in why
     assert parse_json(b"not json") is None
     with pytest.raises(ValueError, match="dot path"):
         FieldSpec.parse("SML..x")
@@ -141,3 +146,29 @@ async def test_hub_reconnects_after_a_broker_restart(mosquitto_fresh: Any) -> No
             await wait_for(lambda: hub.latest(topic) is not None)
             assert (await drv.read(TS))[0].value == 7.0
         assert hub.stats.connects >= 2
+
+
+@pytest.mark.mosquitto
+async def test_published_values_meet_the_same_validity_rules_as_modbus(mosquitto: Any) -> None:
+    """Issue 15, finding 5: a negative energy register, voltage -230, a power factor of 7 and a number
+    sent as a string were stored `good` from MQTT while the Modbus path refused them. Both paths now
+    apply drivers/model.py's one rule table; the same values through a Modbus register agree."""
+    topic = f"gia-test-{uuid.uuid4().hex[:8]}/tele/SENSOR"
+    bad = {"ENERGY": {"Total": -5, "Power": -40.5, "Voltage": -230, "Factor": 7, "Current": "1e3"}}
+    async with MqttHub(Broker(mosquitto.url, timeout_s=5)) as hub:
+        cfg = MqttDeviceConfig(id="v", driver="mqtt", topic=topic, profile="tasmota-energy")
+        drv = create_driver(cfg, device_map=None, services=DriverServices(mqtt=hub))
+        async with drv:
+            await publish(mosquitto.port, topic, bad)
+            await wait_for(lambda: hub.latest(topic) is not None)
+            got = {s.quantity: s for s in await drv.read(TS)}
+    assert got["power_w"].quality is Quality.GOOD and got["power_w"].value == -40.5  # export: negative is fine
+    for q in ("energy_import_wh", "voltage_l1_v", "power_factor", "current_l1_a"):
+        assert got[q].quality is Quality.INVALID, got[q]
+        assert got[q].reason, got[q]
+    assert got["current_l1_a"].value is None  # "1e3" is not read as 1000
+    # The Modbus path refuses the same values by the same table (a map without a range of its own).
+    reg = Register(quantity="voltage_l1_v", address=0, data_type=DataType.FLOAT32, unit="V")
+    value, quality = register_value(reg, encode(-230.0, DataType.FLOAT32))
+    mb = checked_sample("m", "voltage_l1_v", value, TS, quality)
+    assert mb.quality is Quality.INVALID and mb.reason == got["voltage_l1_v"].reason

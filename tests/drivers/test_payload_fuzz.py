@@ -50,8 +50,8 @@ def _keys_for(spec: FieldSpec) -> st.SearchStrategy[Any]:
 
 
 def _check(obj: Any, spec: FieldSpec) -> None:
-    v = field_value(obj, spec)
-    assert v is None or (isinstance(v, float) and math.isfinite(v))
+    v, why = field_value(obj, spec)
+    assert (v is None and why) or (isinstance(v, float) and math.isfinite(v) and why is None)
 
 
 @examples(300)
