@@ -34,7 +34,9 @@ from drivers.modbus.driver import compile_register
 from drivers.modbus.registermap import Register
 from drivers.sim.battery import BatteryModel, DemoBatteryLink
 from drivers.sim.server import SimServer, encode_register, free_tcp_port
-from drivers.sim.sun import LATITUDE, LONGITUDE, clear_sky_ghi
+from drivers.sim.sun import LATITUDE as LATITUDE  # the demo site stands at the pilot area
+from drivers.sim.sun import LONGITUDE as LONGITUDE
+from drivers.sim.sun import clear_sky_ghi
 
 TIMEZONE: Final = "Europe/Riga"
 DEFAULT_EPOCH: Final = datetime(2026, 1, 1, tzinfo=UTC)
