@@ -137,3 +137,22 @@ def test_failure_records_are_forgotten_after_the_window() -> None:
     for i in range(50):
         assert not auth._rate_limited(f"10.0.0.{i}")
     assert auth._failures == {}
+
+
+def test_tokens_are_kept_as_digests_and_url_credentials_are_redacted_in_logs() -> None:
+    """The authenticator keeps no replayable token (issue 15), and a URL with userinfo that reaches a
+    log message by any way is printed without it (gateway/runtime/logs.py's filter)."""
+    import logging
+
+    from gateway.credentials import redact_url, token_digest
+    from gateway.runtime.logs import RedactUrls
+
+    entry = TokenEntry(VIEWER, Principal("ops", frozenset({"viewer"}), frozenset({"*"})))
+    assert entry.digest == token_digest(VIEWER) and VIEWER.encode() not in entry.digest
+    assert not any(VIEWER in repr(getattr(entry, slot)) for slot in TokenEntry.__slots__)
+    with pytest.raises(ValueError, match="empty"):
+        TokenEntry("", Principal("empty", frozenset({"viewer"}), frozenset({"*"})))
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "broker %s: %s", ("mqtt://u:pw@h:1883", "x"), None)
+    RedactUrls().filter(record)
+    assert record.getMessage() == "broker mqtt://***@h:1883: x"
+    assert redact_url("http://admin:pw@influx:8086/db") == "http://***@influx:8086/db"
