@@ -126,6 +126,15 @@ class Authenticator:
                 return hop
         return hops[0] if hops else peer
 
+    def is_https(self, request: Request) -> bool:
+        """Whether the visitor's connection is HTTPS: ours, or a trusted proxy's `X-Forwarded-Proto`
+        (a cookie set behind a TLS-terminating proxy keeps its Secure flag)."""
+        if request.url.scheme == "https":
+            return True
+        peer = request.client.host if request.client else ""
+        forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
+        return bool(self._proxies) and _in(peer, self._proxies) and forwarded == "https"
+
     def _anonymous_allowed(self, request: Request) -> bool:
         if not self._anonymous_loopback or any(h in request.headers for h in FORWARDING_HEADERS):
             return False

@@ -125,7 +125,7 @@ def add_pages(app: FastAPI, *, auth: PageAuth, catalogues: Catalogues, site: Pag
                 return failed
             resp = RedirectResponse("/", status_code=303)
             resp.set_cookie(
-                TOKEN_COOKIE, token.strip(), httponly=True, samesite="strict", secure=request.url.scheme == "https"
+                TOKEN_COOKIE, token.strip(), httponly=True, samesite="strict", secure=auth.tokens.is_https(request)
             )
             return resp
         handler: Response = await page("index.html")(request)

@@ -194,7 +194,7 @@ def create_hub_app(
             except ApiError as exc:
                 return HTMLResponse(_page("login.html"), status_code=exc.status_code)
             resp = RedirectResponse("/", status_code=303)
-            resp.set_cookie("gia_token", token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+            resp.set_cookie("gia_token", token, httponly=True, samesite="strict", secure=auth.is_https(request))
             return resp
         try:
             auth.authenticate(request, "viewer")
@@ -217,7 +217,7 @@ def create_hub_app(
         except ApiError as exc:
             return HTMLResponse(_page("login.html"), status_code=exc.status_code)
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie("gia_token", token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        resp.set_cookie("gia_token", token, httponly=True, samesite="strict", secure=auth.is_https(request))
         return resp
 
     @app.post("/logout", include_in_schema=False)

@@ -222,6 +222,9 @@ async def test_behind_a_proxy_one_clients_failures_do_not_lock_out_valid_tokens(
             assert call(port, "/api/v1/live", bearer(VIEWER, **attacker))[0] == 200  # even from that address
             assert call(port, "/api/v1/live", bearer(GUESS, **attacker))[0] == 429  # wrong ones stay refused
             assert call(port, "/api/v1/live", bearer(GUESS, **visitor))[0] == 401  # counted per visitor
+            # the proxy terminates TLS: the cookie it carries back keeps its Secure flag
+            status, headers, _ = call(port, f"/?token={VIEWER}", {**visitor, "X-Forwarded-Proto": "https"})
+            assert status == 303 and "secure" in headers["set-cookie"].lower(), headers
 
         await asyncio.to_thread(attack)
     finally:
