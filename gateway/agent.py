@@ -50,16 +50,23 @@ class Agent:
     def health(self) -> dict[str, Any]:
         """`/healthz`: the union of every part's reasons, and the sections rooms publish."""
         reasons: list[str] = []
+        classes: list[str] = []  # what /healthz tells a client without a token: no addresses, no error texts
         parts = {}
         for name, h in self.supervisor.health().items():
             parts[name] = {"state": h.state.value, "restarts": h.restarts, "last_error": h.last_error}
             if h.state is PartState.RESTARTING:
                 reasons.append(f"part {name} is restarting after: {h.last_error}")
-        reasons += [r for p in self._parts for r in p.reasons()]
+                classes.append(f"{name}: restarting")
+        for p in self._parts:
+            found = p.reasons()
+            reasons += found
+            if found:
+                classes.append(f"{p.name}: degraded")
         sections = self.services.health.sections() if self.services is not None else {}
         return {
             "status": "ok" if not reasons else "degraded",
             "reasons": reasons,
+            "reason_classes": classes,
             "site": self.config.site.id,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started_monotonic, 1),

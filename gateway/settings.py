@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -39,6 +39,7 @@ from drivers.errors import GiaError
 from forecasting.config import ForecastingConfig
 from gateway.certification.config import CertificationConfig
 from gateway.control.config import ControlConfig
+from gateway.credentials import check_token, redact_url, redact_urls, refuse_url_credentials, token_problem
 from gateway.flexibility.config import FlexibilityConfig
 from gateway.hubpush.config import HubPushConfig
 
@@ -128,14 +129,18 @@ def _secret(value: SecretStr | None, file: Path | None) -> str | None:
     return None
 
 
-def _check_url(v: str, schemes: Sequence[str], example: str) -> str:
+def _check_url(v: str, schemes: Sequence[str], example: str, credentials_fix: str = "use the *_file fields") -> str:
+    """A URL of one of `schemes` with a host, a valid port and no credentials (issue 15: a password in
+    a URL was echoed by /healthz, the log and check-config). Messages show the URL redacted."""
+    refuse_url_credentials(v, credentials_fix)
     parts = urlsplit(v)
+    shown = repr(redact_url(v))
     if parts.scheme not in schemes or not parts.hostname:
-        raise ValueError(f"{v!r} is not a {'/'.join(schemes)} URL; write e.g. {example}")
+        raise ValueError(f"{shown} is not a {'/'.join(schemes)} URL; write e.g. {example}")
     try:
         _ = parts.port
     except ValueError:
-        raise ValueError(f"{v!r}: port must be 1..65535") from None
+        raise ValueError(f"{shown}: port must be 1..65535") from None
     return v
 
 
@@ -166,7 +171,12 @@ class InfluxConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _check_url(v, ("http", "https"), "http://127.0.0.1:8086")
+        return _check_url(
+            v,
+            ("http", "https"),
+            "http://127.0.0.1:8086",
+            "give them as influxdb.token_file (v2) or influxdb.username and influxdb.password_file (v1)",
+        )
 
     @model_validator(mode="after")
     def _flavour_fields(self) -> InfluxConfig:
@@ -217,7 +227,9 @@ class MqttConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        return _check_url(v, ("mqtt", "mqtts"), "mqtt://127.0.0.1:1883")
+        return _check_url(
+            v, ("mqtt", "mqtts"), "mqtt://127.0.0.1:1883", "give them as mqtt.username and mqtt.password_file"
+        )
 
     @field_validator("prefix")
     @classmethod
@@ -250,8 +262,8 @@ class ApiToken(BaseModel):
     def _has_token(self) -> ApiToken:
         if (self.token is None) == (self.token_file is None):
             raise ValueError("set exactly one of 'token' or 'token_file'")
-        if self.token is not None and len(self.token.get_secret_value()) < 32:
-            raise ValueError("token too short (< 32 characters); generate one: openssl rand -hex 32")
+        if self.token is not None:
+            check_token(self.token.get_secret_value())  # a token_file is read and checked by _check_secrets
         return self
 
     def value(self) -> str:
@@ -271,6 +283,20 @@ class HttpConfig(BaseModel):
     anonymous_viewer_on_loopback: bool = Field(
         default=False, description="let clients on 127.0.0.1/::1 view the page and live API without a token"
     )
+    trusted_proxies: list[str] = Field(
+        default_factory=list,
+        description="addresses or networks of reverse proxies whose X-Forwarded-For is believed (default none)",
+    )
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not an IP address or network such as 10.0.0.5 or 10.0.0.0/24") from None
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -291,6 +317,13 @@ class HttpConfig(BaseModel):
     def _tls_pair(self) -> HttpConfig:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("set both tls_cert_file and tls_key_file, or neither")
+        if self.trusted_proxies and self.anonymous_viewer_on_loopback:
+            # Behind a proxy every visitor arrives from the proxy's address (often loopback): anonymous
+            # viewing "on loopback" would then be anonymous viewing for the whole network.
+            raise ValueError(
+                "anonymous_viewer_on_loopback cannot be used behind a proxy (trusted_proxies is set);"
+                " remove one of them and give viewers a token"
+            )
         return self
 
     @property
@@ -356,7 +389,8 @@ class Problem:
     fix: str = ""
 
     def __str__(self) -> str:
-        line = f"{self.path}: {self.message}" + (f" — fix: {self.fix}" if self.fix else "")
+        # redact_urls: no validator echoes a URL's credentials, and none ever will by accident either
+        line = redact_urls(f"{self.path}: {self.message}" + (f" — fix: {self.fix}" if self.fix else ""))
         # One problem, one line: a key or value from the file may hold a newline or control
         # characters, which must neither split the line nor forge another one.
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
@@ -513,6 +547,30 @@ def _check_maps_raw(raw: dict[str, Any], base: Path) -> list[Problem]:
     return problems
 
 
+class _FileToken(Protocol):
+    token_file: Path | None
+
+
+def token_file_problems(section: str, tokens: Sequence[_FileToken]) -> list[Problem]:
+    """Weak tokens read from `token_file`s (inline ones are checked by the model): an empty or short
+    file is a config error naming the field, as an inline token is (issue 15, finding 1). Shared by the
+    agent's `http:` and the hub's `hub.http:` sections."""
+    problems = []
+    for i, t in enumerate(tokens):
+        if t.token_file is None or not t.token_file.is_file():
+            continue  # a missing file is reported with the other missing files
+        try:
+            value = t.token_file.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(f"{section}.tokens[{i}].token_file", f"cannot be read ({exc})", "check the file"))
+            continue
+        problem = token_problem(value)
+        if problem is not None:
+            fix = f"write a strong one into it: openssl rand -hex 32 > {t.token_file}"
+            problems.append(Problem(f"{section}.tokens[{i}].token_file", problem, fix))
+    return problems
+
+
 def _check_secrets(settings: Settings, base: Path) -> list[Problem]:
     problems: list[Problem] = []
     files: list[tuple[str, Path | None]] = []
@@ -542,6 +600,7 @@ def _check_secrets(settings: Settings, base: Path) -> list[Problem]:
         ("http.tls_key_file", settings.http.tls_key_file),
     ]
     files += [(f"http.tokens[{i}].token_file", t.token_file) for i, t in enumerate(settings.http.tokens)]
+    problems += token_file_problems("http", settings.http.tokens)
     files += [  # chargers' passwords and TLS files (OCPP devices; OPC UA devices check theirs themselves)
         (f"devices[{i}].{name}", getattr(d, name, None))
         for i, d in enumerate(settings.devices)

@@ -81,6 +81,42 @@ def _event_json(event: LiveEvent) -> dict[str, Any]:
     return {"device": event.device, "values": {s.quantity: _sample_json(s) for s in event.samples}}
 
 
+#: Sent with every response (issue 15): the pages load only their own scripts (no inline script, so an
+#: injected `<script>` does not run), cannot be framed (clickjacking of the setup page), and leak no URL
+#: (a `/?token=` bookmark) to another site through the Referer header.
+SECURITY_HEADERS: dict[str, str] = {
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+    ),
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+
+def add_security_headers(app: FastAPI) -> None:
+    """`SECURITY_HEADERS` on every response of `app` (the gateway's and the hub's)."""
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        response: Response = await call_next(request)
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+
+def health_for(request: Request, auth: Authenticates, report: dict[str, Any]) -> dict[str, Any]:
+    """The whole health report for a viewer; for anyone else only the status and the reason classes
+    (issue 15: `/healthz` is open to the network, and its reasons quoted broker addresses and error
+    texts). A monitor without a token still sees healthy or not, and which part is unwell."""
+    try:
+        auth.authenticate(request, "viewer")
+    except ApiError:
+        return {"status": report["status"], "reasons": list(report.get("reason_classes", []))}
+    return report
+
+
 def create_app(services: ApiServices) -> FastAPI:
     app = FastAPI(
         title="GIA Gateway",
@@ -89,6 +125,8 @@ def create_app(services: ApiServices) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+
+    add_security_headers(app)
 
     def need(role: Role) -> Callable[[Request], Principal]:
         def dependency(request: Request) -> Principal:
@@ -119,8 +157,8 @@ def create_app(services: ApiServices) -> FastAPI:
         return _error(400, "bad_request", detail)
 
     @app.get("/healthz", tags=["health"], summary="200 when healthy, 503 with reasons otherwise")
-    async def healthz() -> JSONResponse:
-        report = services.health()
+    async def healthz(request: Request) -> JSONResponse:
+        report = health_for(request, services.auth, services.health())
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
     # The pages themselves (/, /login, /history, /setup) are added by gateway/api/pages.py.

@@ -109,9 +109,24 @@ def add_pages(app: FastAPI, *, auth: PageAuth, catalogues: Catalogues, site: Pag
     async def index(request: Request, token: str | None = None) -> Response:
         if token is not None:
             # Exchange a token in the URL (bookmarkable for a wall screen) for a cookie, then drop it
-            # from the address bar so it does not linger in history.
+            # from the address bar so it does not linger in history. Only a token that authenticates
+            # becomes a cookie (issue 15: any string, even an empty one, was set before).
+            try:
+                auth.tokens.verify(request, token)
+            except ApiError as exc:
+                t = lang_of(request)
+                message = {
+                    401: t("Unknown token, or wrong user name or password."),
+                    403: t("This token may not open this page."),
+                    429: t("Too many failed attempts: wait a minute and try again."),
+                }.get(exc.status_code, exc.detail)
+                failed = render("login.html", request, None, next="/", error=message)
+                failed.status_code = exc.status_code
+                return failed
             resp = RedirectResponse("/", status_code=303)
-            resp.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+            resp.set_cookie(
+                TOKEN_COOKIE, token.strip(), httponly=True, samesite="strict", secure=auth.tokens.is_https(request)
+            )
             return resp
         handler: Response = await page("index.html")(request)
         return handler

@@ -23,16 +23,20 @@ from gateway.site.balance import energy_summary, flow_history
 from gateway.site.resolve import Site
 
 
-def authenticator(cfg: HttpConfig) -> Authenticator:
-    tokens = [
-        TokenEntry(t.value().encode(), Principal(t.name, frozenset(t.roles), frozenset(t.sites))) for t in cfg.tokens
-    ]
-    return Authenticator(tokens, anonymous_viewer_on_loopback=cfg.anonymous_viewer_on_loopback)
+def authenticator(cfg: HttpConfig, site: str | None = None) -> Authenticator:
+    """The tokens of `cfg` (as digests); with `site`, principals scoped to other sites are refused."""
+    tokens = [TokenEntry(t.value(), Principal(t.name, frozenset(t.roles), frozenset(t.sites))) for t in cfg.tokens]
+    return Authenticator(
+        tokens,
+        anonymous_viewer_on_loopback=cfg.anonymous_viewer_on_loopback,
+        trusted_proxies=cfg.trusted_proxies,
+        site=site,
+    )
 
 
 def page_auth(settings: Settings) -> PageAuth:
     """Tokens (auth.py) plus the login page's users and sessions (sessions.py)."""
-    return PageAuth(authenticator(settings.http), users=UserStore(settings.data_dir / "users.json"))
+    return PageAuth(authenticator(settings.http, settings.site.id), users=UserStore(settings.data_dir / "users.json"))
 
 
 def build_app(site: Site, services: Services) -> FastAPI:

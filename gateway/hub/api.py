@@ -41,6 +41,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
+from gateway.api.app import add_security_headers, health_for
 from gateway.api.auth import ApiError, Authenticator, Principal, Role, TokenEntry
 from gateway.hub.areas import AreaReports
 from gateway.hub.config import HubHttpConfig
@@ -84,14 +85,16 @@ def hub_authenticator(cfg: HubHttpConfig) -> Authenticator:
     """The gateway's authenticator with the hub's tokens; a principal's scope holds area ids."""
     tokens = [
         TokenEntry(
-            t.value().encode(),
+            t.value(),
             Principal(
                 t.name, frozenset(t.roles).union(*(IMPLIED.get(r, frozenset()) for r in t.roles)), frozenset(t.areas)
             ),
         )
         for t in cfg.tokens
     ]
-    return Authenticator(tokens, anonymous_viewer_on_loopback=cfg.anonymous_viewer_on_loopback)
+    return Authenticator(
+        tokens, anonymous_viewer_on_loopback=cfg.anonymous_viewer_on_loopback, trusted_proxies=cfg.trusted_proxies
+    )
 
 
 def create_hub_app(
@@ -113,6 +116,7 @@ def create_hub_app(
         docs_url=None,
         redoc_url=None,
     )
+    add_security_headers(app)
     auth = auth or Authenticator([], anonymous_viewer_on_loopback=False)
     areas = areas or AreaReports(store)
     views = Views(store.engine)
@@ -174,8 +178,8 @@ def create_hub_app(
 
     # -- health, page ---------------------------------------------------------------------------------
     @app.get("/healthz", tags=["health"], summary="200 when healthy, 503 with reasons otherwise")
-    async def healthz() -> JSONResponse:
-        report = health()
+    async def healthz(request: Request) -> JSONResponse:
+        report = health_for(request, auth, health())
         return JSONResponse(report, status_code=200 if report["status"] == "ok" else 503)
 
     def _page(name: str) -> str:
@@ -184,9 +188,13 @@ def create_hub_app(
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index(request: Request, token: str | None = None) -> Response:
         if token is not None:
-            # A token in the URL (a bookmark) becomes a cookie; the address bar forgets it.
+            # A token in the URL (a bookmark) becomes a cookie once checked; the address bar forgets it.
+            try:
+                auth.verify(request, token)
+            except ApiError as exc:
+                return HTMLResponse(_page("login.html"), status_code=exc.status_code)
             resp = RedirectResponse("/", status_code=303)
-            resp.set_cookie("gia_token", token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+            resp.set_cookie("gia_token", token, httponly=True, samesite="strict", secure=auth.is_https(request))
             return resp
         try:
             auth.authenticate(request, "viewer")
@@ -204,8 +212,12 @@ def create_hub_app(
     async def login(request: Request) -> Response:
         body = (await _read_limited(request, 4096)).decode(errors="replace")
         token = (parse_qs(body).get("token") or [""])[-1].strip()
+        try:
+            auth.verify(request, token)  # only a token that authenticates becomes a cookie
+        except ApiError as exc:
+            return HTMLResponse(_page("login.html"), status_code=exc.status_code)
         resp = RedirectResponse("/", status_code=303)
-        resp.set_cookie("gia_token", token, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+        resp.set_cookie("gia_token", token, httponly=True, samesite="strict", secure=auth.is_https(request))
         return resp
 
     @app.post("/logout", include_in_schema=False)

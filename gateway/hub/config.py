@@ -31,6 +31,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from gateway.credentials import check_token
 from gateway.settings import (
     ConfigError,
     HttpConfig,
@@ -39,6 +40,7 @@ from gateway.settings import (
     Role,
     _problems_from_validation,
     _secret,
+    token_file_problems,
 )
 
 if TYPE_CHECKING:
@@ -176,8 +178,8 @@ class HubToken(BaseModel):
     def _has_token(self) -> HubToken:
         if (self.token is None) == (self.token_file is None):
             raise ValueError("set exactly one of 'token' or 'token_file'")
-        if self.token is not None and len(self.token.get_secret_value()) < 32:
-            raise ValueError("token too short (< 32 characters); generate one: openssl rand -hex 32")
+        if self.token is not None:
+            check_token(self.token.get_secret_value())  # the same rule as the agent's tokens (token_file: below)
         return self
 
     def value(self) -> str:
@@ -270,13 +272,14 @@ def _check_files(s: HubSettings) -> list[Problem]:
         ("hub.http.tls_key_file", h.http.tls_key_file),
     ]
     files += [(f"hub.http.tokens[{i}].token_file", t.token_file) for i, t in enumerate(h.http.tokens)]
+    weak = token_file_problems("hub.http", h.http.tokens)
     if h.database is not None:
         files.append(("hub.database.password_file", h.database.password_file))
     if h.mqtt is not None:
         files.append(("hub.mqtt.password_file", h.mqtt.password_file))
         if h.mqtt.tls is not None:
             files += [("hub.mqtt.tls.ca_file", h.mqtt.tls.ca_file), ("hub.mqtt.tls.cert_file", h.mqtt.tls.cert_file)]
-    return [
+    return weak + [
         Problem(path, f"file {str(f)!r} does not exist", "create it or correct the path")
         for path, f in files
         if f is not None and not f.is_file()

@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 
 from drivers.backoff import Backoff
 from drivers.cancel import raise_if_cancelling
+from gateway.credentials import redact_url
 from gateway.hub.ingest import Ingestor, Outcome
 from gateway.settings import MqttConfig
 from gateway.sinks.mqtt.sink import tls_context
@@ -161,14 +162,14 @@ class HubMqtt:
                     self.health.connected = True
                     self.health.connects += 1
                     backoff.reset()
-                    log.info("hub subscribed on %s", self.cfg.url)
+                    log.info("hub subscribed on %s", redact_url(self.cfg.url))
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._receipts(client), name="hub-mqtt-receipts")
                         await self._messages(client)
             except* aiomqtt.MqttError as group:
                 exc = group.exceptions[0]
                 if self.health.connected or self.health.last_error is None:
-                    log.error("hub broker %s: %s", self.cfg.url, exc)  # once per outage
+                    log.error("hub broker %s: %s", redact_url(self.cfg.url), exc)  # once per outage
                 self.health.last_error = str(exc)
             finally:
                 self.health.connected = False

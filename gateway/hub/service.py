@@ -86,11 +86,13 @@ class Hub:
 
     def health(self) -> dict[str, Any]:
         reasons: list[str] = []
+        classes: list[str] = []  # what /healthz tells a client without a token
         parts = {}
         for name, h in self.supervisor.health().items():
             parts[name] = {"state": h.state.value, "restarts": h.restarts, "last_error": h.last_error}
             if h.state is PartState.RESTARTING:
                 reasons.append(f"part {name} is restarting after: {h.last_error}")
+                classes.append(f"{name}: restarting")
         mqtt = None
         if self.mqtt is not None:
             mh = self.mqtt.health
@@ -105,15 +107,18 @@ class Hub:
             }
             if not mh.connected:
                 reasons.append(f"not connected to the broker: {mh.last_error or 'connecting'}")
+                classes.append("mqtt: disconnected")
         database: dict[str, Any] = {"backend": self.store.engine.dialect.name}
         try:
             database["log_size"] = self.store.leaf_count()
         except Exception as exc:  # the database is down: say so, without the URL (it is no secret, but)
             reasons.append(f"database unavailable: {type(exc).__name__}")
+            classes.append("database: unavailable")
             database["error"] = type(exc).__name__
         return {
             "status": "ok" if not reasons else "degraded",
             "reasons": reasons,
+            "reason_classes": classes,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 1),
             "parts": parts,

@@ -26,6 +26,7 @@ from sqlalchemy import Connection, Engine, func, insert, select, update
 from gateway.certification.exact import iso_ms
 from gateway.certification.policy import Policy, policy_from_mapping
 from gateway.certification.signing import KeyFileError, KeyStore, canonical, key_id, load_public_pem
+from gateway.credentials import token_digest
 from gateway.hub import db, log
 from gateway.hub.config import AreaConfig, HubConfig
 from gateway.hub.verifier import KnownTransition, PinnedKey
@@ -70,7 +71,8 @@ def _now_ms() -> int:
 
 
 def _token_hash(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
+    """The push token's digest as stored (gateway/credentials.py: the same digest as the API tokens')."""
+    return token_digest(token).hex()
 
 
 def policy_json(policy: Policy) -> str:

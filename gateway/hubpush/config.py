@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from gateway.credentials import refuse_url_credentials
+
 
 class HubPushConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -33,11 +35,10 @@ class HubPushConfig(BaseModel):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
+        refuse_url_credentials(v, "give the site's push token as hub.token_file")
         parts = urlsplit(v)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise ValueError(f"{v!r} is not an https URL; write e.g. https://hub.example:8443")
-        if parts.username or parts.password:
-            raise ValueError("the hub URL must not carry credentials; use token_file")
         if parts.scheme == "http":
             try:
                 loopback = ipaddress.ip_address(parts.hostname).is_loopback

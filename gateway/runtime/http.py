@@ -55,6 +55,9 @@ class HttpServer:
                 ssl_certfile=str(cfg.tls_cert_file) if cfg.tls_cert_file else None,
                 ssl_keyfile=str(cfg.tls_key_file) if cfg.tls_key_file else None,
                 timeout_graceful_shutdown=2,
+                # X-Forwarded-For is believed only from http.trusted_proxies, by the authenticator
+                # (gateway/api/auth.py); uvicorn's default believed any peer on 127.0.0.1.
+                proxy_headers=False,
             )
         )
 

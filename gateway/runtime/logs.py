@@ -8,6 +8,21 @@ import os
 import sys
 from datetime import UTC, datetime
 
+from gateway.credentials import redact_urls
+
+
+class RedactUrls(logging.Filter):
+    """Every `scheme://user:pass@` in a log line becomes `scheme://***@` (issue 15: the configuration
+    refuses credentials in URLs, and this keeps one that reaches a message by another way — an
+    exception text quoting a URL — out of the journal)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = redact_urls(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        return True
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -31,6 +46,7 @@ def setup_logging(*, level: str = "info", fmt: str = "text") -> None:
         handler.setFormatter(logging.Formatter("%(levelname)-7s %(name)s: %(message)s"))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(RedactUrls())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

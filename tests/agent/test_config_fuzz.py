@@ -37,7 +37,10 @@ GOOD: dict[str, Any] = {
     ],
     "mqtt": {"url": "mqtt://127.0.0.1:1883", "username": "u", "password": "p"},
     "influxdb": {"url": "http://127.0.0.1:8086", "api": "v1", "database": "gia"},
-    "http": {"listen": "127.0.0.1:8080", "tokens": [{"name": "c", "roles": ["certifier"], "token": "x" * 32}]},
+    "http": {
+        "listen": "127.0.0.1:8080",
+        "tokens": [{"name": "c", "roles": ["certifier"], "token": "9c2e4a6b8d0f1357acef2468bdf97531"}],
+    },
     "ledger": {"commit_interval_s": 1},
 }
 

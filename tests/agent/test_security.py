@@ -98,8 +98,10 @@ async def test_https_tokens_rate_limit_traversal_and_logs(https_agent: Any) -> N
         # Rate limit on authentication failures, end to end: 429 after repeated bad tokens.
         codes = [_request(base + "/api/v1/live", token=f"wrong-{i}", ca=ca)[0] for i in range(25)]
         assert codes[0] == 401 and codes[-1] == 429, codes
-        # ... which also stops a good token from that client for the window (no oracle while blocked).
-        assert _request(base + "/api/v1/live", token=VIEWER, ca=ca)[0] == 429
+        # ... wrong tokens only: a good token from that client still works (issue 15: behind a proxy all
+        # visitors share one address). Guessing stays hopeless because every token has >= 128 bits.
+        assert _request(base + "/api/v1/live", token=VIEWER, ca=ca)[0] == 200
+        assert _request(base + "/api/v1/live", token="wrong-again", ca=ca)[0] == 429
 
     await __import__("asyncio").to_thread(run)
     log = agent.log()

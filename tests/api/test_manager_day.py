@@ -303,7 +303,7 @@ def test_config_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     """Finding 10: `token_file: viewer-token` resolved against the working directory, not the file."""
     site = tmp_path / "site"
     site.mkdir()
-    (site / "viewer-token").write_text("t" * 40 + "\n")
+    (site / "viewer-token").write_text("5e1d9c3b7a2f4e6d8c0b1a3f5e7d9c2b\n")
     (site / "gia.yaml").write_text(
         yaml.safe_dump(
             {

@@ -22,7 +22,11 @@ from tests.support.browser import ARTIFACTS, CHROMIUM_ARGS, chromium_path, start
 pytestmark = [pytest.mark.browser, pytest.mark.modbus, pytest.mark.slow]
 
 SIZES = {"phone": (390, 844), "desktop": (1440, 900)}
-TOKENS = {"viewer": "v" * 40, "certifier": "c" * 40, "admin": "a" * 40}
+TOKENS = {  # strong enough for the configuration (gateway/credentials.py)
+    "viewer": "viewer-0f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    "certifier": "certifier-a1b2c3d4e5f60718293a4b5c6d7e8f90",
+    "admin": "admin-9f8e7d6c5b4a39281706f5e4d3c2b1a0",
+}
 
 
 @pytest.fixture(scope="module")

@@ -126,7 +126,10 @@ def test_gia_hub_run_serves_healthz_and_stops_cleanly_on_sigterm(
     port = free_port()
     cfg = write_config(tmp_path)
     cfg.write_text(
-        cfg.read_text() + f"  http: {{listen: '127.0.0.1:{port}'}}\n  mqtt: {{url: '{mosquitto_fresh.url}'}}\n"
+        cfg.read_text()
+        # the anonymous loopback viewer sees /healthz in detail (without a token: status and reason classes)
+        + f"  http: {{listen: '127.0.0.1:{port}', anonymous_viewer_on_loopback: true}}\n"
+        + f"  mqtt: {{url: '{mosquitto_fresh.url}'}}\n"
     )
     with (tmp_path / "hub.log").open("wb") as out:
         proc = subprocess.Popen(

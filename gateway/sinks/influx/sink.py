@@ -45,6 +45,7 @@ from typing import Any, Final, Protocol, Self
 
 from drivers.cancel import raise_if_cancelling
 from drivers.model import QUANTITIES, Quality, QuantityKind
+from gateway.credentials import redact_url
 from gateway.ledger.store import Poll
 from gateway.settings import InfluxConfig
 from gateway.sinks.base import SinkError, SinkRejected
@@ -308,7 +309,7 @@ class _V1Transport:
         if config.retention_policy:
             params["rp"] = config.retention_policy
         self._url = config.url.rstrip("/") + "/write?" + urllib.parse.urlencode(params)
-        self._where = f"InfluxDB {config.url} (v1, db {config.database})"
+        self._where = f"InfluxDB {redact_url(config.url)} (v1, db {config.database})"
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         password = config.password_value()
         if config.username is not None:
@@ -342,7 +343,7 @@ class _V2Transport:
         _quiet_insecure_warning(config)
         self._bucket = config.bucket or ""
         self._org = config.org or ""
-        self._where = f"InfluxDB {config.url} (v2, bucket {self._bucket})"
+        self._where = f"InfluxDB {redact_url(config.url)} (v2, bucket {self._bucket})"
         kw: dict[str, Any] = {"verify_ssl": config.verify_tls}
         if config.ca_file is not None:
             kw["ssl_ca_cert"] = str(config.ca_file)

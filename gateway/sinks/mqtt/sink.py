@@ -27,6 +27,7 @@ from paho.mqtt.enums import MQTTErrorCode
 from drivers.cancel import raise_if_cancelling
 from drivers.model import Quality, from_ms, iso_utc
 from gateway import __version__
+from gateway.credentials import redact_url
 from gateway.ledger.store import Entry, Poll
 from gateway.runtime.live import LiveState
 from gateway.settings import MqttConfig
@@ -132,7 +133,7 @@ class MqttSink:
             if self._cfg.homeassistant_discovery:
                 await self._homeassistant()
         except aiomqtt.MqttError as exc:
-            raise SinkError(f"MQTT broker {self._cfg.url}: {exc}") from None
+            raise SinkError(f"MQTT broker {redact_url(self._cfg.url)}: {exc}") from None
         return self
 
     async def __aexit__(
