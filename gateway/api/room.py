@@ -49,6 +49,9 @@ def build_app(site: Site, services: Services) -> FastAPI:
         forecast=p.forecast,
         flexibility=p.flexibility,
         stopping=lambda: services.stopping(),
+        expensive_per_client=services.settings.http.expensive_per_client,
+        report_builds=services.settings.http.report_builds,
+        scratch_dir=services.settings.data_dir / "tmp",
     )
     app = create_app(api)
     channels, clock, reader = site.channels, services.clock, services.reader
