@@ -269,7 +269,7 @@ class HttpConfig(BaseModel):
         default=5.0, ge=1, le=300, description="an idle keep-alive connection is closed after this time"
     )
     expensive_per_client: int = Field(
-        default=2,
+        default=4,
         ge=1,
         le=100,
         description="history, report and evidence requests one client may have in flight; more get 429 "

@@ -58,7 +58,7 @@ class ApiServices:
     #: true once the agent is stopping: long-lived responses (the SSE stream) end by themselves
     stopping: Callable[[], bool] = field(default=lambda: False)
     #: history/report/evidence requests one client may have in flight (`http.expensive_per_client`)
-    expensive_per_client: int = 2
+    expensive_per_client: int = 4
     #: report, PDF and evidence builds at once (`http.report_builds`); more wait their turn
     report_builds: int = 1
     #: where evidence zips are built before they are streamed: the data dir (its disk budget), not /tmp
