@@ -5,14 +5,19 @@ proxy port and send nothing. Before the fix uvicorn kept every such socket open 
 descriptors used up `/healthz` went unanswered, a meter could not reconnect, and asyncio logged every
 failed accept. The agent here runs with a small descriptor limit (as `LimitNOFILE=` would set it) and
 is flooded with twice its connection limits of idle sockets, from a separate process as an attacker
-would be, while it polls a simulated meter.
+would be, while it polls a simulated meter. With HTTPS the sockets never start the TLS handshake: they
+count against the same limit (asyncio alone would keep each for 60 s).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import ssl
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,8 +25,8 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from drivers.maps import load_map
 from gateway.ledger.store import Ledger
-from tests.servers import free_port
-from tests.support.faults import AgentProcess, Meters, get_json, wait_for, write_config
+from tests.servers import TlsMaterial, free_port
+from tests.support.faults import AgentProcess, Meters, wait_for, write_config
 
 pytestmark = [pytest.mark.fault, pytest.mark.modbus]
 
@@ -61,6 +66,15 @@ def _still_open(socks: list[socket.socket]) -> int:
     return n
 
 
+def _health(url: str, ca: Path | None) -> tuple[int, dict[str, object]]:
+    ctx = ssl.create_default_context(cafile=str(ca)) if ca else None
+    try:
+        with urllib.request.urlopen(url, timeout=5, context=ctx) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 def _newest_seq(path: Path) -> int:
     led = Ledger(path, readonly=True)
     try:
@@ -70,22 +84,29 @@ def _newest_seq(path: Path) -> int:
 
 
 @pytest.mark.timeout(180)
-async def test_idle_sockets_at_twice_the_limit_leave_polling_health_and_the_log_intact(tmp_path: Path) -> None:
+@pytest.mark.parametrize("https", [False, True], ids=["http", "https"])
+async def test_idle_sockets_at_twice_the_limit_leave_polling_health_and_the_log_intact(
+    tmp_path: Path, https: bool, tls_material: TlsMaterial
+) -> None:
     meters = await Meters(["m"]).start()
     proxy_port = free_port()
     devices = meters.device_configs(poll_s=0.5)
     devices[0] |= {"proxy": f"tcp://127.0.0.1:{proxy_port}", "proxy_max_clients": PROXY_LIMIT}
-    config, port = write_config(
-        tmp_path,
-        site="flood",
-        devices=devices,
-        http={"max_connections": HTTP_LIMIT, "header_timeout_s": HEADER_TIMEOUT_S},
-    )
+    http: dict[str, object] = {"max_connections": HTTP_LIMIT, "header_timeout_s": HEADER_TIMEOUT_S}
+    if https:
+        http |= {"tls_cert_file": str(tls_material.server_cert), "tls_key_file": str(tls_material.server_key)}
+    config, port = write_config(tmp_path, site="flood", devices=devices, http=http)
     agent = AgentProcess(config, port, nofile=NOFILE)
-    await agent.start()
+    await agent.start(wait_http=False)
+    ca = tls_material.ca_file if https else None
+    base = f"http{'s' if https else ''}://127.0.0.1:{port}"
+
+    def health() -> tuple[int, dict[str, object]]:
+        return _health(base + "/healthz", ca)
+
     attack: list[socket.socket] = []
     try:
-        await wait_for(lambda: agent.health().get("status") == "ok", 30, "a healthy agent")
+        await wait_for(lambda: health()[1].get("status") == "ok", 30, "a healthy agent")
         log_before = len(agent.log().splitlines())
 
         http_socks = await asyncio.to_thread(_open_idle, port, 2 * HTTP_LIMIT)
@@ -95,7 +116,7 @@ async def test_idle_sockets_at_twice_the_limit_leave_polling_health_and_the_log_
         t_attack = time.monotonic()
 
         # Health answers while the idle sockets are held (a real client evicts an idle one).
-        status, body = await asyncio.to_thread(get_json, agent.base + "/healthz")
+        status, body = await asyncio.to_thread(health)
         assert status == 200, body
 
         # The proxy still serves a real Modbus client.
@@ -117,7 +138,7 @@ async def test_idle_sockets_at_twice_the_limit_leave_polling_health_and_the_log_
         assert await asyncio.to_thread(_still_open, http_socks) <= HTTP_LIMIT
         assert await asyncio.to_thread(_still_open, proxy_socks) <= PROXY_LIMIT
 
-        status, body = await asyncio.to_thread(get_json, agent.base + "/healthz")
+        status, body = await asyncio.to_thread(health)
         assert status == 200, body
         # The log stays quiet: a handful of lines, not one per refused accept.
         new_lines = agent.log().splitlines()[log_before:]
