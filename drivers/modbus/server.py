@@ -36,8 +36,9 @@ FC_TYPE: Final[dict[int, RegisterType]] = {1: "coil", 2: "discrete", 3: "holding
 class ServerStats:
     requests: int = 0
     faults: int = 0
-    #: connections closed at once because `max_clients` were open, and clients closed as idle
+    #: at `max_clients`: new connections closed at once, quietest clients closed to make room; idle clients closed
     refused: int = 0
+    evicted: int = 0
     timed_out: int = 0
 
 
@@ -61,7 +62,7 @@ class _BoundedHandler(ServerRequestHandler):
                 self.server.active_connections.pop(self.unique_id, None)
                 self.listener = None
                 return
-            stats.refused += 1
+            stats.evicted += 1
             min(quiet, key=lambda c: c._last_data).close()
         super().connection_made(transport)
         self._last_data = time.monotonic()
