@@ -92,6 +92,16 @@ class ModbusDeviceConfig(BaseModel):
         description="tcp://HOST:PORT on which to re-serve the registers the gateway polls from this device,"
         " for other local clients (devices that accept only one Modbus client)",
     )
+    proxy_max_clients: int = Field(
+        default=8,
+        ge=1,
+        le=256,
+        description="clients the proxy serves at once; more are closed when accepted (idle sockets cannot"
+        " use up the agent's descriptors). Devices sharing one proxy address share the largest value",
+    )
+    proxy_idle_timeout_s: float = Field(
+        default=60.0, gt=0, le=3600, description="a proxy client that sends nothing for this long is closed"
+    )
 
     @field_validator("proxy")
     @classmethod

@@ -26,11 +26,13 @@ def register(app: typer.Typer) -> None:
     def run(config: ConfigOpt = None, log_format: LogFormatOpt = "text") -> None:
         """Run the agent: poll devices, keep every reading in the ledger, forward to InfluxDB and MQTT."""
         from gateway.agent import Agent
+        from gateway.runtime.fdbudget import raise_nofile_limit
         from gateway.runtime.logs import setup_logging
         from gateway.runtime.runner import run_until_signal
 
         cfg = load_or_exit(config)
         setup_logging(level=cfg.settings.log_level, fmt=log_format)
+        raise_nofile_limit()  # descriptors for devices and the ledger beside the HTTP connections
 
         async def main() -> None:
             agent = Agent(cfg)

@@ -283,6 +283,30 @@ class HttpConfig(BaseModel):
     anonymous_viewer_on_loopback: bool = Field(
         default=False, description="let clients on 127.0.0.1/::1 view the page and live API without a token"
     )
+    max_connections: int = Field(
+        default=100,
+        ge=4,
+        le=10_000,
+        description="open HTTP connections at most; more are closed when accepted (idle sockets cannot "
+        "use up the descriptors devices and the ledger need). Lowered at start if the process's "
+        "descriptor limit (LimitNOFILE) is too small for it",
+    )
+    header_timeout_s: float = Field(
+        default=10.0, gt=0, le=300, description="a new connection that sends no complete request in this time is closed"
+    )
+    keep_alive_s: float = Field(
+        default=5.0, ge=1, le=300, description="an idle keep-alive connection is closed after this time"
+    )
+    expensive_per_client: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="history, report and evidence requests one client may have in flight; more get 429 "
+        "with Retry-After (a viewer cannot queue the reader threads full)",
+    )
+    report_builds: int = Field(
+        default=1, ge=1, le=8, description="report, PDF and evidence builds at once (each uses a CPU core)"
+    )
     trusted_proxies: list[str] = Field(
         default_factory=list,
         description="addresses or networks of reverse proxies whose X-Forwarded-For is believed (default none)",

@@ -41,6 +41,23 @@ def cache_lookup(
     return lookup
 
 
-def proxy_server(listen: str, pool: BusPool, routes: Mapping[int, str], *, max_age_s: float) -> LookupServer:
-    """A server on `listen` for the unit ids in `routes` (unit id -> bus key of the device's connection)."""
-    return LookupServer(listen=listen, unit_ids=sorted(routes), lookup=cache_lookup(pool, routes, max_age_s=max_age_s))
+def proxy_server(
+    listen: str,
+    pool: BusPool,
+    routes: Mapping[int, str],
+    *,
+    max_age_s: float,
+    max_clients: int = 8,
+    idle_timeout_s: float = 60.0,
+) -> LookupServer:
+    """A server on `listen` for the unit ids in `routes` (unit id -> bus key of the device's connection).
+
+    At most `max_clients` connections at once, each closed after `idle_timeout_s` without a request.
+    """
+    return LookupServer(
+        listen=listen,
+        unit_ids=sorted(routes),
+        lookup=cache_lookup(pool, routes, max_age_s=max_age_s),
+        max_clients=max_clients,
+        idle_timeout_s=idle_timeout_s,
+    )

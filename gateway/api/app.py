@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
@@ -32,6 +33,7 @@ from drivers.errors import GiaError
 from drivers.model import QUANTITIES, iso_utc
 from gateway import __version__
 from gateway.api.auth import ApiError, Principal, Role
+from gateway.api.limits import ExpensiveRequestLimit
 from gateway.rooms import ReportProvider
 from gateway.runtime.live import LiveEvent, LiveState
 
@@ -55,6 +57,12 @@ class ApiServices:
     flexibility: Callable[[], dict[str, Any] | None] = field(default=lambda: None)
     #: true once the agent is stopping: long-lived responses (the SSE stream) end by themselves
     stopping: Callable[[], bool] = field(default=lambda: False)
+    #: history/report/evidence requests one client may have in flight (`http.expensive_per_client`)
+    expensive_per_client: int = 4
+    #: report, PDF and evidence builds at once (`http.report_builds`); more wait their turn
+    report_builds: int = 1
+    #: where evidence zips are built before they are streamed: the data dir (its disk budget), not /tmp
+    scratch_dir: Path | None = None
 
 
 def _error(status: int, error: str, detail: Any = "") -> JSONResponse:
@@ -125,6 +133,10 @@ def create_app(services: ApiServices) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.add_middleware(ExpensiveRequestLimit, per_client=services.expensive_per_client)
+    # A bounded pool for report/PDF/evidence builds: each may take a core for seconds, and the
+    # pollers and the ledger's commit thread must keep theirs (issue #15, finding 7).
+    builds = asyncio.Semaphore(services.report_builds)
 
     add_security_headers(app)
 
@@ -246,7 +258,8 @@ def create_app(services: ApiServices) -> FastAPI:
 
     async def _call_reports(fn: Callable[[], Any]) -> Any:
         try:
-            return await asyncio.to_thread(fn)
+            async with builds:
+                return await asyncio.to_thread(fn)
         except GiaError as exc:  # the error says its own status and code (drivers/errors.py)
             raise ApiError(exc.http_status, exc.error_code, str(exc)) from None
 
@@ -272,9 +285,15 @@ def create_app(services: ApiServices) -> FastAPI:
         assert services.reports is not None
         reports = services.reports
 
-        # Streamed through a temporary file: a month of register readings can be hundreds of MB.
+        # Streamed through a temporary file: a month of register readings can be hundreds of MB. The file
+        # lies in the data dir, whose free space the disk guard watches, not in a /tmp on the same card
+        # that the guard would answer by pruning unforwarded readings.
+        scratch = services.scratch_dir
+        if scratch is not None:
+            scratch.mkdir(mode=0o700, parents=True, exist_ok=True)
+
         def build() -> str:
-            with tempfile.NamedTemporaryFile(prefix="gia-evidence-", suffix=".zip", delete=False) as f:
+            with tempfile.NamedTemporaryFile(prefix="gia-evidence-", suffix=".zip", delete=False, dir=scratch) as f:
                 try:
                     reports.write_evidence_zip(site, month, f)
                 except BaseException:

@@ -7,6 +7,7 @@ reports, forecasts, flexibility). The page's energy balance and flow history are
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,6 +22,8 @@ from gateway.runtime.http import HttpServer
 from gateway.settings import HttpConfig, Settings
 from gateway.site.balance import energy_summary, flow_history
 from gateway.site.resolve import Site
+
+log = logging.getLogger(__name__)
 
 
 def authenticator(cfg: HttpConfig, site: str | None = None) -> Authenticator:
@@ -50,6 +53,9 @@ def build_app(site: Site, services: Services) -> FastAPI:
         forecast=p.forecast,
         flexibility=p.flexibility,
         stopping=lambda: services.stopping(),
+        expensive_per_client=services.settings.http.expensive_per_client,
+        report_builds=services.settings.http.report_builds,
+        scratch_dir=services.settings.data_dir / "tmp",
     )
     app = create_app(api)
     channels, clock, reader = site.channels, services.clock, services.reader
@@ -150,8 +156,40 @@ def add_manager_day(app: FastAPI, site: Site, services: Services, *, auth: Any) 
     )
 
 
+def http_connection_limit(site: Site, settings: Settings) -> int:
+    """`http.max_connections`, lowered (with a warning naming the fields) if the descriptors cannot hold it."""
+    from drivers.config import ModbusDeviceConfig
+    from gateway.runtime.fdbudget import listener_budget, nofile_limits
+
+    proxies = {
+        d.config.proxy: d.config.proxy_max_clients
+        for d in site.devices
+        if isinstance(d.config, ModbusDeviceConfig) and d.config.proxy
+    }
+    soft = nofile_limits()[0]
+    budget = listener_budget(
+        soft_limit=soft,
+        devices=len(site.devices),
+        http_wanted=settings.http.max_connections,
+        proxies=len(proxies),
+        proxy_wanted=max(proxies.values(), default=0),
+    )
+    if budget.lowered:
+        log.warning(
+            "the descriptor limit (%d) cannot hold the configured connection limits: %s; raise LimitNOFILE= "
+            "in the unit or lower these fields",
+            soft,
+            ", ".join(budget.lowered),
+        )
+    return budget.http
+
+
 async def _serve(site: Site, services: Services) -> None:
-    server = HttpServer(build_app(site, services), services.settings.http)
+    server = HttpServer(
+        build_app(site, services),
+        services.settings.http,
+        max_connections=http_connection_limit(site, services.settings),
+    )
     services.on_stop.append(server.stop)
     try:
         await server.serve(stopping=services.stopping)

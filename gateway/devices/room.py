@@ -51,16 +51,38 @@ def _device_hub(services: Services) -> MqttHub | None:
 async def _start_proxies(site: Site, services: Services) -> None:
     """One Modbus proxy server per `proxy:` address; each unit id is routed to its device's bus."""
     from drivers.modbus.proxy import proxy_server
+    from gateway.runtime.fdbudget import listener_budget, nofile_limits
 
     routes: dict[str, dict[int, str]] = {}
     max_age: dict[str, float] = {}
+    clients: dict[str, int] = {}
+    idle: dict[str, float] = {}
     for d in site.devices:
         cfg = d.config
         if isinstance(cfg, ModbusDeviceConfig) and cfg.proxy:
             routes.setdefault(cfg.proxy, {})[cfg.unit_id] = parse_connection(cfg.connection).bus_key
             max_age[cfg.proxy] = max(max_age.get(cfg.proxy, 0.0), 3 * cfg.poll_interval_s)
+            clients[cfg.proxy] = max(clients.get(cfg.proxy, 0), cfg.proxy_max_clients)
+            idle[cfg.proxy] = max(idle.get(cfg.proxy, 0.0), cfg.proxy_idle_timeout_s)
+    if not routes:
+        return
+    http = services.settings.http
+    budget = listener_budget(
+        soft_limit=nofile_limits()[0],
+        devices=len(site.devices),
+        http_wanted=http.max_connections if http.enabled else 0,
+        proxies=len(routes),
+        proxy_wanted=max(clients.values()),
+    )
     for listen, r in routes.items():
-        proxy = proxy_server(listen, services.drivers.pool, r, max_age_s=max_age[listen])
+        proxy = proxy_server(
+            listen,
+            services.drivers.pool,
+            r,
+            max_age_s=max_age[listen],
+            max_clients=min(clients[listen], budget.proxy),
+            idle_timeout_s=idle[listen],
+        )
         await proxy.start()
         services.stack.push_async_callback(proxy.stop)
         log.info("Modbus proxy on %s serving unit(s) %s", listen, ", ".join(map(str, proxy.unit_ids)))

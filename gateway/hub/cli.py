@@ -56,11 +56,13 @@ def _store(config: Path | None) -> HubStore:
 def run(config: ConfigOpt = None, log_format: Annotated[str, typer.Option(help="text or json")] = "text") -> None:
     """Run the hub: subscribe on the central broker, serve the push API, verify, log and answer receipts."""
     from gateway.hub.service import Hub
+    from gateway.runtime.fdbudget import raise_nofile_limit
     from gateway.runtime.logs import setup_logging
     from gateway.runtime.runner import run_until_signal
 
     settings = _settings(config)
     setup_logging(level=settings.log_level, fmt=log_format)
+    raise_nofile_limit()  # the push API's connections beside the database's
     store = _store(config)
 
     async def main() -> None:

@@ -18,7 +18,11 @@ async def run_until_signal(
     main: Callable[[], Awaitable[None]], *, shutdown_timeout_s: float = 10.0, on_stop: Callable[[], None] | None = None
 ) -> None:
     """Run `main()` until it ends or SIGINT/SIGTERM arrives; then cancel it and wait a bounded time."""
+    from gateway.runtime.fdbudget import QuietAcceptErrors
+
     loop = asyncio.get_running_loop()
+    quiet = QuietAcceptErrors()  # a connection flood must not fill the log with failed accepts
+    quiet.install(loop)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -44,6 +48,7 @@ async def run_until_signal(
         elif not runner.cancelled() and runner.exception() is not None:
             raise runner.exception()  # type: ignore[misc]
     finally:
+        quiet.uninstall(loop)
         waiter.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)

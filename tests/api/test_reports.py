@@ -3,12 +3,15 @@ public keys, JSON errors, and the fetched report verifies offline with `gia veri
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+import time
 import zipfile
 from datetime import UTC, datetime
 from io import BytesIO
 from pathlib import Path
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -117,3 +120,65 @@ async def test_report_formats_evidence_keys_and_offline_verify(client: httpx.Asy
         text=True,
     )
     assert bad.returncode == 1, bad.stdout + bad.stderr
+
+
+class _WatchedBuilds:
+    """The real ReportService, noting where evidence zips are written and how many builds overlap."""
+
+    def __init__(self, service: ReportService) -> None:
+        self._service = service
+        self.dirs: set[Path] = set()
+        self.running = 0
+        self.peak = 0
+
+    def write_evidence_zip(self, site: str, month: str, out: Any) -> None:
+        self.dirs.add(Path(out.name).parent)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            time.sleep(0.3)  # long enough for the other request to overlap if builds were not bounded
+            self._service.write_evidence_zip(site, month, out)
+        finally:
+            self.running -= 1
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._service, name)
+
+
+async def test_evidence_is_built_in_the_data_dir_one_build_at_a_time(tmp_path: Path) -> None:
+    """Issue #15, finding 7: evidence zips were written to /tmp (on a Pi the same card, outside the disk
+    guard's view of the data dir), and every request started a build of its own on a new thread."""
+    s = settings(tmp_path, [device("grid", channel("grid_import"), serial="SN1")], site="s1")
+    make_ledger(
+        s.ledger_path,
+        register_samples("grid", "energy_import_wh", MARCH_START, MARCH_END, value=lambda k, _ts: 1_000_000 + 250 * k),
+    ).close()
+    site_key(s)
+    watched = _WatchedBuilds(
+        ReportService(s, resolve_site(s, base_dir=Path.cwd()), now_ms=lambda: to_ms(datetime(2025, 4, 15, tzinfo=UTC)))
+    )
+    scratch = s.data_dir / "tmp"
+    services = ApiServices(
+        site="s1",
+        live=LiveState(),
+        health=lambda: {"status": "ok", "reasons": []},
+        reports=cast(Any, watched),
+        auth=Authenticator(
+            [TokenEntry(CERT.encode(), Principal("cert", frozenset({"certifier"}), frozenset({"s1"})))],
+            anonymous_viewer_on_loopback=False,
+        ),
+        report_builds=1,
+        expensive_per_client=4,
+        scratch_dir=scratch,
+    )
+    transport = httpx.ASGITransport(app=create_app(services))
+    async with httpx.AsyncClient(
+        transport=transport, base_url="http://gw", headers={"Authorization": f"Bearer {CERT}"}
+    ) as c:
+        a, b = await asyncio.gather(
+            c.get("/api/v1/sites/s1/evidence/2025-03"), c.get("/api/v1/sites/s1/evidence/2025-03")
+        )
+    assert a.status_code == b.status_code == 200
+    assert watched.dirs == {scratch}, watched.dirs
+    assert watched.peak == 1, f"{watched.peak} evidence builds ran at once with http.report_builds = 1"
+    assert list(scratch.iterdir()) == []  # each zip is removed once sent

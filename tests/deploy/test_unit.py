@@ -112,3 +112,20 @@ def test_journald_dropin_bounds_the_journal() -> None:
     journal = dropin["Journal"]
     assert re.fullmatch(r"\d+[KMG]", journal["SystemMaxUse"][0])
     assert journal["RuntimeMaxUse"]
+
+
+def test_unit_gives_the_agent_descriptors_beyond_its_connection_limits() -> None:
+    """`LimitNOFILE=` (the sandbox refuses setrlimit) must hold the default HTTP and proxy limits plus the
+    reserve for devices and the ledger, or the agent lowers its limits at start (issue #15, finding 2)."""
+    from drivers.config import ModbusDeviceConfig
+    from gateway.runtime.fdbudget import listener_budget
+    from gateway.settings import HttpConfig
+
+    service = parse_unit(UNIT.read_text())["Service"]
+    assert "LimitNOFILE" in service, "without LimitNOFILE= the agent gets the distribution's 1024"
+    nofile = int(service["LimitNOFILE"][0])
+    proxy = ModbusDeviceConfig.model_fields["proxy_max_clients"].default
+    budget = listener_budget(
+        soft_limit=nofile, devices=50, http_wanted=HttpConfig().max_connections, proxies=4, proxy_wanted=proxy
+    )
+    assert not budget.lowered, budget.lowered

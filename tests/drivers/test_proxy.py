@@ -87,3 +87,31 @@ async def test_proxy_serves_what_the_agent_polls(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 20) == 0
         await sim.stop()
+
+
+async def test_proxy_closes_idle_clients_and_makes_room_at_its_limit() -> None:
+    """Issue #15, finding 2: the proxy's port faces the LAN; idle sockets are closed after
+    `proxy_idle_timeout_s`, and at `proxy_max_clients` the quietest client makes room for a new one."""
+    from drivers.modbus.server import LookupServer
+
+    port = free_port()
+    server = LookupServer(
+        listen=f"tcp://127.0.0.1:{port}", unit_ids=[1], lookup=lambda *_: [7, 8], max_clients=2, idle_timeout_s=1.0
+    )
+    await server.start()
+    try:
+        idle = [await asyncio.open_connection("127.0.0.1", port) for _ in range(4)]
+        client = AsyncModbusTcpClient("127.0.0.1", port=port, timeout=2)
+        assert await client.connect()
+        try:
+            reply = await client.read_holding_registers(0, count=2, device_id=1)
+            assert not reply.isError() and reply.registers == [7, 8]
+            for reader, _writer in idle:  # each was closed, first the surplus, then the rest when idle
+                assert await asyncio.wait_for(reader.read(1), 3) == b""
+        finally:
+            client.close()
+        assert server.stats.evicted == 3 and server.stats.timed_out >= 1, server.stats
+    finally:
+        for _r, w in idle:
+            w.close()
+        await server.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import signal
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -131,6 +132,8 @@ class AgentProcess:
     http_port: int
     env: dict[str, str] = field(default_factory=agent_env)
     proc: asyncio.subprocess.Process | None = None
+    #: RLIMIT_NOFILE (soft = hard) for the agent, as a unit's `LimitNOFILE=` sets it; None inherits ours
+    nofile: int | None = None
 
     @property
     def base(self) -> str:
@@ -157,6 +160,7 @@ class AgentProcess:
                 env=self.env,
                 stdout=asyncio.subprocess.DEVNULL,
                 stderr=log,
+                preexec_fn=None if self.nofile is None else partial(_limit_nofile, self.nofile),
             )
         if wait_http:
             await wait_for(lambda: get_json(self.base + "/healthz")[0] in (200, 503), 30, "agent's HTTP server")
@@ -181,6 +185,10 @@ class AgentProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+def _limit_nofile(n: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
 
 
 def ledger_entries(path: Path) -> list[Any]:

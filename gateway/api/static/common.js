@@ -47,7 +47,14 @@ window.GIA = (() => {
   const localiseTimes = (text) => String(text).replace(/\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?Z/g, (iso) => dateTime(iso));
 
   async function getJSON(url, opts) {
-    const r = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" }, ...(opts || {}) });
+    let r = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" }, ...(opts || {}) });
+    // 429: this browser has its share of history/report requests in flight (http.expensive_per_client);
+    // wait as the gateway asks and try again a few times instead of showing an error.
+    for (let i = 0; r.status === 429 && i < 5; i++) {
+      const wait = Math.min(10, Number(r.headers.get("Retry-After")) || 1);
+      await new Promise((ok) => setTimeout(ok, wait * 1000));
+      r = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" }, ...(opts || {}) });
+    }
     let body = null;
     try { body = await r.json(); } catch { body = null; }
     if (r.status === 401) { location.href = "/login?next=" + encodeURIComponent(location.pathname); }
