@@ -218,14 +218,16 @@ def _failed(kind: str, url: str, exc: BaseException) -> Outcome:
 
 def _modbus_outcome(url: str, found: _ModbusFound, used: set[str]) -> Outcome:
     from drivers.modbus.scan import describe, proposed_devices
+    from gateway.i18n import cli_translator
 
+    t = cli_translator()  # the same messages, in the operator's language, as the one-URL scan
     for hit in found.hits:
         typer.echo(f"{url}: {describe(hit)}", err=True)
     if not found.hits:
         why = (
-            "connected, but no unit answered; check the unit ids, baud rate and parity"
+            t("connected, but no unit answered; check the unit ids, baud rate and parity")
             if found.connected
-            else "cannot connect (check the address, port, cable and power)"
+            else t("{url}: cannot connect (check the address, port, cable and power)", url=url).removeprefix(f"{url}: ")
         )
         return Outcome(url, error=why, exit_code=1)
     devices, notes = proposed_devices(url, found.hits, used=used, maps_by_name=found.maps)

@@ -128,3 +128,20 @@ async def test_a_silent_port_is_reported_within_the_timeout() -> None:
     assert bad.exit_code == 2 and "--p1-port" in bad.output
     variant = CliRunner().invoke(build_app(), ["scan", "--p1-port", "serial:///dev/null", "--p1-variant", "dsmr9"])
     assert variant.exit_code == 2 and "--p1-variant must be one of" in variant.output
+
+
+async def test_a_source_that_fails_is_named_and_the_others_still_proposed() -> None:
+    refused = f"tcp://127.0.0.1:{free_tcp_port()}"  # nothing listens there
+    async with pty_pair() as pair:
+        values = {"energy_import_wh": 12_000, "energy_export_wh": 0, "power_w": 0.0}
+        sim = await p1_sim(pair.b, variant="sweden", values=lambda: values, period_s=0.2).start()
+        try:
+            args = ["scan", refused, "--p1-port", f"serial://{pair.a}", "--units", "1", "--timeout", "0.5"]
+            result = await asyncio.to_thread(CliRunner().invoke, build_app(), args)
+        finally:
+            await sim.stop()
+    assert result.exit_code == 1, result.output
+    assert f"error: {refused}: cannot connect" in result.output
+    assert f"# {refused}: NOT SCANNED: cannot connect" in result.stdout
+    (device,) = yaml.safe_load(result.stdout)["devices"]
+    assert (device["driver"], device["variant"]) == ("p1", "sweden")
