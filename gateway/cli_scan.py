@@ -90,6 +90,9 @@ def scan_site(
         except ValueError as exc:
             raise _bad_input(f"--p1-port: {exc}") from None
         kinds.append(("p1", url))
+    twice = sorted({url for _, url in kinds if sum(u == url for _, u in kinds) > 1})
+    if twice:
+        raise _bad_input(f"{', '.join(twice)} given twice; give each source once")
     unit_list: list[int] = []
     if modbus:
         try:

@@ -128,6 +128,8 @@ async def test_a_silent_port_is_reported_within_the_timeout() -> None:
     assert bad.exit_code == 2 and "--p1-port" in bad.output
     variant = CliRunner().invoke(build_app(), ["scan", "--p1-port", "serial:///dev/null", "--p1-variant", "dsmr9"])
     assert variant.exit_code == 2 and "--p1-variant must be one of" in variant.output
+    twice = CliRunner().invoke(build_app(), ["scan", "tcp://127.0.0.1:1", "tcp://127.0.0.1:1"])
+    assert twice.exit_code == 2 and "given twice" in twice.output
 
 
 async def test_a_source_that_fails_is_named_and_the_others_still_proposed() -> None:
