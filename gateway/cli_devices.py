@@ -52,7 +52,28 @@ def register(app: typer.Typer) -> None:
 
     @app.command("scan")
     def scan_cmd(
-        url: Url,
+        urls: Annotated[
+            list[str] | None,
+            typer.Argument(
+                metavar="[URL]...",
+                help="tcp://HOST[:PORT], rtu:///dev/ttyUSB0?baud=9600, rtu+tcp://HOST:PORT or opc.tcp://HOST:PORT;"
+                " several at once for one config of the whole site",
+            ),
+        ] = None,
+        p1_port: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--p1-port",
+                help="a P1/HAN port to listen to (serial:// or tcp:// URL, as for gia read --p1; repeatable)",
+            ),
+        ] = None,
+        p1_variant: Annotated[
+            str | None,
+            typer.Option("--p1-variant", help="dsmr4|dsmr5|belgium|sweden|finland; default: told from the telegram"),
+        ] = None,
+        p1_timeout: Annotated[
+            float, typer.Option("--p1-timeout", help="seconds to wait for a P1 telegram (HAN and DSMR 4: every 10 s)")
+        ] = 12.0,
         units: Annotated[str, typer.Option(help="unit ids to probe, e.g. 1-10,100,225")] = "1-10,100,126,225,247",
         timeout: Annotated[float, typer.Option(help="seconds to wait for each answer")] = 0.5,
         site_id: Annotated[str, typer.Option("--site-id", help="site id for the printed config")] = "my-site",
@@ -61,9 +82,15 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("--map-out", help="OPC UA: where to write a proposed node map when none matches")
         ] = Path("opcua-map.yaml"),
     ) -> None:
-        """Find unit ids, SunSpec models and known device maps (OPC UA: browse, match node maps); print a config."""
+        """Find unit ids, SunSpec models and known device maps (OPC UA: browse, match node maps; P1: listen
+        for a telegram, tell its variant); print one config for everything given."""
         from gateway import cli_opcua
 
+        sources = list(urls or [])
+        if len(sources) != 1 or p1_port:
+            _scan_site(sources, p1_port or [], p1_variant, p1_timeout, units, timeout, site_id, depth, map_out)
+            return
+        (url,) = sources
         if cli_opcua.is_opcua_url(url):
             cli_opcua.scan(url, timeout=max(timeout, 2.0), site_id=site_id, depth=depth, map_out=map_out)
             return
@@ -206,6 +233,42 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
         _print_rows([_row(s, iso_utc) for s in samples], as_json=as_json)
+
+
+def _scan_site(
+    urls: list[str],
+    p1_ports: list[str],
+    p1_variant: str | None,
+    p1_timeout: float,
+    units: str,
+    timeout: float,
+    site_id: str,
+    depth: int,
+    map_out: Path,
+) -> None:
+    from typing import get_args
+
+    from drivers.p1.config import Variant
+    from gateway.cli_scan import scan_site
+
+    if not urls and not p1_ports:
+        typer.echo("error: give a URL to scan (several for a whole site) or --p1-port URL", err=True)
+        raise typer.Exit(2)
+    variants: tuple[Variant, ...] = get_args(Variant)
+    if p1_variant is not None and p1_variant not in variants:
+        typer.echo(f"error: --p1-variant must be one of {', '.join(variants)}", err=True)
+        raise typer.Exit(2)
+    scan_site(
+        urls,
+        p1_ports=p1_ports,
+        p1_variant=next((v for v in variants if v == p1_variant), None),
+        p1_timeout=p1_timeout,
+        units=units,
+        timeout=timeout,
+        site_id=site_id,
+        depth=depth,
+        map_out=map_out,
+    )
 
 
 def _row(s: Sample, iso_utc: Any) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from drivers.modbus.bus import DeviceException, ModbusBus
 from drivers.modbus.decode import decode
 from drivers.modbus.registermap import Identity, RegisterMap
 from drivers.modbus.sunspec import discover
+from drivers.proposal import ROLES_NOTE, default_channels, site_document
 
 
 @dataclass
@@ -182,37 +183,23 @@ def _device_id(hit: ScanHit, used: set[str], stem: str | None = None) -> str:
     return name
 
 
-#: A device class's usual channels: (role, quantity, extra). A first guess the snippet marks as such.
-_CLASS_CHANNELS: dict[str, list[tuple[str, str, dict[str, Any]]]] = {
-    "meter": [("consumption", "energy_import_wh", {})],
-    "inverter": [("generation", "energy_export_wh", {"source": "pv", "renewable": True})],
-    "wind_turbine": [("generation", "energy_export_wh", {"source": "wind", "renewable": True})],
-    "battery": [("storage_charge", "energy_import_wh", {}), ("storage_discharge", "energy_export_wh", {})],
-}
-
-
 def _default_channels(register_map: RegisterMap | None) -> list[dict[str, Any]]:
     if register_map is None:
         return []
-    provided = {r.quantity for r in register_map.registers}
-    return [
-        {"role": role, "quantity": q, **extra}
-        for role, q, extra in _CLASS_CHANNELS.get(str(register_map.device_class), [])
-        if q in provided
-    ]
+    return default_channels(str(register_map.device_class), (r.quantity for r in register_map.registers))
 
 
-def config_snippet(
+def proposed_devices(
     connection: str,
     hits: Sequence[ScanHit],
     *,
-    site_id: str = "my-site",
+    used: set[str],
     maps_by_name: dict[str, RegisterMap] | None = None,
-) -> str:
-    """A minimal, valid gia.yaml for the devices found: channel roles (a first guess per device class,
-    from the quantities its map provides), the data directory and a page on loopback."""
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The `devices:` entries for the units found on `connection`, and comment lines for the operator.
+
+    `used` holds the device ids taken so far (a scan of a whole site shares it across connections)."""
     devices: list[dict[str, Any]] = []
-    used: set[str] = set()
     notes: list[str] = []
     for hit in hits:
         dev: dict[str, Any] = {
@@ -252,17 +239,23 @@ def config_snippet(
         roles = _default_channels(maps_by_name.get(dev.get("map", ""))) if maps_by_name else []
         if roles:
             dev["channels"] = roles
+    return devices, notes
+
+
+def config_snippet(
+    connection: str,
+    hits: Sequence[ScanHit],
+    *,
+    site_id: str = "my-site",
+    maps_by_name: dict[str, RegisterMap] | None = None,
+) -> str:
+    """A minimal, valid gia.yaml for the devices found: channel roles (a first guess per device class,
+    from the quantities its map provides), the data directory and a page on loopback."""
+    devices, notes = proposed_devices(connection, hits, used=set(), maps_by_name=maps_by_name)
     if any("channels" in d for d in devices):
-        notes.append("# channel roles are a first guess from each device's class: check them (grid meter? sub-meter?)")
-    doc = {
-        "site": {"id": site_id, "timezone": "Europe/Riga"},
-        "data_dir": "/var/lib/gia",
-        "devices": devices,
-        # the page on this machine only, viewable without a token; add tokens before listening wider
-        "http": {"listen": "127.0.0.1:8080", "anonymous_viewer_on_loopback": True},
-    }
+        notes.append(ROLES_NOTE)
     header = [f"# gia scan {connection}: {len(hits)} unit(s) answered", *notes]
-    return "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
+    return "\n".join(header) + "\n" + yaml.safe_dump(site_document(site_id, devices), sort_keys=False)
 
 
 def describe(hit: ScanHit) -> str:

@@ -33,6 +33,7 @@ from asyncua.ua.uaerrors import UaError
 from drivers.opcua.driver import relative_path, translate
 from drivers.opcua.nodemap import NodeMap
 from drivers.opcua.session import Endpoint, close_client, new_client, ns0
+from drivers.proposal import ROLES_NOTE, default_channels, site_document
 
 MAX_NODES: Final = 5000  # browsing stops here: a scan must finish on a huge SCADA server too
 
@@ -317,12 +318,12 @@ def _device_id(base: str, used: set[str]) -> str:
     return name
 
 
-def config_snippet(
-    result: ScanResult, maps: dict[str, NodeMap], *, site_id: str = "my-site", map_file: str | None = None
-) -> str:
-    """A minimal, valid gia.yaml for what the scan found (`map_file`: where the proposed map was written)."""
+def proposed_devices(
+    result: ScanResult, maps: dict[str, NodeMap], *, used: set[str], map_file: str | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The `devices:` entries for what the scan of one server found, with channel roles guessed from
+    each map's device class, and comment lines for the operator (`used`: device ids taken so far)."""
     devices: list[dict[str, Any]] = []
-    used: set[str] = set()
     notes: list[str] = []
     for m in result.matches:
         dev: dict[str, Any] = {"driver": "opcua", "endpoint": result.url, "map": m.map}
@@ -335,27 +336,40 @@ def config_snippet(
             dev = {"id": _device_id(m.root.name, used), **dev}
         else:
             dev = {"id": _device_id(m.map, used), **dev}
+        if roles := default_channels(str(node_map.device_class), node_map.quantities()):
+            dev["channels"] = roles
         devices.append(dev)
     if not result.matches and result.proposed is not None and map_file is not None:
-        devices.append(
-            {
-                "id": _device_id(urlsplit(result.url).hostname or "opcua", used),
-                "driver": "opcua",
-                "endpoint": result.url,
-                "map": map_file,
-            }
-        )
+        dev = {
+            "id": _device_id(urlsplit(result.url).hostname or "opcua", used),
+            "driver": "opcua",
+            "endpoint": result.url,
+            "map": map_file,
+        }
+        if roles := default_channels(str(result.proposed.device_class), result.proposed.quantities()):
+            dev["channels"] = roles
+        devices.append(dev)
         notes.append(f"# no bundled node map matched: {map_file} is a proposal; check its quantities and scales")
     elif not result.matches:
         notes.append("# no bundled node map matched and no variable name suggested a quantity: write a node map")
     if result.truncated:
         notes.append(f"# browsing stopped after {MAX_NODES} nodes; use --depth to look less deep")
-    doc = {"site": {"id": site_id}, "devices": devices, "http": {"enabled": False}}
-    header = [
-        f"# gia scan {result.url}: {result.product or 'OPC UA server'}, {len(result.nodes)} nodes browsed",
-        *notes,
-    ]
-    return "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
+    return devices, notes
+
+
+def header(result: ScanResult) -> str:
+    return f"# gia scan {result.url}: {result.product or 'OPC UA server'}, {len(result.nodes)} nodes browsed"
+
+
+def config_snippet(
+    result: ScanResult, maps: dict[str, NodeMap], *, site_id: str = "my-site", map_file: str | None = None
+) -> str:
+    """A minimal, valid gia.yaml for what the scan found (`map_file`: where the proposed map was written)."""
+    devices, notes = proposed_devices(result, maps, used=set(), map_file=map_file)
+    if any("channels" in d for d in devices):
+        notes.append(ROLES_NOTE)
+    lines = [header(result), *notes]
+    return "\n".join(lines) + "\n" + yaml.safe_dump(site_document(site_id, devices), sort_keys=False)
 
 
 def node_map_yaml(node_map: NodeMap) -> str:

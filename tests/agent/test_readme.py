@@ -43,6 +43,10 @@ README_LINES: list[tuple[str, str]] = [
         "tests/agent/test_readme.py::test_backfill_gives_a_verified_last_month",
     ),
     (
+        r"gia scan tcp://\S+ opc\.tcp://\S+ --p1-port .*",
+        "tests/drivers/test_scan_mixed.py::test_one_scan_of_a_mixed_site_gives_one_config_check_config_accepts",
+    ),
+    (
         r"gia (scan|read) tcp://192\.0\.2\.10.*",
         "tests/drivers/test_cli.py::test_scan_prints_a_config_check_config_accepts,"
         " tests/drivers/test_cli.py::test_read_json (against a simulator)",
