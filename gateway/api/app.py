@@ -45,6 +45,8 @@ class Authenticates(Protocol):
 
     def authenticate(self, request: Request, role: Role) -> Principal: ...
 
+    def client_address(self, request: Request) -> str: ...
+
 
 @dataclass
 class ApiServices:
@@ -133,7 +135,11 @@ def create_app(services: ApiServices) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(ExpensiveRequestLimit, per_client=services.expensive_per_client)
+    app.add_middleware(
+        ExpensiveRequestLimit,
+        per_client=services.expensive_per_client,
+        client_key=lambda scope: services.auth.client_address(Request(scope)),
+    )
     # A bounded pool for report/PDF/evidence builds: each may take a core for seconds, and the
     # pollers and the ledger's commit thread must keep theirs (issue #15, finding 7).
     builds = asyncio.Semaphore(services.report_builds)

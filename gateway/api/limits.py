@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from typing import Any, Final
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -30,8 +31,18 @@ EXPENSIVE: Final = re.compile(
 class ExpensiveRequestLimit:
     """ASGI middleware: at most `per_client` expensive requests in flight per client address."""
 
-    def __init__(self, app: ASGIApp, *, per_client: int, retry_after_s: int = 2) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        per_client: int,
+        retry_after_s: int = 2,
+        client_key: Callable[[Scope], str] | None = None,
+    ) -> None:
         self.app = app
+        #: who a request is from: the peer, or behind a trusted proxy the forwarded client
+        #: (`Authenticator.client_address`), so viewers behind one proxy do not share one limit
+        self.client_key = client_key
         self.per_client = per_client
         self.retry_after_s = retry_after_s
         self.in_flight: Counter[str] = Counter()
@@ -41,8 +52,11 @@ class ExpensiveRequestLimit:
         if scope["type"] != "http" or not EXPENSIVE.match(scope.get("path", "")):
             await self.app(scope, receive, send)
             return
-        client = scope.get("client")
-        key = str(client[0]) if client else ""
+        if self.client_key is not None:
+            key = self.client_key(scope)
+        else:
+            client = scope.get("client")
+            key = str(client[0]) if client else ""
         if self.in_flight[key] >= self.per_client:
             self.refused += 1
             await self._too_many(send)

@@ -150,6 +150,10 @@ class PageAuth:
     _failures: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
 
     # -- the request path ---------------------------------------------------------------------
+    def client_address(self, request: Request) -> str:
+        """Who the request is from (the token authenticator's rule for trusted proxies)."""
+        return self.tokens.client_address(request)
+
     def authenticate(self, request: Request, role: Role) -> Principal:
         sid = request.cookies.get(SESSION_COOKIE)
         if sid and "authorization" not in request.headers:
