@@ -220,7 +220,9 @@ class LiveHealth:
     db_errors: int = 0
     malformed: int = 0
     last_error: str | None = None
+    #: reading time -> written to the database (what a page can show); and -> taken off the broker
     latency_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
+    transit_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     rate: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
     #: site -> (reading ts_ms, received_ms) of the newest state this replica wrote
     site_lag: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -370,6 +372,7 @@ class LiveIngest:
         for r in rows:
             if r["kind"] == "state" and r["ts_ms"] is not None:
                 h.latency_ms.append(done - r["ts_ms"])
+                h.transit_ms.append(r["received_ms"] - r["ts_ms"])
                 h.site_lag[r["site"]] = (r["ts_ms"], r["received_ms"])
 
     def _rows(self, batch: Mapping[Key, Pending]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -440,10 +443,10 @@ class LiveIngest:
                 keys = ["site", "device", "quantity", "period"]
                 conn.execute(mins.on_conflict_do_nothing(index_elements=keys), marks)
 
-    def metrics(self, stale_after_s: float | None = None) -> dict[str, Any]:
+    def metrics(self) -> dict[str, Any]:
         h = self.health
         now = self._now_ms()
-        lat = list(h.latency_ms)
+        lat, transit = list(h.latency_ms), list(h.transit_ms)
         lag = {s: {"reading_age_s": round((now - ts) / 1000, 1), "transit_s": round((rcv - ts) / 1000, 3)}
                for s, (ts, rcv) in sorted(h.site_lag.items())}  # fmt: skip
         return {
@@ -456,6 +459,7 @@ class LiveIngest:
             "written": h.written,
             "ingest_rate_per_s": round(h.ingest_rate(), 1),
             "latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "samples": len(lat)},
+            "transit_ms": {"p50": percentile(transit, 50), "p99": percentile(transit, 99)},
             "queue_depth": len(self.queue),
             "queue_max": self.queue.max_keys,
             "shed": self.queue.shed,
