@@ -55,8 +55,9 @@ def pct(values: list[float], p: float) -> float | None:
 # -- the publisher (a child process) ------------------------------------------------------------------
 def publisher(host: str, port: int, sites: int, seconds: float) -> None:
     import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}")
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{os.getpid()}")
     client.max_queued_messages_set(0)
     client.connect(host, port, keepalive=30)
     client.loop_start()
@@ -149,7 +150,7 @@ async def bare_subscriber(host: str, port: int, ready: asyncio.Event, stop: asyn
                 count += 1
                 if count % 10 == 0:  # the only work: the latency of a sample
                     now = time.time()
-                    raw = bytes(m.payload)  # type: ignore[arg-type]
+                    raw = m.payload if isinstance(m.payload, bytes) else b""
                     ts = raw[7 : raw.index(b'"', 7)].decode()
                     lat.append((now - datetime.fromisoformat(ts).timestamp()) * 1000)
 
