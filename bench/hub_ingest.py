@@ -66,7 +66,7 @@ def publisher(host: str, port: int, sites: int, seconds: float) -> None:
     per = (len(topics) + slices - 1) // slices
     sent, start, seq = 0, time.monotonic(), 0
     tick = start
-    while tick - start < seconds:
+    for _second in range(round(seconds)):
         for k in range(slices):
             ts = datetime.now(UTC).isoformat()
             for t in topics[k * per : (k + 1) * per]:
@@ -106,6 +106,7 @@ async def replica(url: str, database: str, index: int, sites: int, flush_s: floa
         await asyncio.sleep(0.05)
     await asyncio.sleep(0.5)
     rss_start = rss_mb()
+    cpu_start = time.process_time()
     print("READY", flush=True)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
@@ -116,10 +117,12 @@ async def replica(url: str, database: str, index: int, sites: int, flush_s: floa
         except TimeoutError:
             rss_samples.append(rss_mb())
     await asyncio.sleep(flush_s * 2)  # the last batch to the database
+    cpu = time.process_time() - cpu_start
     h = live.health
     task.cancel()
     out = {
         "states": h.states,
+        "cpu_s": cpu,
         "written": h.written,
         "shed": live.queue.shed,
         "refused": live.queue.refused,
@@ -140,6 +143,7 @@ async def bare_subscriber(host: str, port: int, ready: asyncio.Event, stop: asyn
     import aiomqtt
 
     count, lat = 0, []
+    cpu_start = time.process_time()  # this process does little else: the subscriber's cost, roughly
     async with aiomqtt.Client(host, port, identifier=f"bench-bare-{os.getpid()}") as c:
         await c.subscribe("gia/+/+/state", qos=0)
         ready.set()
@@ -157,7 +161,7 @@ async def bare_subscriber(host: str, port: int, ready: asyncio.Event, stop: asyn
         task = asyncio.create_task(consume())
         await stop.wait()
         task.cancel()
-    return {"states": count, "transit_ms": lat}
+    return {"states": count, "transit_ms": lat, "cpu_s": time.process_time() - cpu_start}
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -228,6 +232,11 @@ async def run(args: argparse.Namespace) -> None:
         f"hub ({args.replicas} repl.)   {hub_states:>8} msgs  {hub_rate:>9.0f} msg/s"
         f"  latency p50 {pct(transit, 50) or 0:.1f} ms p99 {pct(transit, 99) or 0:.1f} ms (taken off the broker);"
         f" to the database p50 {pct(lat, 50) or 0:.0f} ms p99 {pct(lat, 99) or 0:.0f} ms"
+    )
+    hub_cpu = sum(r["cpu_s"] for r in results)
+    print(
+        f"CPU per message: bare subscriber {base['cpu_s'] / max(1, base['states']) * 1e6:.0f} us,"
+        f" hub {hub_cpu / max(1, hub_states) * 1e6:.0f} us (all replicas, database writes included)"
     )
     for i, r in enumerate(results):
         print(

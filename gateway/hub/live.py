@@ -272,8 +272,31 @@ class LiveIngest:
         self._marked_day = ""
         ensure_tables(engine)
 
+    def _take(self, message: aiomqtt.Message) -> None:
+        """Called by the client for every message (on the event loop): straight into the ShedQueue."""
+        h = self.health
+        h.received += 1
+        key = self.topics.parse(message.topic.value)
+        payload = message.payload
+        if key is None or not isinstance(payload, bytes | bytearray):
+            return
+        if key[2] == "state":
+            h.states += 1
+        self.queue.put(key, Pending(bytes(payload), self._now_ms()))
+
     def _client(self) -> aiomqtt.Client:
         parts = urlsplit(self.mqtt.url)
+        take = self._take
+
+        class IntoShedQueue(asyncio.Queue[aiomqtt.Message]):
+            """aiomqtt's incoming queue (its `queue_type`), replaced by the bounded latest-wins buffer: every
+            message goes to `ShedQueue` as it arrives, so no unbounded FIFO of Message objects builds up in
+            front of it under a burst (measured: the default queue grew a replica from 65 to 170 MB at
+            2000 msg/s on a busy machine) and no per-message hop through the event loop is paid."""
+
+            def put_nowait(self, item: aiomqtt.Message) -> None:
+                take(item)
+
         quiet = logging.getLogger("gateway.hub.live.paho")
         quiet.setLevel(logging.ERROR)
         return aiomqtt.Client(
@@ -289,6 +312,7 @@ class LiveIngest:
             tls_context=tls_context(self.mqtt),
             tls_insecure=self.mqtt.tls.insecure if self.mqtt.tls else None,
             logger=quiet,
+            queue_type=IntoShedQueue,
         )
 
     async def run(self) -> None:
@@ -320,16 +344,10 @@ class LiveIngest:
             await asyncio.sleep(backoff.next_delay())
 
     async def _receive(self, client: aiomqtt.Client) -> None:
-        put, parse, h = self.queue.put, self.topics.parse, self.health
-        async for message in client.messages:
-            h.received += 1
-            key = parse(message.topic.value)
-            payload = message.payload
-            if key is None or not isinstance(payload, bytes | bytearray):
-                continue
-            if key[2] == "state":
-                h.states += 1
-            put(key, Pending(bytes(payload), self._now_ms()))
+        """Messages go to the ShedQueue from the client's callback (`IntoShedQueue`); this only waits for
+        the connection to end (the iterator raises MqttError on a disconnect and never yields)."""
+        async for _message in client.messages:
+            pass
 
     async def _flusher(self) -> None:
         while True:
