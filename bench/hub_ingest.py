@@ -6,8 +6,9 @@ energy_import_wh) at 1 Hz per device from a publisher process (paho, QoS 0). Con
 * the hub: N replica processes, each a `gateway.hub.live.LiveIngest` with the MQTT v5 shared subscription
   `$share/bench/gia/+/+/state` (the broker splits the messages between them), its latest-wins buffer and
   batched writes of every state into one database (SQLite file by default, `--database postgresql://...`);
-* the baseline: a bare aiomqtt subscriber on `gia/+/+/state` in this process, no processing (it counts,
-  and reads the `ts` of every 10th message for its latency).
+* the baseline: a bare subscriber on `gia/+/+/state` in this process, no processing (it counts, and reads
+  the `ts` of every 10th message for its latency): aiomqtt's `async for` (default), or with
+  `--baseline paho` a paho callback on paho's network thread (the leanest a Python subscriber gets).
 
 Printed: the offered rate; per consumer the messages/s taken off the broker, end-to-end latency p50/p99
 (the publisher's `ts` -> taken off the broker; for the hub also -> written to the database, which includes
@@ -164,6 +165,38 @@ async def bare_subscriber(host: str, port: int, ready: asyncio.Event, stop: asyn
     return {"states": count, "transit_ms": lat, "cpu_s": time.process_time() - cpu_start}
 
 
+async def bare_paho(host: str, port: int, ready: asyncio.Event, stop: asyncio.Event) -> dict[str, Any]:
+    """The leanest baseline: paho's own network thread and a counting callback (no asyncio at all)."""
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    count, lat = 0, []
+    subscribed = threading.Event()
+
+    def on_message(_c: Any, _u: Any, m: Any) -> None:
+        nonlocal count
+        count += 1
+        if count % 10 == 0:
+            raw = m.payload
+            lat.append((time.time() - datetime.fromisoformat(raw[7 : raw.index(b'"', 7)].decode()).timestamp()) * 1000)
+
+    cpu_start = time.process_time()
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"bench-bare-paho-{os.getpid()}")
+    client.on_message = on_message
+    client.on_subscribe = lambda *_a: subscribed.set()
+    client.connect(host, port, keepalive=30)
+    client.subscribe("gia/+/+/state", qos=0)
+    client.loop_start()
+    await asyncio.to_thread(subscribed.wait, 10)
+    ready.set()
+    await stop.wait()
+    client.loop_stop()
+    client.disconnect()
+    return {"states": count, "transit_ms": lat, "cpu_s": time.process_time() - cpu_start}
+
+
 async def run(args: argparse.Namespace) -> None:
     from tests.servers import MosquittoBroker
 
@@ -188,7 +221,8 @@ async def run(args: argparse.Namespace) -> None:
                 line = await asyncio.wait_for(c.stdout.readline(), 60)
                 assert line.strip() == b"READY", line
             ready, stop = asyncio.Event(), asyncio.Event()
-            bare = asyncio.create_task(bare_subscriber(broker.host, broker.port, ready, stop))
+            baseline = bare_paho if args.baseline == "paho" else bare_subscriber
+            bare = asyncio.create_task(baseline(broker.host, broker.port, ready, stop))
             await ready.wait()
             pub = await asyncio.create_subprocess_exec(
                 sys.executable, me, "--child-publisher", "--url", broker.url, "--sites", str(args.sites),
@@ -222,14 +256,14 @@ async def run(args: argparse.Namespace) -> None:
         f"hub ingest: {args.sites} sites x {DEVICES} devices at 1 Hz for {args.seconds:g} s,"
         f" {args.replicas} replica(s), database {database.split(':')[0]}, flush every {args.flush_s:g} s"
     )
-    print(f"published      {published['sent']:>9} msgs  {offered:>9.0f} msg/s offered")
+    print(f"published       {published['sent']:>9} msgs  {offered:>9.0f} msg/s offered")
     print(
-        f"bare subscriber {base['states']:>8} msgs  {bare_rate:>9.0f} msg/s"
+        f"bare ({args.baseline:7}) {base['states']:>8} msgs  {bare_rate:>9.0f} msg/s"
         f"  latency p50 {pct(base['transit_ms'], 50) or 0:.1f} ms"
         f" p99 {pct(base['transit_ms'], 99) or 0:.1f} ms (taken off the broker)"
     )
     print(
-        f"hub ({args.replicas} repl.)   {hub_states:>8} msgs  {hub_rate:>9.0f} msg/s"
+        f"hub ({args.replicas} replica)   {hub_states:>8} msgs  {hub_rate:>9.0f} msg/s"
         f"  latency p50 {pct(transit, 50) or 0:.1f} ms p99 {pct(transit, 99) or 0:.1f} ms (taken off the broker);"
         f" to the database p50 {pct(lat, 50) or 0:.0f} ms p99 {pct(lat, 99) or 0:.0f} ms"
     )
@@ -253,6 +287,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--replicas", type=int, default=1)
     p.add_argument("--database", default=None, help="hub database URL (default: a SQLite file in a temp dir)")
+    p.add_argument(
+        "--baseline",
+        choices=["aiomqtt", "paho"],
+        default="aiomqtt",
+        help="the bare subscriber: aiomqtt or a paho callback",
+    )
     p.add_argument("--flush-s", type=float, default=1.0, help="the replicas' hub.live.flush_s")
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--child-replica", type=int, default=None, help=argparse.SUPPRESS)
