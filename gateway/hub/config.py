@@ -35,6 +35,7 @@ from gateway.credentials import check_token
 from gateway.settings import (
     ConfigError,
     HttpConfig,
+    InfluxConfig,
     MqttConfig,
     Problem,
     Role,
@@ -221,6 +222,13 @@ class LiveConfig(BaseModel):
     )
     flush_s: float = Field(default=1.0, gt=0, le=60, description="live state is written to the database this often")
     stream_s: float = Field(default=2.0, gt=0, le=60, description="the live page's server-sent events interval")
+    influxdb: InfluxConfig | None = Field(
+        default=None,
+        description="write the live view to InfluxDB (measurement `area`, tags area and site) every influx_interval_s",
+    )
+    influx_interval_s: float = Field(
+        default=10.0, ge=1, le=3600, description="seconds between `area` points (aligned: replicas write the same)"
+    )
 
 
 class HubConfig(BaseModel):

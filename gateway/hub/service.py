@@ -2,7 +2,8 @@
 gateway's `Supervisor` (each restarted with backoff on failure; their states are `/healthz`).
 
 Parts: `hub-mqtt` (subscriptions and the receipt outbox; when `hub.mqtt` is set), `hub-live` (the sites'
-live state into the area live view, gateway/hub/live.py; when `hub.mqtt` is set), `hub-http` (the push
+live state into the area live view, gateway/hub/live.py; when `hub.mqtt` is set), `hub-live-influx` (the
+view as InfluxDB measurement `area`; when `hub.live.influxdb` is set), `hub-http` (the push
 API and the certifier portal; when `hub.http.enabled`) and `hub-areas` (builds the area reports that are
 due: after each accepted report and every `area_check_s`). Nothing global: two hubs can run in one
 process (tests do).
@@ -21,7 +22,7 @@ from gateway.hub.api import create_hub_app, hub_authenticator
 from gateway.hub.areas import AreaReports
 from gateway.hub.config import HubSettings
 from gateway.hub.ingest import Ingestor, Outcome
-from gateway.hub.live import LiveIngest, LiveView
+from gateway.hub.live import AreaInflux, LiveIngest, LiveView
 from gateway.hub.mqtt import HubMqtt, Inflight, _transient
 from gateway.hub.store import HubStore
 from gateway.rooms import Part
@@ -55,8 +56,11 @@ class Hub:
         # the area live view: every replica serves it (from the database); it ingests when hub.mqtt is set
         self.live_view: LiveView | None = None
         self.live: LiveIngest | None = None
+        self.area_influx: AreaInflux | None = None
         if self.cfg.live.enabled:
             self.live_view = LiveView(self.store.engine, self.cfg.areas, self.cfg.live)
+            if self.cfg.live.influxdb is not None:
+                self.area_influx = AreaInflux(self.live_view, self.cfg.live.influxdb, self.cfg.live.influx_interval_s)
             if self.cfg.mqtt is not None:
                 self.live = LiveIngest(
                     self.cfg.mqtt,
@@ -75,6 +79,8 @@ class Hub:
             out.append(Part("hub-mqtt", self.mqtt.run, max_backoff_s=10.0))
         if self.live is not None:
             out.append(Part("hub-live", self.live.run, max_backoff_s=10.0))
+        if self.area_influx is not None:
+            out.append(Part("hub-live-influx", self.area_influx.run, max_backoff_s=30.0))
         if self.cfg.http.enabled:
             out.append(Part("hub-http", self._serve_http, max_backoff_s=10.0))
         out.append(Part("hub-areas", self._build_areas, max_backoff_s=30.0))

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +272,57 @@ def test_flows_follow_the_report_roles_and_unknown_stays_unknown() -> None:
     flows, unknown, _ = site_flows(layout, {"poc": dev(-2000.0), "pv": dev(5000.0, usable=False), "bat": dev(0.0)})
     assert flows["generation_w"] is None and flows["consumption_w"] is None and unknown == ["pv"]
     assert flows["grid_export_w"] == 2000.0  # what is known stays shown
+
+
+@pytest.mark.influxdb
+async def test_the_live_view_goes_to_influxdb_as_measurement_area_without_zeros_for_stale_sites(
+    tmp_path: Path, influxdb: Any, mill: SignedSite
+) -> None:
+    from gateway.hub.live import AreaInflux
+    from gateway.settings import InfluxConfig
+
+    influxdb.create_db("hub_live")
+    cfg = hub_config(tmp_path, DatabaseConfig(url=f"sqlite:///{tmp_path / 'hub.db'}"))
+    hub = Hub(HubSettings(hub=cfg.model_copy(update={"live": LiveConfig(stale_after_s=60)})))
+    try:
+        hub.store.enroll("mill", "zemgale", mill.public_pem)
+        assert hub.ingestor.submit_report("mill", mill.reports["2025-03"], via="http").status == "accepted"
+        hub.store.enroll("quiet", "zemgale", new_key())
+        now = int(datetime.now(UTC).timestamp() * 1000)
+        live = LiveIngest(
+            MqttConfig(url="mqtt://127.0.0.1:1"), LiveConfig(stale_after_s=60), hub.store.engine, client_id="t"
+        )
+        # the mill heard now; `quiet` last heard two minutes ago (older than stale_after_s)
+        await live.flush({("mill", "m1", "state"): Pending(state(400.0), now)})
+        two_min_ago = (datetime.now(UTC) - timedelta(minutes=2)).isoformat()
+        await live.flush({("quiet", "m1", "state"): Pending(state(900.0, ts=two_min_ago), now - 120_000)})
+        assert hub.live_view is not None
+        writer = AreaInflux(
+            hub.live_view, InfluxConfig(url=influxdb.url, api="v1", database="hub_live", timeout_s=3), interval_s=1.0
+        )
+        task = asyncio.create_task(writer.run())
+        try:
+            async with asyncio.timeout(15):
+                while writer.points < 3:
+                    await asyncio.sleep(0.1)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        points = influxdb.points("area", "hub_live")
+        area = next(p for p in points if p["site"] is None)
+        mill_p = next(p for p in points if p["site"] == "mill")
+        quiet = next(p for p in points if p["site"] == "quiet")
+        assert (area["area"], area["consumption_w"], area["sites_online"], area["sites_stale"]) == (
+            "zemgale",
+            400,
+            1,
+            1,
+        )
+        assert area["complete"] is False
+        assert (mill_p["status"], mill_p["consumption_w"]) == ("online", 400)
+        assert quiet["status"] == "stale" and quiet["consumption_w"] is None  # no field at all, not 0
+        assert quiet["reading_age_s"] >= 119
+        assert area["time"] % 1000 == 0  # aligned: every replica writes the same point
+    finally:
+        hub.store.close()
