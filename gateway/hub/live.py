@@ -46,7 +46,6 @@ from urllib.parse import urlsplit
 
 import aiomqtt
 from sqlalchemy import Column, Engine, Float, MetaData, String, Table, Text, and_, select, tuple_
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.types import BigInteger
 
@@ -93,6 +92,22 @@ live_marks = Table(
     Column("period", String(16), primary_key=True),  # d2026-12-03 | m2026-12 (the area's civil time)
     Column("ts_ms", BigInteger, nullable=False),
     Column("value", Float, nullable=False),
+)
+
+
+#: (site, device, kind, payload, ts_ms, received_ms, replica) and (site, device, quantity, period, ts_ms, value)
+Row = tuple[str, str, str, str, int | None, int, str]
+Mark = tuple[str, str, str, str, int, float]
+_STATE_UPSERT: Final = (
+    "INSERT INTO live_state (site, device, kind, payload, ts_ms, received_ms, replica) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (site, device, kind) DO UPDATE SET payload = excluded.payload, ts_ms = excluded.ts_ms,"
+    " received_ms = excluded.received_ms, replica = excluded.replica"
+    # a state replaces only an older reading: two replicas may write one device's states out of order
+    " WHERE live_state.ts_ms IS NULL OR excluded.ts_ms IS NULL OR excluded.ts_ms >= live_state.ts_ms"
+)
+_MARK_INSERT: Final = (
+    "INSERT INTO live_marks (site, device, quantity, period, ts_ms, value) VALUES (?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (site, device, quantity, period) DO NOTHING"
 )
 
 
@@ -360,7 +375,7 @@ class LiveIngest:
             if batch:
                 await self.flush(batch)
 
-    def _flush_sync(self, batch: Mapping[Key, Pending]) -> list[dict[str, Any]]:
+    def _flush_sync(self, batch: Mapping[Key, Pending]) -> list[Row]:
         """On a worker thread: parse, mark and write one batch (the event loop keeps receiving)."""
         now = time.monotonic()
         if now - self._zones_at > LAYOUT_TTL_S:
@@ -389,14 +404,15 @@ class LiveIngest:
         h.flushes += 1
         h.rate.append((time.monotonic(), h.written))
         for r in rows:
-            if r["kind"] == "state" and r["ts_ms"] is not None:
-                h.latency_ms.append(done - r["ts_ms"])
-                h.transit_ms.append(r["received_ms"] - r["ts_ms"])
-                h.site_lag[r["site"]] = (r["ts_ms"], r["received_ms"])
+            site, _device, kind, _payload, ts_ms, received_ms, _replica = r
+            if kind == "state" and ts_ms is not None:
+                h.latency_ms.append(done - ts_ms)
+                h.transit_ms.append(received_ms - ts_ms)
+                h.site_lag[site] = (ts_ms, received_ms)
 
-    def _rows(self, batch: Mapping[Key, Pending]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        rows: list[dict[str, Any]] = []
-        marks: list[dict[str, Any]] = []
+    def _rows(self, batch: Mapping[Key, Pending]) -> tuple[list[Row], list[Mark]]:
+        rows: list[Row] = []
+        marks: list[Mark] = []
         zones = self._zones
         today = datetime.now(UTC).strftime("%Y-%m-%d")
         if today != self._marked_day:
@@ -432,35 +448,22 @@ class LiveIngest:
                             mk = (site, device, q, period)
                             if mk not in self._marked:
                                 self._marked.add(mk)
-                                marks.append(
-                                    {"site": site, "device": device, "quantity": q, "period": period,
-                                     "ts_ms": ts_ms, "value": float(v)}
-                                )  # fmt: skip
-            rows.append(
-                {"site": site, "device": device, "kind": kind, "payload": text, "ts_ms": ts_ms,
-                 "received_ms": item.received_ms, "replica": self.client_id}
-            )  # fmt: skip
+                                marks.append((site, device, q, period, ts_ms, float(v)))
+            rows.append((site, device, kind, text, ts_ms, item.received_ms, self.client_id))
         return rows, marks
 
-    def _write(self, rows: list[dict[str, Any]], marks: list[dict[str, Any]]) -> None:
+    def _write(self, rows: list[Row], marks: list[Mark]) -> None:
+        """One transaction: the states (a newer reading only) and the period marks (first one wins).
+
+        Plain SQL through the driver's executemany: the statement is the same on SQLite and PostgreSQL
+        (ON CONFLICT ... DO UPDATE ... WHERE, `excluded`), and SQLAlchemy's per-row parameter processing
+        cost more than the database itself (profiled: ~40 % of a 5000-row flush)."""
         with self.engine.begin() as conn:
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
             if rows:
-                ins = dialect.insert(live_state)
-                ex = ins.excluded
-                stmt = ins.on_conflict_do_update(
-                    index_elements=["site", "device", "kind"],
-                    set_={"payload": ex.payload, "ts_ms": ex.ts_ms, "received_ms": ex.received_ms,
-                          "replica": ex.replica},
-                    # a state replaces only an older reading: two replicas may write one device's states
-                    # out of order (the broker splits its messages between them)
-                    where=(live_state.c.ts_ms.is_(None)) | (ex.ts_ms.is_(None)) | (ex.ts_ms >= live_state.c.ts_ms),
-                )  # fmt: skip
-                conn.execute(stmt, rows)
+                conn.exec_driver_sql(_STATE_UPSERT.replace("?", mark), rows)
             if marks:
-                mins = dialect.insert(live_marks)
-                keys = ["site", "device", "quantity", "period"]
-                conn.execute(mins.on_conflict_do_nothing(index_elements=keys), marks)
+                conn.exec_driver_sql(_MARK_INSERT.replace("?", mark), marks)
 
     def metrics(self) -> dict[str, Any]:
         h = self.health
