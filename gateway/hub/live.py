@@ -239,17 +239,19 @@ class LiveHealth:
     #: reading time -> written to the database (what a page can show); and -> taken off the broker
     latency_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
     transit_ms: deque[int] = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
-    rate: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=64))
+    rate: deque[tuple[float, int, int]] = field(default_factory=lambda: deque(maxlen=64))  # (t, states, written)
     #: site -> (reading ts_ms, received_ms) of the newest state this replica wrote
     site_lag: dict[str, tuple[int, int]] = field(default_factory=dict)
 
-    def ingest_rate(self) -> float:
-        """States per second over the last ~10 s of flushes."""
+    def rates(self) -> tuple[float, float]:
+        """(states received, rows written) per second over the last ~10 s of flushes."""
         if len(self.rate) < 2:
-            return 0.0
-        t1, n1 = self.rate[-1]
-        t0, n0 = next(((t, n) for t, n in self.rate if t1 - t <= 10.0), self.rate[0])
-        return (n1 - n0) / (t1 - t0) if t1 > t0 else 0.0
+            return 0.0, 0.0
+        t1, s1, w1 = self.rate[-1]
+        t0, s0, w0 = next(((t, s, w) for t, s, w in self.rate if t1 - t <= 10.0), self.rate[0])
+        if t1 <= t0:
+            return 0.0, 0.0
+        return (s1 - s0) / (t1 - t0), (w1 - w0) / (t1 - t0)
 
 
 def percentile(values: Sequence[float], p: float) -> float | None:
@@ -402,7 +404,7 @@ class LiveIngest:
         h = self.health
         h.written += len(rows)
         h.flushes += 1
-        h.rate.append((time.monotonic(), h.written))
+        h.rate.append((time.monotonic(), h.states, h.written))
         for r in rows:
             site, _device, kind, _payload, ts_ms, received_ms, _replica = r
             if kind == "state" and ts_ms is not None:
@@ -479,7 +481,8 @@ class LiveIngest:
             "received": h.received,
             "states": h.states,
             "written": h.written,
-            "ingest_rate_per_s": round(h.ingest_rate(), 1),
+            "ingest_rate_per_s": round(h.rates()[0], 1),
+            "write_rate_per_s": round(h.rates()[1], 1),
             "latency_ms": {"p50": percentile(lat, 50), "p99": percentile(lat, 99), "samples": len(lat)},
             "transit_ms": {"p50": percentile(transit, 50), "p99": percentile(transit, 99)},
             "queue_depth": len(self.queue),
