@@ -182,7 +182,9 @@ async def test_two_replicas_with_a_shared_subscription_split_the_messages_and_to
         hub.store.enroll(s, "zemgale", new_key())
     mqtt = MqttConfig(url=mosquitto_fresh.url, timeout_s=3)
     live_cfg = LiveConfig(stale_after_s=60, flush_s=0.2)
-    engines = [create_hub_engine(db) for _ in range(3)]
+    # the two replicas share the hub's database; the plain subscriber (the control) writes to its own
+    engines = [create_hub_engine(db), create_hub_engine(db)]
+    engines.append(create_hub_engine(DatabaseConfig(url=f"sqlite:///{tmp_path / 'control.db'}")))
     replicas = [LiveIngest(mqtt, live_cfg, engines[i], client_id=f"replica-{i}") for i in range(2)]
     bare = LiveIngest(mqtt, live_cfg.model_copy(update={"share_group": None}), engines[2], client_id="whole")
     tasks = [asyncio.create_task(r.run()) for r in [*replicas, bare]]
@@ -212,7 +214,10 @@ async def test_two_replicas_with_a_shared_subscription_split_the_messages_and_to
         doc = await asyncio.to_thread(view.area, "zemgale")
         assert doc["counts"]["online"] == len(sites)
         assert all(len(s["devices"]) == devices for s in doc["sites"])
-        assert {r.client_id for r in replicas} <= {r for r in await asyncio.to_thread(_writers, engines[0])}
+        # each replica saw sites of its own, and together every site
+        seen = [set(r.health.site_lag) for r in replicas]
+        assert all(seen) and seen[0] | seen[1] == set(sites)
+        assert await asyncio.to_thread(_writers, engines[0]) == {"replica-0", "replica-1"}
     finally:
         for t in tasks:
             t.cancel()
