@@ -19,6 +19,10 @@ Certifiers and area staff (tokens with roles `viewer`, `certifier`, `admin`, sco
 * `GET /api/v1/areas/{area}/reports/{period}`, `.../{area}/sites/{site}/reports/{month}`,
   `.../{area}/sites/{site}/evidence/{month}`, `.../{area}/keys` (certifier): signed area reports, site
   reports as received, evidence, the pinned keys (`gia verify --trusted-keys` reads that JSON);
+* `GET /live` — the area live page; `GET /api/v1/hub/areas/{area}/live` (viewer): every site's flows and
+  status now and the area's provisional balance today and this month; `.../live/stream`: the same as
+  server-sent events; `GET /api/v1/hub/metrics` (viewer): this replica's live ingestion (rate, latency,
+  queue depth, shed, lag per site);
 * public: `GET /api/v1/hub/key` (the hub's public key), `GET /api/v1/log/head`,
   `GET /api/v1/log/proof?site=&month=` (or `?area=&period=`), `GET /api/v1/log/consistency?first=&second=`,
   `GET /healthz`.
@@ -29,7 +33,7 @@ Certifiers and area staff (tokens with roles `viewer`, `certifier`, `admin`, sco
 import asyncio
 import json
 import re
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 from importlib import resources
 from typing import Annotated, Any
@@ -37,7 +41,7 @@ from urllib.parse import parse_qs
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway import __version__
@@ -46,6 +50,7 @@ from gateway.api.auth import ApiError, Authenticator, Principal, Role, TokenEntr
 from gateway.hub.areas import AreaReports
 from gateway.hub.config import HubHttpConfig
 from gateway.hub.ingest import Ingestor
+from gateway.hub.live import LiveView
 from gateway.hub.store import HubError, HubStore
 from gateway.hub.views import Views
 
@@ -107,6 +112,10 @@ def create_hub_app(
     auth: Authenticator | None = None,
     areas: AreaReports | None = None,
     max_evidence_bytes: int = 64 * 1024 * 1024,
+    live: LiveView | None = None,
+    live_metrics: Callable[[], dict[str, Any]] | None = None,
+    stream_s: float = 2.0,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> FastAPI:
     app = FastAPI(
         title="GIA area hub",
@@ -226,9 +235,19 @@ def create_hub_app(
         resp.delete_cookie("gia_token")
         return resp
 
+    @app.get("/live", response_class=HTMLResponse, include_in_schema=False)
+    async def live_page(request: Request) -> Response:
+        try:
+            auth.authenticate(request, "viewer")
+        except ApiError as exc:
+            if exc.status_code in (401, 403):
+                return HTMLResponse(_page("login.html"), status_code=exc.status_code)
+            raise
+        return HTMLResponse(_page("live.html"))
+
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> Response:
-        if not re.fullmatch(r"portal\.(js|css)", name):
+        if not re.fullmatch(r"(portal|live)\.(js|css)", name) or name == "live.css":
             raise ApiError(404, "not_found", name)
         media = {"js": "text/javascript", "css": "text/css"}[name.rsplit(".", 1)[1]]
         return Response(_page(name), media_type=media, headers={"Cache-Control": "max-age=300"})
@@ -404,6 +423,49 @@ def create_hub_app(
             await _db(lambda: views.trusted_keys(area)),
             headers={"Content-Disposition": f'attachment; filename="{area}-keys.json"'},
         )
+
+    # -- the area live view -----------------------------------------------------------------------------
+    def _live() -> LiveView:
+        if live is None:
+            raise ApiError(404, "no_live_view", "the live view is off at this hub (hub.live.enabled)")
+        return live
+
+    @app.get("/api/v1/hub/areas/{area}/live", tags=["live"], summary="Sites' flows and status now, balance today")
+    async def area_live(area: str, principal: Viewer) -> dict[str, Any]:
+        view = _live()
+        await _area(principal, area)
+        return dict(await _db(lambda: view.area(area)))
+
+    @app.get("/api/v1/hub/areas/{area}/live/stream", tags=["live"], summary="The area live view as server-sent events")
+    async def area_live_stream(area: str, request: Request, principal: Viewer) -> StreamingResponse:
+        view = _live()
+        await _area(principal, area)
+
+        async def events() -> AsyncIterator[bytes]:
+            # Every stream_s the view from the database (it merges every replica's share of the messages).
+            while not stopping() and not await request.is_disconnected():
+                try:
+                    doc = await asyncio.to_thread(view.area, area)
+                except Exception as exc:
+                    if not _is_transient(exc):
+                        raise
+                    yield b'event: unavailable\ndata: {"error": "database_unavailable"}\n\n'
+                else:
+                    yield f"event: area\ndata: {json.dumps(doc)}\n\n".encode()
+                waited = 0.0
+                while waited < stream_s and not stopping():
+                    await asyncio.sleep(min(0.5, stream_s))
+                    waited += 0.5
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        )
+
+    @app.get("/api/v1/hub/metrics", tags=["live"], summary="This replica's live ingestion: rate, lag, queue, shed")
+    async def metrics(_p: Viewer) -> dict[str, Any]:
+        if live_metrics is None:
+            raise ApiError(404, "no_live_ingest", "this hub does not ingest live state (hub.mqtt, hub.live.enabled)")
+        return live_metrics()
 
     # -- public: the hub's key and its log ---------------------------------------------------------------
     @app.get("/api/v1/hub/key", tags=["log"], summary="The hub's public key: signs tree heads and area reports")

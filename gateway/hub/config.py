@@ -35,6 +35,7 @@ from gateway.credentials import check_token
 from gateway.settings import (
     ConfigError,
     HttpConfig,
+    InfluxConfig,
     MqttConfig,
     Problem,
     Role,
@@ -199,6 +200,37 @@ class HubHttpConfig(HttpConfig):
     )
 
 
+class LiveConfig(BaseModel):
+    """The area live view: the sites' live state from the central broker (`gateway/hub/live.py`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = Field(default=True, description="consume the sites' live state (needs hub.mqtt)")
+    share_group: str | None = Field(
+        default="gia-hub",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="MQTT v5 shared-subscription group for `.../+/state`: the hub replicas of one group split"
+        " the messages; null subscribes to every message (one replica)",
+    )
+    stale_after_s: float = Field(
+        default=90.0, gt=0, le=86_400, description="a device (a site) not heard from this long is shown stale"
+    )
+    max_pending: int = Field(
+        default=100_000,
+        ge=100,
+        le=10_000_000,
+        description="site/device states waiting for the database at most; beyond, new keys are shed (counted)",
+    )
+    flush_s: float = Field(default=1.0, gt=0, le=60, description="live state is written to the database this often")
+    stream_s: float = Field(default=2.0, gt=0, le=60, description="the live page's server-sent events interval")
+    influxdb: InfluxConfig | None = Field(
+        default=None,
+        description="write the live view to InfluxDB (measurement `area`, tags area and site) every influx_interval_s",
+    )
+    influx_interval_s: float = Field(
+        default=10.0, ge=1, le=3600, description="seconds between `area` points (aligned: replicas write the same)"
+    )
+
+
 class HubConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -218,6 +250,7 @@ class HubConfig(BaseModel):
     area_check_s: float = Field(
         default=60.0, gt=0, le=3600, description="how often due area reports are looked for (also after each report)"
     )
+    live: LiveConfig = Field(default_factory=LiveConfig, description="the area live view (needs hub.mqtt)")
 
     @field_validator("database", mode="before")
     @classmethod

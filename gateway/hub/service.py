@@ -1,7 +1,9 @@
 """`Hub`: the area hub's composition root — the store, the ingestor and the hub's parts under the
 gateway's `Supervisor` (each restarted with backoff on failure; their states are `/healthz`).
 
-Parts: `hub-mqtt` (subscriptions and the receipt outbox; when `hub.mqtt` is set), `hub-http` (the push
+Parts: `hub-mqtt` (subscriptions and the receipt outbox; when `hub.mqtt` is set), `hub-live` (the sites'
+live state into the area live view, gateway/hub/live.py; when `hub.mqtt` is set), `hub-live-influx` (the
+view as InfluxDB measurement `area`; when `hub.live.influxdb` is set), `hub-http` (the push
 API and the certifier portal; when `hub.http.enabled`) and `hub-areas` (builds the area reports that are
 due: after each accepted report and every `area_check_s`). Nothing global: two hubs can run in one
 process (tests do).
@@ -20,6 +22,7 @@ from gateway.hub.api import create_hub_app, hub_authenticator
 from gateway.hub.areas import AreaReports
 from gateway.hub.config import HubSettings
 from gateway.hub.ingest import Ingestor, Outcome
+from gateway.hub.live import AreaInflux, LiveIngest, LiveView
 from gateway.hub.mqtt import HubMqtt, Inflight, _transient
 from gateway.hub.store import HubStore
 from gateway.rooms import Part
@@ -50,6 +53,22 @@ class Hub:
                 on_decided=self._decided,
                 inflight=self.inflight,
             )
+        # the area live view: every replica serves it (from the database); it ingests when hub.mqtt is set
+        self.live_view: LiveView | None = None
+        self.live: LiveIngest | None = None
+        self.area_influx: AreaInflux | None = None
+        if self.cfg.live.enabled:
+            self.live_view = LiveView(self.store.engine, self.cfg.areas, self.cfg.live)
+            if self.cfg.live.influxdb is not None:
+                self.area_influx = AreaInflux(self.live_view, self.cfg.live.influxdb, self.cfg.live.influx_interval_s)
+            if self.cfg.mqtt is not None:
+                self.live = LiveIngest(
+                    self.cfg.mqtt,
+                    self.cfg.live,
+                    self.store.engine,
+                    client_id=f"{self.cfg.mqtt.client_id or f'gia-hub-{socket.gethostname()}'}-live",
+                    timezones=self.live_view.timezones,
+                )
         self.http_server: HttpServer | None = None
         self._stopping = False
 
@@ -58,6 +77,10 @@ class Hub:
         out: list[Part] = []
         if self.mqtt is not None:
             out.append(Part("hub-mqtt", self.mqtt.run, max_backoff_s=10.0))
+        if self.live is not None:
+            out.append(Part("hub-live", self.live.run, max_backoff_s=10.0))
+        if self.area_influx is not None:
+            out.append(Part("hub-live-influx", self.area_influx.run, max_backoff_s=30.0))
         if self.cfg.http.enabled:
             out.append(Part("hub-http", self._serve_http, max_backoff_s=10.0))
         out.append(Part("hub-areas", self._build_areas, max_backoff_s=30.0))
@@ -108,6 +131,14 @@ class Hub:
             if not mh.connected:
                 reasons.append(f"not connected to the broker: {mh.last_error or 'connecting'}")
                 classes.append("mqtt: disconnected")
+        live = None
+        if self.live is not None:
+            m = self.live.metrics()
+            lags = [v["reading_age_s"] for v in m.pop("lag_per_site").values()]
+            live = {**m, "sites_seen": len(lags), "max_reading_age_s": max(lags, default=None)}
+            if not m["connected"]:
+                reasons.append(f"live view not connected to the broker: {m['last_error'] or 'connecting'}")
+                classes.append("live: disconnected")
         database: dict[str, Any] = {"backend": self.store.engine.dialect.name}
         try:
             database["log_size"] = self.store.leaf_count()
@@ -123,6 +154,7 @@ class Hub:
             "uptime_s": round(time.monotonic() - self.started, 1),
             "parts": parts,
             "mqtt": mqtt,
+            "live": live,
             "database": database,
         }
 
@@ -142,6 +174,10 @@ class Hub:
             auth=hub_authenticator(self.cfg.http),
             areas=self.areas,
             max_evidence_bytes=self.cfg.max_evidence_bytes,
+            live=self.live_view,
+            live_metrics=self.live.metrics if self.live is not None else None,
+            stream_s=self.cfg.live.stream_s,
+            stopping=lambda: self._stopping,
         )
 
     async def _serve_http(self) -> None:
