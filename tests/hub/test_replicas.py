@@ -148,7 +148,11 @@ def cluster(
 
 
 async def publish_all(
-    broker: MosquittoBroker, reports: dict[tuple[str, str], bytes], *, gap_s: float = 0.01, sent: list[int] | None = None
+    broker: MosquittoBroker,
+    reports: dict[tuple[str, str], bytes],
+    *,
+    gap_s: float = 0.01,
+    sent: list[int] | None = None,
 ) -> int:
     """Every report retained at QoS 1, in order; after a broker error reconnect and send again the one the
     broker did not acknowledge (a site's retained outbox). `sent[0]` counts the acknowledged ones. Returns
