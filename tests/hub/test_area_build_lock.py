@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from gateway.certification.area import aggregate
 from gateway.hub import areas as areas_module
 from gateway.hub.areas import AreaReports
 from gateway.hub.config import DatabaseConfig
@@ -34,7 +35,7 @@ def test_a_report_is_decided_while_an_area_report_aggregates_and_is_summed(
         ing, areas = Ingestor(store, max_bytes=1 << 22), AreaReports(store)
         for s in ("p", "b"):
             assert ing.submit_report(s, area_sites[s].reports["2025-03"], via="mqtt").status == "accepted"
-        real = areas_module.aggregate
+        real = aggregate
         during: list[Outcome | None] = []
 
         def aggregate_while_c_reports(*args: Any, **kw: Any) -> dict[str, Any]:
