@@ -103,8 +103,14 @@ def _database(pg: PostgresServer) -> DatabaseConfig:
 
 @pytest.fixture
 def cluster(
-    tmp_path: Path, postgres_factory: PostgresFactory, mosquitto_factory: MosquittoFactory, mill: SignedSite
+    tmp_path: Path,
+    postgres_factory: PostgresFactory,
+    mosquitto_factory: MosquittoFactory,
+    mill: SignedSite,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Cluster]:
+    """Two replicas, each with its own `hub.mqtt.client_id` (parametrise indirectly with False for none)."""
+    client_ids = getattr(request, "param", True)
     pg = postgres_factory()
     pg.execute('CREATE DATABASE "hub"')
     broker = mosquitto_factory(persistence=True)  # retained reports survive a broker restart, as deployed
@@ -129,7 +135,7 @@ def cluster(
             "hub": {
                 "data_dir": str(tmp_path / name),
                 "database": {"url": database.url, "password_file": str(pg.password_file)},
-                "mqtt": {"url": broker.url, "client_id": f"hub-{name}", "timeout_s": 3},
+                "mqtt": {"url": broker.url, "timeout_s": 3} | ({"client_id": f"hub-{name}"} if client_ids else {}),
                 "http": {"listen": f"127.0.0.1:{port}"},
                 "areas": [{"id": "zemgale", "name": "Zemgale"}],
             },
@@ -313,3 +319,17 @@ async def test_broker_restart_during_ingestion_loses_and_duplicates_nothing(
         assert health["mqtt"]["connected"], health
     await asyncio.sleep(1.0)
     check_everything_once_and_log_consistent(cluster, reports)
+
+
+@pytest.mark.parametrize("cluster", [False], indirect=True)
+async def test_two_replicas_on_one_host_without_client_ids_do_not_disconnect_each_other(cluster: Cluster) -> None:
+    """The default client id was `gia-hub-<hostname>`: two replicas on one machine took the same id, so the
+    broker dropped one whenever the other (re)connected, and they flapped. It now names the process too."""
+    await asyncio.sleep(3.0)  # several reconnect periods (the backoff starts at 0.5 s)
+    for r in cluster.replicas:
+        status, health = await asyncio.to_thread(r.health)
+        assert status == 200 and health["mqtt"]["connected"], health
+    broker_log = (cluster.broker.workdir / "broker.log").read_text(errors="replace")
+    assert "already connected, closing old connection" not in broker_log, broker_log[-2000:]
+    hubs = {line.split("as ")[1].split(" ")[0] for line in broker_log.splitlines() if "New client connected" in line}
+    assert len({h for h in hubs if h.startswith("gia-hub-")}) == 2, hubs
