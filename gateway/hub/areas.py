@@ -67,6 +67,21 @@ class Built:
     complete: bool
 
 
+#: How often a month's area report is prepared outside the write lock before it is built under it.
+OPTIMISTIC_TRIES = 3
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """An area report prepared on a read snapshot, and the inputs it was prepared from."""
+
+    body: dict[str, Any]
+    complete: bool
+    current_sha: str | None  # the version it replaces
+    expected: list[str]
+    shas: dict[str, str]  # site -> SHA-256 of the report summed
+
+
 class AreaReports:
     def __init__(self, store: HubStore) -> None:
         self.store = store
@@ -208,44 +223,77 @@ class AreaReports:
     # -- building ---------------------------------------------------------------------------------------
     def build_month(self, area: str, month: str, *, force: bool = False) -> Built | None:
         """Build (or rebuild, when a site report changed since) the month's area report if it is due, or
-        now with `force`; returns what counts afterwards (None when not due and never built)."""
+        now with `force`; returns what counts afterwards (None when not due and never built).
+
+        The aggregation (every site report's signature verified again, then summed) is the slow part: a
+        few seconds for an area of fifty sites. It runs on a read snapshot, outside the write lock, so
+        ingestion on every replica goes on meanwhile; the result is stored under the lock only if its
+        inputs (the expected sites, each one's authoritative report, the version it replaces) are still
+        the current ones, else it is prepared again. After `OPTIMISTIC_TRIES` such races the build runs
+        under the lock, as one transaction, so a busy hub still makes progress."""
         try:
             parse_month(month)
         except BadMonth as exc:
             raise HubError(str(exc)) from None
+        for _ in range(OPTIMISTIC_TRIES):
+            with self.store.engine.connect() as conn:
+                plan = self._prepare_month(conn, area, month, force)
+            if not isinstance(plan, _Plan):
+                return plan
+            with db.write_transaction(self.store.engine) as conn:
+                current = self._latest(conn, area, month)
+                if (current.sha256 if current is not None else None) == plan.current_sha and (
+                    plan.expected == self.expected(conn, self._area(conn, area), month)
+                    and plan.shas == self._shas(conn, area, month)
+                ):
+                    return self._store(conn, area, month, plan.body, plan.complete, current)
+            logger.info("area report %s %s: inputs changed while it was built; building again", area, month)
         with db.write_transaction(self.store.engine) as conn:
-            a = self._area(conn, area)
-            now = self.store.now_ms()
-            if month_period(month, a.definition.timezone).end_ms > now and not force:
-                return self._latest(conn, area, month)
-            expected = self.expected(conn, a, month)
-            have = self._inputs(conn, area, month)
-            current = self._latest(conn, area, month)
-            complete = all(s in have for s in expected)
-            if current is not None and self._listed(current.data) == {s: v[0] for s, v in have.items()}:
-                return current
-            elif not complete and not force and now < self._deadline_ms(a, month):
-                return None
-            deadline = iso_ms(self._deadline_ms(a, month))
-            inputs = [SiteInput(s, raw, None, self._trusted(conn, s)) for s, (_sha, raw, _i) in sorted(have.items())]
-            head = self._head(conn)
-            crit = next((c for c in a.definition.criteria if c.name == "renewable_share"), None)
-            body = aggregate(
-                area,
-                month,
-                inputs,
-                name=a.name,
-                threshold=crit.threshold if crit is not None else "0.5",
-                threshold_basis=(crit.basis or "market") if crit is not None else "market",
-                policy=policy_from_mapping(a.policy),
-                definition=a.definition,
-                expected=expected,
-                absent_reason=f"no accepted report by {iso_ms(now)} (deadline {deadline})",
-                log=head,
-                log_indexes={s: v[2] for s, v in have.items()},
-            )
-            body["reissue_of"] = current.sha256 if current is not None else None
-            return self._store(conn, area, month, body, complete, current)
+            plan = self._prepare_month(conn, area, month, force)
+            if not isinstance(plan, _Plan):
+                return plan
+            return self._store(conn, area, month, plan.body, plan.complete, self._latest(conn, area, month))
+
+    def _prepare_month(self, conn: Connection, area: str, month: str, force: bool) -> _Plan | Built | None:
+        """The area report body to store (a `_Plan`), or what counts already when nothing is to be built."""
+        a = self._area(conn, area)
+        now = self.store.now_ms()
+        if month_period(month, a.definition.timezone).end_ms > now and not force:
+            return self._latest(conn, area, month)
+        expected = self.expected(conn, a, month)
+        have = self._inputs(conn, area, month)
+        current = self._latest(conn, area, month)
+        complete = all(s in have for s in expected)
+        if current is not None and self._listed(current.data) == {s: v[0] for s, v in have.items()}:
+            return current
+        elif not complete and not force and now < self._deadline_ms(a, month):
+            return None
+        deadline = iso_ms(self._deadline_ms(a, month))
+        inputs = [SiteInput(s, raw, None, self._trusted(conn, s)) for s, (_sha, raw, _i) in sorted(have.items())]
+        head = self._head(conn)
+        crit = next((c for c in a.definition.criteria if c.name == "renewable_share"), None)
+        body = aggregate(
+            area,
+            month,
+            inputs,
+            name=a.name,
+            threshold=crit.threshold if crit is not None else "0.5",
+            threshold_basis=(crit.basis or "market") if crit is not None else "market",
+            policy=policy_from_mapping(a.policy),
+            definition=a.definition,
+            expected=expected,
+            absent_reason=f"no accepted report by {iso_ms(now)} (deadline {deadline})",
+            log=head,
+            log_indexes={s: v[2] for s, v in have.items()},
+        )
+        body["reissue_of"] = current.sha256 if current is not None else None
+        return _Plan(
+            body=body,
+            complete=complete,
+            current_sha=current.sha256 if current is not None else None,
+            expected=expected,
+            shas={s: v[0] for s, v in have.items()},
+        )
 
     def build_year(self, area: str, year: str, *, force: bool = False) -> Built | None:
         """The year's roll-up, once its December area report exists (now with `force`); a new version when

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import time
 from typing import Any
@@ -49,7 +50,9 @@ class Hub:
             self.mqtt = HubMqtt(
                 self.cfg.mqtt,
                 self.ingestor,
-                client_id=self.cfg.mqtt.client_id or f"gia-hub-{socket.gethostname()}",
+                # hostname and pid: replicas on one machine must not share an id (the broker would drop one
+                # whenever the other connects); the session is clean, so a new id per start loses nothing
+                client_id=self.cfg.mqtt.client_id or f"gia-hub-{socket.gethostname()}-{os.getpid()}",
                 on_decided=self._decided,
                 inflight=self.inflight,
             )

@@ -33,10 +33,16 @@ from gateway.hub.verifier import KnownTransition, PinnedKey
 
 HUB_KEY_FILE: Final = "hub-ed25519.pem"
 RECEIPT_SCHEMA: Final = "gia-hub-receipt/1"
+#: hub_meta key: the id of the hub key every replica on the database signs with.
+HUB_KEY_META: Final = "hub_key_id"
 
 
 class HubError(Exception):
     """An operation the hub refuses (unknown area, site already enrolled, ...): the message says why."""
+
+
+class HubKeyMismatch(db.DatabaseError):
+    """This process's hub key is not the one the database's log is signed with (or it has none)."""
 
 
 class HubKeyStore(KeyStore):
@@ -94,6 +100,7 @@ class HubStore:
         try:
             db.migrate(engine)
             store = cls(engine, HubKeyStore(cfg.data_dir / "keys"), now_ms=now_ms)
+            store.check_hub_key()
             store.sync_areas(cfg.areas)
         except BaseException:
             engine.dispose()
@@ -102,6 +109,33 @@ class HubStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def check_hub_key(self) -> None:
+        """Every process on this database signs with the same hub key, or none starts.
+
+        Replicas (and `gia hub` commands run on another machine) each read `<data_dir>/keys/hub-ed25519.pem`;
+        a replica whose file is missing would otherwise make a key of its own and sign tree heads, receipts
+        and area reports that certifiers, who pinned the first key, reject. The first process records the
+        key id in `hub_meta.hub_key_id` (under the write lock); later ones must hold that key, and one
+        without a key file never creates one when the database already names a key."""
+        with db.write_transaction(self.engine) as conn:
+            row = conn.execute(select(db.hub_meta.c.value).where(db.hub_meta.c.key == HUB_KEY_META)).first()
+            if row is None:
+                conn.execute(insert(db.hub_meta).values(key=HUB_KEY_META, value=key_id(self.keys.public_key())))
+                return
+            if not self.keys.exists():
+                raise HubKeyMismatch(
+                    f"{self.keys.path} is missing, and this hub database is signed by hub key {row.value}: copy"
+                    " keys/hub-ed25519.pem (mode 0600) from a replica that has it into this replica's data_dir;"
+                    " a new key would sign a log that certifiers cannot check"
+                )
+            mine = key_id(self.keys.public_key())
+            if mine != row.value:
+                raise HubKeyMismatch(
+                    f"{self.keys.path} holds hub key {mine}, but this hub database is signed by hub key"
+                    f" {row.value}: every replica must use the same key file; copy keys/hub-ed25519.pem from"
+                    " the replica that made it (or point hub.data_dir at the right directory)"
+                )
 
     # -- areas and sites ------------------------------------------------------------------------------
     def sync_areas(self, areas: Sequence[AreaConfig]) -> None:
