@@ -338,6 +338,32 @@ install_units() {
     fi
 }
 
+# set_broker_password FILE: put user gia's hashed password into the Mosquitto password FILE.
+# Never `mosquitto_passwd -b FILE user PASSWORD`: a command line is readable by every local user
+# (/proc/PID/cmdline, ps). The plain line is written by bash builtins into a private temp file, which
+# `mosquitto_passwd -U` hashes in place; the hashed line then replaces gia's line in FILE.
+set_broker_password() {
+    local file="$1" tmp secret
+    tmp="$(mktemp -d)"
+    secret="$(<"$(r "$SECRETS_DIR/mqtt-password")")"
+    (
+        umask 077
+        printf '%s:%s\n' "$GIA_USER" "$secret" >"$tmp/plain"
+    )
+    secret=""
+    if ! mosquitto_passwd -U "$tmp/plain" >/dev/null; then
+        rm -rf "$tmp"
+        die "mosquitto_passwd -U could not hash the broker password"
+    fi
+    touch "$file"
+    {
+        grep -v "^$GIA_USER:" "$file" || true
+        cat "$tmp/plain"
+    } >"$tmp/merged"
+    cat "$tmp/merged" >"$file"
+    rm -rf "$tmp"
+}
+
 install_mosquitto() {
     if [[ "$ROOT" == "/" ]] && ! deb_installed mosquitto; then
         apt_install mosquitto
@@ -353,8 +379,7 @@ install_mosquitto() {
     pw="$(r "$MOSQ_PASSWD")"
     if ((created)) || ! grep -q "^$GIA_USER:" "$pw" 2>/dev/null; then
         command -v mosquitto_passwd >/dev/null 2>&1 || die "mosquitto_passwd is missing (package mosquitto)"
-        touch "$pw"
-        mosquitto_passwd -b "$pw" "$GIA_USER" "$(cat "$(r "$SECRETS_DIR/mqtt-password")")"
+        set_broker_password "$pw"
         say "set the broker password of user $GIA_USER (in $SECRETS_DIR/mqtt-password)"
     fi
     chown "0:$mgid" "$pw" "$(r "$MOSQ_ACL")"
@@ -434,6 +459,21 @@ do_install() {
     say "the web page token is in $SECRETS_DIR/viewer-token (open http://127.0.0.1:8080/?token=...)"
 }
 
+# disown_freed_ids UID GID: what the removed user or group owned and --uninstall keeps (config, secrets,
+# ledger, keys) goes to root. Left owned by a freed id, the next account that gets that uid or gid (any
+# package's system user) could read the secrets and rewrite the ledger. A new install gives them back.
+disown_freed_ids() {
+    local uid="$1" gid="${2:-}" dir
+    for dir in "$CONF_DIR" "$DATA_DIR" /etc/mosquitto; do
+        [[ -e "$(r "$dir")" ]] || continue
+        find "$(r "$dir")" -xdev -uid "$uid" -exec chown -h 0 {} +
+        if [[ -n "$gid" ]] && ! grep -q "^[^:]*:[^:]*:$gid:" "$(r /etc/group)"; then
+            find "$(r "$dir")" -xdev -gid "$gid" -exec chgrp -h 0 {} +
+        fi
+    done
+    say "gave what uid $uid${gid:+ and gid $gid} owned in $CONF_DIR and $DATA_DIR to root"
+}
+
 do_uninstall() {
     need_root "$@"
     if systemd_running; then
@@ -448,10 +488,14 @@ do_uninstall() {
     say "removed /opt/gia"
     if user_exists "$GIA_USER"; then
         local -a prefix
+        local uid gid
+        uid="$(uid_of "$GIA_USER")"
+        gid="$(gid_of "$GIA_USER")"
         prefix_args
         prefix=("${PREFIX_ARGS[@]}")
         userdel "${prefix[@]}" "$GIA_USER"
         say "removed user $GIA_USER"
+        disown_freed_ids "$uid" "$gid"
     fi
     if ((PURGE)); then
         rm -rf "$(r "$CONF_DIR")" "$(r "$DATA_DIR")" "$(r /etc/systemd/system/gia.service.d)"
