@@ -51,7 +51,7 @@ hardened unit gia.service. Running it again upgrades in place and keeps config, 
 Options:
   --from PATH          install the package from this wheel, sdist or source directory
                        (default: the checkout this script sits in)
-  --extras LIST        pip extras to install as well, e.g. forecast
+  --extras LIST        pip extras to install as well: forecast, flex (from requirements-extras.lock)
   --with-mosquitto     install Mosquitto with a hardened local config (no anonymous access,
                        generated password in $SECRETS_DIR/mqtt-password)
   --no-start           install and enable the service but do not (re)start it
@@ -65,6 +65,7 @@ Options:
                        and the Mosquitto config written by --with-mosquitto
   -h, --help           this text
 
+Dependencies come only from $SCRIPT_DIR/requirements.lock (pinned, every file's SHA-256 checked).
 pip honours its usual environment, e.g. PIP_INDEX_URL, or PIP_NO_INDEX=1 with PIP_FIND_LINKS=DIR
 for an offline install from a directory of wheels.
 EOF
@@ -260,8 +261,23 @@ resolve_source() {
     SOURCE="$(cd "$(dirname "$SOURCE")" && pwd)/$(basename "$SOURCE")"
 }
 
+# The lock file for the chosen extras: requirements.lock (the agent), requirements-extras.lock (the agent
+# with forecast and flex). Both pin every package for Python 3.11 with the SHA-256 of each file on the index.
+lock_file() {
+    local extra
+    if [[ -z "$EXTRAS" ]]; then
+        printf '%s' "$SCRIPT_DIR/requirements.lock"
+        return
+    fi
+    for extra in ${EXTRAS//,/ }; do
+        [[ "$extra" == "forecast" || "$extra" == "flex" ]] ||
+            die "--extras $EXTRAS: no lock file covers '$extra' (locked: forecast, flex)"
+    done
+    printf '%s' "$SCRIPT_DIR/requirements-extras.lock"
+}
+
 install_venv() {
-    local venv pip build spec
+    local venv pip build lock
     venv="$(r "$VENV_DIR")"
     if [[ -x "$venv/bin/python" ]] && ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
         warn "the venv in $VENV_DIR is broken (Python upgraded?): recreating it"
@@ -282,14 +298,16 @@ install_venv() {
         SOURCE="$(find "$build" -maxdepth 1 -name 'gia_gateway-*.whl' -print -quit)"
         [[ -n "$SOURCE" ]] || die "building a wheel from the checkout produced no gia_gateway-*.whl"
     fi
-    spec="$SOURCE"
-    if [[ -n "$EXTRAS" ]]; then
-        spec="${SOURCE}[${EXTRAS}]"
-    fi
-    say "installing $(basename "$SOURCE") and its dependencies into $VENV_DIR"
-    "${pip[@]}" install -q --upgrade "$spec"
-    # Same version number but new code (a checkout between releases): replace the package itself.
+    lock="$(lock_file)"
+    # Dependencies only from the lock file: exact versions, each file checked against its SHA-256, so a
+    # compromised or typo-squatted release on the index (or a tampered wheelhouse) is refused.
+    say "installing the dependencies from $(basename "$lock") (pinned, hash-checked) into $VENV_DIR"
+    "${pip[@]}" install -q --require-hashes -r "$lock"
+    # The package itself (built here or given with --from), without letting it pull anything unlocked;
+    # same version number but new code (a checkout between releases) is replaced too.
+    say "installing $(basename "$SOURCE")"
     "${pip[@]}" install -q --no-deps --force-reinstall "$SOURCE"
+    "${pip[@]}" check >/dev/null || die "the lock file $lock does not satisfy $(basename "$SOURCE"): $("${pip[@]}" check)"
     "$venv/bin/gia" --help >/dev/null || die "the installed 'gia' does not start: see the pip output above"
     say "installed: $("$venv/bin/python" -c 'from importlib.metadata import version; print("gia-gateway", version("gia-gateway"))')"
 }
@@ -432,7 +450,7 @@ start_service() {
 # Every file the installer copies, checked before anything changes (a lone install.sh stops here).
 check_assets() {
     local f
-    for f in gia.example.yaml systemd/gia.service systemd/gia.env systemd/journald-gia.conf \
+    for f in gia.example.yaml requirements.lock requirements-extras.lock systemd/gia.service systemd/gia.env systemd/journald-gia.conf \
         mosquitto/gia.conf mosquitto/gia.acl; do
         [[ -f "$SCRIPT_DIR/$f" ]] ||
             die "$SCRIPT_DIR/$f is missing: run install.sh from a complete checkout or release"

@@ -30,7 +30,10 @@ COMMANDS: list[tuple[str, str]] = [
     (r"git clone \S+( \S+)?", "not here: the public repository"),
     (r"cd gia-gateway", "not here: part of the clone"),
     (r"sudo deploy/install\.sh", "covered: test_installer_in_a_clean_debian_root"),
-    (r"pip download -d wheels \S+", "covered: test_installer_in_a_clean_debian_root"),
+    (
+        r"pip download -d wheels --require-hashes -r deploy/requirements\.lock",
+        "covered: test_installer_in_a_clean_debian_root",
+    ),
     (
         r"sudo PIP_NO_INDEX=1 PIP_FIND_LINKS=\S+ deploy/install\.sh --from \S+",
         "covered: test_installer_in_a_clean_debian_root",
