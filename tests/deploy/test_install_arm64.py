@@ -122,6 +122,8 @@ def arm64_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     root.mkdir()
     subprocess.run(["tar", "-C", str(root), "--numeric-owner", "-xf", str(tarball)], check=True)
     shutil.copy2("/etc/resolv.conf", root / "etc/resolv.conf")  # pip reaches the package index from inside
+    # the host's CA bundle: where a TLS-inspecting proxy sits between this machine and the index, its CA is there
+    shutil.copy2("/etc/ssl/certs/ca-certificates.crt", root / "tmp/host-ca.crt")
     src = root / "tmp/gia-src"
     src.mkdir(parents=True)
     shutil.copytree(DEPLOY, src / "deploy")
@@ -131,7 +133,9 @@ def arm64_root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _chroot(root: Path, *cmd: str, timeout: float = 2400) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8"}
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/root", "LANG": "C.UTF-8",
+           "PIP_CERT": "/tmp/host-ca.crt"}  # fmt: skip
+    env |= {k: v for k, v in os.environ.items() if k.lower() in ("http_proxy", "https_proxy", "no_proxy")}
     return subprocess.run(
         ["chroot", str(root), *cmd], env=env, capture_output=True, text=True, timeout=timeout, check=False
     )
