@@ -12,7 +12,7 @@ DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketi
 PYTEST_WORKERS ?= 3
 PYTEST_ARGS ?=
 
-.PHONY: demo demo-area test check bench venv deps-system clean
+.PHONY: demo demo-area test check bench venv deps-system clean lock
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,15 @@ check: venv
 	$(VENV)/bin/ruff format --check gateway drivers forecasting tests bench
 	$(VENV)/bin/ruff check gateway drivers forecasting tests bench
 	$(VENV)/bin/mypy
+
+# deploy/requirements*.lock: what install.sh installs (pinned, every file's SHA-256), resolved for Python 3.11
+# by pip-tools in a throwaway venv (a tool for this step only, not a dependency of the project).
+LOCK_TOOLS ?= /tmp/gia-lock-tools
+LOCK_ARGS := --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --quiet
+lock:
+	@test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install -q pip-tools==7.6.2; }
+	$(LOCK_TOOLS)/bin/pip-compile $(LOCK_ARGS) --output-file deploy/requirements.lock pyproject.toml
+	$(LOCK_TOOLS)/bin/pip-compile $(LOCK_ARGS) --extra forecast --extra flex --output-file deploy/requirements-extras.lock pyproject.toml
 
 bench: venv
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -51,7 +51,7 @@ hardened unit gia.service. Running it again upgrades in place and keeps config, 
 Options:
   --from PATH          install the package from this wheel, sdist or source directory
                        (default: the checkout this script sits in)
-  --extras LIST        pip extras to install as well, e.g. forecast
+  --extras LIST        pip extras to install as well: forecast, flex (from requirements-extras.lock)
   --with-mosquitto     install Mosquitto with a hardened local config (no anonymous access,
                        generated password in $SECRETS_DIR/mqtt-password)
   --no-start           install and enable the service but do not (re)start it
@@ -65,6 +65,7 @@ Options:
                        and the Mosquitto config written by --with-mosquitto
   -h, --help           this text
 
+Dependencies come only from $SCRIPT_DIR/requirements.lock (pinned, every file's SHA-256 checked).
 pip honours its usual environment, e.g. PIP_INDEX_URL, or PIP_NO_INDEX=1 with PIP_FIND_LINKS=DIR
 for an offline install from a directory of wheels.
 EOF
@@ -260,8 +261,23 @@ resolve_source() {
     SOURCE="$(cd "$(dirname "$SOURCE")" && pwd)/$(basename "$SOURCE")"
 }
 
+# The lock file for the chosen extras: requirements.lock (the agent), requirements-extras.lock (the agent
+# with forecast and flex). Both pin every package for Python 3.11 with the SHA-256 of each file on the index.
+lock_file() {
+    local extra
+    if [[ -z "$EXTRAS" ]]; then
+        printf '%s' "$SCRIPT_DIR/requirements.lock"
+        return
+    fi
+    for extra in ${EXTRAS//,/ }; do
+        [[ "$extra" == "forecast" || "$extra" == "flex" ]] ||
+            die "--extras $EXTRAS: no lock file covers '$extra' (locked: forecast, flex)"
+    done
+    printf '%s' "$SCRIPT_DIR/requirements-extras.lock"
+}
+
 install_venv() {
-    local venv pip build spec
+    local venv pip build lock
     venv="$(r "$VENV_DIR")"
     if [[ -x "$venv/bin/python" ]] && ! "$venv/bin/python" -c 'import sys' >/dev/null 2>&1; then
         warn "the venv in $VENV_DIR is broken (Python upgraded?): recreating it"
@@ -282,14 +298,16 @@ install_venv() {
         SOURCE="$(find "$build" -maxdepth 1 -name 'gia_gateway-*.whl' -print -quit)"
         [[ -n "$SOURCE" ]] || die "building a wheel from the checkout produced no gia_gateway-*.whl"
     fi
-    spec="$SOURCE"
-    if [[ -n "$EXTRAS" ]]; then
-        spec="${SOURCE}[${EXTRAS}]"
-    fi
-    say "installing $(basename "$SOURCE") and its dependencies into $VENV_DIR"
-    "${pip[@]}" install -q --upgrade "$spec"
-    # Same version number but new code (a checkout between releases): replace the package itself.
+    lock="$(lock_file)"
+    # Dependencies only from the lock file: exact versions, each file checked against its SHA-256, so a
+    # compromised or typo-squatted release on the index (or a tampered wheelhouse) is refused.
+    say "installing the dependencies from $(basename "$lock") (pinned, hash-checked) into $VENV_DIR"
+    "${pip[@]}" install -q --require-hashes -r "$lock"
+    # The package itself (built here or given with --from), without letting it pull anything unlocked;
+    # same version number but new code (a checkout between releases) is replaced too.
+    say "installing $(basename "$SOURCE")"
     "${pip[@]}" install -q --no-deps --force-reinstall "$SOURCE"
+    "${pip[@]}" check >/dev/null || die "the lock file $lock does not satisfy $(basename "$SOURCE"): $("${pip[@]}" check)"
     "$venv/bin/gia" --help >/dev/null || die "the installed 'gia' does not start: see the pip output above"
     say "installed: $("$venv/bin/python" -c 'from importlib.metadata import version; print("gia-gateway", version("gia-gateway"))')"
 }
@@ -338,6 +356,32 @@ install_units() {
     fi
 }
 
+# set_broker_password FILE: put user gia's hashed password into the Mosquitto password FILE.
+# Never `mosquitto_passwd -b FILE user PASSWORD`: a command line is readable by every local user
+# (/proc/PID/cmdline, ps). The plain line is written by bash builtins into a private temp file, which
+# `mosquitto_passwd -U` hashes in place; the hashed line then replaces gia's line in FILE.
+set_broker_password() {
+    local file="$1" tmp secret
+    tmp="$(mktemp -d)"
+    secret="$(<"$(r "$SECRETS_DIR/mqtt-password")")"
+    (
+        umask 077
+        printf '%s:%s\n' "$GIA_USER" "$secret" >"$tmp/plain"
+    )
+    secret=""
+    if ! mosquitto_passwd -U "$tmp/plain" >/dev/null; then
+        rm -rf "$tmp"
+        die "mosquitto_passwd -U could not hash the broker password"
+    fi
+    touch "$file"
+    {
+        grep -v "^$GIA_USER:" "$file" || true
+        cat "$tmp/plain"
+    } >"$tmp/merged"
+    cat "$tmp/merged" >"$file"
+    rm -rf "$tmp"
+}
+
 install_mosquitto() {
     if [[ "$ROOT" == "/" ]] && ! deb_installed mosquitto; then
         apt_install mosquitto
@@ -353,8 +397,7 @@ install_mosquitto() {
     pw="$(r "$MOSQ_PASSWD")"
     if ((created)) || ! grep -q "^$GIA_USER:" "$pw" 2>/dev/null; then
         command -v mosquitto_passwd >/dev/null 2>&1 || die "mosquitto_passwd is missing (package mosquitto)"
-        touch "$pw"
-        mosquitto_passwd -b "$pw" "$GIA_USER" "$(cat "$(r "$SECRETS_DIR/mqtt-password")")"
+        set_broker_password "$pw"
         say "set the broker password of user $GIA_USER (in $SECRETS_DIR/mqtt-password)"
     fi
     chown "0:$mgid" "$pw" "$(r "$MOSQ_ACL")"
@@ -407,7 +450,7 @@ start_service() {
 # Every file the installer copies, checked before anything changes (a lone install.sh stops here).
 check_assets() {
     local f
-    for f in gia.example.yaml systemd/gia.service systemd/gia.env systemd/journald-gia.conf \
+    for f in gia.example.yaml requirements.lock requirements-extras.lock systemd/gia.service systemd/gia.env systemd/journald-gia.conf \
         mosquitto/gia.conf mosquitto/gia.acl; do
         [[ -f "$SCRIPT_DIR/$f" ]] ||
             die "$SCRIPT_DIR/$f is missing: run install.sh from a complete checkout or release"
@@ -434,6 +477,21 @@ do_install() {
     say "the web page token is in $SECRETS_DIR/viewer-token (open http://127.0.0.1:8080/?token=...)"
 }
 
+# disown_freed_ids UID GID: what the removed user or group owned and --uninstall keeps (config, secrets,
+# ledger, keys) goes to root. Left owned by a freed id, the next account that gets that uid or gid (any
+# package's system user) could read the secrets and rewrite the ledger. A new install gives them back.
+disown_freed_ids() {
+    local uid="$1" gid="${2:-}" dir
+    for dir in "$CONF_DIR" "$DATA_DIR" /etc/mosquitto; do
+        [[ -e "$(r "$dir")" ]] || continue
+        find "$(r "$dir")" -xdev -uid "$uid" -exec chown -h 0 {} +
+        if [[ -n "$gid" ]] && ! grep -q "^[^:]*:[^:]*:$gid:" "$(r /etc/group)"; then
+            find "$(r "$dir")" -xdev -gid "$gid" -exec chgrp -h 0 {} +
+        fi
+    done
+    say "gave what uid $uid${gid:+ and gid $gid} owned in $CONF_DIR and $DATA_DIR to root"
+}
+
 do_uninstall() {
     need_root "$@"
     if systemd_running; then
@@ -448,10 +506,14 @@ do_uninstall() {
     say "removed /opt/gia"
     if user_exists "$GIA_USER"; then
         local -a prefix
+        local uid gid
+        uid="$(uid_of "$GIA_USER")"
+        gid="$(gid_of "$GIA_USER")"
         prefix_args
         prefix=("${PREFIX_ARGS[@]}")
         userdel "${prefix[@]}" "$GIA_USER"
         say "removed user $GIA_USER"
+        disown_freed_ids "$uid" "$gid"
     fi
     if ((PURGE)); then
         rm -rf "$(r "$CONF_DIR")" "$(r "$DATA_DIR")" "$(r /etc/systemd/system/gia.service.d)"

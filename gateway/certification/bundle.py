@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
@@ -123,23 +124,101 @@ class BundleError(GiaError):
     """The bundle cannot be read (missing file, not a zip/directory)."""
 
 
+# A hostile bundle must not make `gia verify` allocate far more than the bundle's own size (a 204 KB zip once
+# decompressed to 458 MB). The evidence of a real month compresses a few times (chain hashes are random hex);
+# a member that inflates more than MAX_RATIO times its stored size is a zip bomb, not evidence.
+MAX_MEMBERS: Final = 10_000  # entries in a zip's central directory (reissue chains hold a few replaced reports)
+MAX_RATIO: Final = 100  # decompressed / compressed, checked while inflating, for members above RATIO_FLOOR
+RATIO_FLOOR: Final = 1 << 20
+MAX_MEMBER_BYTES: Final = 2 << 30  # one file, decompressed or on disk
+MAX_TOTAL_BYTES: Final = 4 << 30  # all files of one bundle
+CHUNK: Final = 1 << 20
+
+
+def _wanted(name: str) -> str | None:
+    """The bundle key of a zip member's name (its last path parts), or None for files `gia verify` ignores."""
+    parts = name.split("/")
+    if len(parts) >= 2 and parts[-2] == REPLACED_DIR and parts[-1].endswith(".json"):
+        return "/".join(parts[-2:])
+    if parts[-1] in (REPORT, PREVIOUS, READINGS, SERIALS, INTERVALS, EVENTS, STORAGE_ALLOCATION, CERTIFICATES):
+        return parts[-1]
+    return None
+
+
+def _read_member(z: zipfile.ZipFile, info: zipfile.ZipInfo, budget: int, path: Path) -> bytes:
+    """A member's bytes, inflated chunk by chunk and abandoned as soon as it outgrows its limits (the sizes in
+    the zip's directory are the sender's claim: they are checked first and then enforced while reading)."""
+    limit = min(MAX_MEMBER_BYTES, budget)
+    if info.file_size > RATIO_FLOOR:
+        limit = min(limit, max(RATIO_FLOOR, MAX_RATIO * info.compress_size))
+    if info.file_size > limit:
+        raise BundleError(_too_big(path, info, info.file_size, limit))
+    out = bytearray()
+    with z.open(info) as f:
+        while chunk := f.read(CHUNK):
+            out += chunk
+            if len(out) > limit:
+                raise BundleError(_too_big(path, info, len(out), limit))
+    return bytes(out)
+
+
+def _too_big(path: Path, info: zipfile.ZipInfo, size: int, limit: int) -> str:
+    return (
+        f"{path}: {info.filename} inflates to more than {limit} bytes ({size}+ from {info.compress_size} stored):"
+        " refused as a zip bomb, not evidence (an evidence file compresses a few times, never"
+        f" {MAX_RATIO}x; a bundle holds at most {MAX_TOTAL_BYTES >> 30} GiB)"
+    )
+
+
+def _load_zip(path: Path) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise BundleError(
+                    f"{path}: {len(infos)} files in the zip, more than an evidence bundle holds ({MAX_MEMBERS})"
+                )
+            budget = MAX_TOTAL_BYTES
+            for info in infos:
+                key = _wanted(info.filename)
+                if key is None or info.is_dir():
+                    continue
+                if key in files:
+                    raise BundleError(f"{path}: two files named {key} in the zip (which one counts is ambiguous)")
+                files[key] = _read_member(z, info, budget, path)
+                budget -= len(files[key])
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, zlib.error) as exc:
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method
+        raise BundleError(f"{path}: not a readable zip file ({type(exc).__name__}: {exc})") from None
+    return files
+
+
+def _read_file(p: Path) -> bytes:
+    size = p.stat().st_size
+    if size > MAX_MEMBER_BYTES:
+        raise BundleError(f"{p}: {size} bytes, more than an evidence file holds ({MAX_MEMBER_BYTES})")
+    return p.read_bytes()
+
+
 def load_bundle(path: Path) -> dict[str, bytes]:
-    """The bundle's files by name, from a directory or a zip file."""
+    """The bundle's files by name, from a directory or a zip file (sizes and member counts bounded)."""
     files: dict[str, bytes] = {}
     if path.is_dir():
         for name in (REPORT, PREVIOUS, READINGS, SERIALS, INTERVALS, EVENTS, STORAGE_ALLOCATION, CERTIFICATES):
             p = path / name
             if p.is_file():
-                files[name] = p.read_bytes()
+                files[name] = _read_file(p)
         if (path / REPLACED_DIR).is_dir():
-            for p in sorted((path / REPLACED_DIR).glob("*.json")):
-                files[f"{REPLACED_DIR}/{p.name}"] = p.read_bytes()
+            replaced = sorted((path / REPLACED_DIR).glob("*.json"))
+            if len(replaced) > MAX_MEMBERS:
+                raise BundleError(f"{path}: {len(replaced)} replaced reports, more than a bundle holds ({MAX_MEMBERS})")
+            for p in replaced:
+                files[f"{REPLACED_DIR}/{p.name}"] = _read_file(p)
+        if sum(len(v) for v in files.values()) > MAX_TOTAL_BYTES:
+            raise BundleError(f"{path}: more than {MAX_TOTAL_BYTES >> 30} GiB of evidence")
     elif path.is_file() and zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as z:
-            for name in z.namelist():
-                parts = name.split("/")
-                key = "/".join(parts[-2:]) if len(parts) >= 2 and parts[-2] == REPLACED_DIR else parts[-1]
-                files[key] = z.read(name)
+        files = _load_zip(path)
     else:
         raise BundleError(f"{path}: not an evidence directory or zip file")
     if READINGS not in files:
@@ -157,6 +236,8 @@ def parse_readings(data: bytes, name: str = READINGS) -> list[dict[str, Any]]:
             obj = json.loads(line)
         except ValueError as exc:
             raise BundleError(f"{name} line {n}: not JSON ({exc})") from None
+        except RecursionError:
+            raise BundleError(f"{name} line {n}: JSON nested too deeply to be a reading (a hostile file?)") from None
         if not isinstance(obj, dict):
             raise BundleError(f"{name} line {n}: not an object")
         out.append(obj)

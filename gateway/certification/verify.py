@@ -956,6 +956,23 @@ def verify_paths(
     except (OSError, Unusable, bundle.BundleError, KeyFileError, TrustError, PolicyError, ValueError) as exc:
         print(f"unusable input: {exc}", file=w)
         return 2
+    except RecursionError:
+        # json (and YAML) parse nested arrays/objects recursively: a document nested thousands deep is hostile
+        print(
+            "unusable input: a JSON (or YAML) document is nested too deeply to be a report, policy, key list or"
+            " evidence file (hostile or corrupt input)",
+            file=w,
+        )
+        return 2
+    except MemoryError:
+        print("unusable input: not enough memory to read it (a hostile or corrupt bundle?)", file=w)
+        return 2
+    except Exception as exc:  # hostile input must end in exit 2 and a sentence, never a traceback
+        print(
+            f"unusable input: it could not be checked ({type(exc).__name__}: {exc}); the files are malformed",
+            file=w,
+        )
+        return 2
     for note in outcome.notes:
         print(f"note: {note}", file=w)
     for f in outcome.failures:

@@ -80,6 +80,16 @@ def _public_pem(keys: Path) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def _private_file(path: Path) -> IO[bytes]:
+    """A new file only its owner can read, 0600 from its first byte (not chmod-ed after writing: until
+    then the config, the secrets' paths and the encrypted key would be world-readable). A stale file or a
+    symlink planted at `path` is removed, never followed."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # O_CREAT's mode is masked by the umask; a umask can only remove bits, but be exact
+    return os.fdopen(fd, "wb")
+
+
 def create_bundle(
     dest: Path,
     *,
@@ -104,7 +114,7 @@ def create_bundle(
             finally:
                 led.close()
         tmp_dest = dest.with_name(dest.name + ".tmp")
-        with tarfile.open(tmp_dest, "w:gz") as tar:
+        with _private_file(tmp_dest) as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
             tar.add(config, arcname="gia.yaml")
             members.append("gia.yaml")
             if copy.exists():
@@ -127,7 +137,6 @@ def create_bundle(
                         tar.add(enc, arcname=f"keys/{KEY_FILE}.enc")
                         members.append(f"keys/{KEY_FILE}.enc (encrypted)")
                 members.append("keys/ (public)")
-        os.chmod(tmp_dest, 0o600)
         tmp_dest.replace(dest)
     return members
 

@@ -90,14 +90,16 @@ def _wheels(dest: Path) -> Path:
     wheel = next(dest.glob("gia_gateway-*.whl"))
     house = CACHE / f"wheelhouse-py{sys.version_info.major}{sys.version_info.minor}-{platform.machine()}"
     house.mkdir(parents=True, exist_ok=True)
+    # exactly the files the installer's lock names (it checks their hashes), as the operators' guide says
+    locked = ["--require-hashes", "-r", str(DEPLOY / "requirements.lock")]
     offline = subprocess.run(
-        [*pip, "download", "--no-index", "--find-links", str(house), "--dest", str(house), str(wheel)],
+        [*pip, "download", "--no-index", "--find-links", str(house), "--dest", str(house), *locked],
         capture_output=True,
         check=False,
     )
     if offline.returncode != 0:  # a new dependency: fetch what is missing from the package index
         subprocess.run(
-            [*pip, "download", "--find-links", str(house), "--dest", str(house), str(wheel)],
+            [*pip, "download", "--find-links", str(house), "--dest", str(house), *locked],
             check=True,
             capture_output=True,
             timeout=600,
@@ -270,3 +272,17 @@ def test_installer_in_a_clean_debian_root(debian_root: Path) -> None:
     assert not (root / "etc/gia").exists()
     assert not (root / "var/lib/gia").exists()
     assert not (root / "etc/mosquitto/conf.d/gia.conf").exists()
+
+    # A wheel changed in the wheelhouse (or on the index) no longer matches the lock: nothing is installed.
+    house = root / "tmp/gia-src/wheelhouse"
+    victim = next(house.glob("smllib-*.whl"))
+    with victim.open("ab") as f:
+        f.write(b"tampered")
+    wheel = (root / "tmp/gia-src/wheel-name").read_text()
+    tampered = _chroot(
+        root, "bash", "/tmp/gia-src/deploy/install.sh", "--from", f"/tmp/gia-src/{wheel}",
+        env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/tmp/gia-src/wheelhouse"},
+    )  # fmt: skip
+    assert tampered.returncode != 0, tampered.stdout
+    assert "DO NOT MATCH THE HASHES" in tampered.stderr, tampered.stderr
+    assert not (root / "opt/gia/venv/bin/gia").exists()

@@ -6,6 +6,8 @@ the debootstrap test (test_install_chroot.py, slow) runs the whole installer in 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shutil
@@ -211,3 +213,75 @@ def test_installer_needs_its_files(tmp_path: Path, root: Path) -> None:
     assert result.returncode == 1
     assert "gia.example.yaml is missing" in result.stderr
     assert "gia" not in ids(root, "passwd"), "nothing may change before the check"
+
+
+def _shim(bindir: Path, name: str, log: Path) -> None:
+    """`name` on PATH that records its command line, then runs the real program."""
+    real = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
+    assert real
+    bindir.mkdir(exist_ok=True)
+    shim = bindir / name
+    shim.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> "{log}"\nexec "{real}" "$@"\n')
+    shim.chmod(0o755)
+
+
+def test_broker_password_never_on_a_command_line(root: Path, tmp_path: Path) -> None:
+    """`--with-mosquitto` sets gia's broker password without putting it in any argv (ps, /proc/PID/cmdline are
+    readable by every local user); the hash it writes verifies against the generated secret."""
+    need_tool("mosquitto_passwd", "mosquitto")
+    if "mosquitto" not in ids(root, "group"):  # the package's group, as on a system with mosquitto installed
+        with (root / "etc/group").open("a") as f:
+            f.write("mosquitto:x:64999:\n")
+    log = tmp_path / "argv.log"
+    _shim(tmp_path / "bin", "mosquitto_passwd", log)
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        ["bash", str(INSTALL_SH), "--root", str(root), "--no-venv", "--with-mosquitto"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    secret = (root / "etc/gia/secrets/mqtt-password").read_text().strip()
+    calls = log.read_text()
+    assert calls.strip(), "mosquitto_passwd was not run"
+    assert secret not in calls, f"the broker password was on a command line: {calls!r}"
+    line = next(ln for ln in (root / "etc/mosquitto/gia.passwd").read_text().splitlines() if ln.startswith("gia:"))
+    _, _, iterations, salt, digest = line.split(":", 1)[1].split("$")
+    expected = hashlib.pbkdf2_hmac("sha512", secret.encode(), base64.b64decode(salt), int(iterations))
+    assert base64.b64decode(digest) == expected, "the stored hash is not of the generated password"
+    assert _mode(root / "etc/mosquitto/gia.passwd") == 0o640
+    # a second run with the password already set keeps the file as it is
+    before = (root / "etc/mosquitto/gia.passwd").read_bytes()
+    again = subprocess.run(
+        ["bash", str(INSTALL_SH), "--root", str(root), "--no-venv", "--with-mosquitto"],
+        capture_output=True, text=True, timeout=120, check=False, env=env,
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (root / "etc/mosquitto/gia.passwd").read_bytes() == before
+
+
+def test_uninstall_leaves_nothing_owned_by_the_freed_ids(root: Path) -> None:
+    """After --uninstall (data kept) no file carries gia's old uid or gid: the next account created with that
+    number (any package's system user) would otherwise own the ledger, the keys and the secrets."""
+    _install(root)
+    uid, gid = ids(root, "passwd")["gia"], ids(root, "group")["gia"]
+    keys = root / "var/lib/gia/keys"
+    keys.mkdir()
+    (keys / "site-ed25519.pem").write_text("key")
+    os.chown(keys / "site-ed25519.pem", uid, gid)
+    (root / "var/lib/gia/ledger.db").write_bytes(b"ledger")
+    os.chown(root / "var/lib/gia/ledger.db", uid, gid)
+    result = run_installer("--root", str(root), "--uninstall")
+    assert result.returncode == 0, result.stderr
+    owned = [
+        str(p.relative_to(root))
+        for base in (root / "etc", root / "var/lib/gia")
+        for p in [base, *base.rglob("*")]
+        if p.lstat().st_uid == uid or p.lstat().st_gid == gid
+    ]
+    assert not owned, f"still owned by the freed uid {uid} / gid {gid}: {owned}"
+    assert (root / "var/lib/gia/ledger.db").read_bytes() == b"ledger"
+    # a new install gives the data back to the new gia user
+    _install(root)
+    new_uid = ids(root, "passwd")["gia"]
+    assert _owner(root / "var/lib/gia/keys/site-ed25519.pem")[0] == new_uid
+    assert _owner(root / "etc/gia/secrets/viewer-token")[1] == ids(root, "group")["gia"]

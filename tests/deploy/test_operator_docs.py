@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -29,7 +30,10 @@ COMMANDS: list[tuple[str, str]] = [
     (r"git clone \S+( \S+)?", "not here: the public repository"),
     (r"cd gia-gateway", "not here: part of the clone"),
     (r"sudo deploy/install\.sh", "covered: test_installer_in_a_clean_debian_root"),
-    (r"pip download -d wheels \S+", "covered: test_installer_in_a_clean_debian_root"),
+    (
+        r"pip download -d wheels --require-hashes -r deploy/requirements\.lock",
+        "covered: test_installer_in_a_clean_debian_root",
+    ),
     (
         r"sudo PIP_NO_INDEX=1 PIP_FIND_LINKS=\S+ deploy/install\.sh --from \S+",
         "covered: test_installer_in_a_clean_debian_root",
@@ -55,7 +59,7 @@ COMMANDS: list[tuple[str, str]] = [
     (r"sudo cat /etc/gia/secrets/viewer-token", "covered: test_fresh_install_layout"),
     (r"git pull", "not here: the public repository"),
     (r"sudo -u gia /opt/gia/venv/bin/gia backup \S+ --config /etc/gia/gia\.yaml", "run: test_backup_command"),
-    (r"sudo tar -C / -czf .*", "not here: archives the live system's /etc and /var"),
+    (r"sudo sh -c 'umask 077 && tar -C / -czf .*'", "run: test_backup_tar_recipe_is_private"),
     (r"sudo deploy/install\.sh --uninstall( --purge)?", "covered: test_uninstall_keeps_config_and_data_until_purge"),
     (r"sudo install -d -m 0750 -g mosquitto /etc/mosquitto/certs", "not here: the site's own certificates"),
     (r"sudo install -m 0640 -g mosquitto .*", "not here: the site's own certificates"),
@@ -191,6 +195,23 @@ def test_backup_command(tmp_path: Path) -> None:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, env=env)
     assert result.returncode == 0, result.stderr
     assert dest.read_bytes()[:16] == b"SQLite format 3\x00"
+
+
+def test_backup_tar_recipe_is_private(tmp_path: Path) -> None:
+    """The guide's tar line, run on a copy of the layout under umask 022: the archive (secrets, signing key)
+    is 0600. A plain `sudo tar -czf` would write it 0644, readable by every local user."""
+    line = next(ln for ln in doc_commands() if " -czf " in ln and "tar " in ln)
+    root = tmp_path / "root"
+    for rel in ("etc/gia/secrets/viewer-token", "var/lib/gia/keys/site-ed25519.pem", "var/lib/gia/ledger-backup.db"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("secret\n")
+    cmd = line.removeprefix("sudo ").replace("tar -C / ", f"tar -C {root} ")
+    assert f"-C {root} " in cmd, f"the recipe no longer reads `tar -C / ...`: {line}"
+    _run_shell(f"umask 022 && {cmd}", tmp_path)
+    archive = tmp_path / "gia-backup.tar.gz"
+    assert stat.S_IMODE(archive.stat().st_mode) == 0o600, oct(archive.stat().st_mode)
+    listing = subprocess.run(["tar", "-tzf", str(archive)], capture_output=True, text=True, check=True).stdout
+    assert "var/lib/gia/keys/site-ed25519.pem" in listing
 
 
 def _doc_line_any(pattern: str) -> list[str]:
