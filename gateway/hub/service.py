@@ -46,13 +46,15 @@ class Hub:
         self.supervisor = Supervisor()
         self.started = time.monotonic()
         self.mqtt: HubMqtt | None = None
+        # hostname and pid: replicas on one machine must not share an id (the broker would drop one whenever
+        # the other connects); the sessions are clean, so a new id per start loses nothing. The live view's
+        # connection takes the same id with "-live".
+        client_id = self.cfg.mqtt.client_id or f"gia-hub-{socket.gethostname()}-{os.getpid()}" if self.cfg.mqtt else ""
         if self.cfg.mqtt is not None:
             self.mqtt = HubMqtt(
                 self.cfg.mqtt,
                 self.ingestor,
-                # hostname and pid: replicas on one machine must not share an id (the broker would drop one
-                # whenever the other connects); the session is clean, so a new id per start loses nothing
-                client_id=self.cfg.mqtt.client_id or f"gia-hub-{socket.gethostname()}-{os.getpid()}",
+                client_id=client_id,
                 on_decided=self._decided,
                 inflight=self.inflight,
             )
@@ -69,7 +71,7 @@ class Hub:
                     self.cfg.mqtt,
                     self.cfg.live,
                     self.store.engine,
-                    client_id=f"{self.cfg.mqtt.client_id or f'gia-hub-{socket.gethostname()}'}-live",
+                    client_id=f"{client_id}-live",
                     timezones=self.live_view.timezones,
                 )
         self.http_server: HttpServer | None = None

@@ -137,7 +137,7 @@ async def test_the_room_follows_the_plan_and_an_admin_can_override_and_stop(tmp_
                 stopped = await http.post("/api/v1/control/stop", headers=auth["admin"])
                 assert stopped.status_code == 200 and stopped.json()["stopped"] is True
                 assert dev.battery.autonomous and dev.battery.held["forcible_mode"] == 0
-                health = (await http.get("/healthz")).json()
+                health = (await http.get("/healthz", headers=auth["viewer"])).json()  # detail needs a token
                 assert health["control"]["stopped"] is True
             assert agent.services is not None
             events = await agent.services.writer.call(lambda led: led.events())

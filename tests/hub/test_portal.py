@@ -131,13 +131,17 @@ async def test_attacks_are_refused_and_listed_and_tokens_are_scoped(
         assert {("b", "replay"), ("b", "too_large"), ("c", "too_large")} <= kinds
 
         # -- the matrix, and a certifier's downloads that verify offline -------------------------------
-        async with asyncio.timeout(20):
-            while (
-                await http.get("/api/v1/areas/park/reports/2025-03", headers=bearer("certifier"))
-            ).status_code != 200:
-                await asyncio.sleep(0.1)
-        matrix = (await http.get("/api/v1/areas/park/matrix", headers=bearer("viewer"))).json()
-        march = next(m for m in matrix["months"] if m["month"] == "2025-03")
+        # Area reports are prepared off the write lock as reports arrive: a version may be built before the
+        # last site's report is decided, and a new version follows. Wait for the complete one, which must come.
+        async with asyncio.timeout(30):
+            while True:
+                got = await http.get("/api/v1/areas/park/reports/2025-03", headers=bearer("certifier"))
+                if got.status_code == 200:
+                    matrix = (await http.get("/api/v1/areas/park/matrix", headers=bearer("viewer"))).json()
+                    march = next(m for m in matrix["months"] if m["month"] == "2025-03")
+                    if (march.get("area_report") or {}).get("complete"):
+                        break
+                await asyncio.sleep(0.2)
         assert march["area_report"]["complete"] and {
             s: x["status"] for s, x in march["cells"].items()
         } == dict.fromkeys(("b", "c", "p"), "accepted")

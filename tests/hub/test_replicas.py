@@ -136,7 +136,8 @@ def cluster(
                 "data_dir": str(tmp_path / name),
                 "database": {"url": database.url, "password_file": str(pg.password_file)},
                 "mqtt": {"url": broker.url, "timeout_s": 3} | ({"client_id": f"hub-{name}"} if client_ids else {}),
-                "http": {"listen": f"127.0.0.1:{port}"},
+                # /healthz detail (mqtt, database retries) is for viewers: the test reads it from loopback
+                "http": {"listen": f"127.0.0.1:{port}", "anonymous_viewer_on_loopback": True},
                 "areas": [{"id": "zemgale", "name": "Zemgale"}],
             },
             "log_level": "info",
@@ -332,4 +333,8 @@ async def test_two_replicas_on_one_host_without_client_ids_do_not_disconnect_eac
     broker_log = (cluster.broker.workdir / "broker.log").read_text(errors="replace")
     assert "already connected, closing old connection" not in broker_log, broker_log[-2000:]
     hubs = {line.split("as ")[1].split(" ")[0] for line in broker_log.splitlines() if "New client connected" in line}
-    assert len({h for h in hubs if h.startswith("gia-hub-")}) == 2, hubs
+    # two replicas, each with its report connection and its live-view connection ("-live"), all distinct
+    assert len({h for h in hubs if h.startswith("gia-hub-")}) == 4, hubs
+    assert {h.removesuffix("-live") for h in hubs if h.startswith("gia-hub-")} == {
+        h for h in hubs if h.startswith("gia-hub-") and not h.endswith("-live")
+    }, hubs
