@@ -124,3 +124,26 @@ def verify_root(unit_text: str, root: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_text(unit_text)
     return dest
+
+
+def analyze_verify(root: Path, unit: str) -> subprocess.CompletedProcess[str]:
+    """`systemd-analyze verify` of `unit` in the scratch root `verify_root` prepared."""
+    exe = need_tool("systemd-analyze", "systemd")
+    return subprocess.run(
+        [exe, "verify", f"--root={root}", unit], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def sandbox_exposure(tmp_path: Path, text: str, unit: str) -> float:
+    """`systemd-analyze security --offline` score of a unit file: 0 (locked) .. 10 (exposed)."""
+    import re
+
+    exe = need_tool("systemd-analyze", "systemd")
+    path = tmp_path / unit
+    path.write_text(text)
+    result = subprocess.run(
+        [exe, "security", "--offline=true", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    found = re.search(rf"Overall exposure level for {re.escape(unit)}: (\d+\.\d+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    return float(found.group(1))

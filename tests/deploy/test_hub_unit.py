@@ -5,7 +5,6 @@ print nothing at all, and a misspelt directive proves the test would notice."""
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.helpers import DEPLOY, need_tool, parse_unit, verify_root
+from tests.deploy.helpers import DEPLOY, analyze_verify, parse_unit, sandbox_exposure, verify_root
 
 HUB_UNIT = DEPLOY / "systemd" / "gia-hub.service"
 
@@ -41,10 +40,7 @@ HARDENING = {
 
 
 def _verify(root: Path) -> subprocess.CompletedProcess[str]:
-    exe = need_tool("systemd-analyze", "systemd")
-    return subprocess.run(
-        [exe, "verify", f"--root={root}", "gia-hub.service"], capture_output=True, text=True, timeout=60, check=False
-    )
+    return analyze_verify(root, "gia-hub.service")
 
 
 def _install(text: str, root: Path) -> None:
@@ -81,15 +77,7 @@ def test_hub_unit_has_the_hardening_directives() -> None:
 
 def test_hub_unit_sandbox_exposure_is_no_worse_than_the_agents(tmp_path: Path) -> None:
     """`systemd-analyze security` scores 0 (locked) .. 10 (exposed): the hub at most the agent's 2.0."""
-    exe = need_tool("systemd-analyze", "systemd")
-    unit = tmp_path / "gia-hub.service"
-    unit.write_text(HUB_UNIT.read_text())
-    result = subprocess.run(
-        [exe, "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60, check=False
-    )
-    found = re.search(r"Overall exposure level for gia-hub\.service: (\d+\.\d+)", result.stdout)
-    assert found, result.stdout + result.stderr
-    assert float(found.group(1)) <= 2.0, result.stdout
+    assert sandbox_exposure(tmp_path, HUB_UNIT.read_text(), "gia-hub.service") <= 2.0
 
 
 def test_hub_unit_paths_match_the_example_config() -> None:

@@ -13,7 +13,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy.helpers import DEPLOY, INSTALL_SH, UNIT, need_tool, parse_unit, verify_root
+from tests.deploy.helpers import (
+    DEPLOY,
+    INSTALL_SH,
+    UNIT,
+    analyze_verify,
+    parse_unit,
+    sandbox_exposure,
+    verify_root,
+)
 
 HARDENING = {
     "ProtectSystem": "strict",
@@ -36,10 +44,7 @@ HARDENING = {
 
 
 def _verify(root: Path) -> subprocess.CompletedProcess[str]:
-    exe = need_tool("systemd-analyze", "systemd")
-    return subprocess.run(
-        [exe, "verify", f"--root={root}", "gia.service"], capture_output=True, text=True, timeout=60, check=False
-    )
+    return analyze_verify(root, "gia.service")
 
 
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
@@ -74,15 +79,7 @@ def test_unit_has_the_hardening_directives() -> None:
 
 def test_unit_sandbox_exposure_is_low(tmp_path: Path) -> None:
     """`systemd-analyze security` scores the sandbox 0 (locked) .. 10 (exposed); keep it low."""
-    exe = need_tool("systemd-analyze", "systemd")
-    unit = tmp_path / "gia.service"
-    unit.write_text(UNIT.read_text())
-    result = subprocess.run(
-        [exe, "security", "--offline=true", str(unit)], capture_output=True, text=True, timeout=60, check=False
-    )
-    found = re.search(r"Overall exposure level for gia\.service: (\d+\.\d+)", result.stdout)
-    assert found, result.stdout + result.stderr
-    assert float(found.group(1)) <= 2.0, result.stdout
+    assert sandbox_exposure(tmp_path, UNIT.read_text(), "gia.service") <= 2.0
 
 
 def test_unit_paths_match_installer_and_example_config() -> None:
