@@ -583,9 +583,6 @@ async def run_demo_servers(
     urls: dict[str, str] = {}
     try:
         for dev in devices:
-            port = (ports or {}).get(dev.id) or free_tcp_port(host)
-            url = f"tcp://{host}:{port}"
-
             dev_map = load_map(dev.map)
             link: DemoBatteryLink | None = None
             if dev.device_class == "battery" and dev_map.control is not None and dev_map.control.battery is not None:
@@ -596,16 +593,28 @@ async def run_demo_servers(
                     link.tick()
                 return site.state_at(now())[dev_id]
 
-            server = SimServer(
-                dev_map,
-                listen=url,
-                unit_ids=[dev.unit_id],
-                values=values,
-                on_write=link.on_write if link is not None else None,
-            )
+            port = (ports or {}).get(dev.id) or free_tcp_port(host)
+            for attempt in range(5):
+                url = f"tcp://{host}:{port}"
+                server = SimServer(
+                    dev_map,
+                    listen=url,
+                    unit_ids=[dev.unit_id],
+                    values=values,
+                    on_write=link.on_write if link is not None else None,
+                )
+                try:
+                    await server.start()
+                    break
+                except (OSError, RuntimeError):
+                    # A port found free a moment ago was taken since (another demo or program starting
+                    # beside this one): take another free port; the config written later names it.
+                    await server.stop()
+                    if attempt == 4:
+                        raise
+                    port = free_tcp_port(host)
             if link is not None:
                 link.held = server.held  # one dict: what was written reads back, and the watchdog shows
-            await server.start()
             servers[dev.id] = server
             urls[dev.id] = url
         yield DemoServers(servers, urls, devices)

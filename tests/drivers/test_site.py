@@ -111,3 +111,21 @@ async def test_demo_servers_serve_the_model() -> None:
                     assert samples[qty].value == state[dev.id][qty], (dev.id, qty)
             want_power = float(state[dev.id]["power_w"])
             assert samples["power_w"].value == pytest.approx(want_power, abs=max(1.0, abs(want_power) * 1e-6))
+
+
+@pytest.mark.modbus
+async def test_demo_servers_take_another_port_when_theirs_was_taken_meanwhile() -> None:
+    """Two demos starting at once both found the stable ports free and one then failed to bind ("Could not
+    start listen"; seen as a CI error of a browser test's demo fixture). A port taken between the check and
+    the bind now makes that simulator take another free port."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        ports = {d.id: port for d in demo_devices()}
+        async with run_demo_servers(DemoSite(), lambda: datetime.now(UTC), ports=ports) as servers:
+            urls = dict(servers.urls)
+    assert len(set(urls.values())) == len(demo_devices())
+    assert all(not u.endswith(f":{port}") for u in urls.values()), urls
