@@ -418,9 +418,15 @@ def _check_previous(out: Outcome, report: dict[str, Any], previous: bytes) -> No
 
 # -- keys -----------------------------------------------------------------------------------------
 def _check_key(
-    out: Outcome, report: dict[str, Any], pinned: Mapping[str, Ed25519PublicKey], transitions: list[Any]
+    out: Outcome,
+    report: dict[str, Any],
+    pinned: Mapping[str, Ed25519PublicKey],
+    transitions: list[Any],
+    *,
+    float_free: bool = False,
 ) -> dict[str, Ed25519PublicKey]:
-    """Follow the key transitions from the pinned keys; check the signature with the key in force."""
+    """Follow the key transitions from the pinned keys; check the signature with the key in force
+    (`float_free`: the report's bytes held no float, see `signing.canonical`)."""
     site = str(report.get("site", {}).get("id"))
     chain = follow(pinned, [(t.get("event_id"), t) for t in transitions], site=site)
     out.notes.extend(chain.notes)
@@ -443,7 +449,7 @@ def _check_key(
             " key is neither pinned nor reached from a pinned key by a transition the old key signed",
         )
         return chain.trusted
-    problem = verify_signature(report, key)
+    problem = verify_signature(report, key, float_free=float_free)
     if problem is not None:
         out.fail("signature", problem)
     else:
@@ -863,7 +869,7 @@ def verify_report(
         pinned: dict[str, Ed25519PublicKey] = dict(pinned_for(site, trusted or []))
         if public_key is not None:
             pinned[key_id(public_key)] = public_key
-        trusted_chain = _check_key(out, report, pinned, list(report.get("key_transitions", [])))
+        trusted_chain = _check_key(out, report, pinned, list(report.get("key_transitions", [])), float_free=floats == 0)
         _check_period(out, report)
         _check_internal(out, report)
         if previous is None and evidence is not None:
