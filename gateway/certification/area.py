@@ -299,6 +299,22 @@ class SiteInput:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an aggregator that verified a site report itself concluded, for `aggregate(verified=...)`.
+
+    Why: the area hub verifies every report when it ingests it (pinned key chain, every verifier rule,
+    the grade under the area's policy) and stores the verdict beside the report's bytes and SHA-256;
+    verifying every summed report again when it builds the area report doubled the hub's cost. The hub
+    may trust its own database's verdicts; a certifier never does (`verify_area` passes none and
+    re-verifies everything offline against the keys it pinned). `sha256` is the digest the verdict was
+    made on: bytes that do not hash to it are not summed (the stored report was altered)."""
+
+    sha256: str  # hex SHA-256 of the report bytes the verdict is about
+    key_id: str  # the pinned key the signature verified with
+    grade: str | None  # the grade under the policy passed to `aggregate` (the same policy, or no verdict)
+
+
 def channel_key(site: str, ch: dict[str, Any]) -> str | None:
     """A channel's identity across sites: meter serial (as read from the meter when its map reads it, else
     as configured; normalised) + register; None without a serial."""
@@ -544,12 +560,18 @@ def aggregate(
     absent_reason: str | Mapping[str, str] = "no report received",
     log: Mapping[str, Any] | None = None,
     log_indexes: Mapping[str, int] | None = None,
+    verified: Mapping[str, Verdict] | None = None,
 ) -> dict[str, Any]:
     """The unsigned area report body. Raises `AreaError` for a definition problem (a site twice, a
     meter or a certificate in two sites, a report for another site or month); reports that do not verify
     or do not grade `verified` under `policy` are listed in `missing[]`, not summed, and so are `expected`
     sites without a report (`absent_reason`). `log` (`tree_size`, `root`) and `log_indexes` (site -> leaf
-    index) come from the hub's transparency log and are carried as given."""
+    index) come from the hub's transparency log and are carried as given.
+
+    `verified` (site -> `Verdict`): verdicts the caller made itself on these very reports under this
+    `policy` (the area hub's ingestion); a site with one is not verified again, but its bytes must hash to
+    the verdict's `sha256`, else the report is listed in `missing[]` and not summed. Sites without one are
+    verified here. Only an aggregator trusting its own verdicts passes it; `verify_area` never does."""
     policy = policy or Policy()
     definition = definition or AreaDefinition()
     problems: list[str] = []
@@ -573,9 +595,23 @@ def aggregate(
             continue
         seen_sites.add(inp.site)
         sha = hashlib.sha256(inp.report).hexdigest()
+        known = verified.get(inp.site) if verified is not None else None
+        if known is not None and known.sha256 != sha:
+            missing.append(
+                {
+                    "site": inp.site,
+                    "report_sha256": sha,
+                    "grade": None,
+                    "reason": f"the report's bytes hash to {sha}, not to {known.sha256} on which it was verified"
+                    " (the stored report was altered): not summed",
+                }
+            )
+            continue
         try:
-            keys = inp.keys()
-            outcome = verify_report(inp.report, trusted=keys, policy=policy)
+            if known is not None:
+                outcome = Outcome(key_id=known.key_id, policy=policy.name, policy_grade=known.grade)
+            else:
+                outcome = verify_report(inp.report, trusted=inp.keys(), policy=policy)
             rep, _ = parse_report_strict(inp.report)
         except (Unusable, KeyFileError, ValueError) as exc:
             missing.append({"site": inp.site, "report_sha256": sha, "grade": None, "reason": f"unusable ({exc})"})

@@ -36,14 +36,18 @@ class KeyFileError(GiaError):
     exit_code = 2
 
 
-def canonical(obj: Any) -> bytes:
-    assert_no_float(obj)
+def canonical(obj: Any, *, float_free: bool = False) -> bytes:
+    """RFC 8785 bytes of `obj`, refusing floats. `float_free=True`: the caller has already established
+    that `obj` holds no float (the verifier counts them while parsing the report's bytes), so the walk of
+    `assert_no_float` — a third of the canonicalisation's time on a report — is not done twice."""
+    if not float_free:
+        assert_no_float(obj)
     return bytes(rfc8785.dumps(obj))
 
 
-def signing_bytes(report: dict[str, Any]) -> bytes:
-    """What the signature covers: the canonical report without `signature`."""
-    return canonical({k: v for k, v in report.items() if k != "signature"})
+def signing_bytes(report: dict[str, Any], *, float_free: bool = False) -> bytes:
+    """What the signature covers: the canonical report without `signature` (`float_free`: see `canonical`)."""
+    return canonical({k: v for k, v in report.items() if k != "signature"}, float_free=float_free)
 
 
 def key_id(public: Ed25519PublicKey) -> str:
@@ -65,8 +69,9 @@ def load_public_pem(data: bytes) -> Ed25519PublicKey:
     return key
 
 
-def verify_signature(report: dict[str, Any], public: Ed25519PublicKey) -> str | None:
-    """None when the signature is good, else what is wrong (with both sides where there are two)."""
+def verify_signature(report: dict[str, Any], public: Ed25519PublicKey, *, float_free: bool = False) -> str | None:
+    """None when the signature is good, else what is wrong (with both sides where there are two).
+    `float_free`: the caller has established that `report` holds no float (see `canonical`)."""
     sig = report.get("signature")
     if not isinstance(sig, dict):
         return "report has no signature object"
@@ -84,7 +89,7 @@ def verify_signature(report: dict[str, Any], public: Ed25519PublicKey) -> str | 
     except ValueError:
         return "signature value is not base64"
     try:
-        public.verify(value, signing_bytes(report))
+        public.verify(value, signing_bytes(report, float_free=float_free))
     except InvalidSignature:
         return "Ed25519 signature does not match the canonical report bytes (report altered after signing)"
     return None

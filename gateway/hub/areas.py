@@ -32,6 +32,7 @@ from sqlalchemy import Connection, func, insert, select
 from gateway.certification.area import (
     AreaDefinition,
     SiteInput,
+    Verdict,
     aggregate,
     definition_from_mapping,
     rollup,
@@ -197,6 +198,31 @@ class AreaReports:
         ).all()
         return {r.site: (r.sha256, bytes(r.raw), int(r.log_index)) for r in rows}  # the last one wins
 
+    def _verdicts(self, conn: Connection, area: str, month: str) -> dict[str, Verdict]:
+        """site -> the verdict ingestion stored for its authoritative report, for `aggregate(verified=...)`.
+
+        Why: ingestion verified each accepted report (pinned key chain, every rule, the grade under the
+        area's policy) in the same database; verifying each again at every build was half the hub's
+        report cost. A verdict is reused only when it was made under the policy in force now: a report
+        received before the area's last change (policy, definition or name: `areas.updated_ms`) gets
+        none, so `aggregate` verifies it again. `aggregate` still checks that the stored bytes hash to
+        the stored SHA-256 the verdict was made on."""
+        updated = conn.execute(select(db.areas.c.updated_ms).where(db.areas.c.id == area)).scalar_one()
+        rows = conn.execute(
+            select(db.reports.c.site, db.reports.c.sha256, db.reports.c.key_id, db.reports.c.grade)
+            .add_columns(db.reports.c.received_ms)
+            .join(db.sites, db.sites.c.id == db.reports.c.site)
+            .where(db.sites.c.area == area, db.reports.c.month == month, db.reports.c.status == "accepted")
+            .order_by(db.reports.c.site, db.reports.c.log_index)
+        ).all()
+        out: dict[str, Verdict] = {}
+        for r in rows:  # the last one wins, as in `_inputs`
+            if r.key_id is not None and int(r.received_ms) > int(updated):
+                out[r.site] = Verdict(r.sha256, r.key_id, r.grade)
+            else:
+                out.pop(r.site, None)
+        return out
+
     def _trusted(self, conn: Connection, site: str) -> tuple[TrustedKey, ...]:
         return tuple(TrustedKey(k.key_id, k.public_key(), site) for k in self.store.pinned_keys(conn, site))
 
@@ -225,8 +251,8 @@ class AreaReports:
         """Build (or rebuild, when a site report changed since) the month's area report if it is due, or
         now with `force`; returns what counts afterwards (None when not due and never built).
 
-        The aggregation (every site report's signature verified again, then summed) is the slow part: a
-        few seconds for an area of fifty sites. It runs on a read snapshot, outside the write lock, so
+        The aggregation (each site report checked against the verdict its ingestion stored, then
+        summed) is the slow part. It runs on a read snapshot, outside the write lock, so
         ingestion on every replica goes on meanwhile; the result is stored under the lock only if its
         inputs (the expected sites, each one's authoritative report, the version it replaces) are still
         the current ones, else it is prepared again. After `OPTIMISTIC_TRIES` such races the build runs
@@ -285,6 +311,7 @@ class AreaReports:
             absent_reason=f"no accepted report by {iso_ms(now)} (deadline {deadline})",
             log=head,
             log_indexes={s: v[2] for s, v in have.items()},
+            verified=self._verdicts(conn, area, month),
         )
         body["reissue_of"] = current.sha256 if current is not None else None
         return _Plan(

@@ -134,6 +134,7 @@ class Ingestor:
             previous=self._previous(conn, site, month, ident.previous_sha256),
             policy=s.area_policy(conn, site_row.area),
             transitions=s.known_transitions(conn, site),
+            ident=ident,
         )
         if not verdict.signature_ok:
             return self._quarantine(conn, site, month, sha, data, via, "bad_signature", "; ".join(verdict.reasons))

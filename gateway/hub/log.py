@@ -43,14 +43,21 @@ def _split(n: int) -> int:
 
 
 def root_from_hashes(leaves: Sequence[bytes]) -> bytes:
-    """MTH over leaf *hashes* (already prefixed with 0x00 and hashed)."""
-    n = len(leaves)
-    if n == 0:
+    """MTH over leaf *hashes* (already prefixed with 0x00 and hashed).
+
+    Computed bottom-up, a level at a time, a lone last node going up unchanged: the same tree as the
+    RFC's recursive split at the largest power of two below n (tests/hub/test_log.py compares the two),
+    without its slicing and recursion. Why: the hub computes the root at every append (a new signed
+    tree head per leaf); the recursive form cost ~2 ms per append at a thousand leaves, this ~0.5 ms."""
+    if not leaves:
         return EMPTY_ROOT
-    if n == 1:
-        return leaves[0]
-    k = _split(n)
-    return node_hash(root_from_hashes(leaves[:k]), root_from_hashes(leaves[k:]))
+    level = list(leaves)
+    while len(level) > 1:
+        up = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            up.append(level[-1])
+        level = up
+    return level[0]
 
 
 # -- proofs ------------------------------------------------------------------------------------------

@@ -155,16 +155,16 @@ def _trusted(site: str, pinned: Sequence[PinnedKey]) -> list[TrustedKey]:
     return [TrustedKey(k.key_id, k.public_key(), site) for k in pinned]
 
 
-def _key_in_force(
-    ident: Identity, report: Mapping[str, Any], known: Sequence[KnownTransition], verdict: Verdict
-) -> None:
+def _key_in_force(ident: Identity, data: bytes, known: Sequence[KnownTransition], verdict: Verdict) -> None:
     """The hub's own check: after a transition it followed, only the new key signs, and the report must
-    show the transition (the site cannot sign with a retired key and leave the rotation out)."""
+    show the transition (the site cannot sign with a retired key and leave the rotation out). The report
+    is parsed only when a transition applies (most sites never rotate)."""
     if not known or ident.events_head_id is None:
         return
     before = [t for t in known if t.event_id <= ident.events_head_id]
     if not before:
         return
+    report = json.loads(data)
     last = max(before, key=lambda t: t.event_id)
     if ident.key_id != last.new_key_id:
         verdict.reasons.append(
@@ -188,12 +188,15 @@ def verify_site_report(
     previous: bytes | None,
     policy: Policy,
     transitions: Sequence[KnownTransition] = (),
+    ident: Identity | None = None,
 ) -> Verdict:
-    """Verify a report from an enrolled site (see the module doc). Never raises on bad input."""
-    try:
-        ident = identify(data)
-    except Malformed as exc:
-        return Verdict(False, [f"malformed: {exc}"])
+    """Verify a report from an enrolled site (see the module doc). Never raises on bad input. `ident`:
+    `identify(data)` when the caller has it already (the ingestor), so the report is not parsed again."""
+    if ident is None:
+        try:
+            ident = identify(data)
+        except Malformed as exc:
+            return Verdict(False, [f"malformed: {exc}"])
     try:
         outcome = verify_report(data, trusted=_trusted(ident.site, pinned), previous=previous, policy=policy)
     except (Unusable, KeyFileError, TrustError) as exc:
@@ -211,7 +214,7 @@ def verify_site_report(
     if previous is None and ident.previous_sha256:
         verdict.notes.append("the hub holds no previous report of this site: chain link not checked")
     if verdict.signature_ok:
-        _key_in_force(ident, json.loads(data), transitions, verdict)
+        _key_in_force(ident, data, transitions, verdict)
     verdict.ok = not verdict.reasons
     return verdict
 

@@ -115,6 +115,24 @@ def test_no_float_guard() -> None:
         canonical({"x": 1.0})
 
 
+@pytest.mark.parametrize("number", ["0.5", "5e2", "NaN", "-Infinity", "1.0"])
+def test_a_float_in_a_verified_report_fails_the_no_float_rule_with_its_path(site: dict[str, Any], number: str) -> None:
+    """The verifier counts floats while parsing instead of walking every report a second time: a float
+    anywhere (fraction, exponent, NaN, Infinity) still fails `no_float`, naming where it is; a report
+    without one does not."""
+    from gateway.certification.verify import verify_report
+
+    svc: ReportService = site["svc"]
+    data = svc.report_json("s1", "2025-03")
+    pub = svc.keys.public_key()
+    assert not [f for f in verify_report(data, public_key=pub).failures if f.rule == "no_float"]
+    rep = json.loads(data)
+    rep["indicators"]["consumption_wh"] = "@@"
+    bad = json.dumps(rep).replace('"@@"', number).encode()
+    failures = [f for f in verify_report(bad, public_key=pub).failures if f.rule == "no_float"]
+    assert len(failures) == 1 and "$.indicators.consumption_wh" in failures[0].message, failures
+
+
 def test_service_errors(site: dict[str, Any]) -> None:
     svc: ReportService = site["svc"]
     with pytest.raises(UnknownSite):

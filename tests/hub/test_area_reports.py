@@ -11,7 +11,10 @@ import re
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sqlalchemy import update
+
 from gateway.certification.verify import run as verify_run
+from gateway.hub import db
 from gateway.hub.areas import AreaReports
 from gateway.hub.config import AreaConfig, DatabaseConfig, HubConfig
 from gateway.hub.ingest import Ingestor
@@ -221,3 +224,65 @@ def test_a_bad_area_definition_or_policy_in_hub_yaml_names_the_field(tmp_path: P
         cfg.write_text(yaml.safe_dump({"hub": {"data_dir": "state", "areas": [{"id": "park", **area}]}}))
         with pytest.raises(ConfigError, match=re.escape(message)):
             load_hub_settings(cfg)
+
+
+def test_a_stored_report_whose_bytes_no_longer_match_its_sha256_is_not_summed(
+    tmp_path: Path, hub_db: DatabaseConfig, area_sites: dict[str, SignedSite]
+) -> None:
+    """The hub's build reuses the verdicts ingestion stored instead of verifying every signature again, so
+    it must still notice stored bytes that are not the ones verified. b's stored report gains a line end:
+    its signature still verifies (a line end after the document is allowed), so a build that only
+    re-verified would sum it; its bytes no longer hash to the stored sha256, so it is not summed."""
+    clock = Clock(ms(2025, 4, 6))
+    store = open_store(tmp_path, hub_db, clock)
+    try:
+        for s, site in area_sites.items():
+            store.enroll(s, "park", site.public_pem)
+        clock.now += 1_000  # received after the area's policy was stored: the verdicts are reusable
+        ing, areas = Ingestor(store, max_bytes=1 << 22), AreaReports(store)
+        for s in ("p", "b", "c"):
+            assert ing.submit_report(s, area_sites[s].reports["2025-03"], via="mqtt").status == "accepted"
+        signed = area_sites["b"].reports["2025-03"]
+        altered = signed.rstrip(b"\r\n") + (b"\r\n" if signed.endswith(b"\n") else b"\n")
+        assert altered != signed
+        with db.write_transaction(store.engine) as conn:
+            conn.execute(
+                update(db.reports).where(db.reports.c.site == "b", db.reports.c.month == "2025-03").values(raw=altered)
+            )
+        built = areas.build_month("park", "2025-03")
+        assert built is not None
+        body = json.loads(built.data)
+        assert [s["site"] for s in body["sites"]] == ["c", "p"]
+        [b] = body["missing"]
+        assert b["site"] == "b" and "altered" in b["reason"], b
+    finally:
+        store.close()
+
+
+def test_a_verdict_made_before_the_areas_policy_changed_is_not_reused(
+    tmp_path: Path, hub_db: DatabaseConfig, area_sites: dict[str, SignedSite]
+) -> None:
+    """A verdict is reused only under the policy it was made under: reports received before the area's
+    policy changed are verified again under the new one. b's stored grade is made unreadable for the
+    build: if it were reused b would not be summed (not graded `verified`); verified again, it is."""
+    clock = Clock(ms(2025, 4, 6))
+    store = open_store(tmp_path, hub_db, clock)
+    try:
+        for s, site in area_sites.items():
+            store.enroll(s, "park", site.public_pem)
+        clock.now += 1_000
+        ing, areas = Ingestor(store, max_bytes=1 << 22), AreaReports(store)
+        for s in ("p", "b", "c"):
+            assert ing.submit_report(s, area_sites[s].reports["2025-03"], via="mqtt").status == "accepted"
+        with db.write_transaction(store.engine) as conn:
+            conn.execute(update(db.reports).where(db.reports.c.site == "b").values(grade="provisional"))
+        with store.engine.connect() as conn:
+            assert "b" in areas._verdicts(conn, "park", "2025-03")  # reused as it stands
+        clock.now += 1_000
+        with db.write_transaction(store.engine) as conn:  # what sync_areas does when hub.yaml's policy changes
+            conn.execute(update(db.areas).where(db.areas.c.id == "park").values(updated_ms=clock.now))
+        built = areas.build_month("park", "2025-03")
+        assert built is not None
+        assert [s["site"] for s in json.loads(built.data)["sites"]] == ["b", "c", "p"]
+    finally:
+        store.close()

@@ -27,6 +27,22 @@ def test_known_roots_by_hand() -> None:
     assert log.root_from_hashes([a, b, c]) == hashlib.sha256(b"\x01" + ab + c).digest()
 
 
+def _rfc_root(d: list[bytes]) -> bytes:
+    """MTH(D[n]) exactly as RFC 9162 §2.1.1 writes it: split at the largest power of two below n."""
+    if not d:
+        return hashlib.sha256(b"").digest()
+    if len(d) == 1:
+        return d[0]
+    k = 1 << ((len(d) - 1).bit_length() - 1)
+    return log.node_hash(_rfc_root(d[:k]), _rfc_root(d[k:]))
+
+
+def test_the_bottom_up_root_is_the_rfcs_recursive_one_for_every_size() -> None:
+    d = leaves(600)
+    for n in range(len(d) + 1):
+        assert log.root_from_hashes(d[:n]) == _rfc_root(d[:n]), n
+
+
 def test_rfc_example_proofs_shape() -> None:
     """RFC 9162 §2.1.5's 7-leaf tree: the audit path of d0 is [b, h, l]; PROOF(3, D[7]) is [c, d, g, l]."""
     d = leaves(7)
