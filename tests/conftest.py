@@ -43,12 +43,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     A file stays on one worker, so its module fixtures (a browser, an agent) start once.
 
     Tests marked `arm64` (the installer under qemu emulation, minutes long) are opt-in: without GIA_ARM64=1
-    they are deselected, not skipped, so a CI run (where a skip is a failure) does not stumble on them."""
-    if os.environ.get("GIA_ARM64") != "1":
-        opted_out = [item for item in items if item.get_closest_marker("arm64")]
+    they are deselected, not skipped, so a CI run (where a skip is a failure) does not stumble on them. Tests
+    marked `quarantine` (failing for a cause not yet found; the marker says which) likewise
+    run only with GIA_QUARANTINE=1."""
+    for marker, env in (("arm64", "GIA_ARM64"), ("quarantine", "GIA_QUARANTINE")):
+        if os.environ.get(env) == "1":
+            continue
+        opted_out = [item for item in items if item.get_closest_marker(marker)]
         if opted_out:
             config.hook.pytest_deselected(items=opted_out)
-            items[:] = [item for item in items if not item.get_closest_marker("arm64")]
+            items[:] = [item for item in items if not item.get_closest_marker(marker)]
     for item in items:
         group = "cpu" if item.get_closest_marker("cpu") else item.nodeid.split("::", 1)[0]
         item.add_marker(pytest.mark.xdist_group(group))
