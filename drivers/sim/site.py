@@ -581,6 +581,9 @@ async def run_demo_servers(
     devices = demo_devices()
     servers: dict[str, SimServer] = {}
     urls: dict[str, str] = {}
+    # The first state of a day computes and caches the whole day (seconds of CPU on a Pi): done here, before
+    # any server answers, so the agent's first polls do not wait behind it and see devices as offline.
+    site.state_at(now())
     try:
         for dev in devices:
             dev_map = load_map(dev.map)

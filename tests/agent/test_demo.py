@@ -80,6 +80,9 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
         out, _ = proc.communicate(timeout=20)
     assert proc.returncode == 0, out
     assert "Traceback" not in out
+    # #21 finding 7: the demo starts with every device online (the first day's state was computed while
+    # the first polls waited, and two devices were logged offline)
+    assert "is offline" not in out, out
     state = tmp_path / "gia-demo"
     check = subprocess.run(
         [sys.executable, "-m", "gateway", "check-config", "--config", str(state / "gia.yaml")],
