@@ -210,12 +210,19 @@ async def test_outage_of_influx_and_broker_loses_nothing(
     finally:
         assert await stop_agent(proc) == 0, (tmp_path / "agent.log").read_text()
     ledger = ledger_groups(tmp_path / "data" / "ledger.db", sink="influxdb")
-    pending = len(ledger_groups(tmp_path / "data" / "ledger.db")) - len(ledger)
+    committed = ledger_groups(tmp_path / "data" / "ledger.db")
+    pending = len(committed) - len(ledger)
     points = influx_points(influxdb_fresh)
     assert len(ledger) > 2 * outage_s / POLL_S  # readings kept coming in during the outage
-    assert points.keys() == ledger.keys()  # everything sent arrived, exactly once (duplicates asserted above)
+    # Everything sent arrived, exactly once (duplicates asserted in influx_points). Influx may also hold
+    # the batch in flight when the stop came: written, but its cursor not yet committed; the next start
+    # replays it onto the same series and timestamps (an overwrite, not a second point), so those points
+    # must be committed ledger entries beyond the cursor, never anything else.
+    assert ledger.keys() <= points.keys()
+    assert points.keys() <= committed.keys()
     assert pending <= 4 * len(DEVICES)  # only the shutdown flush waits for the next start
-    for key, fields in ledger.items():
+    for key in points:
+        fields = committed[key]
         assert points[key] == {q: v for q, v in fields.items() if v is not None}, key
     # The broker's retained state is the latest reading of each device.
     for dev in DEVICES:
@@ -292,7 +299,7 @@ async def test_device_offline_and_back_without_delaying_others(
                 "-C",
                 "1",
                 "-W",
-                "3",
+                "10",  # a retained message comes at once; a TLS connect on a loaded machine may not
             ],
             capture_output=True,
             text=True,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -239,3 +240,26 @@ async def test_forwarding_resumes_after_publishes_time_out(tmp_path: Path, mosqu
             raise AssertionError(f"{h.forwarder.health}, task done: {h.tasks[1].done()}") from None
         assert not h.tasks[1].done(), "the forwarder stopped itself"
         assert h.forwarder.health.connected and h.forwarder.health.phase == "forwarding"
+
+
+async def test_availability_changed_between_connect_and_subscription_is_published(
+    mosquitto_fresh: MosquittoBroker,
+) -> None:
+    """A device first polled after the connect's snapshot but before the live publisher subscribed.
+
+    Its transition went to no subscriber, so its retained availability stayed missing until the next
+    transition (CI: `mosquitto_sub` on a polling device's availability printed nothing).
+    """
+    cfg = MqttConfig.model_validate({"url": mosquitto_fresh.url, "client_id": "gia-avail", "timeout_s": 3})
+    live = LiveState.for_devices({"grid": "meter", "pv": "meter"})
+    async with MqttSink(cfg, site="test", live=live, outbox=LatestOutbox()) as sink:
+        live.set_online("grid", True)  # nobody subscribed yet: the event is dropped
+        task = asyncio.create_task(sink.live_publisher(sink))
+        try:
+            lines = await asyncio.to_thread(retained, mosquitto_fresh, "gia/test/grid/availability")
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert lines == ["gia/test/grid/availability online"]
+    assert await asyncio.to_thread(retained, mosquitto_fresh, "gia/test/pv/availability", 1, 1) == []

@@ -94,6 +94,7 @@ class MqttSink:
         self._site = site
         self._discovery = list(discovery)
         self._sent: dict[str, bytes] = {}  # what this connection has published from the outbox
+        self._availability: dict[str, bool] = {}  # what this connection has published per device
         self._cfg = cfg
         self._live = live
         self._outbox = outbox
@@ -122,11 +123,7 @@ class MqttSink:
         try:
             await self._client.__aenter__()
             await self._publish(self.topics.status, b"online", qos=1)
-            for device, status in self._live.devices.items():
-                if status.online is not None:
-                    await self._publish(
-                        self.topics.availability(device), b"online" if status.online else b"offline", qos=1
-                    )
+            await self._sync_availability()
             for topic, payload in self._outbox.snapshot().items():
                 await self._publish(topic, payload, qos=1)
                 self._sent[topic] = payload
@@ -208,16 +205,29 @@ class MqttSink:
         """Side task while connected: availability transitions and changed retained extras."""
         sub = self._live.subscribe(maxsize=10_000)
         try:
+            # A device that came online between the connect's snapshot and this subscription sent its
+            # event to nobody: without this its retained availability stayed missing until the next
+            # transition (seen in CI: a polling device with no availability topic at all).
+            await self._sync_availability()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._outbox_loop())
                 while True:
                     raise_if_cancelling()  # aiomqtt's wait_for may swallow one (drivers/cancel.py)
                     event = await sub.get()
-                    if event.kind == "availability":
-                        payload = b"online" if event.online else b"offline"
-                        await self._publish(self.topics.availability(event.device), payload, qos=1)
+                    if event.kind == "availability" and event.online is not None:
+                        await self._publish_availability(event.device, event.online)
         finally:
             self._live.unsubscribe(sub)
+
+    async def _sync_availability(self) -> None:
+        """Publish each known device's availability that this connection has not published yet."""
+        for device, status in list(self._live.devices.items()):
+            if status.online is not None and self._availability.get(device) is not status.online:
+                await self._publish_availability(device, status.online)
+
+    async def _publish_availability(self, device: str, online: bool) -> None:
+        await self._publish(self.topics.availability(device), b"online" if online else b"offline", qos=1)
+        self._availability[device] = online
 
     async def _outbox_loop(self) -> None:
         """Publish what changed since the connect (which published the whole snapshot)."""
