@@ -16,12 +16,23 @@ beside the warm-up RSS measured in the same run (the baseline).
 
     .venv/bin/python bench/soak.py --devices 50 --rtu 4 --minutes 120 --speed 1 --restarts 12   # full run
     .venv/bin/python bench/soak.py --devices 20 --rtu 4 --minutes 8 --speed 10 --restarts 4     # short
+
+With `--attack` (real time only) an attacker process runs beside it from 10 % to 95 % of the run
+(`bench/soak_attack.py`: idle sockets at the HTTP connection limit, viewers hammering the history API,
+an MQTT device publishing garbage and huge numbers), and at half time the agent's clock (libfaketime)
+jumps 3 years ahead for 5 s. Then the soak also checks: no gap in any Modbus meter's series (nothing
+lost to the jump or the load), nothing stamped in the future, no refused value stored `good`, no part
+restarted, `/healthz` answered throughout, and the commit delay's p99 (queued -> durable, from the
+ledger's health) against 2 s:
+
+    .venv/bin/python bench/soak.py --devices 50 --rtu 4 --minutes 30 --speed 1 --restarts 6 --attack
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import random
@@ -80,8 +91,61 @@ def _health(http_port: int) -> dict[str, Any]:
             return dict(json.loads(r.read()))
     except urllib.error.HTTPError as exc:  # 503 while degraded
         return dict(json.loads(exc.read()))
-    except OSError:
+    except (OSError, ValueError):
         return {}
+
+
+THREE_YEARS_S = 3 * 365 * 86400
+
+
+def _set_offset(stamp: Path, offset: str) -> None:
+    """libfaketime re-reads the file on every call (FAKETIME_NO_CACHE): replace it atomically."""
+    tmp = stamp.with_suffix(".tmp")
+    tmp.write_text(offset + "\n")
+    os.replace(tmp, stamp)
+
+
+def _attack_checks(db: Path, modbus: list[str], mqtt_device: str, poll_s: float) -> tuple[bool, list[str]]:
+    """What the attacker must not have caused, read from the ledger after the run."""
+    from drivers.model import Quality, refusal
+    from gateway.ledger.store import Ledger
+
+    led = Ledger(db, readonly=True)
+    try:
+        entries = list(led.iter_all())
+    finally:
+        led.close()
+    now_ms = int(time.time() * 1000)
+    series: dict[str, list[int]] = {}
+    future = estimated = bad_good = mqtt_good = mqtt_invalid = 0
+    for e in entries:
+        if e.ts_ms > now_ms + 86_400_000:
+            future += 1
+        if e.quality is Quality.ESTIMATED:
+            estimated += 1
+        if e.device == mqtt_device:
+            if e.quality is Quality.GOOD:
+                mqtt_good += 1
+                if refusal(e.quantity, e.value) is not None:
+                    bad_good += 1
+            elif e.quality is Quality.INVALID:
+                mqtt_invalid += 1
+        if e.quantity == "power_w" and e.device in modbus:
+            series.setdefault(e.device, []).append(e.ts_ms)
+    gaps = []
+    for dev in modbus:
+        ts = sorted(series.get(dev, []))
+        gaps += [(b - a) / 1000 for a, b in itertools.pairwise(ts)]
+    limit = 3 * poll_s
+    long_gaps = [g for g in gaps if g > limit]
+    lines = [
+        f"attack ledger: {len(long_gaps)} gaps > {limit:g} s in {len(modbus)} Modbus series"
+        f" (longest {max(gaps, default=0):.1f} s); {estimated} estimated (re-stamped) entries;"
+        f" {future} stamped in the future",
+        f"attack MQTT device: {mqtt_good} good values, {mqtt_invalid} invalid, {bad_good} refused values stored good",
+    ]
+    ok = not long_gaps and future == 0 and bad_good == 0 and mqtt_good > 0 and bool(series)
+    return ok, lines
 
 
 def _report_and_verify(
@@ -128,6 +192,8 @@ async def soak(args: argparse.Namespace) -> int:
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="gia-soak-"))
     speed = args.speed
+    if args.attack and speed != 1:
+        raise SystemExit("--attack runs in real time (--speed 1): the clock jump is a real one (libfaketime)")
     origin = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     sim_clock = ScaledClock(speed=speed, origin=origin) if speed != 1 else None
 
@@ -175,6 +241,18 @@ async def soak(args: argparse.Namespace) -> int:
     for d in devices:
         d.update(map="eastron-sdm630", poll_interval_s=1, timeout_s=min(1.0, max(0.3, 2.0 / speed)))
     devices[0]["channels"] = [{"role": "grid_import", "quantity": "energy_import_wh"}]
+    modbus_ids = [d["id"] for d in devices]
+    attack_topic = "tele/attacked/SENSOR"
+    if args.attack:
+        devices.append(
+            {
+                "id": "attacked",
+                "driver": "mqtt",
+                "topic": attack_topic,
+                "profile": "tasmota-energy",
+                "poll_interval_s": 1,
+            }
+        )
     for s in sims:
         await s.start()
     http_port = free_port()
@@ -191,6 +269,21 @@ async def soak(args: argparse.Namespace) -> int:
     config.write_text(yaml.safe_dump(cfg))
     log = (work / "agent.log").open("ab")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIA_")}
+    stamp = work / "faketime"
+    if args.attack:
+        from tests.runtime.test_clock_safety import FAKETIME_LIBS
+
+        lib = next((p for p in FAKETIME_LIBS if p.exists()), None)
+        if lib is None:
+            raise SystemExit("--attack needs libfaketime: apt-get install -y faketime")
+        _set_offset(stamp, "+0")
+        env.update(
+            LD_PRELOAD=str(lib),
+            FAKETIME_TIMESTAMP_FILE=str(stamp),
+            FAKETIME_NO_CACHE="1",
+            FAKETIME_DONT_FAKE_MONOTONIC="1",
+            FAKETIME_DONT_RESET="1",
+        )
     agent = _spawn(
         [sys.executable, __file__, "--agent", str(config), "--speed", str(speed), "--origin", origin.isoformat()],
         cwd=work,
@@ -201,12 +294,48 @@ async def soak(args: argparse.Namespace) -> int:
     restart_at = sorted(rng.uniform(0.1, 0.85) * duration for _ in range(args.restarts))
     samples: list[tuple[float, float, int]] = []
     restarts: list[str] = []
+    attacker: subprocess.Popen[bytes] | None = None
+    attack_report: dict[str, Any] = {}
+    health_probes = health_failures = 0
+    jumped = False
     t0 = time.monotonic()
     try:
         while (el := time.monotonic() - t0) < duration:
             if agent.poll() is not None:
                 raise RuntimeError(f"agent exited with {agent.returncode}; see {work / 'agent.log'}")
             samples.append((el, *_proc_sample(agent.pid)))
+            if args.attack:
+                if attacker is None and el >= 0.1 * duration:
+                    attacker = subprocess.Popen(
+                        [
+                            sys.executable,
+                            str(ROOT / "bench" / "soak_attack.py"),
+                            "--http-port",
+                            str(http_port),
+                            "--sockets",
+                            str(args.sockets),
+                            "--device",
+                            modbus_ids[0],
+                            "--mqtt-url",
+                            broker.url,
+                            "--topic",
+                            attack_topic,
+                        ],
+                        stdout=subprocess.PIPE,
+                        stderr=log,
+                    )
+                if attacker is not None and attacker.returncode is None and el >= 0.95 * duration:
+                    attacker.send_signal(signal.SIGTERM)
+                    out, _ = attacker.communicate(timeout=60)
+                    attack_report = json.loads(out.decode().strip().splitlines()[-1])
+                if not jumped and el >= 0.5 * duration:
+                    _set_offset(stamp, f"+{THREE_YEARS_S}")  # a spoofed NTP answer...
+                    await asyncio.sleep(5)
+                    _set_offset(stamp, "+0")  # ...corrected 5 s later
+                    jumped = True
+                if attacker is not None and attacker.returncode is None:
+                    health_probes += 1
+                    health_failures += not (await asyncio.to_thread(_health, http_port)).get("status")
             if restart_at and el >= restart_at[0]:
                 restart_at.pop(0)
                 target = rng.choice(["influxdb", "mosquitto"])
@@ -225,6 +354,8 @@ async def soak(args: argparse.Namespace) -> int:
             await asyncio.sleep(1)
         final_health = h
     finally:
+        if attacker is not None and attacker.returncode is None:
+            attacker.kill()
         agent.send_signal(signal.SIGTERM)
         code = agent.wait(30)
         for s in sims:
@@ -295,6 +426,25 @@ async def soak(args: argparse.Namespace) -> int:
         + f"; parts not running: {[n for n, st in parts.items() if st != 'running'] or 'none'}"
     )
     ok = check.ok and exact and rep.returncode == 0 and ver.returncode == 0 and code == 0 and lag_ok and parts_ok
+    commit = final_health.get("ledger", {}).get("commit", {})
+    p99 = commit.get("delay_p99_bound_s_since_start")
+    print(
+        f"commit delay (queued -> durable) over {commit.get('commits')} commits: p99 <= {p99} s (target <= 2 s),"
+        f" max {commit.get('delay_max_s')} s; histogram {commit.get('delay_buckets_s')}"
+    )
+    if args.attack:
+        attack_ok, lines = _attack_checks(db, modbus_ids, "attacked", 1.0)
+        restarted = {n: v["restarts"] for n, v in final_health.get("parts", {}).items() if v.get("restarts")}
+        print(f"attacker ({attack_report.get('seconds', '?')} s): {json.dumps(attack_report)}")
+        print(
+            f"/healthz during the attack: {health_probes - health_failures}/{health_probes} answered;"
+            f" clock jump +3 years for 5 s at half time: {'done' if jumped else 'NOT DONE'};"
+            f" parts restarted: {restarted or 'none'}"
+        )
+        for line in lines:
+            print(line)
+        ok = ok and attack_ok and jumped and not restarted and health_failures == 0 and bool(attack_report)
+        ok = ok and p99 is not None and p99 <= 2.0 and growth <= 5.0
     if ok and not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     else:
@@ -312,6 +462,8 @@ def main() -> None:
     ap.add_argument("--sample-s", type=float, default=5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
+    ap.add_argument("--attack", action="store_true", help="run the attacker beside it (real time only)")
+    ap.add_argument("--sockets", type=int, default=100, help="idle sockets (the agent's http.max_connections)")
     ap.add_argument("--agent", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--origin", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -2,7 +2,7 @@
 
 The writer, reader and guards themselves are shared services (built by `gateway.services.open_services`,
 since every room reads or feeds them); this room runs their loops and reports their health:
-`health["ledger"]` (head, pending, commit failures, disk) and `health["clock"]`.
+`health["ledger"]` (head, pending, commit delays, commit failures, disk) and `health["clock"]`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ async def parts(site: Site, services: Services) -> Sequence[Part]:
             "commit_failures": writer.commit_failures,
             "disk_full_events": writer.disk_full_events,
             "dropped_instant": writer.dropped_instant,
+            "commit": writer.commit_stats.as_json(),
             "disk": vars(disk.health),
         }
 

@@ -4,6 +4,10 @@ SQLite calls block (an fsync on an SD card can take tens of milliseconds), so ev
 one dedicated thread that owns the connection; the event loop only awaits. Samples are queued and
 committed in batches every `commit_interval_s` (or sooner when `max_batch` is reached): one fsync per
 batch keeps SD-card wear low, and nothing downstream sees a sample before its batch is committed.
+
+How long a reading waits before it is durable (`CommitStats`: from the moment the first poll of a batch
+was queued to the end of its commit) is the figure that says whether the loop keeps up; health reports
+it, and the soak's attacker run (`bench/soak.py --attack`) holds its p99 against 2 s.
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from drivers.cancel import raise_if_cancelling
 from drivers.model import Sample, is_counter
@@ -23,6 +29,61 @@ from gateway.ledger.store import Ledger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+#: Upper bounds (s) of the commit-delay histogram; the last bucket is everything slower.
+DELAY_BUCKETS_S = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
+
+
+class CommitStats:
+    """Commit delays (queued -> durable): a cumulative histogram since start and the last 1000 exactly.
+
+    Cumulative, so a long run's p99 is known without keeping every delay (bounded memory); the recent
+    window gives the p50/p99 of now."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.max_delay_s = 0.0
+        self.buckets = [0] * (len(DELAY_BUCKETS_S) + 1)
+        self._recent: deque[float] = deque(maxlen=1000)
+
+    def add(self, delay_s: float) -> None:
+        self.commits += 1
+        self.max_delay_s = max(self.max_delay_s, delay_s)
+        self._recent.append(delay_s)
+        for i, bound in enumerate(DELAY_BUCKETS_S):
+            if delay_s <= bound:
+                self.buckets[i] += 1
+                return
+        self.buckets[-1] += 1
+
+    def p99_bound_s(self) -> float | None:
+        """The smallest bucket bound that at least 99 % of all commits met (None: none, or beyond 30 s)."""
+        if not self.commits:
+            return None
+        need, seen = 0.99 * self.commits, 0
+        for bound, n in zip(DELAY_BUCKETS_S, self.buckets, strict=False):
+            seen += n
+            if seen >= need:
+                return bound
+        return None
+
+    def as_json(self) -> dict[str, Any]:
+        recent = sorted(self._recent)
+
+        def q(p: float) -> float | None:
+            return round(recent[min(len(recent) - 1, int(p * len(recent)))], 3) if recent else None
+
+        return {
+            "commits": self.commits,
+            "delay_p50_s": q(0.50),
+            "delay_p99_s": q(0.99),
+            "delay_max_s": round(self.max_delay_s, 3),
+            "delay_p99_bound_s_since_start": self.p99_bound_s(),
+            "delay_buckets_s": {
+                **{str(b): n for b, n in zip(DELAY_BUCKETS_S, self.buckets, strict=False)},
+                "inf": self.buckets[-1],
+            },
+        }
 
 
 class LedgerWriter:
@@ -49,6 +110,8 @@ class LedgerWriter:
         # cost more than hashing and inserting the sample.
         self._pending: list[list[Sample]] = []
         self._pending_count = 0
+        self._pending_since: float | None = None  # monotonic time the oldest queued poll arrived
+        self.commit_stats = CommitStats()
         self._has_data = asyncio.Event()
         self._batch_full = asyncio.Event()
         self._has_space = asyncio.Event()
@@ -73,6 +136,8 @@ class LedgerWriter:
             self.queue_full_waits += 1
             self._has_space.clear()
             await self._has_space.wait()
+        if self._pending_since is None:
+            self._pending_since = time.monotonic()
         self._pending.append(batch)
         self._pending_count += len(batch)
         self._has_data.set()
@@ -83,14 +148,15 @@ class LedgerWriter:
     def pending(self) -> int:
         return self._pending_count
 
-    def _take(self) -> list[Sample]:
+    def _take(self) -> tuple[list[Sample], float | None]:
         batch = [s for poll in self._pending for s in poll]
+        since, self._pending_since = self._pending_since, None
         self._pending.clear()
         self._pending_count = 0
         self._has_data.clear()
         self._batch_full.clear()
         self._has_space.set()
-        return batch
+        return batch, since
 
     async def run(self) -> None:
         """Commit loop: a supervised task. On shutdown it commits what it holds before it stops."""
@@ -101,18 +167,18 @@ class LedgerWriter:
                 if self._pending_count < self._max_batch:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._batch_full.wait(), self._commit_interval_s)
-                await self._commit(self._take())
+                await self._commit(*self._take())
         except asyncio.CancelledError:
             await asyncio.shield(self.flush())
             raise
 
     async def flush(self) -> None:
         """Commit everything queued now (shutdown path)."""
-        batch = self._take()
+        batch, since = self._take()
         if batch:
-            await self._commit(batch)
+            await self._commit(batch, since)
 
-    async def _commit(self, batch: list[Sample]) -> None:
+    async def _commit(self, batch: list[Sample], since: float | None = None) -> None:
         while True:
             try:
                 head = await self.call(partial(Ledger.append, samples=batch))
@@ -147,6 +213,8 @@ class LedgerWriter:
                 log.error("ledger commit of %d samples failed (%s); retrying in 1 s", len(batch), exc)
                 await asyncio.sleep(1.0)
         self.committed_samples += len(batch)
+        if since is not None:
+            self.commit_stats.add(time.monotonic() - since)
         async with self._committed:
             self.head_seq = head
             self._committed.notify_all()
