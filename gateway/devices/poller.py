@@ -102,6 +102,11 @@ class DevicePoller:
         slot = next_aligned(self._clock.now(), self._interval_s)
         while True:
             raise_if_cancelling()  # a read that swallowed the shutdown's cancellation (drivers/cancel.py)
+            if (slot - self._clock.now()).total_seconds() > self._interval_s:
+                # The wall clock stepped back since this slot was chosen (an NTP step between the two
+                # readings of it): without this a 1-s poller slept for the hour the clock went back,
+                # and its readings were missing for that hour (tests/runtime/test_clock_forward.py).
+                slot = next_aligned(self._clock.now(), self._interval_s)
             await self._clock.sleep_until(slot)
             ts = self._clock.now()
             status.polls += 1
