@@ -71,7 +71,7 @@ async def viewer(port: int, counts: Counter[str], stop: asyncio.Event, device: s
     paths = [
         "/api/v1/history/energy?view=year",
         "/api/v1/history/energy?view=month",
-        f"/api/v1/devices/{device}/trend?quantity=power_w&start=2025-01-01T00:00:00Z&points=5000",
+        f"/api/v1/devices/{device}/trend?quantity=power_w&start=2025-01-01T00:00:00Z&points=1500",
     ]
     i = 0
     while not stop.is_set():

@@ -79,6 +79,7 @@ class DevicePoller:
     def _succeeded(self) -> None:
         status = self._live.devices[self.device_id]
         status.consecutive_failures = 0
+        status.readings += 1
         status.last_ok = self._clock.now()
         if self._live.set_online(self.device_id, True):
             log.info("device %s is online", self.device_id)

@@ -24,6 +24,9 @@ class DeviceStatus:
     last_ok: datetime | None = None
     last_error: str | None = None
     polls: int = 0
+    #: polls that returned values (each one a reading handed to the ledger): the soak counts them
+    #: against the ledger to show no reading was lost between the device and the disk
+    readings: int = 0
     errors: int = 0
     consecutive_failures: int = 0
     overruns: int = 0
@@ -39,6 +42,7 @@ class DeviceStatus:
             "last_reading": iso_utc(self.last_ok) if self.last_ok else None,
             "last_error": self.last_error,
             "polls": self.polls,
+            "readings": self.readings,
             "errors": self.errors,
             "overruns": self.overruns,
             "invalid_values": self.invalid_values,
