@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-DEB_PKGS := mosquitto mosquitto-clients influxdb victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium postgresql poppler-utils
+DEB_PKGS := mosquitto mosquitto-clients influxdb victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium postgresql poppler-utils fonts-dejavu-core
 DEB_BINS := mosquitto mosquitto_sub influxd victoria-metrics socat mbpoll faketime debootstrap shellcheck chromium initdb pdftotext
 # Three workers on two cores: most tests wait on real servers (brokers, databases, devices), not the CPU.
 # A test file stays on one worker (its module fixtures are started once), and tests marked `cpu` share one

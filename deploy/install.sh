@@ -243,6 +243,14 @@ ensure_python() {
         if ((${#missing[@]})); then
             apt_install "${missing[@]}"
         fi
+        # The PDF summary in Latvian needs a Unicode font (ā, š, ž...); without it letters lose their marks.
+        if [[ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ]]; then
+            if ((USE_APT)) && command -v apt-get >/dev/null 2>&1; then
+                apt_install fonts-dejavu-core
+            else
+                say "note: fonts-dejavu-core is not installed: Latvian PDF summaries lose their letters' marks"
+            fi
+        fi
     fi
     if ((MAKE_VENV)); then
         command -v python3 >/dev/null 2>&1 || die "python3 is missing"

@@ -27,6 +27,7 @@ from pydantic import BaseModel
 
 if TYPE_CHECKING:
     from drivers.services import DriverServices
+    from gateway.i18n import Translator
     from gateway.ledger.reader import LedgerReader
     from gateway.ledger.writer import LedgerWriter
     from gateway.runtime.clock import Clock
@@ -59,7 +60,7 @@ class ReportProvider(Protocol):
 
     def report_csv(self, site: str, month: str) -> bytes: ...
 
-    def report_pdf(self, site: str, month: str) -> bytes: ...
+    def report_pdf(self, site: str, month: str, t: Translator | None = None) -> bytes: ...
 
     def write_evidence_zip(self, site: str, month: str, out: Any) -> None: ...
 

@@ -14,6 +14,7 @@ import re
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Protocol
@@ -34,6 +35,8 @@ from drivers.model import QUANTITIES, iso_utc
 from gateway import __version__
 from gateway.api.auth import ApiError, Principal, Role
 from gateway.api.limits import ExpensiveRequestLimit
+from gateway.api.pages import LANG_COOKIE
+from gateway.i18n import Catalogues, negotiate
 from gateway.rooms import ReportProvider
 from gateway.runtime.live import LiveEvent, LiveState
 
@@ -128,6 +131,7 @@ def health_for(request: Request, auth: Authenticates, report: dict[str, Any]) ->
 
 
 def create_app(services: ApiServices) -> FastAPI:
+    catalogues = Catalogues()
     app = FastAPI(
         title="GIA Gateway",
         version=__version__,
@@ -271,15 +275,25 @@ def create_app(services: ApiServices) -> FastAPI:
 
     @app.get("/api/v1/sites/{site}/reports/{month}", tags=["certification"], summary="Signed monthly report")
     async def report(
+        request: Request,
         site: str,
         month: str,
         principal: Certifier,
         format: Annotated[Literal["json", "csv", "pdf"], Query()] = "json",
+        lang: Annotated[Literal["en", "lv"] | None, Query(description="PDF language (default: negotiated)")] = None,
     ) -> Response:
         _check_report_request(principal, site, month)
         assert services.reports is not None
         reports = services.reports
-        build = {"json": reports.report_json, "csv": reports.report_csv, "pdf": reports.report_pdf}[format]
+        # The PDF in the reader's language: ?lang=, else the page's choice (cookie), else Accept-Language.
+        chosen = lang or request.cookies.get(LANG_COOKIE)
+        reader = catalogues.get(negotiate(request.headers.get("accept-language"), chosen))
+        builds: dict[str, Callable[[str, str], bytes]] = {
+            "json": reports.report_json,
+            "csv": reports.report_csv,
+            "pdf": partial(reports.report_pdf, t=reader),
+        }
+        build = builds[format]
         media = {"json": "application/json", "csv": "text/csv", "pdf": "application/pdf"}[format]
         body = await _call_reports(lambda: build(site, month))
         headers = {} if format == "json" else {"Content-Disposition": f'attachment; filename="{site}-{month}.{format}"'}

@@ -64,7 +64,12 @@ def report(
         elif reason:
             typer.echo("error: --reason is for --reissue", err=True)
             raise typer.Exit(2)
-        data = {"json": svc.report_json, "csv": svc.report_csv, "pdf": svc.report_pdf}[fmt](site, month)
+        if fmt == "pdf":  # in the language of the command line (LANGUAGE/LC_ALL/LANG), as its messages
+            from gateway.i18n import cli_translator
+
+            data = svc.report_pdf(site, month, cli_translator())
+        else:
+            data = {"json": svc.report_json, "csv": svc.report_csv}[fmt](site, month)
     except ReportError as exc:
         raise _fail(exc) from None
     if output is None:

@@ -5,41 +5,67 @@ chart needs no plotting stack (matplotlib would add ~40 MB to a Pi image for one
 would do too but is a much larger toolkit than one page needs. The signed `report.json` is the record;
 this file only helps a human read it, so it carries the report's SHA-256 and says so on every page.
 
+In the reader's language (English or Latvian, from the one catalogue `gateway/i18n`): Latvian needs
+letters the PDF core fonts (Latin-1) lack (ā, č, ē, ģ, ī, ķ, ļ, ņ, š, ū, ž), so the text is set in DejaVu
+Sans when the system has it (Debian's `fonts-dejavu-core`, which the installer and `make test` install);
+without it the core font is used and letters outside Latin-1 lose their marks (ā -> a), never a "?".
+
 Rendering is CPU work: call it off the event loop (the API uses a thread).
 """
 
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 from fpdf import FPDF
 
 from gateway.certification.compute import ChannelResult
+from gateway.i18n import Translator
+
+#: Where Debian (and Raspberry Pi OS) put DejaVu Sans: regular and bold.
+UNICODE_FONTS: Final = (
+    (
+        Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"),
+        Path("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf"),
+    ),
+)
+ENGLISH: Final = Translator("en")
+
+
+def _latin1(text: object) -> str:
+    """Core PDF fonts are Latin-1: drop the marks Latin-1 has no letter for (Latvian ā -> a), and replace
+    what is still outside it, instead of failing."""
+    out = str(text).replace("—", "-").replace("≥", ">=").replace("≤", "<=").replace("\u202f", " ")
+    out = "".join(
+        c if ord(c) < 256 else unicodedata.normalize("NFKD", c).encode("ascii", "ignore").decode() or "?" for c in out
+    )
+    return out.encode("latin-1", "replace").decode("latin-1")
 
 
 def _t(text: object) -> str:
-    """Core PDF fonts are Latin-1: replace what they cannot show instead of failing."""
-    return (
-        str(text).replace("—", "-").replace("≥", ">=").replace("≤", "<=").encode("latin-1", "replace").decode("latin-1")
-    )
+    """Kept for the core-font path (and the tests that call it): Latin-1 text."""
+    return _latin1(text)
 
 
-def _kwh(wh: int | None) -> str:
-    return "-" if wh is None else f"{wh / 1000:,.1f} kWh"
+def _kwh(wh: int | None, t: Translator = ENGLISH) -> str:
+    """Energy in kWh with the reader's digit grouping and decimal sign (12,345.6 / 12 345,6)."""
+    return "-" if wh is None else f"{t.number(wh / 1000, 1)} kWh"
 
 
-def _pct(share: object) -> str:
+def _pct(share: object, t: Translator = ENGLISH) -> str:
     """A share as a percentage. The report keeps exact decimal strings; a reader wants "81.2 %"."""
     if share is None or share == "":
         return "-"
     try:
-        return f"{Decimal(str(share)) * 100:.1f} %"
-    except ArithmeticError:
+        return f"{t.number(float(Decimal(str(share)) * 100), 1)} %"
+    except (ArithmeticError, ValueError):
         return _t(share)
 
 
@@ -49,10 +75,10 @@ def _local(iso: str, tz: str) -> str:
     return at.strftime("%Y-%m-%d %H:%M")
 
 
-def _fit(doc: FPDF, text: str, width: float) -> str:
+def _fit(doc: _Doc, text: str, width: float) -> str:
     """Shorten `text` with an ellipsis until it fits `width` mm in the current font: a cell never spills
     over its border or the page margin, whatever a channel or device is called."""
-    text = _t(text)
+    text = doc.tx(text)
     pad = 2 * doc.c_margin
     if doc.get_string_width(text) + pad <= width:
         return text
@@ -81,99 +107,123 @@ def _daily(results: Sequence[ChannelResult], roles: set[str], per_day: int) -> l
 
 
 class _Doc(FPDF):
-    sha = ""
+    """The page, its font (DejaVu Sans when present, else the Latin-1 core font) and its footer."""
+
+    def __init__(self, t: Translator, sha: str) -> None:
+        super().__init__(orientation="P", unit="mm", format="A4")
+        self.t = t
+        self.sha = sha
+        self.family = "Helvetica"
+        self.unicode = False
+        for regular, bold in UNICODE_FONTS:
+            if regular.is_file() and bold.is_file():
+                self.add_font("DejaVu", "", str(regular))
+                self.add_font("DejaVu", "B", str(bold))
+                self.family, self.unicode = "DejaVu", True
+                break
+
+    def tx(self, text: object) -> str:
+        return str(text) if self.unicode else _latin1(text)
+
+    def font(self, style: str = "", size: float = 9) -> None:
+        self.set_font(self.family, style, size)
+
+    def line_of(self, height: float, text: object, *, width: float = 0) -> None:
+        self.multi_cell(width, height, self.tx(text), new_x="LMARGIN", new_y="NEXT")
 
     def footer(self) -> None:
         self.set_y(-12)
-        self.set_font("Helvetica", size=7)
+        self.font(size=7)
         self.set_text_color(120, 0, 0)
         self.cell(
             0,
             5,
-            _t(
-                f"NON-AUTHORITATIVE summary. The signed report.json (SHA-256 {self.sha[:16]}...) is the record."
-                f"  Page {self.page_no()}"
+            self.tx(
+                self.t(
+                    "NON-AUTHORITATIVE summary. The signed report.json (SHA-256 {sha}...) is the record.  Page {page}",
+                    sha=self.sha[:16],
+                    page=self.page_no(),
+                )
             ),
             align="C",
         )
         self.set_text_color(0, 0, 0)
 
 
-def render_pdf(report: dict[str, Any], results: Sequence[ChannelResult], report_sha256: str) -> bytes:
-    doc = _Doc(orientation="P", unit="mm", format="A4")
+def render_pdf(
+    report: dict[str, Any], results: Sequence[ChannelResult], report_sha256: str, t: Translator = ENGLISH
+) -> bytes:
+    """The summary of `report` in `t`'s language; byte-identical for the same report, language and fonts."""
+    doc = _Doc(t, report_sha256)
     # dated by the report, not by the clock: the PDF of a stored report is byte-identical on every fetch
     doc.set_creation_date(datetime.fromisoformat(str(report["generated_at"]).replace("Z", "+00:00")))
-    doc.sha = report_sha256
     doc.set_auto_page_break(auto=True, margin=15)
+    doc.set_lang(t.lang)
     doc.add_page()
     site, per, ind, q = report["site"], report["period"], report["indicators"], report["quality"]
-    doc.set_font("Helvetica", "B", 15)
-    doc.cell(0, 8, _t(f"GIA monthly report - {site['id']} - {per['month']}"), new_x="LMARGIN", new_y="NEXT")
-    doc.set_font("Helvetica", "B", 10)
+    doc.font("B", 15)
+    doc.line_of(8, t("GIA monthly report - {site} - {month}", site=site["id"], month=per["month"]))
+    doc.font("B", 10)
     doc.set_text_color(170, 0, 0)
-    doc.multi_cell(
-        0,
+    doc.line_of(
         5,
-        _t(
+        t(
             "NON-AUTHORITATIVE: this PDF is a reading aid. Certify from the signed report.json and its evidence"
-            f" bundle (gia verify). Report SHA-256: {report_sha256}"
+            " bundle (gia verify). Report SHA-256: {sha}",
+            sha=report_sha256,
         ),
-        new_x="LMARGIN",
-        new_y="NEXT",
     )
     doc.set_text_color(0, 0, 0)
-    doc.set_font("Helvetica", size=9)
+    doc.font(size=9)
     tz = str(per["timezone"])
-    doc.multi_cell(
-        0,
-        5,
-        _t(
-            f"Period {_local(per['start'], tz)} to {_local(per['end'], tz)} local time ({tz}, {per['hours']} h)"
-            + ("" if per["complete"] or not per.get("as_of") else f", open month as of {_local(per['as_of'], tz)}")
-        ),
-        new_x="LMARGIN",
-        new_y="NEXT",
+    period = t(
+        "Period {start} to {end} local time ({tz}, {hours} h)",
+        start=_local(per["start"], tz),
+        end=_local(per["end"], tz),
+        tz=tz,
+        hours=per["hours"],
     )
+    if not per["complete"] and per.get("as_of"):
+        period += t(", open month as of {as_of}", as_of=_local(per["as_of"], tz))
+    doc.line_of(5, period)
     sig = report.get("signature") or {}
-    doc.multi_cell(
-        0,
+    doc.line_of(
         5,
-        _t(f"Signed by key {sig.get('key_id', '(unsigned)')} ({sig.get('alg', '-')}); check it with gia verify."),
-        new_x="LMARGIN",
-        new_y="NEXT",
+        t(
+            "Signed by key {key} ({alg}); check it with gia verify.",
+            key=sig.get("key_id", t("(unsigned)")),
+            alg=sig.get("alg", "-"),
+        ),
     )
-    doc.set_font("Helvetica", "B", 11)
-    doc.cell(0, 7, _t(f"Grade: {q['grade'].upper()}"), new_x="LMARGIN", new_y="NEXT")
+    doc.font("B", 11)
+    doc.line_of(7, t("Grade: {grade}", grade=t(str(q["grade"])).upper()))
     claims = q.get("claims") or {}
     if claims:
-        doc.set_font("Helvetica", size=8)
-        doc.cell(
-            0, 4, _t("Claims: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in claims.items())),
-            new_x="LMARGIN", new_y="NEXT",
-        )  # fmt: skip
-    doc.set_font("Helvetica", size=8)
+        doc.font(size=8)
+        doc.line_of(4, t("Claims: {claims}", claims=", ".join(f"{k.replace('_', ' ')} {v}" for k, v in claims.items())))
+    doc.font(size=8)
     for reason in q["reasons"][:8]:
-        doc.multi_cell(0, 4, _t(f"- {reason}"), new_x="LMARGIN", new_y="NEXT")
+        doc.line_of(4, f"- {reason}")  # the signed report's own words (English), as the record has them
     if len(q["reasons"]) > 8:
-        doc.cell(0, 4, _t(f"... and {len(q['reasons']) - 8} more (see report.json)"), new_x="LMARGIN", new_y="NEXT")
+        doc.line_of(4, t("... and {n} more (see report.json)", n=len(q["reasons"]) - 8))
 
     doc.ln(2)
-    doc.set_font("Helvetica", "B", 10)
-    doc.cell(0, 6, "Site indicators", new_x="LMARGIN", new_y="NEXT")
-    doc.set_font("Helvetica", size=9)
+    doc.font("B", 10)
+    doc.line_of(6, t("Site indicators"))
+    doc.font(size=9)
+    co2 = ind["co2_factors"]["location"]
     rows = [
-        ("Consumption", _kwh(ind["consumption_wh"])),
-        ("Grid import / export", f"{_kwh(ind['grid_import_wh'])} / {_kwh(ind['grid_export_wh'])}"),
-        ("Generation (renewable)", f"{_kwh(ind['generation_wh'])} ({_kwh(ind['renewable_generation_wh'])})"),
-        ("Self-consumption", _kwh(ind["self_consumption_wh"])),
-        ("Renewable share physical / market / hourly",
-         f"{_pct(ind['renewable_share'])} / {_pct(ind['renewable_share_market'])}"
-         f" / {_pct(ind['hourly_matched_share'])}"),
-        ("Threshold", f"{_pct(ind['renewable_share_threshold'])} on {ind['threshold_basis']}:"
-         f" met = {ind['threshold_met']}"),
-        ("CO2 location / market (kg)", f"{ind['co2_location_kg']} / {ind['co2_market_kg']}"),
-        ("Location factor", f"{ind['co2_factors']['location']['value']} t CO2/MWh,"
-         f" {ind['co2_factors']['location']['year']}, {ind['co2_factors']['location']['source']}"),
+        (t("Consumption"), _kwh(ind["consumption_wh"], t)),
+        (t("Grid import / export"), f"{_kwh(ind['grid_import_wh'], t)} / {_kwh(ind['grid_export_wh'], t)}"),
+        (t("Generation (renewable)"), f"{_kwh(ind['generation_wh'], t)} ({_kwh(ind['renewable_generation_wh'], t)})"),
+        (t("Self-consumption"), _kwh(ind["self_consumption_wh"], t)),
+        (t("Renewable share physical / market / hourly"),
+         f"{_pct(ind['renewable_share'], t)} / {_pct(ind['renewable_share_market'], t)}"
+         f" / {_pct(ind['hourly_matched_share'], t)}"),
+        (t("Threshold"), t("{share} on {basis}: met = {met}", share=_pct(ind["renewable_share_threshold"], t),
+                           basis=ind["threshold_basis"], met=ind["threshold_met"])),
+        (t("CO2 location / market (kg)"), f"{ind['co2_location_kg']} / {ind['co2_market_kg']}"),
+        (t("Location factor"), f"{co2['value']} t CO2/MWh, {co2['year']}, {co2['source']}"),
     ]  # fmt: skip
     for label, value in rows:
         doc.cell(70, 5, _fit(doc, label, 70))
@@ -190,8 +240,8 @@ def render_pdf(report: dict[str, Any], results: Sequence[ChannelResult], report_
     else:
         cons = _daily(results, {"consumption"}, per_day)
     doc.ln(3)
-    doc.set_font("Helvetica", "B", 10)
-    doc.cell(0, 6, "Daily energy (kWh): consumption (grey), generation (green)", new_x="LMARGIN", new_y="NEXT")
+    doc.font("B", 10)
+    doc.line_of(6, t("Daily energy (kWh): consumption (grey), generation (green)"))
     axis = 12.0  # room left of the plot for the y-axis labels
     x0, y0, h = doc.l_margin + axis, doc.get_y() + 4, 50.0
     w = doc.w - doc.r_margin - x0
@@ -199,14 +249,14 @@ def render_pdf(report: dict[str, Any], results: Sequence[ChannelResult], report_
     doc.set_draw_color(0, 0, 0)
     doc.line(x0, y0 + h, x0 + w, y0 + h)  # x axis
     doc.line(x0, y0, x0, y0 + h)  # y axis
-    doc.set_font("Helvetica", size=6)
+    doc.font(size=6)
     doc.set_draw_color(210, 210, 210)
     for i in range(5):  # y ticks and grid at quarters of a round maximum
         val = top * i / 4
         y = y0 + h - h * i / 4
         if i:
             doc.line(x0, y, x0 + w, y)
-        label = f"{val:,.2f}".rstrip("0").rstrip(".")
+        label = doc.tx(t.number(val, 2).rstrip("0").rstrip(".,") if val % 1 else t.number(val))
         doc.text(x0 - 1 - doc.get_string_width(label), y + 1, label)
     doc.set_draw_color(0, 0, 0)
     doc.text(doc.l_margin, y0 - 1.5, "kWh")
@@ -222,24 +272,29 @@ def render_pdf(report: dict[str, Any], results: Sequence[ChannelResult], report_
     for k in range(0, len(cons), step):  # x ticks: day of the month
         label = str(k + 1)
         doc.text(x0 + (k + 0.5) * slot - doc.get_string_width(label) / 2, y0 + h + 3, label)
-    doc.text(x0 + w - doc.get_string_width("day of month"), y0 + h + 6, "day of month")
+    day_label = doc.tx(t("day of month"))
+    doc.text(x0 + w - doc.get_string_width(day_label), y0 + h + 6, day_label)
     doc.set_y(y0 + h + 8)
 
-    doc.set_font("Helvetica", "B", 10)
-    doc.cell(0, 6, "Channels", new_x="LMARGIN", new_y="NEXT")
-    doc.set_font("Helvetica", "B", 7)
+    doc.font("B", 10)
+    doc.line_of(6, t("Channels"))
+    doc.font("B", 7)
     widths = (34, 20, 22, 22, 20, 16, 12, 17, 17)
-    head = ("channel", "role", "energy", "measured", "estimated", "coverage", "gaps", "open/close", "grade (int.)")
+    head = (
+        t("channel"), t("role"), t("energy"), t("measured"), t("estimated"), t("coverage"), t("gaps"),
+        t("open/close"), t("grade (int.)"),
+    )  # fmt: skip
     for wd, text in zip(widths, head, strict=True):
         doc.cell(wd, 5, _fit(doc, text, wd), border=1)
     doc.ln()
-    doc.set_font("Helvetica", size=7)
+    doc.font(size=7)
     for ch in report["channels"]:
         cells = (
-            ch["id"], ch["role"], _kwh(ch["energy_wh"]), _kwh(ch["measured_wh"]), _kwh(ch["estimated_wh"]),
-            _pct(ch["coverage"]["time"]), str(ch.get("gaps_total", len(ch.get("gaps", [])))),
+            ch["id"], ch["role"], _kwh(ch["energy_wh"], t), _kwh(ch["measured_wh"], t),
+            _kwh(ch["estimated_wh"], t), _pct(ch["coverage"]["time"], t),
+            str(ch.get("gaps_total", len(ch.get("gaps", [])))),
             f"{ch['opening']['method'][:4]}/{ch['closing']['method'][:4]}",
-            f"{ch['grade']} ({ch.get('interval_grade', '-')})",
+            f"{t(str(ch['grade']))} ({ch.get('interval_grade', '-')})",
         )  # fmt: skip
         for wd, text in zip(widths, cells, strict=True):
             doc.cell(wd, 5, _fit(doc, text, wd), border=1)
@@ -247,15 +302,13 @@ def render_pdf(report: dict[str, Any], results: Sequence[ChannelResult], report_
     gaps = [(ch["id"], g) for ch in report["channels"] for g in ch.get("gaps", [])]
     if gaps:
         doc.ln(2)
-        doc.set_font("Helvetica", "B", 10)
-        doc.cell(0, 6, "Gaps (local time)", new_x="LMARGIN", new_y="NEXT")
-        doc.set_font("Helvetica", size=7)
+        doc.font("B", 10)
+        doc.line_of(6, t("Gaps (local time)"))
+        doc.font(size=7)
         for cid, g in gaps[:20]:
-            span = f"{_local(g['from'], tz)} to {_local(g['to'], tz)}"
-            doc.multi_cell(
-                0, 4, _t(f"- {cid}: {span}, {g['cause']}; {_kwh(g['energy_wh'])} ({g['treatment'] or 'not counted'})"),
-                new_x="LMARGIN", new_y="NEXT",
-            )  # fmt: skip
+            span = t("{start} to {end}", start=_local(g["from"], tz), end=_local(g["to"], tz))
+            treatment = g["treatment"] or t("not counted")
+            doc.line_of(4, f"- {cid}: {span}, {g['cause']}; {_kwh(g['energy_wh'], t)} ({treatment})")
         if len(gaps) > 20:
-            doc.cell(0, 4, f"... and {len(gaps) - 20} more (see report.json)", new_x="LMARGIN", new_y="NEXT")
+            doc.line_of(4, t("... and {n} more (see report.json)", n=len(gaps) - 20))
     return bytes(doc.output())

@@ -50,6 +50,7 @@ from gateway.certification.periods import BadMonth, Period, month_period, shift_
 from gateway.certification.report import MatchingOutcome, assemble, compute_matching, evidence_summary, period_json
 from gateway.certification.signing import KeyMissing, KeyStore, canonical
 from gateway.certification.source import LedgerSource
+from gateway.i18n import Translator
 from gateway.settings import Settings
 from gateway.site.channels import ChannelSpec
 
@@ -289,12 +290,13 @@ class ReportService:
             )  # fmt: skip
         return buf.getvalue().encode()
 
-    def report_pdf(self, site: str, month: str) -> bytes:
-        """Human-readable, NON-AUTHORITATIVE summary with a chart (CPU work: call it in a thread)."""
-        from gateway.certification.pdf import render_pdf
+    def report_pdf(self, site: str, month: str, t: Translator | None = None) -> bytes:
+        """Human-readable, NON-AUTHORITATIVE summary with a chart, in `t`'s language (English when None).
+        CPU work: call it in a thread."""
+        from gateway.certification.pdf import ENGLISH, render_pdf
 
         b = self._get(site, month)
-        return render_pdf(b.report, b.results, hashlib.sha256(b.data).hexdigest())
+        return render_pdf(b.report, b.results, hashlib.sha256(b.data).hexdigest(), t or ENGLISH)
 
     def _evidence_parts(self, site: str, month: str) -> Iterator[tuple[str, Iterable[bytes]]]:
         """(file name, chunks) of the bundle, in bundle order. Readings are produced line by line: a

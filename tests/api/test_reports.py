@@ -80,6 +80,12 @@ async def test_report_formats_evidence_keys_and_offline_verify(client: httpx.Asy
         assert csv.status_code == 200 and "grid.grid_import" in csv.text
         pdf = await c.get("/api/v1/sites/s1/reports/2025-03?format=pdf")
         assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+        # #21 finding 6: the PDF in the reader's language: ?lang=, else the page's cookie, else Accept-Language
+        lv_query = await c.get("/api/v1/sites/s1/reports/2025-03?format=pdf&lang=lv")
+        lv_header = await c.get("/api/v1/sites/s1/reports/2025-03?format=pdf", headers={"Accept-Language": "lv-LV"})
+        lv_cookie = await c.get("/api/v1/sites/s1/reports/2025-03?format=pdf", headers={"Cookie": "gia_lang=lv"})
+        assert lv_query.content == lv_header.content == lv_cookie.content != pdf.content
+        assert (await c.get("/api/v1/sites/s1/reports/2025-03?format=pdf&lang=de")).status_code == 400
         ev = await c.get("/api/v1/sites/s1/evidence/2025-03")
         assert ev.status_code == 200
         names = zipfile.ZipFile(BytesIO(ev.content)).namelist()

@@ -5,12 +5,16 @@ the page margins — checked on the rendered PDF with poppler's `pdftotext` (a r
 from __future__ import annotations
 
 import html.parser
+import re
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
+from gateway.certification.pdf import UNICODE_FONTS
+from gateway.i18n import Catalogues
 
 from .helpers import (
     MARCH_START,
@@ -75,6 +79,7 @@ def pdf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     svc = service(s)
     out = d / "2025-03.pdf"
     out.write_bytes(svc.report_pdf("s1", "2025-03"))
+    (d / "2025-03.lv.pdf").write_bytes(svc.report_pdf("s1", "2025-03", Catalogues().get("lv")))
     (d / "key_id").write_text(svc.report("s1", "2025-03")["signature"]["key_id"])
     return out
 
@@ -99,3 +104,24 @@ def test_pdf_keeps_text_inside_the_margins(pdf: Path) -> None:
     margin_pt = 10 / 25.4 * 72 - 1  # fpdf2's default 10 mm margin, less a point of rounding
     outside = [w for w in words.words if w[0] < margin_pt or w[1] > words.page_w - margin_pt]
     assert not outside, outside[:10]
+
+
+def test_pdf_in_latvian_keeps_its_letters_numbers_and_margins(pdf: Path) -> None:
+    """Finding 6: the PDF summary in Latvian, with ā, ē, ī, ū, š... (a Unicode font, not Latin-1's '?')
+    and Latvian number formats (decimal comma, space-grouped thousands), inside the margins too."""
+    if not any(regular.is_file() for regular, _bold in UNICODE_FONTS):
+        pytest.fail("DejaVu Sans is missing: make deps-system installs fonts-dejavu-core")
+    lv = pdf.parent / "2025-03.lv.pdf"
+    text = _pdftotext("-layout", str(lv), "-")
+    assert "GIA mēneša pārskats - s1 - 2025-03" in text, text[:600]
+    assert "Periods no 2025-03-01 00:00 līdz 2025-04-01 00:00 pēc vietējā laika" in text
+    assert "Pārtraukumi (vietējais laiks)" in text and "mēneša diena" in text
+    assert "?" not in text.replace("(gia", ""), "a letter the font could not show"
+    english = _pdftotext("-layout", str(pdf), "-")
+    assert re.search(r"\d,\d %", text) and not re.search(r"\d\.\d %", text)  # 12,3 %: the decimal comma
+    assert re.search(r"\d,\d kWh", text) and re.search(r"\d\.\d kWh", english)
+    assert "Objekta rādītāji" in text and "Site indicators" in english
+    words = _Words()
+    words.feed(_pdftotext("-bbox", str(lv), "-"))
+    margin_pt = 10 / 25.4 * 72 - 1
+    assert not [w for w in words.words if w[0] < margin_pt or w[1] > words.page_w - margin_pt]
