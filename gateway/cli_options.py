@@ -27,6 +27,9 @@ def load_or_exit(config: Path | None) -> Config:
     try:
         return load_config(config)
     except ConfigError as exc:
+        from gateway.i18n import cli_translator
+
+        t = cli_translator()  # in the command line's language (LANGUAGE, LC_ALL, LANG), as its other messages
         for p in exc.problems:
-            typer.echo(str(p), err=True)
+            typer.echo(p.render(t), err=True)
         raise typer.Exit(2) from None

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -44,6 +44,7 @@ from gateway.flexibility.config import FlexibilityConfig
 from gateway.hubpush.config import HubPushConfig
 
 if TYPE_CHECKING:
+    from gateway.i18n import Translator
     from gateway.rooms import Room
     from gateway.site.resolve import Site
 
@@ -406,15 +407,65 @@ class Settings(BaseSettings):
         raise KeyError(device_id)
 
 
+def _(message: str) -> str:
+    """Marks a message for the catalogue (tests/i18n/catalogue.py extracts it); `Problem.render`
+    translates it when a command shows it."""
+    return message
+
+
+#: pydantic's error types an operator meets most, as catalogue messages filled from the error's context.
+#: English keeps pydantic's own wording ("Input should be greater than 0"); other languages use these.
+PYDANTIC_MESSAGES: Final[dict[str, str]] = {
+    "greater_than": _("must be greater than {gt}"),
+    "greater_than_equal": _("must be at least {ge}"),
+    "less_than": _("must be less than {lt}"),
+    "less_than_equal": _("must be at most {le}"),
+    "int_parsing": _("must be a whole number"),
+    "int_type": _("must be a whole number"),
+    "int_from_float": _("must be a whole number"),
+    "float_parsing": _("must be a number"),
+    "float_type": _("must be a number"),
+    "bool_parsing": _("must be true or false"),
+    "bool_type": _("must be true or false"),
+    "string_type": _("must be text"),
+    "string_too_short": _("must be at least {min_length} characters long"),
+    "too_short": _("must have at least {min_length} items"),
+    "list_type": _("must be a list"),
+    "dict_type": _("must be a section (key: value lines)"),
+    "model_type": _("must be a section (key: value lines)"),
+    "literal_error": _("must be one of {expected}"),
+    "enum": _("must be one of {expected}"),
+    "extra_forbidden": _("unknown field (misspelt, or in the wrong section)"),
+    "missing": _("required field is missing"),
+}
+UNKNOWN_FIELD_FIX: Final = _("remove it or check its spelling against deploy/gia.example.yaml")
+
+
 @dataclass(frozen=True, slots=True)
 class Problem:
     path: str
     message: str
     fix: str = ""
+    #: the catalogue message `message` says in English, and its fields: what `render` translates
+    msgid: str = ""
+    values: tuple[tuple[str, str], ...] = ()
+    fix_msgid: str = ""
 
     def __str__(self) -> str:
+        return self._line(self.message, self.fix, "fix")
+
+    def render(self, t: Translator) -> str:
+        """The line in `t`'s language: the catalogue's message where there is one, else the English text
+        (a validator's own sentence, a field's description)."""
+        if t.lang == "en":
+            return str(self)
+        message = t(self.msgid, **dict(self.values)) if self.msgid else self.message
+        fix = t(self.fix_msgid) if self.fix_msgid else self.fix
+        return self._line(message, fix, t("fix"))
+
+    def _line(self, message: str, fix: str, fix_word: str) -> str:
         # redact_urls: no validator echoes a URL's credentials, and none ever will by accident either
-        line = redact_urls(f"{self.path}: {self.message}" + (f" — fix: {self.fix}" if self.fix else ""))
+        line = redact_urls(f"{self.path}: {message}" + (f" — {fix_word}: {fix}" if fix else ""))
         # One problem, one line: a key or value from the file may hold a newline or control
         # characters, which must neither split the line nor forge another one.
         return "".join(c if c.isprintable() else repr(c)[1:-1] for c in line)
@@ -491,15 +542,21 @@ def _problems_from_validation(exc: ValidationError, model: type[Settings] = Sett
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         msg = str(err["msg"]).removeprefix("Value error, ")
+        msgid = PYDANTIC_MESSAGES.get(err["type"], "")
+        values = tuple(
+            (k, str(int(v)) if isinstance(v, float) and v.is_integer() else str(v))
+            for k, v in (err.get("ctx") or {}).items()
+        )
+        fix_msgid = ""
         if err["type"] == "extra_forbidden":
-            msg = "unknown field (misspelt, or in the wrong section)"
-            fix = "remove it or check its spelling against deploy/gia.example.yaml"
+            msg = msgid
+            fix = fix_msgid = UNKNOWN_FIELD_FIX
         elif err["type"] == "missing":
-            msg = "required field is missing"
+            msg = msgid
             fix = _fix_for(model, loc)
         else:
             fix = _fix_for(model, loc)
-        problems.append(Problem(_loc(loc), msg, fix))
+        problems.append(Problem(_loc(loc), msg, fix, msgid=msgid, values=values, fix_msgid=fix_msgid))
     return problems
 
 

@@ -163,3 +163,22 @@ def test_wrong_shapes_are_problems_not_tracebacks(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as info:
             load_config(write(tmp_path, mutate(path, value)))
         assert info.value.problems
+
+
+def test_check_config_speaks_the_command_lines_language(tmp_path: Path) -> None:
+    """#21 finding 6: with LANG=lv_LV.UTF-8 the problems read in Latvian (the catalogue's messages for
+    pydantic's error types and the unknown-field line); the path and the field's own fix stay as written."""
+    cfg = mutate("devicez", [])
+    cfg["ledger"] = {"commit_interval_s": -1}
+    path = write(tmp_path, cfg)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GIA_", "LANG", "LC_"))}
+    lv = subprocess.run(
+        [sys.executable, "-m", "gateway", "check-config", "--config", str(path)],
+        cwd=tmp_path, capture_output=True, text=True, env={**env, "LANG": "lv_LV.UTF-8"}, timeout=60,
+    )  # fmt: skip
+    en = run_cli("check-config", "--config", str(path), cwd=tmp_path)
+    assert lv.returncode == en.returncode == 2
+    assert "ledger.commit_interval_s: jābūt lielākam par 0 — labojums:" in lv.stderr, lv.stderr
+    assert "devicez: nezināms lauks" in lv.stderr and "izdzēsiet to" in lv.stderr
+    assert "Input should be greater than 0 — fix:" in en.stderr and "unknown field" in en.stderr
+    assert len(lv.stderr.splitlines()) == len(en.stderr.splitlines())

@@ -23,6 +23,7 @@ PY_FILES = [
     "gateway/certification/cli.py",
     "gateway/demo.py",
     "gateway/cli_options.py",
+    "gateway/settings.py",
 ]
 
 
