@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.enums import MQTTErrorCode
 from sqlalchemy import Column, Engine, Float, MetaData, String, Table, Text, and_, select, tuple_
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, ProgrammingError
 from sqlalchemy.types import BigInteger
@@ -61,6 +62,7 @@ from gateway.site.balance import QUALITY_ORDER, graded_indicators, period_starts
 from gateway.site.channels import ROLE_FLOW, ChannelSpec
 
 if TYPE_CHECKING:
+    from paho.mqtt.client import Client as PahoClient
     from paho.mqtt.client import MQTTMessage
 
 log = logging.getLogger(__name__)
@@ -265,6 +267,34 @@ def percentile(values: Sequence[float], p: float) -> float | None:
 
 
 # -- ingestion ------------------------------------------------------------------------------------------
+#: packets taken off the socket per readable event at most (the kernel's buffer keeps the rest readable)
+PACKETS_PER_WAKEUP: Final = 256
+
+
+def _read_many_packets(paho: PahoClient) -> None:
+    """Make paho's `loop_read` take every packet the socket holds (up to `PACKETS_PER_WAKEUP`), not one.
+
+    aiomqtt calls `loop_read()` once per readable event, and paho reads one packet per call for QoS 0
+    (its count is the in-flight QoS 1/2 messages): a burst of N live states cost N turns of the event
+    loop, each a selector poll and a dispatch, more than the message itself. Bounded, so the loop still
+    turns under a flood; what is left stays in the kernel's buffer, which keeps the socket readable."""
+    read_packet = paho._packet_read
+    handle_rc = paho._loop_rc_handle
+
+    def loop_read(max_packets: int = 1) -> MQTTErrorCode:
+        for _ in range(PACKETS_PER_WAKEUP):
+            if paho._sock is None:
+                return MQTTErrorCode.MQTT_ERR_NO_CONN
+            rc = read_packet()
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                return MQTTErrorCode.MQTT_ERR_SUCCESS
+            if rc > 0:
+                return handle_rc(rc)
+        return MQTTErrorCode.MQTT_ERR_SUCCESS
+
+    paho.loop_read = loop_read  # type: ignore[method-assign]
+
+
 class LiveIngest:
     """One replica's live-state consumer: broker -> ShedQueue -> `live_state` (see the module doc)."""
 
@@ -331,6 +361,7 @@ class LiveIngest:
         # aiomqtt's queue, see `_take`. `client.messages` then never yields; `_receive` only waits on it
         # for the disconnect it raises.
         client._client.on_message = self._take
+        _read_many_packets(client._client)
         return client
 
     async def run(self) -> None:

@@ -11,6 +11,10 @@ Reports go out as a site's gateway sends them: retained at QoS 1 on `gia/{site}/
 publisher that reconnects and sends again what the broker did not acknowledge (the gateway's retained
 outbox). The replicas subscribe without `$share`: every replica reads every report, one decides it,
 the others find it decided (reports are never split, so a replica killed holding one loses nothing).
+
+Beside the reports, the 50 sites publish their live state every second (`gia/{site}/grid/state`, QoS 0,
+as a gateway does); after each fault every running replica's area live view must show every site with
+a reading younger than 3 s again within `LIVE_BACK_S` of the fault's end (#18 done-when 3).
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ MONTHS = ("2025-02",)  # one closed month per site: 50 reports, each a full veri
 ALL = SITES * len(MONTHS)
 #: Generous for a machine twice as slow and busy: the whole run is ~10-20 s here.
 SETTLE_S = 90.0
+#: The issue's bound: the live view is current again this long after a fault ends.
+LIVE_BACK_S = 10.0
 
 
 @pytest.fixture(scope="module")
@@ -182,6 +188,63 @@ async def publish_all(
     return reconnects
 
 
+async def publish_live(broker: MosquittoBroker, stop: asyncio.Event) -> None:
+    """Every site's grid state once a second (QoS 0, not retained: live state, as a gateway's MQTT sink
+    publishes `gia/{site}/{device}/state`), reconnecting through a broker restart."""
+    from datetime import UTC, datetime
+
+    seq = 0
+    while not stop.is_set():
+        try:
+            async with aiomqtt.Client(broker.host, broker.port, identifier="sites-live", timeout=3) as c:
+                while not stop.is_set():
+                    seq += 1
+                    ts = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                    for i in range(SITES):
+                        state = {"ts": ts, "quality": "good", "seq": seq, "power_w": 1000.0 + i}
+                        await c.publish(f"gia/s{i:02d}/grid/state", json.dumps(state), qos=0)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), 1.0)
+        except aiomqtt.MqttError:
+            await asyncio.sleep(0.2)
+
+
+def _live_ages(replica: HubReplica) -> list[float | None]:
+    try:
+        status, body = http("GET", f"http://127.0.0.1:{replica.port}/api/v1/hub/areas/zemgale/live", timeout=3)
+    except OSError:
+        return []
+    if status != 200:
+        return []
+    return [site["last_reading_age_s"] for site in json.loads(body)["sites"]]
+
+
+async def live_view_back(replicas: list[HubReplica], since: float) -> float:
+    """Seconds from `since` (monotonic: the fault's end) until every replica's live view shows all sites
+    with a reading younger than 3 s; fails beyond LIVE_BACK_S with what was seen."""
+    loop = asyncio.get_running_loop()
+    seen: list[list[float | None]] = []
+    while True:
+        seen = [await asyncio.to_thread(_live_ages, r) for r in replicas]
+        if all(len(ages) == SITES and all(a is not None and a < 3.0 for a in ages) for ages in seen):
+            return loop.time() - since
+        if loop.time() - since > LIVE_BACK_S:
+            worst = [max((a for a in ages if a is not None), default=None) if ages else "no answer" for ages in seen]
+            raise AssertionError(f"live view not current {LIVE_BACK_S} s after the fault; oldest per replica: {worst}")
+        await asyncio.sleep(0.25)
+
+
+@contextlib.asynccontextmanager
+async def live_publishing(broker: MosquittoBroker) -> Any:
+    stop = asyncio.Event()
+    task = asyncio.create_task(publish_live(broker, stop))
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+
+
 def _decided(cluster: Cluster) -> int:
     store = cluster.store()
     try:
@@ -265,17 +328,22 @@ async def test_sigkill_of_replicas_mid_ingestion_loses_and_duplicates_nothing(
     cluster: Cluster, reports: dict[tuple[str, str], bytes]
 ) -> None:
     a, b = cluster.replicas
-    publisher = asyncio.create_task(publish_all(cluster.broker, reports, gap_s=0.005))
-    await wait_decided(cluster, ALL // 4)
-    a.stop(kill=True)  # SIGKILL: whatever A was deciding is rolled back by PostgreSQL; B carries on
-    await wait_decided(cluster, ALL // 2)
-    b.stop(kill=True)  # both down for a while: what is published now waits, retained, on the broker
-    await asyncio.sleep(0.5)
-    a.start(timeout=60)  # re-reads every retained report: the decided ones are replays
-    await publisher
-    b.start(timeout=60)
-    await wait_decided(cluster, ALL)
-    await wait_healthy(cluster.replicas)
+    loop = asyncio.get_running_loop()
+    async with live_publishing(cluster.broker):
+        publisher = asyncio.create_task(publish_all(cluster.broker, reports, gap_s=0.005))
+        await wait_decided(cluster, ALL // 4)
+        a.stop(kill=True)  # SIGKILL: whatever A was deciding is rolled back by PostgreSQL; B carries on
+        await live_view_back([b], loop.time())  # B takes A's share of the live state (shared subscription)
+        await wait_decided(cluster, ALL // 2)
+        b.stop(kill=True)  # both down for a while: what is published now waits, retained, on the broker
+        await asyncio.sleep(0.5)
+        a.start(timeout=60)  # re-reads every retained report: the decided ones are replays
+        await live_view_back([a], loop.time())  # from A being healthy again
+        await publisher
+        b.start(timeout=60)
+        await live_view_back(cluster.replicas, loop.time())
+        await wait_decided(cluster, ALL)
+        await wait_healthy(cluster.replicas)
     async with asyncio.timeout(SETTLE_S):  # B re-reads every retained report (all replays by now)
         while (await asyncio.to_thread(b.health))[1].get("mqtt", {}).get("messages", 0) < ALL:
             await asyncio.sleep(0.2)
@@ -286,14 +354,17 @@ async def test_sigkill_of_replicas_mid_ingestion_loses_and_duplicates_nothing(
 async def test_postgres_restart_during_ingestion_loses_and_duplicates_nothing(
     cluster: Cluster, reports: dict[tuple[str, str], bytes]
 ) -> None:
-    publisher = asyncio.create_task(publish_all(cluster.broker, reports, gap_s=0.03))
-    await wait_decided(cluster, ALL // 5)
-    await asyncio.to_thread(cluster.pg.stop)  # fast shutdown: open transactions are rolled back
-    await asyncio.sleep(1.5)
-    await asyncio.to_thread(cluster.pg.start)
-    await publisher
-    await wait_decided(cluster, ALL)
-    await wait_healthy(cluster.replicas)
+    loop = asyncio.get_running_loop()
+    async with live_publishing(cluster.broker):
+        publisher = asyncio.create_task(publish_all(cluster.broker, reports, gap_s=0.03))
+        await wait_decided(cluster, ALL // 5)
+        await asyncio.to_thread(cluster.pg.stop)  # fast shutdown: open transactions are rolled back
+        await asyncio.sleep(1.5)
+        await asyncio.to_thread(cluster.pg.start)
+        await live_view_back(cluster.replicas, loop.time())
+        await publisher
+        await wait_decided(cluster, ALL)
+        await wait_healthy(cluster.replicas)
     retries = [(await asyncio.to_thread(r.health))[1]["mqtt"]["database_retries"] for r in cluster.replicas]
     assert sum(retries) >= 1, retries  # the outage was met and retried, not skipped
     await asyncio.sleep(1.0)
@@ -304,14 +375,17 @@ async def test_broker_restart_during_ingestion_loses_and_duplicates_nothing(
     cluster: Cluster, reports: dict[tuple[str, str], bytes]
 ) -> None:
     sent = [0]
-    publisher = asyncio.create_task(publish_all(cluster.broker, reports, gap_s=0.03, sent=sent))
-    async with asyncio.timeout(SETTLE_S):
-        while sent[0] < ALL // 3:  # a third of the sites have sent theirs
-            await asyncio.sleep(0.02)
-    await asyncio.to_thread(cluster.broker.stop)  # SIGTERM: Mosquitto saves its retained messages
-    await asyncio.sleep(1.0)
-    await asyncio.to_thread(cluster.broker.start)
-    reconnects = await publisher
+    loop = asyncio.get_running_loop()
+    async with live_publishing(cluster.broker):
+        publisher = asyncio.create_task(publish_all(cluster.broker, reports, gap_s=0.03, sent=sent))
+        async with asyncio.timeout(SETTLE_S):
+            while sent[0] < ALL // 3:  # a third of the sites have sent theirs
+                await asyncio.sleep(0.02)
+        await asyncio.to_thread(cluster.broker.stop)  # SIGTERM: Mosquitto saves its retained messages
+        await asyncio.sleep(1.0)
+        await asyncio.to_thread(cluster.broker.start)
+        await live_view_back(cluster.replicas, loop.time())
+        reconnects = await publisher
     assert reconnects >= 1  # the sites met the outage too
     await wait_decided(cluster, ALL)
     await wait_healthy(cluster.replicas)
