@@ -37,6 +37,7 @@ from forecasting.baselines import BASELINES, baseline_values, choose_baseline, c
 from forecasting.features import FeatureSpec, LocalShifts, to_grid
 from forecasting.physics import PowerCurve
 from forecasting.pipelines import QUANTILES, TrainedModel, fit_model
+from forecasting.recalibrate import needed_scales, rescale, rolling_scales
 from forecasting.types import Forecast
 
 if TYPE_CHECKING:
@@ -250,8 +251,12 @@ def run_backtest(
     model_horizon_steps: int | None = None,
     max_rows: int = 60_000,
     progress: Progress | None = None,
+    recalibrate: bool = True,
 ) -> BacktestResult:
     """Train on the rows before the scored window, forecast from each issue time in it (module docstring).
+
+    `recalibrate`: scale each issue's band by the errors of the hours already past at that issue
+    (`forecasting.recalibrate`, as the agent does); False scores the trained bands as they are.
 
     `model`: a model trained before on the same split (a benchmark scoring two protocols trains once);
     it is used when it covers the steps needed, else a new one is trained, for `model_horizon_steps`
@@ -352,6 +357,14 @@ def run_backtest(
         t0 = time.perf_counter()
         q = model.predict(yv, index, oo, kk, weather=wf if wcols else None)
         predict_s = (time.perf_counter() - t0) / max(1, len(origins))
+        if recalibrate:
+            # as the agent does: each issue's band scaled by the errors of the hours already past then
+            issue_ms = (index[oo].asi8 // 1_000_000).astype(np.int64)
+            target_ms = (index[oo + kk - 1].asi8 // 1_000_000).astype(np.int64)
+            scales = rolling_scales(
+                issue_ms, target_ms, needed_scales(q, actual_all), points_per_day=float(horizon_steps)
+            )
+            q = rescale(q, scales, model.lower, model.upper)
     else:
         # too short to train: the best baseline *chosen on the training part*, with its residual band
         model = None

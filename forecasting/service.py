@@ -24,6 +24,7 @@ agent's pollers keep the other core).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -552,6 +553,45 @@ class ForecastService:
             normaliser=norm,
             timezone=self._tz,
         )
+
+    def recalibrated(self, target: TargetName, fc: Forecast, raw_past: Sequence[Forecast], now: datetime) -> Forecast:
+        """`fc` (a model's forecast) with its band scaled by the errors of the model's own past forecasts
+        whose hours have passed, over the last `recalibrate.RECENT_DAYS` days (`forecasting.recalibrate`;
+        the backtest does the same). `raw_past`: earlier *unscaled* forecasts, so the scale is measured
+        against the bands the model makes, not against bands already scaled. The scale and the days of
+        errors it rests on go to `metadata.band_scale`; under a week of errors the band is left as it is."""
+        from forecasting import recalibrate
+
+        if fc.kind != "model" or not fc.points:
+            return fc
+        tc = self.target_config(target)
+        origin = _utc(now).floor(f"{tc.resolution_s}s")
+        since = origin - pd.Timedelta(days=recalibrate.RECENT_DAYS)
+        y = self._grid(target, since - pd.Timedelta(days=1), origin).dropna()
+        rows = [
+            (p.p10, p.p50, p.p90, y.get(pd.Timestamp(p.ts)))
+            for f in raw_past
+            if f.kind == "model"
+            for p in f.points
+            if since <= pd.Timestamp(p.ts) < origin
+        ]
+        rows = [r for r in rows if r[3] is not None]
+        scale, days = 1.0, 0.0
+        if rows:
+            arr = np.array(rows, dtype=np.float64)
+            stamps = [pd.Timestamp(p.ts) for f in raw_past if f.kind == "model" for p in f.points]
+            days = max(0.0, (max(stamps) - min(stamps)).total_seconds() / 86400) if stamps else 0.0
+            needed = recalibrate.needed_scales(arr[:, :3], arr[:, 3])
+            scale = recalibrate.scale_from(needed, len(rows) / max(days, 1e-9))
+        q = np.array([[p.p10, p.p50, p.p90] for p in fc.points], dtype=np.float64)
+        lower = 0.0 if target in ("wind", "pv") else None
+        upper = tc.capacity_w if target in ("wind", "pv") else None
+        q = recalibrate.rescale(q, scale, lower, upper)
+        points = tuple(
+            ForecastPoint(p.ts, float(q[i, 0]), float(q[i, 1]), float(q[i, 2])) for i, p in enumerate(fc.points)
+        )
+        meta = {**fc.metadata, "band_scale": {"scale": round(scale, 4), "days": round(days, 2)}}
+        return dataclasses.replace(fc, points=points, metadata=meta)
 
     def _empty(self, target: TargetName, generated: datetime, reason: str) -> Forecast:
         tc = self.target_config(target)

@@ -26,6 +26,7 @@ from typing import Any
 
 from drivers.model import to_ms
 from forecasting.config import ForecastingConfig
+from forecasting.recalibrate import RECENT_DAYS
 from forecasting.types import Forecast
 from gateway.rooms import Part, Room, Services
 from gateway.runtime.clock import Clock, next_aligned
@@ -70,6 +71,8 @@ class ForecastRunner:
     _topics: Topics | None = None
     #: one published forecast per target and hour, for the live accuracy (a week plus the horizon)
     _past: dict[str, deque[Forecast]] = field(default_factory=dict)
+    #: the models' unscaled forecasts, hourly, for the band scale (forecasting/recalibrate.py)
+    _raw_past: dict[str, deque[Forecast]] = field(default_factory=dict)
     _accuracy: dict[str, tuple[datetime, dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -148,6 +151,7 @@ class ForecastRunner:
                         self.last_error = f"{target}: {type(exc).__name__}: {exc}"
                         log.exception("forecast %s failed", target)
                         continue
+                    fc = await self._recalibrated(service, target, fc, now)
                     fc = await self._with_accuracy(service, target, fc, now)
                     self.forecasts[target] = fc
                     self._publish_forecast(fc)
@@ -164,6 +168,23 @@ class ForecastRunner:
                 service.cancel_training()  # the thread gives up at its next estimator, not after the model
             if training is not None:
                 training.cancel()
+
+    async def _recalibrated(self, service: Any, target: str, fc: Forecast, now: datetime) -> Forecast:
+        """The model's band scaled by its recent errors (forecasting/recalibrate.py); the unscaled forecast
+        is kept (one per hour, four weeks) as what the next scale is measured on."""
+        if fc.kind != "model":
+            return fc
+        raw = self._raw_past.setdefault(target, deque(maxlen=RECENT_DAYS * 24 + 48))
+        hour = fc.generated_at.replace(minute=0, second=0, microsecond=0)
+        try:
+            scaled: Forecast = await asyncio.to_thread(service.recalibrated, target, fc, list(raw), now)
+        except Exception as exc:  # the trained band is still a band: keep it, say why
+            self.last_error = f"{target} recalibration: {type(exc).__name__}: {exc}"
+            log.exception("forecast %s: band recalibration failed", target)
+            scaled = fc
+        if not raw or raw[-1].generated_at.replace(minute=0, second=0, microsecond=0) != hour:
+            raw.append(fc)
+        return scaled
 
     async def _with_accuracy(self, service: Any, target: str, fc: Forecast, now: datetime) -> Forecast:
         """Keep `fc` for scoring later and attach the live accuracy (recomputed once an hour)."""

@@ -275,3 +275,41 @@ def test_cancelled_training_stops_at_the_next_estimator(fast_config: Forecasting
     with pytest.raises(TrainingCancelled):
         fit_model(y, pd.DatetimeIndex(f.index), spec, max_iter=10, should_stop=stop_after_two)
     assert len(calls) == 3  # asked before each estimator; the third question stopped it
+
+
+def test_band_recalibrated_on_the_models_own_past_errors(fast_config: ForecastingConfig, tmp_path: Path) -> None:
+    """#16: the agent scales a model's band by the errors of its past forecasts whose hours have passed
+    (forecasting/recalibrate.py). Past forecasts with bands far wider than their errors narrow the next
+    band; under a week of past errors the band is left as trained."""
+    from dataclasses import replace
+
+    from forecasting.types import ForecastPoint
+
+    full = make_load(40)
+    svc = service(fast_config, full, tmp_path)
+    now = end_of(full)
+    fc = svc.predict("load", now)
+    assert fc.kind == "model", fc.reason
+    # 10 days of "past forecasts": P50 = the actual value + 1, band +-500 (the actual is 1 from P50)
+    past = []
+    for day in range(10, 0, -1):
+        issued = now - timedelta(days=day)
+        pts = tuple(
+            ForecastPoint(
+                (pd.Timestamp(issued) + pd.Timedelta(hours=h)).to_pydatetime(),
+                float(full["value"].get(pd.Timestamp(issued) + pd.Timedelta(hours=h), 0.0)) + 1 - 500,
+                float(full["value"].get(pd.Timestamp(issued) + pd.Timedelta(hours=h), 0.0)) + 1,
+                float(full["value"].get(pd.Timestamp(issued) + pd.Timedelta(hours=h), 0.0)) + 1 + 500,
+            )
+            for h in range(24)
+        )
+        past.append(replace(fc, generated_at=issued, points=pts))
+    scaled = svc.recalibrated("load", fc, past, now)
+    scale = scaled.metadata["band_scale"]
+    assert scale["days"] >= 7 and scale["scale"] == 0.25, scale  # needed 1/500 -> the floor of the bounds
+    for a, b in zip(fc.points, scaled.points, strict=True):
+        assert b.p50 == a.p50 and (b.p90 - b.p10) < (a.p90 - a.p10) or a.p90 == a.p10
+    check_points(scaled, 24)
+    few = svc.recalibrated("load", fc, past[-3:], now)  # three days of errors: not enough
+    assert few.metadata["band_scale"]["scale"] == 1.0
+    assert [(p.p10, p.p90) for p in few.points] == [(p.p10, p.p90) for p in fc.points]
