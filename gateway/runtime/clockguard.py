@@ -147,7 +147,13 @@ class ClockGuard:
         # that step is the cure, not an attack; `check` moves the anchor to it.
         setting = self._behind_since is not None
         if self._quarantine_since is None and not setting and any(self._ahead(s.ts, now) for s in samples):
-            self._start_quarantine(now)
+            if self._ahead(self.wall(), now):
+                self._start_quarantine(now)
+            else:
+                # Read while the clock was ahead, handed in after it came back (a poll spanning the
+                # correction): the clock is right again, so no quarantine; these readings take trusted
+                # time now, flagged `estimated`, like the ones a quarantine releases.
+                samples = self._restamped_ahead(samples, now)
         if (
             self._quarantine_since is None
             and self._plausible()
@@ -164,6 +170,17 @@ class ClockGuard:
                 self.health.dropped += 1
             self._held.append((now, s))
         self.health.held = len(self._held)
+
+    def _restamped_ahead(self, samples: Sequence[Sample], now: float) -> list[Sample]:
+        trusted = self._anchor_time(now)
+        assert trusted is not None  # `_ahead` is only true with an anchor
+        out = []
+        for s in samples:
+            if self._ahead(s.ts, now):
+                s = replace(s, ts=trusted, quality=Quality.worst([s.quality, Quality.ESTIMATED]))
+                self.health.restamped += 1
+            out.append(s)
+        return out
 
     def _start_quarantine(self, now: float) -> None:
         trusted = self._anchor_time(now)

@@ -192,3 +192,23 @@ async def test_no_good_reading_slips_behind_the_floor_on_a_slow_loop() -> None:
     await guard.check()
     assert guard.health.jumps >= 1 and guard.health.restamped > 0  # the step was seen and held
     assert not violations, f"{len(violations)} good readings behind the floor, e.g. {violations[0]}"
+
+
+async def test_a_reading_stamped_during_the_jump_but_submitted_after_it_is_restamped_not_quarantined() -> None:
+    """Seen in the attack soak: a poll that read the clock while it was 3 years ahead handed its samples in
+    after the clock had come back; the guard started a second quarantine ("-0 s ahead", held for a tick).
+    The clock is right again, so the sample is re-stamped to trusted time at once (`estimated`)."""
+    clocks, rec = FakeClocks(), Recorder()
+    clocks.wall_t = REAL
+    guard = _guard(clocks, rec)
+    await _poll(guard, clocks, 1)
+    late = Sample("m", "power_w", 2.0, "W", REAL + THREE_YEARS)  # read while the clock was ahead
+    clocks.advance(1)
+    clocks.wall_t = REAL + timedelta(seconds=1)  # ...and the clock is back before it is submitted
+    await guard.submit([late, Sample("n", "power_w", 3.0, "W", clocks.wall_t)])
+    assert not guard.health.quarantined and guard.health.held == 0
+    by_value = {s.value: s for s in rec.samples}
+    assert by_value[2.0].quality is Quality.ESTIMATED
+    assert abs((by_value[2.0].ts - clocks.wall_t).total_seconds()) < 1
+    assert by_value[3.0].quality is Quality.GOOD and by_value[3.0].ts == clocks.wall_t
+    assert guard.floor < REAL + timedelta(minutes=1)
