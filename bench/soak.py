@@ -306,6 +306,7 @@ async def soak(args: argparse.Namespace) -> int:
     config.write_text(yaml.safe_dump(cfg))
     log = (work / "agent.log").open("ab")
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIA_")}
+    env["MALLOC_ARENA_MAX"] = "2"  # as deploy/systemd/gia.service runs the agent
     stamp = work / "faketime"
     if args.attack:
         from tests.runtime.test_clock_safety import FAKETIME_LIBS
