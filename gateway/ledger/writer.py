@@ -34,56 +34,82 @@ T = TypeVar("T")
 DELAY_BUCKETS_S = (0.25, 0.5, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0)
 
 
-class CommitStats:
-    """Commit delays (queued -> durable): a cumulative histogram since start and the last 1000 exactly.
+class Durations:
+    """One kind of duration: a cumulative histogram since start and the last 1000 exactly.
 
-    Cumulative, so a long run's p99 is known without keeping every delay (bounded memory); the recent
+    Cumulative, so a long run's p99 is known without keeping every value (bounded memory); the recent
     window gives the p50/p99 of now."""
 
     def __init__(self) -> None:
-        self.commits = 0
-        self.max_delay_s = 0.0
+        self.count = 0
+        self.max_s = 0.0
         self.buckets = [0] * (len(DELAY_BUCKETS_S) + 1)
         self._recent: deque[float] = deque(maxlen=1000)
 
-    def add(self, delay_s: float) -> None:
-        self.commits += 1
-        self.max_delay_s = max(self.max_delay_s, delay_s)
-        self._recent.append(delay_s)
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.max_s = max(self.max_s, seconds)
+        self._recent.append(seconds)
         for i, bound in enumerate(DELAY_BUCKETS_S):
-            if delay_s <= bound:
+            if seconds <= bound:
                 self.buckets[i] += 1
                 return
         self.buckets[-1] += 1
 
     def p99_bound_s(self) -> float | None:
-        """The smallest bucket bound that at least 99 % of all commits met (None: none, or beyond 30 s)."""
-        if not self.commits:
+        """The smallest bucket bound at least 99 % of all values met (None: none yet, or beyond 30 s)."""
+        if not self.count:
             return None
-        need, seen = 0.99 * self.commits, 0
+        need, seen = 0.99 * self.count, 0
         for bound, n in zip(DELAY_BUCKETS_S, self.buckets, strict=False):
             seen += n
             if seen >= need:
                 return bound
         return None
 
-    def as_json(self) -> dict[str, Any]:
+    def as_json(self, name: str) -> dict[str, Any]:
         recent = sorted(self._recent)
 
         def q(p: float) -> float | None:
             return round(recent[min(len(recent) - 1, int(p * len(recent)))], 3) if recent else None
 
         return {
-            "commits": self.commits,
-            "delay_p50_s": q(0.50),
-            "delay_p99_s": q(0.99),
-            "delay_max_s": round(self.max_delay_s, 3),
-            "delay_p99_bound_s_since_start": self.p99_bound_s(),
-            "delay_buckets_s": {
+            f"{name}_p50_s": q(0.50),
+            f"{name}_p99_s": q(0.99),
+            f"{name}_max_s": round(self.max_s, 3),
+            f"{name}_p99_bound_s_since_start": self.p99_bound_s(),
+            f"{name}_buckets_s": {
                 **{str(b): n for b, n in zip(DELAY_BUCKETS_S, self.buckets, strict=False)},
                 "inf": self.buckets[-1],
             },
         }
+
+
+class CommitStats:
+    """Commit figures for health: the *interval* between the ends of successive commits (the loop keeping
+    pace: `commit_interval_s` plus the commit itself), and the *delay* of each batch's oldest reading from
+    being queued to being durable (what a reading waits)."""
+
+    def __init__(self) -> None:
+        self.commits = 0
+        self.delay = Durations()
+        self.interval = Durations()
+        self._last_end: float | None = None
+
+    def add(self, delay_s: float, *, end: float | None = None) -> None:
+        self.commits += 1
+        self.delay.add(delay_s)
+        if end is not None:
+            if self._last_end is not None:
+                self.interval.add(end - self._last_end)
+            self._last_end = end
+
+    def p99_bound_s(self) -> float | None:
+        """The delay's p99 bound since start (see `Durations.p99_bound_s`)."""
+        return self.delay.p99_bound_s()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"commits": self.commits, **self.interval.as_json("interval"), **self.delay.as_json("delay")}
 
 
 class LedgerWriter:
@@ -214,7 +240,8 @@ class LedgerWriter:
                 await asyncio.sleep(1.0)
         self.committed_samples += len(batch)
         if since is not None:
-            self.commit_stats.add(time.monotonic() - since)
+            end = time.monotonic()
+            self.commit_stats.add(end - since, end=end)
         async with self._committed:
             self.head_seq = head
             self._committed.notify_all()

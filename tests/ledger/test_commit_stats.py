@@ -23,6 +23,16 @@ def test_p99_bound_is_the_first_bucket_bound_at_or_above_the_exact_p99(delays: l
     assert body["delay_max_s"] == round(max(delays), 3)
 
 
+def test_intervals_are_between_the_ends_of_successive_commits() -> None:
+    stats = CommitStats()
+    for end in (10.0, 11.2, 12.2, 15.2):
+        stats.add(1.0, end=end)
+    body = stats.as_json()
+    assert stats.interval.count == 3 and body["interval_max_s"] == 3.0
+    assert body["interval_buckets_s"]["1.0"] == 1 and body["interval_buckets_s"]["1.5"] == 1
+    assert body["interval_p99_bound_s_since_start"] == 3.0
+
+
 def test_empty_stats_say_nothing_rather_than_zero() -> None:
     body = CommitStats().as_json()
     assert body["commits"] == 0 and body["delay_p99_s"] is None and body["delay_p99_bound_s_since_start"] is None
