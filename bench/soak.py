@@ -414,8 +414,8 @@ async def soak(args: argparse.Namespace) -> int:
     sent: set[tuple[str, int]] = set()
     every: set[tuple[str, int]] = set()
     for e in led.iter_all():
-        if e.value is None:
-            continue  # a refused value (stored `invalid`, no number) is not a field of the point
+        # every entry, valueless ones too: a reading whose values were all refused is a point with only
+        # `quality="invalid"` (gateway/sinks/influx/sink.py), which SELECT * returns
         every.add((e.device, e.ts_ms))
         if e.seq <= cursor:
             sent.add((e.device, e.ts_ms))
