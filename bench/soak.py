@@ -142,6 +142,24 @@ def _readings_checks(db: Path, modbus: list[str], readings: dict[str, int]) -> t
     return bool(readings) and not lost and not extra, line
 
 
+def _interval_split(before: dict[str, Any], end: dict[str, Any]) -> str:
+    """p99 bounds of the commit interval before the attacker started and after (end minus before)."""
+    from gateway.ledger.writer import DELAY_BUCKETS_S
+
+    def bound(counts: list[int]) -> str:
+        total, seen = sum(counts), 0
+        for b, n in zip([*DELAY_BUCKETS_S, float("inf")], counts, strict=True):
+            seen += n
+            if total and seen >= 0.99 * total:
+                return f"p99 <= {b} s over {total} commits"
+        return "no commits"
+
+    keys = [*(str(b) for b in DELAY_BUCKETS_S), "inf"]
+    b0 = [int(before.get("interval_buckets_s", {}).get(k, 0)) for k in keys]
+    b1 = [int(end.get("interval_buckets_s", {}).get(k, 0)) for k in keys]
+    return f"before: {bound(b0)}; during and after: {bound([y - x for x, y in zip(b0, b1, strict=True)])}"
+
+
 def _attack_checks(db: Path, modbus: list[str], mqtt_device: str, poll_s: float) -> tuple[bool, list[str]]:
     """What the attacker must not have caused, read from the ledger after the run."""
     from drivers.model import Quality, refusal
@@ -338,6 +356,7 @@ async def soak(args: argparse.Namespace) -> int:
     attack_report: dict[str, Any] = {}
     health_probes = health_failures = 0
     readings: dict[str, int] = {}
+    before: dict[str, Any] = {}
     jumped = False
     t0 = time.monotonic()
     try:
@@ -347,6 +366,8 @@ async def soak(args: argparse.Namespace) -> int:
             samples.append((el, *_proc_sample(agent.pid)))
             if args.attack:
                 if attacker is None and el >= 0.1 * duration:
+                    # the commit figures before the attack: the same run's baseline
+                    before = (await asyncio.to_thread(_health, http_port)).get("ledger", {}).get("commit", {})
                     attacker = subprocess.Popen(
                         [
                             sys.executable,
@@ -489,6 +510,8 @@ async def soak(args: argparse.Namespace) -> int:
         f" histogram {commit.get('delay_buckets_s')}"
     )
     if args.attack:
+        print("commit interval before the attack (the baseline) and from its start to the end of the run:")
+        print("  " + _interval_split(before, commit))
         attack_ok, lines = _attack_checks(db, modbus_ids, "attacked", 1.0)
         restarted = {n: v["restarts"] for n, v in final_health.get("parts", {}).items() if v.get("restarts")}
         print(f"attacker ({attack_report.get('seconds', '?')} s): {json.dumps(attack_report)}")
