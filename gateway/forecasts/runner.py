@@ -26,7 +26,6 @@ from typing import Any
 
 from drivers.model import to_ms
 from forecasting.config import ForecastingConfig
-from forecasting.recalibrate import RECENT_DAYS
 from forecasting.types import Forecast
 from gateway.rooms import Part, Room, Services
 from gateway.runtime.clock import Clock, next_aligned
@@ -174,6 +173,8 @@ class ForecastRunner:
         is kept (one per hour, four weeks) as what the next scale is measured on."""
         if fc.kind != "model":
             return fc
+        from forecasting.recalibrate import RECENT_DAYS  # numpy: only with the forecast extra installed
+
         raw = self._raw_past.setdefault(target, deque(maxlen=RECENT_DAYS * 24 + 48))
         hour = fc.generated_at.replace(minute=0, second=0, microsecond=0)
         try:
