@@ -89,10 +89,10 @@ def find_binary(name: str) -> str:
 
 
 def free_port(host: str = HOST) -> int:
-    """A port nobody listens on right now (bound then released; the server binds it next)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nobody uses right now, outside the ephemeral range (the server binds it next)."""
+    from drivers.sim.server import free_tcp_port
+
+    return free_tcp_port(host)
 
 
 def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
@@ -208,7 +208,9 @@ class ServerProcess:
                     f"{self.name} exited with {self._proc.returncode} while starting:\n{self.log_tail()}"
                 )
             if self.ready():
-                return
+                time.sleep(0.05)  # another process on our port answers the probe; ours has then exited
+                if self._proc.poll() is None:
+                    return
             time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"{self.name} not ready within {timeout} s:\n{self.log_tail()}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import random
 import socket
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Literal
@@ -46,10 +47,25 @@ OnWrite = Callable[[str, float], None]
 Fault = Literal["busy", "illegal_address", "device_failure", "garbled", "truncated", "close"]
 
 
+#: Ports for simulators and test servers come from below Linux's ephemeral range (32768-60999 by
+#: default): a port the kernel hands out for `bind(0)` is in that range, and any outgoing connection on
+#: the machine may take it as its local port between this check and the server's bind, which then fails
+#: with "address already in use" (seen in CI, twice). Random, so parallel test workers rarely collide.
+LISTEN_PORTS: Final = range(12000, 32000)
+
+
 def free_tcp_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port nobody has bound right now, outside the ephemeral range (the caller binds it next)."""
+    pick = random.SystemRandom()
+    for _ in range(200):
+        port = pick.choice(LISTEN_PORTS)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    raise OSError(f"no free TCP port in {LISTEN_PORTS.start}-{LISTEN_PORTS.stop - 1} on {host}")
 
 
 def _sentinel_words(reg: Register) -> list[int]:
