@@ -201,14 +201,20 @@ class Liveness(Observer):
             self.last_publish = time.monotonic()
 
 
-def file_format(path: Path) -> str:
-    """'pem' or 'der' by content: asyncua goes by the file name and reads a PEM 'gw.key' as DER."""
-    with path.open("rb") as f:
-        return "pem" if b"-----BEGIN" in f.read(4096) else "der"
+def key_material(path: Path) -> tuple[bytes, str]:
+    """A certificate or key file's bytes and format ('pem' or 'der', by content: asyncua goes by the file
+    name and would read a PEM 'gw.key' as DER).
+
+    asyncua is handed the bytes, never the path: it opens a path in a worker thread (anyio), and a
+    connect cancelled meanwhile leaves that file open for the garbage collector (a ResourceWarning
+    seen in CI)."""
+    data = path.read_bytes()
+    return data, "pem" if b"-----BEGIN" in data[:4096] else "der"
 
 
 def _cert_file(path: Path) -> uacrypto.CertProperties:
-    return uacrypto.CertProperties(str(path), extension=file_format(path))
+    data, fmt = key_material(path)
+    return uacrypto.CertProperties(data, extension=fmt)
 
 
 async def new_client(endpoint: Endpoint) -> Client:

@@ -42,7 +42,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from drivers.model import QUANTITIES, QuantityKind
 from drivers.opcua.nodemap import NodeMap, NodeSpec, SimType, is_node_id, split_path
-from drivers.opcua.session import application_uri_of, file_format, ns0
+from drivers.opcua.session import application_uri_of, key_material, ns0
 from drivers.sim.generators import ProfileValues
 
 log = logging.getLogger(__name__)
@@ -333,8 +333,10 @@ class OpcuaSimServer:
         if sec is None:
             server.set_security_policy([ua.SecurityPolicyType.NoSecurity])
         else:
-            await server.load_certificate(str(sec.certificate), format=file_format(sec.certificate))
-            await server.load_private_key(str(sec.private_key), format=file_format(sec.private_key))
+            cert, cert_format = key_material(sec.certificate)
+            key, key_format = key_material(sec.private_key)
+            await server.load_certificate(cert, format=cert_format)
+            await server.load_private_key(key, format=key_format)
             uri = application_uri_of(sec.certificate)
             if uri:
                 await server.set_application_uri(uri)

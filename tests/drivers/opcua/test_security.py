@@ -3,6 +3,7 @@ and knows one user: what works is read, every refusal is a clear permanent error
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -125,3 +126,26 @@ async def test_without_security_the_secure_server_refuses(secure: Secure) -> Non
     async with driver:
         with pytest.raises(PermanentError, match="offers no endpoint with this security policy"):
             await driver.read(datetime.now(UTC))
+
+
+async def test_asyncua_gets_key_material_as_bytes_not_paths(secure: Secure, monkeypatch: pytest.MonkeyPatch) -> None:
+    """asyncua opens a path in a worker thread; a connect cancelled meanwhile left client.pem open for the
+    garbage collector (a ResourceWarning that failed an unrelated test in CI). It is handed bytes."""
+    from asyncua.crypto import uacrypto
+
+    from drivers.opcua.session import Endpoint, Security, close_client, new_client
+
+    handed: list[type] = []
+    real = uacrypto.get_content
+
+    async def spy(path_or_content: Any) -> bytes:
+        handed.append(type(path_or_content))
+        return await real(path_or_content)
+
+    monkeypatch.setattr(uacrypto, "get_content", spy)
+    sec = Security(secure.certs.client_cert, secure.certs.client_key, secure.certs.server_cert)
+    client = await new_client(Endpoint(secure.url, security=sec))
+    async with asyncio.timeout(10):
+        await client.connect()
+    await close_client(client, 2)
+    assert handed and set(handed) == {bytes}, handed
