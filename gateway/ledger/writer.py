@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from operator import methodcaller
 from typing import Any, TypeVar
 
 from drivers.cancel import raise_if_cancelling
@@ -190,9 +190,14 @@ class LedgerWriter:
             while True:
                 raise_if_cancelling()  # 3.11's wait_for may have turned the shutdown into a TimeoutError
                 await self._has_data.wait()
-                if self._pending_count < self._max_batch:
+                # The interval counts from the oldest queued poll, not from now: readings queued while
+                # the last commit ran have already waited that long, so a commit taking C seconds makes
+                # the cadence max(interval, C), not interval + C (a loaded Pi drifted to 1.65 s at 1 s).
+                since = self._pending_since
+                wait = self._commit_interval_s - (time.monotonic() - since if since is not None else 0.0)
+                if self._pending_count < self._max_batch and wait > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._batch_full.wait(), self._commit_interval_s)
+                        await asyncio.wait_for(self._batch_full.wait(), wait)
                 await self._commit(*self._take())
         except asyncio.CancelledError:
             await asyncio.shield(self.flush())
@@ -207,7 +212,7 @@ class LedgerWriter:
     async def _commit(self, batch: list[Sample], since: float | None = None) -> None:
         while True:
             try:
-                head = await self.call(partial(Ledger.append, samples=batch))
+                head = await self.call(methodcaller("append", batch))
                 break
             except sqlite3.OperationalError as exc:
                 self.commit_failures += 1
