@@ -200,6 +200,37 @@ def _span(addresses: Sequence[int]) -> tuple[int, int]:
     return min(addresses), max(addresses) + 1
 
 
+class _ServedUnitsOnly:
+    """The simulator's datastore, silent for unit ids it does not serve, as a device on a bus is.
+
+    pymodbus 3.16's SimCore looks an unknown unit id up in its device table and raises KeyError, which
+    the server answers as DEVICE_FAILURE (logging a traceback) although it was told to ignore missing
+    devices; a real meter addressed with the wrong unit id does not answer at all, and that silence is
+    what the agent's "wrong unit id" hint is for."""
+
+    def __init__(self, core: Any) -> None:
+        self._core = core
+        self._units = frozenset(core.device_ids())
+
+    def _check(self, device_id: int) -> None:
+        if device_id not in self._units:
+            raise NoSuchIdException(f"unit {device_id} not served")
+
+    def device_ids(self) -> list[int]:
+        return list(self._core.device_ids())
+
+    async def async_getValues(self, device_id: int, *args: Any, **kw: Any) -> Any:
+        self._check(device_id)
+        return await self._core.async_getValues(device_id, *args, **kw)
+
+    async def async_setValues(self, device_id: int, *args: Any, **kw: Any) -> Any:
+        self._check(device_id)
+        return await self._core.async_setValues(device_id, *args, **kw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._core, name)
+
+
 class SimServer:
     """Serve one register map on `listen` (tcp://HOST:PORT, rtu+tcp://HOST:PORT or rtu:///dev/pts/N)."""
 
@@ -409,6 +440,7 @@ class SimServer:
             )
         else:
             raise ValueError(f"{self.listen!r}: listen on tcp://HOST:PORT, rtu+tcp://HOST:PORT or rtu:///dev/X")
+        self._server.context = _ServedUnitsOnly(self._server.context)  # type: ignore[assignment]
         await self._server.serve_forever(background=True)
 
     async def stop(self) -> None:
