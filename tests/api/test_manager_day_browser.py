@@ -289,5 +289,43 @@ def test_no_made_up_numbers_login_and_roles(browser: Any, silent_site: str, size
     page.context.close()
 
 
+def test_a_forecast_of_one_point_gets_a_sane_time_axis(browser: Any, demo: str, silent_site: str) -> None:
+    """Finding 9: a forecast just started on a site with no readings yet is one point; uPlot gave it a
+    zero-width time range and an axis of one label repeated. The point is the demo's real first forecast
+    hour (the API's own answer, cut to one point) served to a site that has no actuals; a real agent shows
+    this state only between its first forecast and its first hour of readings."""
+    import json
+    import time
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + 90  # the demo's first forecast comes some seconds after its start
+    while True:
+        try:
+            with urllib.request.urlopen(demo + "/api/v1/forecasts/load", timeout=10) as resp:
+                answer = json.load(resp)
+            if answer.get("points"):
+                break
+        except urllib.error.HTTPError:
+            pass
+        assert time.monotonic() < deadline, "the demo published no load forecast"
+        time.sleep(1)
+    answer["points"] = answer["points"][:1]
+    page = _page(browser, "desktop")
+    page.route("**/api/v1/forecasts/load", lambda route: route.fulfill(status=200, json=answer))
+    page.goto(silent_site + "/login")
+    page.fill('#form-token input[name="token"]', TOKENS["viewer"])
+    page.click("#form-token button")
+    page.wait_for_url(silent_site + "/")
+    page.wait_for_function("() => window.giaPage && window.giaPage.chartAxis !== null", timeout=15_000)
+    axis = page.evaluate("window.giaPage.chartAxis")
+    assert page.get_attribute("#fc-chart", "data-state") == "ready"
+    assert axis["spanS"] >= 6 * 3600, axis  # hours around the point, not a zero-width range
+    labels = [label for label in axis["labels"] if label]
+    assert len(labels) >= 3 and len(set(labels)) == len(labels), labels  # distinct times, none repeated
+    assert not page._gia_errors, page._gia_errors
+    page.context.close()
+
+
 def test_artifacts_dir_is_ignored() -> None:
     assert os.sep == "/" and Path(ARTIFACTS).parts[-2:] == ("test-artifacts", "web")

@@ -12,7 +12,7 @@
     forecasts: {}, history: null, liveActual: { load: [], wind: [], pv: [] }, flex: undefined, health: null,
     connected: false, lastTs: null, dirty: new Set(), chart: null, months: null,
   };
-  const page = (window.giaPage = { firstRenderMs: null, renders: 0, events: 0, chartDrawn: null });
+  const page = (window.giaPage = { firstRenderMs: null, renders: 0, events: 0, chartDrawn: null, chartAxis: null });
   const UNIT = { degC: "°C", deg: "°", "1": "", "": "" };
   const DIGITS = { V: 1, A: 1, Hz: 2, "m/s": 1, "%": 0, degC: 1, deg: 0, rpm: 1, "1": 3, var: 0, VA: 0 };
   function fmtValue(q, s) {
@@ -426,6 +426,7 @@
       bands: [{ series: [4, 2], fill: "rgba(100,116,139,0.22)" }],
       hooks: { draw: [(u) => {
         page.chartDrawn = Date.now();
+        page.chartAxis = { spanS: u.scales.x.max - u.scales.x.min, labels: (u.axes[0]._values || []).slice() };
         const now = (S.lastTs || Date.now()) / 1000;
         const px = u.valToPos(now, "x", true);
         if (px < u.bbox.left || px > u.bbox.left + u.bbox.width) return;
