@@ -568,19 +568,26 @@ class ForecastService:
         origin = _utc(now).floor(f"{tc.resolution_s}s")
         since = origin - pd.Timedelta(days=recalibrate.RECENT_DAYS)
         y = self._grid(target, since - pd.Timedelta(days=1), origin).dropna()
-        rows = [
-            (p.p10, p.p50, p.p90, y.get(pd.Timestamp(p.ts)))
-            for f in raw_past
-            if f.kind == "model"
-            for p in f.points
-            if since <= pd.Timestamp(p.ts) < origin
-        ]
-        rows = [r for r in rows if r[3] is not None]
+        # One pass: the points of the window whose hour has a measured value. The days of errors are the
+        # span of those hours only (past forecasts also hold hours still ahead, up to 48 h: counting them
+        # let scaling start two days before a week of errors existed).
+        rows: list[tuple[float, float, float, float]] = []
+        first = last = None
+        for f in raw_past:
+            if f.kind != "model":
+                continue
+            for p in f.points:
+                ts = pd.Timestamp(p.ts)
+                actual = y.get(ts) if since <= ts < origin else None
+                if actual is None:
+                    continue
+                rows.append((p.p10, p.p50, p.p90, float(actual)))
+                first = ts if first is None or ts < first else first
+                last = ts if last is None or ts > last else last
         scale, days = 1.0, 0.0
-        if rows:
+        if rows and first is not None and last is not None:
             arr = np.array(rows, dtype=np.float64)
-            stamps = [pd.Timestamp(p.ts) for f in raw_past if f.kind == "model" for p in f.points]
-            days = max(0.0, (max(stamps) - min(stamps)).total_seconds() / 86400) if stamps else 0.0
+            days = (last - first).total_seconds() / 86400
             needed = recalibrate.needed_scales(arr[:, :3], arr[:, 3])
             scale = recalibrate.scale_from(needed, len(rows) / max(days, 1e-9))
         q = np.array([[p.p10, p.p50, p.p90] for p in fc.points], dtype=np.float64)

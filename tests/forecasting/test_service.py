@@ -314,3 +314,15 @@ def test_band_recalibrated_on_the_models_own_past_errors(fast_config: Forecastin
     few = svc.recalibrated("load", fc, past[-3:], now)  # three days of errors: not enough
     assert few.metadata["band_scale"]["scale"] == 1.0
     assert [(p.p10, p.p90) for p in few.points] == [(p.p10, p.p90) for p in fc.points]
+    # Six and a quarter days of past hours, each forecast reaching 48 h ahead (the agent's horizon): the
+    # hours still to come are not days of errors. Counting them (8 days in all) scaled the band early.
+    ahead = []
+    for day in range(6, -1, -1):  # issued daily from 6 days 6 hours ago to 6 hours ago
+        issued = now - timedelta(days=day, hours=6)
+        hours = [pd.Timestamp(issued) + pd.Timedelta(hours=h) for h in range(1, 49)]
+        actual = [float(full["value"].get(t, 0.0)) for t in hours]
+        pairs = zip(hours, actual, strict=True)
+        pts = tuple(ForecastPoint(t.to_pydatetime(), a + 1 - 500, a + 1, a + 1 + 500) for t, a in pairs)
+        ahead.append(replace(fc, generated_at=issued, points=pts))
+    early = svc.recalibrated("load", fc, ahead, now)
+    assert early.metadata["band_scale"]["days"] < 7 and early.metadata["band_scale"]["scale"] == 1.0, early.metadata
