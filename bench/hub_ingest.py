@@ -16,6 +16,15 @@ the `flush_s` batching), what the hub shed (latest-wins) and wrote; RSS per repl
 Rates are messages received / publishing time. The last line is the hub's rate over the bare subscriber's.
 
     .venv/bin/python bench/hub_ingest.py --sites 50 --seconds 30 --replicas 1
+
+Scaling (`--scaling`): the same offered load to one replica, then to two sharing the subscription, in one
+run; printed is the two replicas' rate over one's. Two replicas can only take more than one if one is
+saturated, and on a small machine one replica keeps up with what a publisher and the broker beside it can
+offer. `--cpu-per-replica F` caps each replica at F of a core with a cgroup CPU quota (what systemd's
+`CPUQuota=` or `docker run --cpus` set), so one replica saturates below what the machine can offer and
+each added replica brings its own F: the deployment this models is one replica per (small) machine.
+
+    .venv/bin/python bench/hub_ingest.py --sites 1000 --seconds 30 --scaling --cpu-per-replica 0.25
 """
 
 from __future__ import annotations
@@ -197,7 +206,26 @@ async def bare_paho(host: str, port: int, ready: asyncio.Event, stop: asyncio.Ev
     return {"states": count, "transit_ms": lat, "cpu_s": time.process_time() - cpu_start}
 
 
-async def run(args: argparse.Namespace) -> None:
+# -- CPU quota per replica (cgroup v1 `cpu` or v2) ---------------------------------------------------------
+def cpu_cap(pid: int, share: float, name: str) -> Path:
+    """Put process `pid` (all its threads) in a new cgroup limited to `share` of one core; returns it."""
+    period = 100_000
+    v1 = Path("/sys/fs/cgroup/cpu")
+    if (v1 / "cpu.cfs_quota_us").exists():
+        group = v1 / name
+        group.mkdir(exist_ok=True)
+        (group / "cpu.cfs_period_us").write_text(str(period))
+        (group / "cpu.cfs_quota_us").write_text(str(int(share * period)))
+    else:
+        group = Path("/sys/fs/cgroup") / name
+        group.mkdir(exist_ok=True)
+        (group / "cpu.max").write_text(f"{int(share * period)} {period}")
+    (group / "cgroup.procs").write_text(str(pid))
+    return group
+
+
+async def run(args: argparse.Namespace) -> float:
+    """One measurement with `args.replicas` replicas; prints it and returns the hub's rate (msg/s)."""
     from tests.servers import MosquittoBroker
 
     with tempfile.TemporaryDirectory(prefix="gia-bench-hub-") as tmp:
@@ -207,6 +235,7 @@ async def run(args: argparse.Namespace) -> None:
         database = args.database or f"sqlite:///{Path(tmp) / 'hub.db'}"
         me = str(Path(__file__).resolve())
         children = []
+        groups: list[Path] = []
         try:
             for i in range(args.replicas):
                 children.append(
@@ -216,6 +245,9 @@ async def run(args: argparse.Namespace) -> None:
                         stdout=subprocess.PIPE,
                     )
                 )  # fmt: skip
+            if args.cpu_per_replica:
+                for i, c in enumerate(children):
+                    groups.append(cpu_cap(c.pid, args.cpu_per_replica, f"gia-bench-hub-{os.getpid()}-{i}"))
             for c in children:
                 assert c.stdout is not None
                 line = await asyncio.wait_for(c.stdout.readline(), 60)
@@ -245,6 +277,9 @@ async def run(args: argparse.Namespace) -> None:
             for c in children:
                 if c.returncode is None:
                     c.kill()
+                    await c.wait()
+            for g in groups:
+                g.rmdir()
             broker.stop()
     elapsed = published["elapsed_s"]
     offered = published["sent"] / elapsed
@@ -252,9 +287,10 @@ async def run(args: argparse.Namespace) -> None:
     hub_rate, bare_rate = hub_states / elapsed, base["states"] / elapsed
     lat = [x for r in results for x in r["latency_ms"]]
     transit = [x for r in results for x in r["transit_ms"]]
+    cap = f", each capped at {args.cpu_per_replica:g} CPU" if args.cpu_per_replica else ""
     print(
         f"hub ingest: {args.sites} sites x {DEVICES} devices at 1 Hz for {args.seconds:g} s,"
-        f" {args.replicas} replica(s), database {database.split(':')[0]}, flush every {args.flush_s:g} s"
+        f" {args.replicas} replica(s){cap}, database {database.split(':')[0]}, flush every {args.flush_s:g} s"
     )
     print(f"published       {published['sent']:>9} msgs  {offered:>9.0f} msg/s offered")
     print(
@@ -279,6 +315,7 @@ async def run(args: argparse.Namespace) -> None:
             f" RSS {r['rss_start_mb']:.0f} MB at start, {r['rss_end_mb']:.0f} MB at end, max {r['rss_max_mb']:.0f} MB"
         )
     print(f"ratio {hub_rate / bare_rate if bare_rate else 0:.2f} of the bare subscriber")
+    return hub_rate
 
 
 def main() -> None:
@@ -294,6 +331,10 @@ def main() -> None:
         help="the bare subscriber: aiomqtt or a paho callback",
     )
     p.add_argument("--flush-s", type=float, default=1.0, help="the replicas' hub.live.flush_s")
+    p.add_argument("--scaling", action="store_true", help="one replica, then two, same load: print the ratio")
+    p.add_argument(
+        "--cpu-per-replica", type=float, default=None, help="cap each replica at this share of a core (cgroup quota)"
+    )
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--child-replica", type=int, default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-publisher", action="store_true", help=argparse.SUPPRESS)
@@ -305,6 +346,13 @@ def main() -> None:
         publisher(u.hostname or "127.0.0.1", u.port or 1883, args.sites, args.seconds)
     elif args.child_replica is not None:
         asyncio.run(replica(args.url, args.database, args.child_replica, args.sites, args.flush_s))
+    elif args.scaling:
+        rates = []
+        for n in (1, 2):
+            args.replicas = n
+            rates.append(asyncio.run(run(args)))
+            print()
+        print(f"two replicas take {rates[1] / rates[0] if rates[0] else 0:.2f}x what one takes")
     else:
         asyncio.run(run(args))
 

@@ -26,9 +26,12 @@ from __future__ import annotations
 import argparse
 import base64
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests.hub.conftest builds the reports
 
 from gateway.certification.signing import load_public_pem, signing_bytes, verify_signature
 from gateway.hub.areas import AreaReports
