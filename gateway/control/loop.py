@@ -36,6 +36,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from drivers.base import BatteryActuator, DriverError, OutOfRange, PermanentError, SwitchActuator
+from drivers.cancel import raise_if_cancelling
 from drivers.model import iso_utc
 from gateway.control.config import BatteryActuatorConfig, ControlConfig, RelayActuatorConfig
 from gateway.control.envelope import Decision, Envelope, EnvelopeState, apply
@@ -173,7 +174,11 @@ class Controller:
         """Rounds until cancelled; on the way out every commanded device is handed back."""
         try:
             while True:
+                # a command's driver may have swallowed the stop (3.11's wait_for, drivers/cancel.py): seen
+                # as a demo whose control loop went on sleeping after SIGINT until the 10-s shutdown bound
+                raise_if_cancelling()
                 await self.round()
+                raise_if_cancelling()
                 await sleep(self.config.interval_s)
         finally:
             await asyncio.shield(self._release_all_bounded("the agent is stopping"))

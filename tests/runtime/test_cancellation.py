@@ -118,3 +118,29 @@ async def test_forwarder_stops_although_its_sink_swallowed_the_cancellation(tmp_
         await asyncio.gather(writer_task, return_exceptions=True)
         reader.close()
         writer.close()
+
+
+async def test_control_loop_stops_although_a_command_swallowed_the_cancellation() -> None:
+    """Seen in CI: a demo's control loop went on sleeping after SIGINT (its round's Modbus command had
+    swallowed the cancellation) until the agent's 10-s shutdown bound killed the process."""
+    from gateway.control.config import ControlConfig
+    from gateway.control.loop import Controller
+
+    class SwallowingController(Controller):
+        in_round = asyncio.Event()
+
+        async def round(self) -> None:
+            self.in_round.set()
+            await _swallow_cancellation(0.05)
+
+    async def record(*_a: object) -> None:
+        return None
+
+    controller = SwallowingController(
+        ControlConfig(enabled=True, dry_run=False, interval_s=0.1, watchdog_s=1.0), batteries=[], relays=[],
+        plan=lambda: None, reading=lambda _d, _q: None, record=record, now=lambda: datetime.now(UTC),
+    )  # fmt: skip
+    task = asyncio.create_task(controller.run())
+    await controller.in_round.wait()
+    task.cancel()
+    assert await stopped(task), "the control loop went on after its cancellation"
