@@ -11,6 +11,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -106,8 +107,13 @@ def _now(text: str | None, sd: Any) -> Any:
     return (sd.values.index[-1] + pd.Timedelta(hours=1)).floor("h").to_pydatetime()
 
 
-def register(app: typer.Typer) -> None:
-    """Add `gia forecast ...` to `gia`."""
+#: the running agent's current forecast payload of a target, given the agent's config (gateway's, injected
+#: so that this package does not depend on the agent)
+CurrentForecast = Callable[[Path | None, str], dict[str, Any]]
+
+
+def register(app: typer.Typer, current: CurrentForecast | None = None) -> None:
+    """Add `gia forecast ...` to `gia`. `current`: how `show` without `--data` reaches the running agent."""
     fc = typer.Typer(help="Load, wind and PV forecasts: train, evaluate against baselines, show.", no_args_is_help=True)
 
     @fc.command("train")
@@ -144,22 +150,31 @@ def register(app: typer.Typer) -> None:
     @fc.command("show")
     def show(
         target: TargetOpt = "load",
-        data: DataOpt = Path("history.csv"),
+        data: Annotated[
+            Path | None,
+            typer.Option(
+                "--data", help="CSV: compute a forecast from this history; without it, the running agent's current one"
+            ),
+        ] = None,
         config: ConfigOpt = None,
         artifacts: ArtifactOpt = None,
         now: Annotated[str | None, typer.Option(help="forecast origin, UTC (default: end of data)")] = None,
         json_out: JsonOpt = False,
     ) -> None:
-        """Print the current forecast (model, or a labelled baseline with the reason)."""
+        """Print the agent's current forecast, or one computed from --data (model, or a labelled baseline)."""
         t = _target(target)
-        svc, sd = _service(t, data, config, artifacts)
-        fcst = svc.predict(t, _now(now, sd))
-        payload = fcst.to_payload()
+        if data is None and current is not None:
+            payload = current(config, t)
+        else:
+            svc, sd = _service(t, data or Path("history.csv"), config, artifacts)
+            payload = svc.predict(t, _now(now, sd)).to_payload()
         if json_out:
             typer.echo(json.dumps(payload, indent=2))
             return
-        typer.echo(f"{t}: {fcst.kind} ({fcst.method}){' - ' + fcst.reason if fcst.reason else ''}")
-        typer.echo(f"{'ts (UTC)':22s} {'p10':>12s} {'p50':>12s} {'p90':>12s}  [{fcst.unit}]")
+        meta = payload.get("metadata") or {}
+        reason = meta.get("reason") or ""
+        typer.echo(f"{t}: {meta.get('kind')} ({meta.get('method')}){' - ' + reason if reason else ''}")
+        typer.echo(f"{'ts (UTC)':22s} {'p10':>12s} {'p50':>12s} {'p90':>12s}  [{payload.get('unit', '')}]")
         for p in payload["points"]:
             typer.echo(f"{p['ts']:22s} {p['p10']:12.1f} {p['p50']:12.1f} {p['p90']:12.1f}")
 

@@ -24,6 +24,7 @@ def build_app() -> typer.Typer:
     from forecasting import cli as forecast_cli
     from gateway import cli_agent, cli_devices, cli_users
     from gateway.certification import cli as cert_cli
+    from gateway.forecasts.current import current_or_exit
     from gateway.hub import cli as hub_cli
 
     app = typer.Typer(
@@ -37,7 +38,7 @@ def build_app() -> typer.Typer:
     cli_devices.register(app)
     cli_users.register(app)
     cert_cli.register(app)
-    forecast_cli.register(app)
+    forecast_cli.register(app, current=current_or_exit)
     hub_cli.register(app)
     return app
 

@@ -94,6 +94,36 @@ def test_demo_runs_and_stops_cleanly(tmp_path: Path) -> None:
     led = Ledger(state / "ledger.db", readonly=True)
     assert led.verify().ok and led.count() > 2 * 288 * 6  # two days of backfill plus the live readings
     led.close()
+    # #21 finding 8: the same command again over the existing folder says how to start fresh
+    args = ["demo", "--dir", str(state), "--http", f"127.0.0.1:{port}", "--backfill", "2"]
+    again = subprocess.Popen(
+        [sys.executable, "-m", "gateway", *args],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        wait(lambda: get(base + "/healthz")["status"] == "ok", 30)
+    finally:
+        again.send_signal(signal.SIGINT)
+        out, _ = again.communicate(timeout=20)
+    assert again.returncode == 0, out
+    assert "--backfill skipped" in out and f"rm -r {state}" in out and "--dir" in out, out
+    # #21 finding 8: `gia report` says the grade, and warns when a channel has no data that month (here a
+    # hall meter added to the config after the fact: the ledger holds nothing of it)
+    import yaml
+
+    cfg = yaml.safe_load((state / "gia.yaml").read_text())
+    hall = next(d for d in cfg["devices"] if d["id"] == "hall-a")
+    cfg["devices"].append({**hall, "id": "hall-c", "connection": f"tcp://127.0.0.1:{free_port()}"})
+    (state / "later.yaml").write_text(yaml.safe_dump(cfg))
+    month = time.strftime("%Y-%m", time.gmtime(time.time() - 86_400))  # the backfill's month
+    rep = subprocess.run(
+        [sys.executable, "-m", "gateway", "report", "demo", month, "--config", str(state / "later.yaml"), "-o",
+         str(tmp_path / "r.json")],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert rep.returncode == 0, rep.stderr
+    assert f"{month}: grade" in rep.stderr and "warning: no data this month for" in rep.stderr, rep.stderr
+    assert "hall-c" in rep.stderr.split("warning:")[1], rep.stderr
 
 
 def test_agent_reports_ready_to_systemd(tmp_path: Path) -> None:

@@ -43,8 +43,13 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    d = tmp_path_factory.mktemp("demo21")
+def demo_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("demo21")
+
+
+@pytest.fixture(scope="module")
+def demo(demo_dir: Path) -> Iterator[str]:
+    d = demo_dir
     port = free_port()
     log = d / "demo.log"
     proc = start_gia(
@@ -325,6 +330,47 @@ def test_a_forecast_of_one_point_gets_a_sane_time_axis(browser: Any, demo: str, 
     assert len(labels) >= 3 and len(set(labels)) == len(labels), labels  # distinct times, none repeated
     assert not page._gia_errors, page._gia_errors
     page.context.close()
+
+
+def test_forecast_show_prints_the_running_agents_forecast(demo: str, demo_dir: Path) -> None:
+    """Finding 8: `gia forecast show` printed a forecast computed from a CSV, never the one the agent
+    publishes. Without --data it asks the agent of the config (its API, as the page does)."""
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    config = demo_dir / "state" / "gia.yaml"
+    assert config.exists()
+    deadline = time.monotonic() + 90
+    while True:
+        res = subprocess.run(
+            [sys.executable, "-m", "gateway", "forecast", "show", "-t", "load", "--config", str(config), "--json"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        if res.returncode == 0:
+            break
+        assert "no load forecast" in res.stderr, res.stderr  # the first forecast is seconds away
+        assert time.monotonic() < deadline, res.stderr
+        time.sleep(1)
+    shown = json.loads(res.stdout)
+    with urllib.request.urlopen(demo + "/api/v1/forecasts/load", timeout=10) as resp:
+        served = json.load(resp)
+    assert shown["generated_at"] == served["generated_at"] and shown["points"] == served["points"]
+    text = subprocess.run(
+        [sys.executable, "-m", "gateway", "forecast", "show", "--config", str(config)], capture_output=True, text=True
+    )
+    assert text.returncode == 0 and text.stdout.startswith("load: model"), text.stdout + text.stderr
+    # an agent that is not running: said so, with what to do instead
+    dead = config.parent / "dead.yaml"  # beside it: its relative paths resolve the same
+    cfg = yaml.safe_load(config.read_text())
+    cfg["http"]["listen"] = f"127.0.0.1:{free_port()}"
+    dead.write_text(yaml.safe_dump(cfg))
+    res = subprocess.run(
+        [sys.executable, "-m", "gateway", "forecast", "show", "--config", str(dead)], capture_output=True, text=True
+    )
+    assert res.returncode == 1 and "is 'gia run' running" in res.stderr and "--data" in res.stderr, res.stderr
 
 
 def test_artifacts_dir_is_ignored() -> None:
