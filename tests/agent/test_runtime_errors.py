@@ -40,6 +40,9 @@ async def test_a_wrong_unit_id_is_named_as_the_likely_cause(tmp_path: Path, capl
     assert "unit id" in error, error  # the likely cause, not a bare timeout
     offline = [r.getMessage() for r in caplog.records if "device grid is offline" in r.getMessage()]
     assert len(offline) == 1 and "unit id" in offline[0] and address in offline[0], offline
+    # #21 finding 10: the startup line names the data directory and whether the page is on
+    started = [r.getMessage() for r in caplog.records if "running:" in r.getMessage()]
+    assert started and f"data in {tmp_path / 'data'}" in started[0] and "web page off" in started[0], started
     text = caplog.text.lower()
     assert "pymodbus" not in error.lower() and "modbus error" not in text and "traceback" not in text
 
