@@ -572,22 +572,20 @@ class ForecastService:
         # span of those hours only (past forecasts also hold hours still ahead, up to 48 h: counting them
         # let scaling start two days before a week of errors existed).
         rows: list[tuple[float, float, float, float]] = []
-        first = last = None
+        stamps: list[pd.Timestamp] = []
         for f in raw_past:
             if f.kind != "model":
                 continue
             for p in f.points:
                 ts = pd.Timestamp(p.ts)
                 actual = y.get(ts) if since <= ts < origin else None
-                if actual is None:
-                    continue
-                rows.append((p.p10, p.p50, p.p90, float(actual)))
-                first = ts if first is None or ts < first else first
-                last = ts if last is None or ts > last else last
+                if actual is not None:
+                    rows.append((p.p10, p.p50, p.p90, float(actual)))
+                    stamps.append(ts)
         scale, days = 1.0, 0.0
-        if rows and first is not None and last is not None:
+        if rows:
             arr = np.array(rows, dtype=np.float64)
-            days = (last - first).total_seconds() / 86400
+            days = (max(stamps) - min(stamps)).total_seconds() / 86400
             needed = recalibrate.needed_scales(arr[:, :3], arr[:, 3])
             scale = recalibrate.scale_from(needed, len(rows) / max(days, 1e-9))
         q = np.array([[p.p10, p.p50, p.p90] for p in fc.points], dtype=np.float64)

@@ -216,9 +216,6 @@ class _ServedUnitsOnly:
         if device_id not in self._units:
             raise NoSuchIdException(f"unit {device_id} not served")
 
-    def device_ids(self) -> list[int]:
-        return list(self._core.device_ids())
-
     async def async_getValues(self, device_id: int, *args: Any, **kw: Any) -> Any:
         self._check(device_id)
         return await self._core.async_getValues(device_id, *args, **kw)

@@ -25,14 +25,11 @@ class AgentUnreachable(GiaError):
     exit_code = 1
 
 
-def _base_url(listen: str, tls: bool) -> str:
-    host, _, port = listen.rpartition(":")
-    host = host.strip("[]")
+def _base_url(host: str, port: int, tls: bool) -> str:
+    """Where this machine reaches the agent: a wildcard listen address is reached on loopback."""
     if host in ("", "0.0.0.0", "::"):
         host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{'https' if tls else 'http'}://{host}:{port}"
+    return f"{'https' if tls else 'http'}://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def fetch_current(config: Path | None, target: str, *, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -45,7 +42,7 @@ def fetch_current(config: Path | None, target: str, *, timeout_s: float = 10.0) 
             "this config turns the agent's API off (http.enabled: false): give a history CSV with --data"
         )
     tls = http.tls_cert_file is not None
-    url = f"{_base_url(http.listen, tls)}/api/v1/forecasts/{target}"
+    url = f"{_base_url(http.host, http.port, tls)}/api/v1/forecasts/{target}"
     request = urllib.request.Request(url, headers={"Accept": "application/json"})
     if http.tokens:
         request.add_header("Authorization", f"Bearer {http.tokens[0].value()}")
