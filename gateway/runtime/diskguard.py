@@ -8,6 +8,10 @@ Order of sacrifice when free space on the data directory falls under `ledger.min
 3. if still short, instant readings not yet forwarded are pruned too (counted: those are lost downstream).
 Energy-register readings are never pruned here: they are what monthly certification stands on. When
 space is back above the watermark plus the reserve, the reserve file is re-created.
+
+`health.low` (and the health reason it gives) is set the moment relief starts and cleared only once the
+reserve is back: pruning frees pages inside the database, not on the card, so a site that ran full is
+still short of space after relief; a reason that blinked out between guard ticks hid that state.
 """
 
 from __future__ import annotations
@@ -90,6 +94,7 @@ class DiskGuard:
         Never raises: on a disk this full even pruning may fail; the next tick tries again, and the
         ledger writer keeps its register readings queued meanwhile.
         """
+        self.health.low = True  # before any await: whoever sees the relief's counters sees the state too
         try:
             await self._relieve()
         except Exception as exc:
@@ -122,11 +127,10 @@ class DiskGuard:
         while True:
             free = await asyncio.to_thread(self._free)
             self.health.free_mb = round(free / 1_048_576, 1)
-            low = free < self._min_free
-            if low:
+            if free < self._min_free:
                 await self.relieve()
-            elif self.health.low:
-                log.info("disk space recovered: %.1f MB free", self.health.free_mb)
-            self.health.low = low
             await asyncio.to_thread(self._ensure_reserve)
+            if self.health.low and free >= self._min_free and (self.health.reserve_present or self._reserve <= 0):
+                self.health.low = False
+                log.info("disk space recovered: %.1f MB free", self.health.free_mb)
             await asyncio.sleep(self._interval_s)
