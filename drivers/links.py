@@ -25,6 +25,7 @@ from typing import Final, Literal, Protocol
 from urllib.parse import parse_qs, urlsplit
 
 from drivers.base import TransientError
+from drivers.cancel import cancel_and_wait
 
 STANDARD_BAUDS: Final = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
 
@@ -140,7 +141,8 @@ class SerialLink:
 
         try:
             # Opening a tty can block (modem control lines); keep it off the loop, bounded.
-            port = await asyncio.wait_for(asyncio.to_thread(_open), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                port = await asyncio.to_thread(_open)
         except (OSError, TimeoutError, ValueError) as exc:
             raise TransientError(
                 f"cannot open serial port {s.device} ({exc}); check the device path, cable and permissions"
@@ -175,7 +177,8 @@ class SerialLink:
         if not self._buf and self._error is None:
             self._readable.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._readable.wait(), timeout=timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await self._readable.wait()
         if self._buf:
             data = bytes(self._buf)
             self._buf.clear()
@@ -223,9 +226,8 @@ class TcpLink:
     async def open(self, timeout_s: float) -> TcpLink:
         s = self.settings
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_connection(s.host, s.port), timeout=timeout_s
-            )
+            async with asyncio.timeout(timeout_s):
+                self._reader, self._writer = await asyncio.open_connection(s.host, s.port)
         except (OSError, TimeoutError) as exc:
             raise TransientError(f"cannot connect to {s.where} ({exc}); check address, port and power") from None
         return self
@@ -261,14 +263,14 @@ class TcpLink:
 
     async def close(self) -> None:
         if self._pending is not None:
-            self._pending.cancel()
-            with contextlib.suppress(asyncio.CancelledError, OSError):
-                await self._pending
+            with contextlib.suppress(OSError):
+                await cancel_and_wait(self._pending)
             self._pending = None
         if self._writer is not None:
             self._writer.close()
             with contextlib.suppress(OSError, ConnectionError):
-                await asyncio.wait_for(self._writer.wait_closed(), timeout=1.0)
+                async with asyncio.timeout(1.0):
+                    await self._writer.wait_closed()
             self._writer = None
 
 

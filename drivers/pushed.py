@@ -31,6 +31,7 @@ from types import TracebackType
 from typing import Any, Protocol, Self
 
 from drivers.base import TransientError, WarmingUp
+from drivers.cancel import cancel_and_wait, raise_if_cancelling
 from drivers.links import Link, LinkSettings, open_link
 from drivers.model import Sample, Value, checked_sample
 
@@ -210,7 +211,8 @@ class PushedMeter:
     async def wait_for_telegram(self, timeout_s: float) -> bool:
         """Wait until a good telegram has arrived (for one-shot reads such as `gia read`)."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._got_one.wait(), timeout=timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await self._got_one.wait()
         return self._got_one.is_set()
 
     async def __aenter__(self) -> Self:
@@ -225,9 +227,7 @@ class PushedMeter:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._link is not None:
             await self._link.close()
@@ -237,6 +237,7 @@ class PushedMeter:
         framer = self._framer_factory()
         try:
             while True:
+                raise_if_cancelling()  # a library's wait_for may swallow __aexit__'s cancel (drivers/cancel.py)
                 data = await link.read(self._idle_s)
                 if data:
                     for item in framer.feed(data):

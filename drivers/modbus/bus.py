@@ -170,7 +170,8 @@ class ModbusBus:
             )
         client = self._make_client()
         try:
-            ok = await asyncio.wait_for(client.connect(), timeout=self.timeout_s + 1)
+            async with asyncio.timeout(self.timeout_s + 1):
+                ok = await client.connect()
         except (TimeoutError, OSError, ModbusException) as exc:
             ok = False
             log.debug("connect %s failed: %s", self.key, exc)

@@ -28,7 +28,7 @@ import aiomqtt
 
 from drivers.backoff import Backoff
 from drivers.base import PermanentError, SharedConnection, TransientError
-from drivers.cancel import raise_if_cancelling
+from drivers.cancel import cancel_and_wait, raise_if_cancelling
 from drivers.config import MqttDeviceConfig
 from drivers.model import MAX_SAFE_INT, QUANTITIES, Quality, QuantityKind, Sample, checked_sample
 from drivers.mqtt.payload import PROFILES, FieldSpec, field_value, parse_json, topic_for
@@ -82,16 +82,15 @@ class MqttHub:
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name=f"mqtt-hub {self.broker.url}")
         with contextlib.suppress(TimeoutError):  # readiness, bounded: devices report their own state
-            await asyncio.wait_for(self._connected.wait(), timeout=self.broker.timeout_s)
+            async with asyncio.timeout(self.broker.timeout_s):
+                await self._connected.wait()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     @property

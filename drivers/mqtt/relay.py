@@ -33,7 +33,7 @@ import aiomqtt
 
 from drivers.backoff import Backoff
 from drivers.base import TransientError
-from drivers.cancel import raise_if_cancelling
+from drivers.cancel import cancel_and_wait, raise_if_cancelling
 from drivers.mqtt.driver import Broker, MqttHub
 
 log = logging.getLogger(__name__)
@@ -61,16 +61,15 @@ class RelayHub:
         self._topics.add(f"{self.client_id}/rpc")
         self._task = asyncio.create_task(self._run(), name=f"mqtt-relays {self.broker.url}")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._connected.wait(), timeout=self.broker.timeout_s)
+            async with asyncio.timeout(self.broker.timeout_s):
+                await self._connected.wait()
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     async def _run(self) -> None:
         backoff = Backoff(initial_s=0.5, max_s=30.0)

@@ -416,7 +416,8 @@ class CentralSystem:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), timeout=5)
+                async with asyncio.timeout(5):
+                    await self._server.wait_closed()
             self._server = None
 
     def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:

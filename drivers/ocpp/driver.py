@@ -146,7 +146,8 @@ class OcppDriver(SharedConnection):
             if str(getattr(result, "status", "")) != "Accepted":
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(con.updated.wait(), timeout=max(0.5, self.poll_interval_s / 2))
+                async with asyncio.timeout(max(0.5, self.poll_interval_s / 2)):
+                    await con.updated.wait()
 
     async def read(self, ts: datetime) -> Sequence[Sample]:
         self._connection()

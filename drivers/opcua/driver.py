@@ -39,6 +39,7 @@ from asyncua.ua.status_codes import StatusCodes
 from asyncua.ua.uaerrors import UaError, UaStringParsingError
 
 from drivers.base import PermanentError, TransientError
+from drivers.cancel import cancel_and_wait
 from drivers.maps import MapError
 from drivers.model import QUANTITIES, Quality, Sample
 from drivers.opcua.config import OpcuaDeviceConfig, resolve
@@ -192,9 +193,7 @@ class OpcuaDriver:
             return
         task, self._verify_task = self._verify_task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         session.detach(self)
         sub, self._subscription = self._subscription, None
         if sub is not None and session.connected:

@@ -36,7 +36,7 @@ from asyncua.ua.status_codes import StatusCodes
 
 from drivers.backoff import Backoff
 from drivers.base import PermanentError, TransientError
-from drivers.cancel import raise_if_cancelling
+from drivers.cancel import cancel_and_wait, raise_if_cancelling
 
 log = logging.getLogger(__name__)
 
@@ -295,9 +295,7 @@ class OpcuaSession:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
 
     @property
     def connected(self) -> bool:

@@ -18,7 +18,6 @@ for).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import warnings
@@ -40,6 +39,7 @@ from asyncua.ua.status_codes import StatusCodes
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from drivers.cancel import cancel_and_wait
 from drivers.model import QUANTITIES, QuantityKind
 from drivers.opcua.nodemap import NodeMap, NodeSpec, SimType, is_node_id, split_path
 from drivers.opcua.session import application_uri_of, key_material, ns0
@@ -373,9 +373,7 @@ class OpcuaSimServer:
     async def stop(self) -> None:
         task, self._task = self._task, None
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         server, self._server = self._server, None
         if server is not None:
             await server.stop()

@@ -13,13 +13,14 @@ corrupts. Used by the tests and `gia sim`-style demos; never by the agent.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import termios
 import tty
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
+
+from drivers.cancel import cancel_and_wait
 
 PushFault = Literal["crc", "truncate"]
 
@@ -109,9 +110,7 @@ class PushSim:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         if self._fd >= 0:
             os.close(self._fd)

@@ -7,13 +7,14 @@ cmnd/<topic>/POWER, PulseTime, answers on stat/<topic>/POWER). `speed` shortens 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
 
 import aiomqtt
+
+from drivers.cancel import cancel_and_wait
 
 
 @dataclass
@@ -33,7 +34,8 @@ class _SimRelay:
 
     async def __aenter__(self) -> Self:
         self._task = asyncio.create_task(self._run(), name=f"sim relay {self.topic}")
-        await asyncio.wait_for(self._ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await self._ready.wait()
         return self
 
     async def __aexit__(
@@ -42,9 +44,7 @@ class _SimRelay:
         if self._timer is not None:
             self._timer.cancel()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
 
     def subscriptions(self) -> list[str]:
         raise NotImplementedError

@@ -12,7 +12,6 @@ Used by the tests (tests/drivers/test_rtu.py) and bench/modbus_rtu.py; not by th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import re
 import shutil
@@ -22,6 +21,8 @@ import time
 import tty
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from drivers.cancel import cancel_and_wait
 
 BITS_PER_BYTE = 11
 
@@ -135,10 +136,7 @@ class Pacer:
 
     async def stop(self) -> None:
         for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
         for fd in self._fds:
             os.close(fd)
         self._fds, self._tasks = [], []

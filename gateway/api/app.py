@@ -213,7 +213,8 @@ def create_app(services: ApiServices) -> FastAPI:
                 # shutdown is not left to cancel it with a traceback (a browser tab open at Ctrl-C).
                 while not services.stopping() and not await request.is_disconnected():
                     try:
-                        event = await asyncio.wait_for(sub.get(), 1.0)
+                        async with asyncio.timeout(1.0):
+                            event = await sub.get()
                     except TimeoutError:
                         idle += 1.0
                         if idle >= 15.0:

@@ -197,7 +197,8 @@ class LedgerWriter:
                 wait = self._commit_interval_s - (time.monotonic() - since if since is not None else 0.0)
                 if self._pending_count < self._max_batch and wait > 0:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._batch_full.wait(), wait)
+                        async with asyncio.timeout(wait):
+                            await self._batch_full.wait()
                 await self._commit(*self._take())
         except asyncio.CancelledError:
             await asyncio.shield(self.flush())
@@ -256,7 +257,8 @@ class LedgerWriter:
         async with self._committed:
             if self.head_seq <= seq:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._committed.wait_for(lambda: self.head_seq > seq), max_wait_s)
+                    async with asyncio.timeout(max_wait_s):
+                        await self._committed.wait_for(lambda: self.head_seq > seq)
             return self.head_seq
 
     def close(self) -> None:

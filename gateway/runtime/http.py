@@ -253,7 +253,8 @@ class HttpServer:
         except asyncio.CancelledError:
             self._server.should_exit = True
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await asyncio.wait_for(task, 3.0)
+                async with asyncio.timeout(3.0):
+                    await task
             raise
         if not stopping():
             raise RuntimeError(f"HTTP server on {self.cfg.listen} stopped (is the port in use?)")
