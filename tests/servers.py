@@ -851,7 +851,7 @@ class PostgresServer(ServerProcess):
             connect_timeout=2,
             autocommit=True,
         ) as conn:
-            cur = conn.execute(sql)  # type: ignore[arg-type]
+            cur = conn.execute(sql)  # type: ignore[arg-type,unused-ignore]  # psycopg < 3.3 types execute() narrower
             return list(cur.fetchall()) if cur.description else []
 
     def create_database(self, name: str) -> PostgresDatabase:
