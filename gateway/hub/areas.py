@@ -223,9 +223,6 @@ class AreaReports:
                 out.pop(r.site, None)
         return out
 
-    def _trusted(self, conn: Connection, site: str) -> tuple[TrustedKey, ...]:
-        return tuple(TrustedKey(k.key_id, k.public_key(), site) for k in self.store.pinned_keys(conn, site))
-
     def status(self, area: str, month: str) -> dict[str, Any]:
         """For the portal and `gia hub area-report`: who is in, who is awaited, the deadline."""
         with self.store.engine.connect() as conn:
@@ -295,7 +292,11 @@ class AreaReports:
         elif not complete and not force and now < self._deadline_ms(a, month):
             return None
         deadline = iso_ms(self._deadline_ms(a, month))
-        inputs = [SiteInput(s, raw, None, self._trusted(conn, s)) for s, (_sha, raw, _i) in sorted(have.items())]
+        keys = self.store.area_pinned_keys(conn, area)  # one query, not one per site
+        inputs = [
+            SiteInput(s, raw, None, tuple(TrustedKey(k.key_id, k.public_key(), s) for k in keys.get(s, ())))
+            for s, (_sha, raw, _i) in sorted(have.items())
+        ]
         head = self._head(conn)
         crit = next((c for c in a.definition.criteria if c.name == "renewable_share"), None)
         body = aggregate(

@@ -36,7 +36,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, insert, or_, select
 
 from gateway.certification.area import channel_key
 from gateway.certification.periods import shift_month
@@ -108,17 +108,25 @@ class Ingestor:
             return self._quarantine(
                 conn, claimed, month, sha, data, via, "site_mismatch", f"sent as site {claimed!r}, report is {site!r}"
             )
-        row = conn.execute(
-            select(db.reports.c.status, db.reports.c.reasons, db.reports.c.log_index).where(
-                db.reports.c.site == site, db.reports.c.month == month, db.reports.c.sha256 == sha
+        # One read for both: this very report (a replay) and the one that counts now for the month.
+        rows = conn.execute(
+            select(db.reports.c.sha256, db.reports.c.status, db.reports.c.reasons, db.reports.c.log_index)
+            .where(
+                db.reports.c.site == site,
+                db.reports.c.month == month,
+                or_(db.reports.c.sha256 == sha, db.reports.c.status == "accepted"),
             )
-        ).first()
+            .order_by(db.reports.c.log_index)
+        ).all()
+        row = next((r for r in rows if r.sha256 == sha), None)
+        accepted = [r for r in rows if r.status == "accepted"]
+        current: str | None = accepted[-1].sha256 if accepted else None  # NULL log indexes are never accepted
         if row is not None:  # a replay: the decision stands, nothing changes (it is counted, to be seen)
             s.record_incident(conn, site=site, month=month, kind="replay", sha256=sha, detail=f"again via {via}")
             receipt = s.stored_receipt(conn, site, month, sha)
             was: Status = "accepted" if row.status == "accepted" else "rejected"
             return Outcome(was, site, month, sha, json.loads(row.reasons), row.log_index, receipt, replay=True)
-        site_row = s.site_row(conn, site)
+        site_row = s.site_row(conn, site, with_policy=True)
         if site_row is None:
             return self._quarantine(conn, site, month, sha, data, via, "unknown_site", f"site {site!r} is not enrolled")
         if site_row.status != "enrolled":
@@ -132,31 +140,31 @@ class Ingestor:
             data,
             pinned=pinned,
             previous=self._previous(conn, site, month, ident.previous_sha256),
-            policy=s.area_policy(conn, site_row.area),
+            policy=s.policy_of(site_row.policy),
             transitions=s.known_transitions(conn, site),
             ident=ident,
         )
         if not verdict.signature_ok:
             return self._quarantine(conn, site, month, sha, data, via, "bad_signature", "; ".join(verdict.reasons))
-        channels = self._channel_keys(site, data)
+        channels = self._channel_keys(site, ident.doc)
+        owners = s.channel_owners(conn, channels)
         if verdict.ok:
-            verdict.reasons += s.channel_conflicts(conn, site, channels)
+            verdict.reasons += s.channel_conflicts(owners, site, channels)
             verdict.ok = not verdict.reasons
         reasons = verdict.reasons[:MAX_REASONS]
         status: Status = "accepted" if verdict.ok else "rejected"
         db_status: str = status
-        current = self._authoritative(conn, site, month)
-        if verdict.ok and current is not None and reissue_of != current[0]:
+        if verdict.ok and current is not None and reissue_of != current:
             status, db_status = "rejected", "conflict"
             reasons = [
-                f"conflict: a different report for {month} is stored (sha256 {current[0]}); a replacement must be"
+                f"conflict: a different report for {month} is stored (sha256 {current}); a replacement must be"
                 " a reissue naming it in reissue_of"
             ]
         log_index = tree_size = None
         if status == "accepted":
             log_index, head = s.append_leaf(conn, "site_report", log.site_report_leaf(site, month, sha))
             tree_size = int(head["tree_size"])
-            s.claim_channels(conn, site, month, sha, channels)
+            s.claim_channels(conn, site, month, sha, channels, owners)
         conn.execute(
             insert(db.reports).values(
                 site=site,
@@ -179,7 +187,7 @@ class Ingestor:
                 insert(db.conflicts).values(
                     site=site,
                     month=month,
-                    stored_sha256=current[0],
+                    stored_sha256=current,
                     other_sha256=sha,
                     detected_ms=s.now_ms(),
                     detail=reasons[0],
@@ -200,9 +208,8 @@ class Ingestor:
         return Outcome(status, site, month, sha, reasons, log_index, receipt)
 
     @staticmethod
-    def _channel_keys(site: str, data: bytes) -> list[tuple[str, str]]:
-        """(meter key, channel id) of every serialised channel of a verified report."""
-        doc = json.loads(data)
+    def _channel_keys(site: str, doc: dict[str, Any]) -> list[tuple[str, str]]:
+        """(meter key, channel id) of every serialised channel of a verified report (its parsed `doc`)."""
         out = []
         for ch in doc.get("channels", []):
             key = channel_key(site, ch)

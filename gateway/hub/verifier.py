@@ -86,6 +86,8 @@ class Identity:
     reissue_of: str | None
     sha256: str
     events_head_id: int | None = None
+    #: the parsed report (kept so ingestion does not parse 30 KiB again for its channels or key checks)
+    doc: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -148,6 +150,7 @@ def identify(data: bytes) -> Identity:
         reissue_of=reissue if isinstance(reissue, str) else None,
         sha256=hashlib.sha256(data).hexdigest(),
         events_head_id=head if isinstance(head, int) and not isinstance(head, bool) else None,
+        doc=doc,
     )
 
 
@@ -164,7 +167,7 @@ def _key_in_force(ident: Identity, data: bytes, known: Sequence[KnownTransition]
     before = [t for t in known if t.event_id <= ident.events_head_id]
     if not before:
         return
-    report = json.loads(data)
+    report = ident.doc or json.loads(data)
     last = max(before, key=lambda t: t.event_id)
     if ident.key_id != last.new_key_id:
         verdict.reasons.append(
