@@ -4,12 +4,17 @@ quarantined, conflicting, reissued; the log and its proofs follow."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import text
 
 from gateway.certification.signing import public_pem
 from gateway.hub import log
+from gateway.hub.config import DatabaseConfig
 from gateway.hub.ingest import Ingestor
 from gateway.hub.store import HubStore
-from tests.hub.conftest import SignedSite
+from tests.hub.conftest import SignedSite, hub_config
 
 
 def ingest(store: HubStore) -> Ingestor:
@@ -218,3 +223,22 @@ def test_two_hubs_sharing_one_database_append_one_at_a_time(
             assert log.check_report_inclusion(p, proof, head, store.keys.public_key()) == []
     finally:
         other.close()
+
+
+def test_stored_reports_are_compressed_with_lz4_on_postgresql(
+    tmp_path: Path, postgres_db: Any, mill: SignedSite
+) -> None:
+    """The hub asks PostgreSQL for lz4 (cheaper than pglz per stored report, bench/hub_reports.py); the
+    report's bytes come back unchanged."""
+    store = HubStore.open(
+        hub_config(tmp_path, DatabaseConfig(url=postgres_db.url, password_file=postgres_db.password_file))
+    )
+    try:
+        store.enroll("mill", "zemgale", mill.public_pem)
+        raw = mill.reports["2025-02"]
+        assert ingest(store).submit_report("mill", raw, via="mqtt").status == "accepted"
+        with store.engine.connect() as conn:
+            kind, back = conn.execute(text("SELECT pg_column_compression(raw), raw FROM reports")).one()
+    finally:
+        store.close()
+    assert kind == "lz4" and bytes(back) == raw
