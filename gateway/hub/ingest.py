@@ -33,15 +33,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-from sqlalchemy import Connection, insert, or_, select
+from sqlalchemy import Connection, bindparam, insert, or_, select
 
 from gateway.certification.area import channel_key
 from gateway.certification.periods import shift_month
 from gateway.hub import db, log
-from gateway.hub.store import HubStore
+from gateway.hub.store import CHANNEL_OWNER_Q, PINNED_KEYS_Q, SITE_WITH_POLICY_Q, TRANSITIONS_Q, HubStore
 from gateway.hub.verifier import Identity, Malformed, follow_transitions, identify, verify_site_report
 
 logger = logging.getLogger(__name__)
@@ -76,10 +77,28 @@ class Outcome:
         }
 
 
+_r = db.reports.c
+#: a site-month's accepted reports and the one of SHA-256 `sha` whatever its status, oldest log entry
+#: first (a replay is the row of `sha`; what counts is the last accepted one)
+MONTH_REPORTS_Q: Final = (
+    select(_r.sha256, _r.status, _r.reasons, _r.log_index)
+    .where(_r.site == bindparam("site"), _r.month == bindparam("month"))
+    .where(or_(_r.sha256 == bindparam("sha"), _r.status == "accepted"))
+    .order_by(_r.log_index)
+)
+#: the previous month's accepted reports with their bytes (the chain is checked against one of them)
+PREVIOUS_REPORTS_Q: Final = (
+    select(_r.sha256, _r.status, _r.log_index, _r.raw)
+    .where(_r.site == bindparam("site"), _r.month == bindparam("month"), _r.status == "accepted")
+    .order_by(_r.log_index)
+)
+
+
 class Ingestor:
     def __init__(self, store: HubStore, *, max_bytes: int) -> None:
         self.store = store
         self.max_bytes = max_bytes
+        self._reads = db.BatchedReads()
 
     # -- reports --------------------------------------------------------------------------------------
     def submit_report(self, claimed_site: str, data: bytes, *, via: Via) -> Outcome:
@@ -108,30 +127,35 @@ class Ingestor:
             return self._quarantine(
                 conn, claimed, month, sha, data, via, "site_mismatch", f"sent as site {claimed!r}, report is {site!r}"
             )
-        # One read for both: this very report (a replay) and the one that counts now for the month.
-        rows = conn.execute(
-            select(db.reports.c.sha256, db.reports.c.status, db.reports.c.reasons, db.reports.c.log_index)
-            .where(
-                db.reports.c.site == site,
-                db.reports.c.month == month,
-                or_(db.reports.c.sha256 == sha, db.reports.c.status == "accepted"),
-            )
-            .order_by(db.reports.c.log_index)
-        ).all()
-        row = next((r for r in rows if r.sha256 == sha), None)
-        accepted = [r for r in rows if r.status == "accepted"]
-        current: str | None = accepted[-1].sha256 if accepted else None  # NULL log indexes are never accepted
+        # Everything the decision reads, in one round trip where the database allows (db.BatchedReads):
+        # this very report (a replay) and the month's accepted ones, the site with its area's policy, its
+        # pinned keys, the previous month's reports, its key transitions, its channels' owners.
+        channels = self._channel_keys(site, ident.doc)
+        prev = {"site": site, "month": shift_month(month, -1)}
+        month_rows, site_rows, key_rows, prev_rows, transition_rows, *owner_rows = self._reads.run(
+            conn,
+            [
+                (MONTH_REPORTS_Q, {"site": site, "month": month, "sha": sha}),
+                (SITE_WITH_POLICY_Q, {"site": site}),
+                (PINNED_KEYS_Q, {"site": site}),
+                (PREVIOUS_REPORTS_Q, prev),
+                (TRANSITIONS_Q, {"site": site}),
+                *((CHANNEL_OWNER_Q, {"key": k}) for k, _ in channels),
+            ],
+        )
+        row = next((r for r in month_rows if r.sha256 == sha), None)
+        current = self._counting(month_rows)
         if row is not None:  # a replay: the decision stands, nothing changes (it is counted, to be seen)
             s.record_incident(conn, site=site, month=month, kind="replay", sha256=sha, detail=f"again via {via}")
             receipt = s.stored_receipt(conn, site, month, sha)
             was: Status = "accepted" if row.status == "accepted" else "rejected"
             return Outcome(was, site, month, sha, json.loads(row.reasons), row.log_index, receipt, replay=True)
-        site_row = s.site_row(conn, site, with_policy=True)
+        site_row = site_rows[0] if site_rows else None
         if site_row is None:
             return self._quarantine(conn, site, month, sha, data, via, "unknown_site", f"site {site!r} is not enrolled")
         if site_row.status != "enrolled":
             return self._quarantine(conn, site, month, sha, data, via, "revoked_site", f"site {site!r} is revoked")
-        pinned = s.pinned_keys(conn, site)
+        pinned = s.pinned_from(key_rows)
         if not any(k.key_id == key_id for k in pinned):
             return self._quarantine(
                 conn, site, month, sha, data, via, "unpinned_key", f"signed by key {key_id}, not pinned for {site!r}"
@@ -139,15 +163,14 @@ class Ingestor:
         verdict = verify_site_report(
             data,
             pinned=pinned,
-            previous=self._previous(conn, site, month, ident.previous_sha256),
+            previous=self._previous(prev_rows, ident.previous_sha256),
             policy=s.policy_of(site_row.policy),
-            transitions=s.known_transitions(conn, site),
+            transitions=s.transitions_from(transition_rows),
             ident=ident,
         )
         if not verdict.signature_ok:
             return self._quarantine(conn, site, month, sha, data, via, "bad_signature", "; ".join(verdict.reasons))
-        channels = self._channel_keys(site, ident.doc)
-        owners = s.channel_owners(conn, channels)
+        owners = {r.channel_key: r for rows in owner_rows for r in rows}
         if verdict.ok:
             verdict.reasons += s.channel_conflicts(owners, site, channels)
             verdict.ok = not verdict.reasons
@@ -217,33 +240,22 @@ class Ingestor:
                 out.append((key[:255], str(ch.get("id"))[:255]))
         return out
 
-    def _previous(self, conn: Connection, site: str, month: str, named: str | None) -> bytes | None:
+    @staticmethod
+    def _counting(rows: Sequence[Any]) -> str | None:
+        """The SHA-256 of the report that counts for a site-month: the last accepted one (accepted reports
+        always have a log index, so the order by it is total among them)."""
+        accepted = [r for r in rows if r.status == "accepted"]
+        return str(accepted[-1].sha256) if accepted else None
+
+    @staticmethod
+    def _previous(rows: Sequence[Any], named: str | None) -> bytes | None:
         """The report of the previous month to check the chain against: the accepted version `named` (a
         report built before M-1 was reissued names the version it followed), else the one counting now."""
-        prev = shift_month(month, -1)
-        if named is not None:
-            row = conn.execute(
-                select(db.reports.c.raw).where(
-                    db.reports.c.site == site,
-                    db.reports.c.month == prev,
-                    db.reports.c.sha256 == named,
-                    db.reports.c.status == "accepted",
-                )
-            ).first()
-            if row is not None:
-                return bytes(row.raw)
-        found = self._authoritative(conn, site, prev)
-        return found[1] if found is not None else None
-
-    def _authoritative(self, conn: Connection, site: str, month: str) -> tuple[str, bytes] | None:
-        """(sha256, bytes) of the report that counts for a site-month: the last accepted one."""
-        row = conn.execute(
-            select(db.reports.c.sha256, db.reports.c.raw)
-            .where(db.reports.c.site == site, db.reports.c.month == month, db.reports.c.status == "accepted")
-            .order_by(db.reports.c.log_index.desc())
-            .limit(1)
-        ).first()
-        return (row.sha256, bytes(row.raw)) if row is not None else None
+        accepted = [r for r in rows if r.status == "accepted"]
+        chosen = next((r for r in accepted if named is not None and r.sha256 == named), None)
+        if chosen is None and accepted:
+            chosen = accepted[-1]
+        return bytes(chosen.raw) if chosen is not None else None
 
     def _quarantine(
         self,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, func, insert, select, update
 
 from gateway.certification.exact import iso_ms
 from gateway.certification.policy import Policy, policy_from_mapping
@@ -51,6 +51,30 @@ class HubKeyStore(KeyStore):
     @property
     def path(self) -> Path:
         return self._dir / HUB_KEY_FILE
+
+
+# Reads with named parameters (`db.BatchedReads` runs several in one round trip; the store's own methods
+# use the same statements, so each read is written once).
+#: a site's row with its area's policy JSON as `policy` (None for an unknown area)
+SITE_WITH_POLICY_Q: Final = (
+    select(db.sites, db.areas.c.policy)
+    .outerjoin(db.areas, db.areas.c.id == db.sites.c.area)
+    .where(db.sites.c.id == bindparam("site"))
+)
+#: a site's pinned key chain, enrolled key first
+PINNED_KEYS_Q: Final = (
+    select(db.site_keys.c.key_id, db.site_keys.c.public_pem)
+    .where(db.site_keys.c.site == bindparam("site"))
+    .order_by(db.site_keys.c.position)
+)
+#: the key transitions the hub followed for a site
+TRANSITIONS_Q: Final = (
+    select(db.key_transitions.c.event_id, db.key_transitions.c.new_key_id, db.key_transitions.c.old_key_id)
+    .where(db.key_transitions.c.site == bindparam("site"))
+    .order_by(db.key_transitions.c.event_id)
+)
+#: the owner of one channel key (no row: nobody owns it yet)
+CHANNEL_OWNER_Q: Final = select(db.channel_owners).where(db.channel_owners.c.channel_key == bindparam("key"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,23 +239,14 @@ class HubStore:
                 .values(status="revoked", revoked_ms=self.now_ms(), revoke_reason=reason, token_sha256=None)
             )
 
-    def site_row(self, conn: Connection, site: str, *, with_policy: bool = False) -> Any:
-        """The site's row; `with_policy`: with its area's policy JSON as `policy` (None for an unknown
-        area), read in the same statement (ingestion needs both for every report)."""
-        if not with_policy:
-            return conn.execute(select(db.sites).where(db.sites.c.id == site)).first()
-        return conn.execute(
-            select(db.sites, db.areas.c.policy)
-            .outerjoin(db.areas, db.areas.c.id == db.sites.c.area)
-            .where(db.sites.c.id == site)
-        ).first()
+    def site_row(self, conn: Connection, site: str) -> Any:
+        return conn.execute(select(db.sites).where(db.sites.c.id == site)).first()
 
     def pinned_keys(self, conn: Connection, site: str) -> list[PinnedKey]:
-        rows = conn.execute(
-            select(db.site_keys.c.key_id, db.site_keys.c.public_pem)
-            .where(db.site_keys.c.site == site)
-            .order_by(db.site_keys.c.position)
-        )
+        return self.pinned_from(conn.execute(PINNED_KEYS_Q, {"site": site}).all())
+
+    @staticmethod
+    def pinned_from(rows: Sequence[Any]) -> list[PinnedKey]:
         return [PinnedKey(r.key_id, r.public_pem.encode()) for r in rows]
 
     def area_pinned_keys(self, conn: Connection, area: str) -> dict[str, list[PinnedKey]]:
@@ -249,11 +264,10 @@ class HubStore:
         return out
 
     def known_transitions(self, conn: Connection, site: str) -> list[KnownTransition]:
-        rows = conn.execute(
-            select(db.key_transitions.c.event_id, db.key_transitions.c.new_key_id, db.key_transitions.c.old_key_id)
-            .where(db.key_transitions.c.site == site)
-            .order_by(db.key_transitions.c.event_id)
-        )
+        return self.transitions_from(conn.execute(TRANSITIONS_Q, {"site": site}).all())
+
+    @staticmethod
+    def transitions_from(rows: Sequence[Any]) -> list[KnownTransition]:
         return [KnownTransition(int(r.event_id), r.new_key_id, r.old_key_id) for r in rows]
 
     def transition_digests(self, conn: Connection, site: str) -> dict[int, str]:
@@ -354,16 +368,6 @@ class HubStore:
                 self.record_transition(conn, site, t, pem, detail)
 
     # -- channels, incidents ----------------------------------------------------------------------------
-    def channel_owners(self, conn: Connection, keys: Sequence[tuple[str, str]]) -> dict[str, Any]:
-        """The owner rows of these channel keys that have one (read once per report, under the write lock:
-        the conflicts and the claim both work from it)."""
-        if not keys:
-            return {}
-        rows = conn.execute(
-            select(db.channel_owners).where(db.channel_owners.c.channel_key.in_([k for k, _ in keys]))
-        ).all()
-        return {r.channel_key: r for r in rows}
-
     @staticmethod
     def channel_conflicts(owners: dict[str, Any], site: str, keys: Sequence[tuple[str, str]]) -> list[str]:
         """Reasons for every (channel key, channel id) another site already owns."""
