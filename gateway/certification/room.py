@@ -9,12 +9,13 @@ import logging
 from collections.abc import Sequence
 from zoneinfo import ZoneInfo
 
-from drivers.model import to_ms
+from drivers.model import from_ms, to_ms
 from gateway.certification.config import CertificationConfig
 from gateway.certification.periods import shift_month
 from gateway.certification.service import ReportService
 from gateway.certification.sitekeys import ensure_site_key
 from gateway.rooms import Part, Room, Services
+from gateway.runtime.clockguard import RELEASE_FLOOR
 from gateway.sinks.mqtt.topics import Topics
 from gateway.site.resolve import Site
 
@@ -43,7 +44,7 @@ async def _publish_reports(site: Site, services: Services, reports: ReportServic
                 transitions = now_transitions
         except Exception as exc:
             log.warning("key transitions not published: %s", exc)
-        now = clock.now().astimezone(ZoneInfo(site.timezone))
+        now = from_ms(reports.now_ms()).astimezone(ZoneInfo(site.timezone))
         this_month = f"{now.year:04d}-{now.month:02d}"
         last = shift_month(this_month, -1)
         for month in (shift_month(this_month, -2), last):
@@ -60,7 +61,7 @@ async def _publish_reports(site: Site, services: Services, reports: ReportServic
                 published[month] = sha
                 log.info("published signed report %s (%s)", month, sha[:16])
         nxt = reports.settles_at_ms(last) if last not in published else reports.settles_at_ms(this_month)
-        wait_s = min(3600.0, max(60.0, (nxt - to_ms(clock.now())) / 1000))
+        wait_s = min(3600.0, max(60.0, (nxt - reports.now_ms()) / 1000))
         await asyncio.sleep(wait_s / getattr(clock, "speed", 1.0))
 
 
@@ -68,8 +69,15 @@ async def parts(site: Site, services: Services) -> Sequence[Part]:
     s = services.settings
     # A site that has started never gets a new signing key silently (`gia keys rotate --reason`).
     await asyncio.to_thread(ensure_site_key, s.data_dir / "keys", s.ledger_path, site=site.id)
-    clock = services.clock
-    reports = ReportService(services.settings, site, now_ms=lambda: to_ms(clock.now()))
+    guard = services.guard
+
+    def trusted_ms() -> int:
+        # Months close on trusted time only (ClockGuard.trusted_now): never on a clock that jumped ahead.
+        # With no trusted time yet (a clock in 1970), the release floor: no month after it can close.
+        now = guard.trusted_now()
+        return to_ms(now if now is not None else RELEASE_FLOOR)
+
+    reports = ReportService(services.settings, site, now_ms=trusted_ms)
     services.providers.reports = reports
     if services.settings.mqtt is None:
         return []

@@ -216,6 +216,10 @@ class ReportService:
         period = month_period(month, self.settings.site.timezone)
         return period.end_ms + self.settings.certification.settlement_delay_h * 3_600_000
 
+    def now_ms(self) -> int:
+        """The time this service decides by (in the agent: the clock guard's trusted time)."""
+        return self._now_ms()
+
     def closed_report_json(self, site: str, month: str) -> bytes | None:
         """The month's authoritative report if it is closed (closing it now if it has settled), else None.
         What the agent publishes: never a provisional figure for an ended month."""

@@ -45,8 +45,13 @@ async def parts(site: Site, services: Services) -> Sequence[Part]:
 
 
 def _recent_months(services: Services, site: Site) -> list[str]:
-    """The two months before the current one in the site's time zone (the ones that may close now)."""
-    now = services.clock.now().astimezone(ZoneInfo(site.timezone))
+    """The two months before the current one in the site's time zone (the ones that may close now), by
+    the clock guard's trusted time: a clock far ahead names no month that is not over (none while no time
+    can be trusted yet)."""
+    trusted = services.guard.trusted_now()
+    if trusted is None:
+        return []
+    now = trusted.astimezone(ZoneInfo(site.timezone))
     this = f"{now.year:04d}-{now.month:02d}"
     return [shift_month(this, -2), shift_month(this, -1)]
 

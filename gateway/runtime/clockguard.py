@@ -125,6 +125,24 @@ class ClockGuard:
             return None
         return datetime.fromtimestamp(mono + self._anchor, UTC)
 
+    def trusted_now(self) -> datetime | None:
+        """The time the gateway trusts now, for decisions that must not follow a bad clock (closing a
+        month, publishing its signed report): the wall clock while it is trusted; anchor time (monotonic
+        time plus the last trusted offset) while it is quarantined, far ahead of anchor time, or behind
+        the floor; None while there is no trusted time at all (a Pi booted in 1970, before NTP).
+
+        Why: the certification room asked the wall clock. A clock 3 years ahead for 5 s (one bad NTP
+        answer) closed, signed and published the current month from a partial ledger, and every month
+        up to 2029 after it (bench/soak.py --attack)."""
+        mono = self.mono()
+        trusted = self._anchor_time(mono)
+        if trusted is None:
+            return None
+        wall = self.wall()
+        if self._quarantine_since is not None or not self._plausible() or self._ahead(wall, mono):
+            return trusted
+        return wall
+
     def _ahead(self, ts: datetime, mono: float) -> bool:
         """Whether `ts` is further ahead of trusted time than a step the guard accepts at once."""
         trusted = self._anchor_time(mono)

@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import time
+import urllib.request
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -46,7 +50,9 @@ def _set_offset(stamp: Path, offset: str) -> None:
     os.replace(tmp, stamp)
 
 
-def _faked_agent(tmp_path: Path, meters: Meters, stamp: Path, **extra: Any) -> AgentProcess:
+def _faked_agent(
+    tmp_path: Path, meters: Meters, stamp: Path, http: dict[str, Any] | None = None, **extra: Any
+) -> AgentProcess:
     env = agent_env(
         LD_PRELOAD=str(_faketime()),
         FAKETIME_TIMESTAMP_FILE=str(stamp),
@@ -55,7 +61,7 @@ def _faked_agent(tmp_path: Path, meters: Meters, stamp: Path, **extra: Any) -> A
         FAKETIME_DONT_RESET="1",
     )
     config, port = write_config(
-        tmp_path, site="clockfwd", devices=meters.device_configs(poll_s=0.5, timeout_s=0.4), extra=extra
+        tmp_path, site="clockfwd", devices=meters.device_configs(poll_s=0.5, timeout_s=0.4), http=http, extra=extra
     )
     return AgentProcess(config, port, env=env)
 
@@ -184,3 +190,47 @@ async def test_readings_held_at_shutdown_are_committed_estimated(tmp_path: Path)
         await meters.stop()
     estimated = [e for e in ledger_entries(agent.ledger_path) if e.quality is Quality.ESTIMATED]
     assert len(estimated) >= held, (len(estimated), held)
+
+
+CERT_TOKEN = "clock-test-certifier-token-0123456789abcdef"
+
+
+def _report(base: str, month: str) -> dict[str, Any]:
+    req = urllib.request.Request(
+        f"{base}/api/v1/sites/clockfwd/reports/{month}", headers={"Authorization": f"Bearer {CERT_TOKEN}"}
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return dict(json.loads(resp.read()))
+
+
+async def test_a_clock_jump_ahead_closes_no_month(tmp_path: Path) -> None:
+    """One bad NTP answer, 3 years ahead for a few seconds, must not close the month under way: before the
+    fix the agent signed and archived the current month from a partial ledger (and every month up to 2029
+    after it), because the certification room asked the wall clock, not the clock guard's trusted time."""
+    meters = await Meters(["m"]).start()
+    stamp = tmp_path / "faketime"
+    _set_offset(stamp, "+0")
+    http = {"tokens": [{"name": "cert", "roles": ["certifier"], "token": CERT_TOKEN}]}
+    agent = _faked_agent(tmp_path, meters, stamp, http=http)
+    month = datetime.now(ZoneInfo("Europe/Riga")).strftime("%Y-%m")
+    await agent.start()
+    try:
+        await wait_for(lambda: _head(agent.ledger_path) > 5, 20, "readings of this month committed")
+        _set_offset(stamp, f"+{THREE_YEARS_S}")  # a spoofed NTP answer
+        await wait_for(lambda: agent.health()["clock"]["quarantined"], 60, "the jump seen by the clock guard")
+        during = await asyncio.to_thread(_report, agent.base, month)
+        _set_offset(stamp, "+0")  # corrected
+        await wait_for(lambda: not agent.health()["clock"]["quarantined"], 60, "the clock back")
+        after = await asyncio.to_thread(_report, agent.base, month)
+    finally:
+        _set_offset(stamp, "+0")
+        assert await agent.stop() == 0, agent.log()[-3000:]
+        await meters.stop()
+    assert during["period"]["complete"] is False and after["period"]["complete"] is False
+    led = Ledger(agent.ledger_path, readonly=True)
+    try:
+        closed = led._db.execute("SELECT count(*) FROM report_archive").fetchone()[0]
+    finally:
+        led.close()
+    assert closed == 0, "a month was closed on a clock 3 years ahead"
+    assert not list((tmp_path / "data" / "reports").rglob("*.json"))

@@ -212,3 +212,28 @@ async def test_a_reading_stamped_during_the_jump_but_submitted_after_it_is_resta
     assert abs((by_value[2.0].ts - clocks.wall_t).total_seconds()) < 1
     assert by_value[3.0].quality is Quality.GOOD and by_value[3.0].ts == clocks.wall_t
     assert guard.floor < REAL + timedelta(minutes=1)
+
+
+async def test_trusted_time_does_not_follow_a_jump_ahead() -> None:
+    """What the certification room closes months by (ClockGuard.trusted_now): the wall clock while it is
+    trusted, anchor time while it is far ahead, from the first instant, before any poll or tick saw it."""
+    clocks, rec = FakeClocks(), Recorder()
+    clocks.wall_t = REAL
+    guard = _guard(clocks, rec)
+    assert guard.trusted_now() == REAL
+    clocks.wall_t += THREE_YEARS
+    clocks.advance(2)
+    assert guard.trusted_now() == REAL + timedelta(seconds=2)
+    await _poll(guard, clocks, 1)
+    await guard.check()
+    assert guard.health.quarantined and guard.trusted_now() == REAL + timedelta(seconds=2)
+    clocks.wall_t -= THREE_YEARS  # corrected
+    clocks.advance(1)
+    await guard.check()
+    assert not guard.health.quarantined and guard.trusted_now() == clocks.wall_t == REAL + timedelta(seconds=3)
+
+
+async def test_no_trusted_time_before_the_clock_is_set() -> None:
+    clocks, rec = FakeClocks(), Recorder()  # a Pi booted in 1970, before NTP
+    guard = _guard(clocks, rec)
+    assert guard.trusted_now() is None
