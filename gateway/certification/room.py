@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from drivers.model import from_ms, to_ms
 from gateway.certification.config import CertificationConfig
 from gateway.certification.periods import shift_month
-from gateway.certification.service import ReportService
+from gateway.certification.service import MonthNotCovered, ReportService
 from gateway.certification.sitekeys import ensure_site_key
 from gateway.rooms import Part, Room, Services
 from gateway.runtime.clockguard import RELEASE_FLOOR
@@ -35,6 +35,7 @@ async def _publish_reports(site: Site, services: Services, reports: ReportServic
     topics = Topics.for_site(mqtt.prefix, site.id)
     clock = services.clock
     published: dict[str, str] = {}
+    unpublished: dict[str, str] = {}  # month -> why it was not published, as last logged
     transitions = b""
     while True:
         try:
@@ -51,8 +52,15 @@ async def _publish_reports(site: Site, services: Services, reports: ReportServic
             try:
                 body = await asyncio.to_thread(reports.closed_report_json, site.id, month)
             except Exception as exc:  # no readings yet, ledger busy, key missing: try again later
-                log.warning("report %s not published: %s", month, exc)
+                # Said once per month and cause, not every round: a new site's log showed two warnings a
+                # minute for the months before its first reading. A month the ledger does not cover is
+                # expected there (info); anything else is a warning.
+                if unpublished.get(month) != str(exc):
+                    unpublished[month] = str(exc)
+                    level = logging.INFO if isinstance(exc, MonthNotCovered) else logging.WARNING
+                    log.log(level, "report %s not published: %s", month, exc)
                 continue
+            unpublished.pop(month, None)
             if body is None:
                 continue  # not settled yet
             sha = hashlib.sha256(body).hexdigest()

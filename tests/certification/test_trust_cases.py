@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import io
 import json
+import logging
 import shutil
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -459,3 +460,51 @@ def test_spike_without_rated_power_is_still_excluded(tmp_path: Path) -> None:
     ch = _one_bad(tmp_path, 10_000_000, rated=None)
     assert ch["energy_wh"] == FULL
     assert [e["reason"] for e in ch["excluded_readings"]] == ["spike"]
+
+
+async def test_the_agents_publisher_says_why_a_month_is_not_published_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A month before the site's first reading is not published, and the log says so once (at info),
+    not every round: a new site's log showed two warnings a minute for such months."""
+    from types import SimpleNamespace
+
+    from gateway.certification.room import _publish_reports
+    from gateway.certification.service import ReportService
+    from gateway.settings import MqttConfig
+    from gateway.sinks.outbox import LatestOutbox
+    from gateway.site.resolve import resolve_site
+
+    from .helpers import site_key
+
+    s, before, _after = _midnight_site(tmp_path)
+    make_ledger(s.ledger_path, before).close()
+    s = s.model_copy(update={"mqtt": MqttConfig(url="mqtt://127.0.0.1:1")})
+    site_key(s)
+    clock = _Clock(MARCH_START + timedelta(days=1))  # January (no readings) and February are looked at
+    site = resolve_site(s, base_dir=tmp_path)
+    reports = ReportService(s, site, now_ms=lambda: int(clock.now().timestamp() * 1000))
+    outbox: LatestOutbox[str, bytes] = LatestOutbox()
+    services = SimpleNamespace(settings=s, retained=outbox, clock=clock)
+    asked: list[str] = []
+    closed_report_json = reports.closed_report_json
+
+    def counting(site_id: str, month: str) -> bytes | None:
+        asked.append(month)
+        return closed_report_json(site_id, month)
+
+    reports.closed_report_json = counting  # type: ignore[method-assign]
+    caplog.set_level(logging.INFO, logger="gateway.certification.room")
+    task = asyncio.create_task(_publish_reports(site, services, reports))  # type: ignore[arg-type]
+    try:
+        for _ in range(500):  # the publisher's minute is 60 us at this clock's speed
+            await asyncio.sleep(0.01)
+            if asked.count("2025-01") >= 5:
+                break
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert asked.count("2025-01") >= 5  # January was asked for round after round
+    said = [r for r in caplog.records if "report 2025-01 not published" in r.getMessage()]
+    assert len(said) == 1 and said[0].levelno == logging.INFO, [(r.levelname, r.getMessage()) for r in said]
