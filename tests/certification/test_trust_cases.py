@@ -493,7 +493,7 @@ async def test_the_agents_publisher_says_why_a_month_is_not_published_once(
         asked.append(month)
         return closed_report_json(site_id, month)
 
-    reports.closed_report_json = counting  # type: ignore[method-assign]
+    reports.closed_report_json = counting  # type: ignore[method-assign,assignment]
     caplog.set_level(logging.INFO, logger="gateway.certification.room")
     task = asyncio.create_task(_publish_reports(site, services, reports))  # type: ignore[arg-type]
     try:
