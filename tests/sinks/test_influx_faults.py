@@ -83,9 +83,13 @@ async def test_influx_errors_lose_and_double_nothing(tmp_path: Path, meters: Met
     assert any("timeout" in e.lower() or "timed out" in e.lower() for e in seen_errors), seen_errors
     assert proxy.requests.get("413", 0) > 0, proxy.requests  # the limit was hit
     assert 0 < proxy.largest_forwarded <= 6000
-    ledger = ledger_groups(agent.ledger_path, sink="influxdb")
+    sent = ledger_groups(agent.ledger_path, sink="influxdb")
+    every = ledger_groups(agent.ledger_path)
     points = influx_groups(influxdb_fresh, "influxfaults")  # asserts no duplicate point
-    assert ledger.keys() == points.keys(), (len(ledger), len(points))
-    for key, fields in ledger.items():
-        assert points[key] == {q: v for q, v in fields.items() if v is not None}, key
+    # Everything the cursor passed arrived; beyond it, only a batch written just before the stop whose
+    # cursor was not saved yet (the next start replays it as an overwrite of the same points). CI saw
+    # that: 2 points beyond the cursor, both committed readings (tests/ledger/test_ledger_faults.py).
+    assert sent.keys() <= points.keys() <= every.keys(), (len(sent), len(points), len(every))
+    for key, value in points.items():
+        assert value == {q: v for q, v in every[key].items() if v is not None}, key
     assert "rejected" not in agent.log(), agent.log()[-2000:]
