@@ -66,6 +66,8 @@ class ReportProvider(Protocol):
 
     def public_keys(self) -> list[dict[str, str]]: ...
 
+    def recent_months(self) -> tuple[str, str]: ...
+
 
 def _nothing(*_args: Any) -> Any:
     return None

@@ -7,9 +7,8 @@ import asyncio
 import hashlib
 import logging
 from collections.abc import Sequence
-from zoneinfo import ZoneInfo
 
-from drivers.model import from_ms, to_ms
+from drivers.model import to_ms
 from gateway.certification.config import CertificationConfig
 from gateway.certification.periods import shift_month
 from gateway.certification.service import MonthNotCovered, ReportService
@@ -45,10 +44,9 @@ async def _publish_reports(site: Site, services: Services, reports: ReportServic
                 transitions = now_transitions
         except Exception as exc:
             log.warning("key transitions not published: %s", exc)
-        now = from_ms(reports.now_ms()).astimezone(ZoneInfo(site.timezone))
-        this_month = f"{now.year:04d}-{now.month:02d}"
-        last = shift_month(this_month, -1)
-        for month in (shift_month(this_month, -2), last):
+        months = reports.recent_months()
+        last, this_month = months[-1], shift_month(months[-1], 1)
+        for month in months:
             try:
                 body = await asyncio.to_thread(reports.closed_report_json, site.id, month)
             except Exception as exc:  # no readings yet, ledger busy, key missing: try again later

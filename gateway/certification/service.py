@@ -220,6 +220,12 @@ class ReportService:
         """The time this service decides by (in the agent: the clock guard's trusted time)."""
         return self._now_ms()
 
+    def recent_months(self) -> tuple[str, str]:
+        """The two months before the current one, by this service's time in the site's time zone: the
+        ones that may close now (what the report publisher and the hub pusher look at)."""
+        this = self.first_month(self._now_ms())  # the civil month holding now
+        return shift_month(this, -2), shift_month(this, -1)
+
     def closed_report_json(self, site: str, month: str) -> bytes | None:
         """The month's authoritative report if it is closed (closing it now if it has settled), else None.
         What the agent publishes: never a provisional figure for an ended month."""

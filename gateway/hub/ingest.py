@@ -248,13 +248,11 @@ class Ingestor:
         return str(accepted[-1].sha256) if accepted else None
 
     @staticmethod
-    def _previous(rows: Sequence[Any], named: str | None) -> bytes | None:
-        """The report of the previous month to check the chain against: the accepted version `named` (a
-        report built before M-1 was reissued names the version it followed), else the one counting now."""
-        accepted = [r for r in rows if r.status == "accepted"]
-        chosen = next((r for r in accepted if named is not None and r.sha256 == named), None)
-        if chosen is None and accepted:
-            chosen = accepted[-1]
+    def _previous(accepted: Sequence[Any], named: str | None) -> bytes | None:
+        """The report of the previous month to check the chain against, among its `accepted` ones (oldest
+        log entry first): the version `named` (a report built before M-1 was reissued names the version
+        it followed), else the one counting now."""
+        chosen = next((r for r in accepted if r.sha256 == named), accepted[-1] if accepted else None)
         return bytes(chosen.raw) if chosen is not None else None
 
     def _quarantine(
