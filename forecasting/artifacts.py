@@ -24,7 +24,7 @@ from forecasting.pipelines import TrainedModel
 log = logging.getLogger(__name__)
 
 #: bump when TrainedModel or the feature builders change incompatibly
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 
 
 def library_versions() -> dict[str, str]:

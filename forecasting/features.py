@@ -359,6 +359,13 @@ def _weather_features(
             max24 = np.vstack([pd.Series(r).rolling(spd, min_periods=1).max().to_numpy() for r in w])
             cols["temperature_mean_24h"] = mean24[lead, j]
             cols["temperature_max_day"] = max24[lead, j]
+            # buildings answer the weather of the last hours (thermal mass) and the change since the day
+            # the lag was measured under; both explicit, as 63-leaf trees rarely rebuild a difference.
+            # Chosen on the load benchmark's validation window (bench/forecast_load.py --validation)
+            six = 6 * spec.steps_per_hour
+            mean6 = np.vstack([pd.Series(r).rolling(six, min_periods=1).mean().to_numpy() for r in w])
+            cols["temperature_mean_6h"] = mean6[lead, j]
+            cols["temperature_delta_lag"] = at_j - cols["temperature_lag_day"]
         if c == "wind_speed_ms" and spec.power_curve is not None:
             cols["power_curve"] = spec.power_curve.power(at_j)
             # neighbours smooth the timing error of a forecast front
