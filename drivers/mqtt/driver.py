@@ -16,6 +16,7 @@ import contextlib
 import logging
 import ssl
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -58,10 +59,39 @@ class _Latest:
     received: float  # monotonic
 
 
+class LatestPerTopic(asyncio.Queue[aiomqtt.Message]):
+    """aiomqtt's incoming queue, keeping one message per topic: the newest, in its topic's place.
+
+    The hub keeps only each topic's latest payload anyway, but aiomqtt's own queue is unbounded: a
+    device (or anyone with access to its topic) publishing faster than the agent parses piled up
+    every message in between. In the attack soak a publisher of garbage and 200 kB payloads grew the
+    agent by ~10 MB a minute this way. Now a message waiting for the consumer is replaced by a newer
+    one on its topic (counted as `superseded`), so what waits is bounded by the number of topics, and a
+    flood on one topic does not delay the others (a replaced message keeps its topic's place).
+    """
+
+    _queue: OrderedDict[str, aiomqtt.Message]
+
+    def _init(self, maxsize: int) -> None:
+        self._queue = OrderedDict()
+        self.superseded = 0
+
+    def _put(self, item: aiomqtt.Message) -> None:
+        topic = str(item.topic)
+        if topic in self._queue:
+            self.superseded += 1
+        self._queue[topic] = item
+
+    def _get(self) -> aiomqtt.Message:
+        return self._queue.popitem(last=False)[1]
+
+
 @dataclass
 class HubStats:
     messages: int = 0
     not_json: int = 0
+    #: messages replaced by a newer one on their topic before the hub read them (a flooding publisher)
+    superseded: int = 0
     connects: int = 0
     errors: int = 0
     last_error: str = ""
@@ -119,6 +149,7 @@ class MqttHub:
             "timeout": self.broker.timeout_s,
             "identifier": self.broker.client_id,
             "logger": logging.getLogger("drivers.mqtt.aiomqtt"),
+            "queue_type": LatestPerTopic,
         }
         if tls:
             ctx = ssl.create_default_context(cafile=str(self.broker.ca_file) if self.broker.ca_file else None)
@@ -143,7 +174,12 @@ class MqttHub:
                     self.stats.connects += 1
                     backoff.reset()
                     self._connected.set()
+                    queue = client._queue  # aiomqtt keeps the queue_type instance private
+                    counted = queue.superseded if isinstance(queue, LatestPerTopic) else 0
                     async for message in client.messages:
+                        if isinstance(queue, LatestPerTopic):
+                            self.stats.superseded += queue.superseded - counted
+                            counted = queue.superseded
                         self._store(str(message.topic), message.payload)
             except aiomqtt.MqttError as exc:
                 self.stats.errors += 1

@@ -74,6 +74,9 @@ class RelayHub:
     async def _run(self) -> None:
         backoff = Backoff(initial_s=0.5, max_s=30.0)
         args = MqttHub(self.broker)._client_args()  # the same connection settings as the device hub
+        # but every message kept: RPC replies share one topic, and the hub's latest-per-topic queue
+        # would let a second reply replace a first one still waiting to be read
+        args["queue_type"] = None
         while True:
             raise_if_cancelling()
             try:

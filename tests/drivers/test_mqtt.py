@@ -83,6 +83,9 @@ async def test_tasmota_and_shelly_profiles(mosquitto: Any, tmp_path: Path) -> No
             await d.__aenter__()
         with pytest.raises(TransientError, match="no message yet"):
             await drivers[0].read(TS)
+        await publish(mosquitto.port, f"{shelly.topic}/status/em:0", b"garbage")  # not JSON: counted, ignored
+        # read before the next message on its topic: a waiting message is replaced by a newer one
+        await wait_for(lambda: hub.stats.not_json == 1)
         await publish(
             mosquitto.port,
             tasmota.topic,
@@ -96,7 +99,6 @@ async def test_tasmota_and_shelly_profiles(mosquitto: Any, tmp_path: Path) -> No
         await publish(
             mosquitto.port, f"{shelly.topic}/status/emdata:0", {"id": 0, "total_act": 987654.32, "total_act_ret": 11.0}
         )
-        await publish(mosquitto.port, f"{shelly.topic}/status/em:0", b"garbage")  # not JSON: counted, ignored
         await wait_for(lambda: hub.stats.messages >= 4)
         t = {s.quantity: s for s in await drivers[0].read(TS)}
         assert t["power_w"].value == -812.0 and t["energy_import_wh"].value == 1234568
@@ -172,3 +174,53 @@ async def test_published_values_meet_the_same_validity_rules_as_modbus(mosquitto
     value, quality = register_value(reg, encode(-230.0, DataType.FLOAT32))
     mb = checked_sample("m", "voltage_l1_v", value, TS, quality)
     assert mb.quality is Quality.INVALID and mb.reason == got["voltage_l1_v"].reason
+
+
+@pytest.mark.mosquitto
+@pytest.mark.fault
+async def test_a_flooding_publisher_cannot_pile_up_messages_in_the_hub(mosquitto: Any) -> None:
+    """Issue 15 (attack soak): a publisher faster than the hub reads grew the agent ~10 MB a minute,
+    every message waiting in aiomqtt's unbounded queue. Now a waiting message is replaced by a newer
+    one on its topic: what waits is bounded by the topics, the replaced ones are counted, and the hub
+    still gets the newest value of the flooded topic and of a quiet one. (Mosquitto itself drops QoS 1
+    messages beyond its per-client queue of 1000, so not every message sent reaches the hub.)"""
+    import threading
+    import time
+
+    import paho.mqtt.client as paho
+
+    prefix = f"gia-test-{uuid.uuid4().hex[:8]}"
+    flood, quiet = f"{prefix}/flood/SENSOR", f"{prefix}/quiet/SENSOR"
+    pad = "x" * 20_000
+
+    def flooder() -> None:
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2)
+        c.connect("127.0.0.1", mosquitto.port)
+        c.loop_start()
+        infos = [c.publish(flood, json.dumps({"P": i, "pad": pad}), qos=1) for i in range(3000)]
+        for info in infos:
+            info.wait_for_publish(10)
+        c.loop_stop()
+        c.disconnect()
+
+    async with MqttHub(Broker(mosquitto.url, timeout_s=5)) as hub:
+        await hub.subscribe(flood)
+        await hub.subscribe(quiet)
+        assert hub._client is not None
+        queue = hub._client._queue
+        thread = threading.Thread(target=flooder)
+        thread.start()
+        waiting = 0
+        while thread.is_alive():
+            # the agent's loop busy elsewhere (polls, commits, pages): the hub reads in bursts
+            time.sleep(0.05)
+            waiting = max(waiting, queue.qsize())
+            await asyncio.sleep(0.01)
+        thread.join()
+        await wait_for(lambda: queue.qsize() == 0, timeout=20)
+        assert waiting <= 2, f"{waiting} messages waited for the hub"
+        assert hub.stats.superseded > 0
+        await publish(mosquitto.port, flood, {"P": -1})
+        await publish(mosquitto.port, quiet, {"P": 42})
+        await wait_for(lambda: hub.latest(quiet) is not None)
+        await wait_for(lambda: hub.latest(flood).payload["P"] == -1)  # type: ignore[union-attr]

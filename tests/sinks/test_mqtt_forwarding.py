@@ -15,7 +15,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from drivers.model import Quality, Sample
+from drivers.cancel import cancel_and_wait
+from drivers.model import Quality, Sample, checked_sample
 from gateway.ledger.reader import LedgerReader
 from gateway.ledger.store import Ledger
 from gateway.ledger.writer import LedgerWriter
@@ -263,3 +264,25 @@ async def test_availability_changed_between_connect_and_subscription_is_publishe
                 await task
     assert lines == ["gia/test/grid/availability online"]
     assert await asyncio.to_thread(retained, mosquitto_fresh, "gia/test/pv/availability", 1, 1) == []
+
+
+async def test_the_live_publisher_holds_no_samples_while_the_broker_is_slow(mosquitto_fresh: MosquittoBroker) -> None:
+    """Issue 15 (attack soak): the sink's live publisher, waiting on a broker slowed by a flood, held up
+    to 10 000 queued events with every poll's samples (~8 MB) only to skip them; it wants availability
+    only, and now nothing else is queued for it. Availability still arrives."""
+    cfg = MqttConfig.model_validate({"url": mosquitto_fresh.url, "client_id": "gia-avail-only", "timeout_s": 3})
+    live = LiveState.for_devices({"grid": "meter"})
+    async with MqttSink(cfg, site="test", live=live, outbox=LatestOutbox()) as sink:
+        task = asyncio.create_task(sink.live_publisher(sink))
+        try:
+            while not live._subs:
+                await asyncio.sleep(0.01)
+            ts = datetime(2026, 3, 1, tzinfo=UTC)
+            for i in range(500):  # no await between: the publisher cannot take anything meanwhile
+                live.update("grid", [checked_sample("grid", "power_w", float(i), ts)])
+            assert [s.queue.qsize() for s in live._subs] == [0]
+            live.set_online("grid", True)
+            lines = await asyncio.to_thread(retained, mosquitto_fresh, "gia/test/grid/availability")
+        finally:
+            await cancel_and_wait(task)
+    assert lines == ["gia/test/grid/availability online"]

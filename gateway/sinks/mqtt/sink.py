@@ -203,7 +203,7 @@ class MqttSink:
 
     async def live_publisher(self, _sink: object) -> None:
         """Side task while connected: availability transitions and changed retained extras."""
-        sub = self._live.subscribe(maxsize=10_000)
+        sub = self._live.subscribe(maxsize=10_000, kinds=frozenset({"availability"}))
         try:
             # A device that came online between the connect's snapshot and this subscription sent its
             # event to nobody: without this its retained availability stayed missing until the next
