@@ -66,11 +66,36 @@ def _agent_main(config: Path, speed: float, origin: str) -> None:
     setup_logging(level="warning")
     clock = WallClock() if speed == 1 else ScaledClock(speed=speed, origin=datetime.fromisoformat(origin))
 
+    trace = os.environ.get("SOAK_TRACEMALLOC")
+
     async def main() -> None:
+        tracer = asyncio.create_task(_trace_allocations(Path(trace))) if trace else None
         agent = Agent(cfg, clock=clock)
         await run_until_signal(agent.run, on_stop=agent.request_stop)
+        if tracer is not None:
+            tracer.cancel()
 
     asyncio.run(main())
+
+
+async def _trace_allocations(out: Path, every_s: float = 60.0) -> None:
+    """Diagnosis of RSS growth (`SOAK_TRACEMALLOC=FILE`): every minute, the 25 source lines whose
+    live Python allocations grew most since the first minute, appended to FILE. Growth that shows in
+    RSS but not here is outside Python's objects (C libraries, the allocator's fragmentation). A task
+    of the agent's loop (libfaketime makes `time.sleep` in a thread fail); snapshots in a thread."""
+    import tracemalloc
+
+    tracemalloc.start(1)
+    await asyncio.sleep(every_s)
+    base = await asyncio.to_thread(tracemalloc.take_snapshot)
+    while True:
+        await asyncio.sleep(every_s)
+        snap = await asyncio.to_thread(tracemalloc.take_snapshot)
+        top = snap.compare_to(base, "lineno")[:25]
+        traced, peak = tracemalloc.get_traced_memory()
+        with out.open("a") as f:
+            f.write(f"== {datetime.now(UTC):%H:%M:%S} traced {traced / 1e6:.1f} MB (peak {peak / 1e6:.1f})\n")
+            f.writelines(f"{stat}\n" for stat in top)
 
 
 def _proc_sample(pid: int) -> tuple[float, int]:
