@@ -128,12 +128,15 @@ class MbusLine:
         self.stats.answers += 1
         return frame
 
-    async def request(self, address: int) -> bytes:
-        """REQ_UD2 to `address`; the answer's complete long frame (checksum not yet checked)."""
+    async def request(self, address: int, *, reset: bool = False) -> bytes:
+        """REQ_UD2 to `address`; the answer's complete long frame (checksum not yet checked).
+
+        `reset`: reset the meter's link first (SND_NKE), so its answer is its first telegram whatever
+        happened before (a multi-telegram meter answers a toggled FCB with its *next* telegram)."""
         async with self._lock:
             link = await self._ensure_open()
             try:
-                if address not in self._fcb:
+                if reset or address not in self._fcb:
                     ack = await self._exchange(link, snd_nke(address), address)
                     if ack[0] != ACK:
                         self.stats.bad_frames += 1

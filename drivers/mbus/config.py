@@ -39,7 +39,8 @@ class MbusDeviceConfig(BaseModel):
     records: dict[str, int] = Field(
         default_factory=dict,
         description="quantity -> index of the data record in the meter's answer (0-based, as `gia read`"
-        " lists them), overriding the defaults for the meter's medium",
+        " lists them; a meter answering in several telegrams is counted on across all of them),"
+        " overriding the defaults for the meter's medium",
     )
     channels: list[ChannelConfig] = Field(default_factory=list, description="energy registers with site roles")
     serial: str | None = Field(default=None, description="meter serial number, reported with its channels")

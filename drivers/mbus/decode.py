@@ -24,6 +24,7 @@ a record whose unit does not fit its quantity, or that holds no number, gives No
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -82,6 +83,14 @@ class Answer:
     manufacturer: str
     serial: str
     records: tuple[Record, ...]
+    #: the answer ended with DIF 1F: the meter has more records, in its next answer (multi-telegram)
+    more: bool = False
+
+    def then(self, nxt: Answer) -> Answer:
+        """This answer and the meter's next one as one: records numbered on across both."""
+        start = len(self.records)
+        records = (*self.records, *(dataclasses.replace(r, index=start + r.index) for r in nxt.records))
+        return dataclasses.replace(self, records=records, more=nxt.more)
 
 
 def parse_answer(frame: bytes) -> Answer:
@@ -101,7 +110,10 @@ def parse_answer(frame: bytes) -> Answer:
         serial = "".join(f"{b:02X}" for b in reversed(header.id_nr_field.parts))
         manufacturer = str(header.manufacturer_field.decodeManufacturer)
         records = []
-        for i, rec in enumerate(telegram.records):
+        # DIF 0F/1F end the records (manufacturer data, "more records follow"): not values, not numbered
+        data = [rec for rec in telegram.records if not rec.dib.is_eoud]
+        more = bool(telegram.more_records_follow)
+        for i, rec in enumerate(data):
             info = rec.interpreted
             records.append(
                 Record(
@@ -117,7 +129,7 @@ def parse_answer(frame: bytes) -> Answer:
             )
     except (mb.MBusError, ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
         raise MbusContentError(f"records not understood ({type(exc).__name__}: {exc})") from None
-    return Answer(medium=medium, manufacturer=manufacturer, serial=serial, records=tuple(records))
+    return Answer(medium=medium, manufacturer=manufacturer, serial=serial, records=tuple(records), more=more)
 
 
 #: quantity -> (record type, subunit) for the default mappings

@@ -5,6 +5,13 @@ pyMeterBus and maps its records (drivers/mbus/decode.py). A checksum error or an
 parse is counted in `stats` and fails that read (`TransientError`); nothing of it is stored. An answer
 from another meter (a wrong address, two meters sharing one) is refused the same way when the
 configured `serial` does not match the meter's identification number.
+
+Multi-telegram meters (EN 13757-3: an answer ending in DIF 1F has more records in the next one): the
+read asks again, FCB toggled, until an answer without 1F (at most `MAX_TELEGRAMS`), and numbers the
+records on across the answers (`records: {quantity: index}` counts over all of them). Once a meter has
+shown it answers in several telegrams, every read starts with a link reset (SND_NKE): the meter's
+next answer is then its first telegram, so a read interrupted half-way (a lost answer, a timeout)
+cannot make the next one start in the middle and map the wrong records.
 """
 
 from __future__ import annotations
@@ -21,11 +28,16 @@ from drivers.mbus.decode import Answer, MbusChecksumError, MbusContentError, Med
 from drivers.model import Sample
 from drivers.pushed import checked_sample
 
+#: answers one read may take: a meter that never stops saying "more records follow" is refused
+MAX_TELEGRAMS = 16
+
 
 @dataclass
 class MeterStats:
     reads: int = 0
     good: int = 0
+    #: answers read (more than `good` for a multi-telegram meter)
+    telegrams: int = 0
     crc_errors: int = 0
     undecodable: int = 0
     wrong_meter: int = 0
@@ -56,6 +68,8 @@ class MbusDriver(SharedConnection):
         self.serial = serial
         self.stats = MeterStats()
         self.last_answer: Answer | None = None
+        #: the meter has answered in several telegrams: start each read with a link reset
+        self.multi_telegram = False
 
     @classmethod
     def from_config(cls, cfg: MbusDeviceConfig, pool: MbusPool) -> MbusDriver:
@@ -71,7 +85,28 @@ class MbusDriver(SharedConnection):
 
     async def read(self, ts: datetime) -> Sequence[Sample]:
         self.stats.reads += 1
-        frame = await self.line.request(self.address)
+        answer = await self._telegram(reset=self.multi_telegram)
+        count = 1
+        while answer.more:
+            self.multi_telegram = True
+            if count >= MAX_TELEGRAMS:
+                self.stats.undecodable += 1
+                self.stats.last_error = f"more than {MAX_TELEGRAMS} answers for one read (DIF 1F in every one)"
+                raise TransientError(f"{self.device_id}: {self.stats.last_error}")
+            answer = answer.then(await self._telegram(reset=False))
+            count += 1
+        self.last_answer = answer
+        values = quantities(answer, records=self.records, medium=self.medium)
+        if not values:
+            self.stats.undecodable += 1
+            self.stats.last_error = f"medium 0x{answer.medium:02x} has no default mapping and no records are configured"
+            raise TransientError(f"{self.device_id}: {self.stats.last_error}; set records: {{quantity: index}}")
+        self.stats.good += 1
+        return [checked_sample(self.device_id, q, v, ts) for q, v in values.items()]
+
+    async def _telegram(self, *, reset: bool) -> Answer:
+        """One answer of the meter, checked: checksum, parse, identification."""
+        frame = await self.line.request(self.address, reset=reset)
         try:
             answer = parse_answer(frame)
         except MbusChecksumError as exc:
@@ -87,11 +122,5 @@ class MbusDriver(SharedConnection):
             self.stats.wrong_meter += 1
             self.stats.last_error = f"address {self.address} answered as meter {answer.serial}, not {self.serial}"
             raise TransientError(f"{self.device_id}: {self.stats.last_error}; check the primary address")
-        self.last_answer = answer
-        values = quantities(answer, records=self.records, medium=self.medium)
-        if not values:
-            self.stats.undecodable += 1
-            self.stats.last_error = f"medium 0x{answer.medium:02x} has no default mapping and no records are configured"
-            raise TransientError(f"{self.device_id}: {self.stats.last_error}; set records: {{quantity: index}}")
-        self.stats.good += 1
-        return [checked_sample(self.device_id, q, v, ts) for q, v in values.items()]
+        self.stats.telegrams += 1
+        return answer

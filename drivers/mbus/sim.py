@@ -10,6 +10,11 @@ is tested against an independent encoder. Two record layouts, after the document
 * heat meter (medium 04): energy (DIF 0C VIF 06: 8-digit BCD, kWh), volume (DIF 04 VIF 13: litres),
   power (DIF 04 VIF 2B: W), flow and return temperature (DIF 02 VIF 59 / 5D: 0.01 degC).
 
+A meter may spread its records over several answers (`telegrams=N`, EN 13757-3 multi-telegram
+readout): every answer but the last ends with DIF 1F ("more records follow"); a REQ_UD2 whose FCB
+toggled gets the next answer, one with the same FCB gets the last answer again (the master did not
+receive it), SND_NKE starts over at the first.
+
 Serves on a pty end (the far side of a socat pair) or as a TCP gateway. Faults for tests:
 `inject("crc" | "truncate" | "silent", n)`, `pause()`/`resume()`. Never imported by the agent.
 """
@@ -43,22 +48,41 @@ def le(value: int, nbytes: int, *, signed: bool = True) -> bytes:
     return value.to_bytes(nbytes, "little", signed=signed)
 
 
+MORE_RECORDS_FOLLOW: Final = 0x1F  # DIF closing an answer that is not the meter's last
+
+
+def electricity_record_list(v: Mapping[str, float | int]) -> list[bytes]:
+    return [
+        bytes([0x04, 0x03]) + le(int(v.get("energy_import_wh", 0)), 4, signed=False),
+        bytes([0x84, 0x40, 0x03]) + le(int(v.get("energy_export_wh", 0)), 4, signed=False),
+        bytes([0x04, 0x2B]) + le(round(v.get("power_w", 0)), 4),
+    ]
+
+
+def heat_record_list(v: Mapping[str, float | int]) -> list[bytes]:
+    return [
+        bytes([0x0C, 0x06]) + bcd(int(v.get("heat_energy_wh", 0)) // 1000, 4),
+        bytes([0x04, 0x13]) + le(int(v.get("volume_l", 0)), 4, signed=False),
+        bytes([0x04, 0x2B]) + le(round(v.get("heat_power_w", 0)), 4),
+        bytes([0x02, 0x59]) + le(round(v.get("flow_temperature_c", 0) * 100), 2),
+        bytes([0x02, 0x5D]) + le(round(v.get("return_temperature_c", 0) * 100), 2),
+    ]
+
+
 def electricity_records(v: Mapping[str, float | int]) -> bytes:
-    return (
-        bytes([0x04, 0x03]) + le(int(v.get("energy_import_wh", 0)), 4, signed=False)
-        + bytes([0x84, 0x40, 0x03]) + le(int(v.get("energy_export_wh", 0)), 4, signed=False)
-        + bytes([0x04, 0x2B]) + le(round(v.get("power_w", 0)), 4)
-    )  # fmt: skip
+    return b"".join(electricity_record_list(v))
 
 
 def heat_records(v: Mapping[str, float | int]) -> bytes:
-    return (
-        bytes([0x0C, 0x06]) + bcd(int(v.get("heat_energy_wh", 0)) // 1000, 4)
-        + bytes([0x04, 0x13]) + le(int(v.get("volume_l", 0)), 4, signed=False)
-        + bytes([0x04, 0x2B]) + le(round(v.get("heat_power_w", 0)), 4)
-        + bytes([0x02, 0x59]) + le(round(v.get("flow_temperature_c", 0) * 100), 2)
-        + bytes([0x02, 0x5D]) + le(round(v.get("return_temperature_c", 0) * 100), 2)
-    )  # fmt: skip
+    return b"".join(heat_record_list(v))
+
+
+def split_records(records: list[bytes], telegrams: int) -> list[bytes]:
+    """The records spread over `telegrams` answers, in order; every answer but the last ends in DIF 1F."""
+    n = max(1, min(telegrams, len(records)))
+    size = -(-len(records) // n)
+    parts = [b"".join(records[i : i + size]) for i in range(0, len(records), size)]
+    return [p + (bytes([MORE_RECORDS_FOLLOW]) if i < len(parts) - 1 else b"") for i, p in enumerate(parts)]
 
 
 def long_frame(address: int, user_data: bytes) -> bytes:
@@ -83,15 +107,35 @@ class SimMeter:
     medium: Literal["electricity", "heat"]
     values: Values
     access: int = 0
+    #: answers the records are spread over (multi-telegram readout)
+    telegrams: int = 1
+    _part: int = field(default=0, init=False)
+    _fcb: bool | None = field(default=None, init=False)
+    _last: bytes = field(default=b"", init=False)
+
+    def reset(self) -> None:
+        """SND_NKE: the next REQ_UD2 gets the first answer, whatever its FCB."""
+        self._part, self._fcb, self._last = 0, None, b""
+
+    def request(self, fcb: bool) -> bytes:
+        """The answer to REQ_UD2: the next telegram when the FCB toggled, the last one again if not."""
+        if self._fcb is not None and fcb == self._fcb and self._last:
+            return self._last
+        self._fcb = fcb
+        self._last = self.answer()
+        return self._last
 
     def answer(self) -> bytes:
         self.access = (self.access + 1) & 0xFF
         v = self.values()
         if self.medium == "electricity":
-            return rsp_ud(
-                self.address, serial=self.serial, medium=0x02, records=electricity_records(v), access=self.access
-            )
-        return rsp_ud(self.address, serial=self.serial, medium=0x04, records=heat_records(v), access=self.access)
+            records, medium = electricity_record_list(v), 0x02
+        else:
+            records, medium = heat_record_list(v), 0x04
+        parts = split_records(records, self.telegrams)
+        part = parts[self._part % len(parts)]
+        self._part = (self._part + 1) % len(parts)
+        return rsp_ud(self.address, serial=self.serial, medium=medium, records=part, access=self.access)
 
 
 @dataclass
@@ -107,14 +151,15 @@ class MbusSim:
 
     meters: list[SimMeter]
     stats: MbusSimStats = field(default_factory=MbusSimStats)
-    _faults: list[MbusFault] = field(default_factory=list)
+    _faults: list[MbusFault | None] = field(default_factory=list)
     _talking: bool = True
     _fd: int = -1
     _server: asyncio.Server | None = None
     _buf: bytearray = field(default_factory=bytearray)
 
-    def inject(self, fault: MbusFault, count: int = 1) -> None:
-        self._faults.extend([fault] * count)
+    def inject(self, fault: MbusFault, count: int = 1, *, after: int = 0) -> None:
+        """The next `count` data answers get `fault`, after `after` answers given as they are."""
+        self._faults.extend([None] * after + [fault] * count)
 
     def pause(self) -> None:
         self._talking = False
@@ -132,10 +177,11 @@ class MbusSim:
             return b""
         self.stats.requests += 1
         if control == 0x40:
+            meter.reset()
             return b"\xe5"
         if control & 0xCF != 0x4B:  # REQ_UD2 with or without FCV/FCB
             return b""
-        answer = meter.answer()
+        answer = meter.request(bool(control & 0x20)) if control & 0x10 else meter.answer()
         fault = self._faults.pop(0) if self._faults else None
         if fault is not None:
             self.stats.faults += 1

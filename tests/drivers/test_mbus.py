@@ -186,3 +186,55 @@ async def test_a_silent_meter_goes_offline_once_and_comes_back() -> None:
             await sim.stop()
     assert {s.value for s in p.stored if s.quantity == "energy_import_wh"} == {4_200_000}
     assert p.live.devices["dev"].errors >= 1
+
+
+def test_an_answer_ending_in_dif_1f_says_more_records_follow() -> None:
+    """EN 13757-3: DIF 1F closes an answer that is not the meter's last. It is no record of its own,
+    and the next answer's records are numbered on after this one's."""
+    first = parse_answer(rsp_ud(6, serial=1, medium=0x04, records=HEAT[:12] + b"\x1f"))
+    assert first.more and [r.type for r in first.records] == ["ENERGY_WH", "VOLUME"]
+    last = parse_answer(rsp_ud(6, serial=1, medium=0x04, records=HEAT[12:]))
+    assert not last.more
+    both = first.then(last)
+    assert [r.index for r in both.records] == [0, 1, 2, 3, 4] and not both.more
+    assert quantities(both, records={"return_temperature_c": 4}) == quantities(
+        parse_answer(rsp_ud(6, serial=1, medium=0x04, records=HEAT)), records={"return_temperature_c": 4}
+    )
+
+
+@pytest.mark.serial
+async def test_a_multi_telegram_meter_is_read_whole_and_a_lost_answer_never_shifts_its_records() -> None:
+    """A heat meter spreading its 5 records over 3 answers, over a real pty pair: one read asks three
+    times (FCB toggled), record 4 is in the third answer. When the second answer is lost, the read fails;
+    without a link reset the meter would answer the next read with that second answer again and every
+    record index would shift (a wrong number for a configured record). The next read starts over."""
+    values = {"heat_energy_wh": 9_000_000, "heat_power_w": 12_500.0, "flow_temperature_c": 70.5}
+    values |= {"return_temperature_c": 41.25}
+    meter = SimMeter(6, 87654321, "heat", lambda: values, telegrams=3)
+    async with pty_pair() as pair:
+        sim = await MbusSim([meter]).serve_pty(pair.b)
+        try:
+            async with MbusPool() as pool:
+                cfg = MbusDeviceConfig(
+                    id="h",
+                    driver="mbus",
+                    connection=f"serial://{pair.a}?baud=2400&parity=E",
+                    address=6,
+                    timeout_s=0.5,
+                    records={"temperature_c": 4},
+                )
+                drv = MbusDriver.from_config(cfg, pool)
+                expected = {**values, "temperature_c": 41.25}
+                got = {s.quantity: s.value for s in await drv.read(TS)}
+                assert got == expected
+                assert (drv.stats.telegrams, sim.stats.answers, drv.multi_telegram) == (3, 3, True)
+                sim.inject("silent", after=1)  # the read's second answer
+                before = sim.stats.requests
+                with pytest.raises(TransientError, match="no answer"):
+                    await drv.read(TS)
+                asked = sim.stats.requests - before
+                for _ in range(2):
+                    assert {s.quantity: s.value for s in await drv.read(TS)} == expected
+                assert asked == 3  # link reset, first answer, the lost second
+        finally:
+            await sim.stop()
