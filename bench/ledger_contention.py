@@ -13,7 +13,9 @@ spin pure-Python work (0: a quiet process). For each, the median and p99 of one 
 * baseline: the earlier code path, the same rows by `executemany` in the same transaction shape;
 * ledger:   `Ledger.append` (multi-row INSERTs).
 
-Prints the ratio baseline / ledger (higher is better; target >= 5 with one busy thread).
+Prints the ratio baseline / ledger (higher is better; target >= 5 with one busy thread). Then a sink's
+read of a batch (2 x `--batch` entries): back from SQLite (baseline, one GIL hand-off per row) vs the
+writer's in-memory tail (gateway/ledger/tail.py), checked equal.
 
     .venv/bin/python bench/ledger_contention.py [--batch 500] [--commits 40] [--busy 1]
 """
@@ -118,6 +120,43 @@ def measure(
     return times
 
 
+def measure_reads(args: argparse.Namespace, work: Path) -> dict[str, list[float]]:
+    """A sink's batch of `--batch` x 2 entries: read back from SQLite (baseline) vs the writer's tail."""
+    from gateway.ledger.tail import CommittedTail
+
+    led = Ledger(work / f"reads-{args.busy}.db")
+    tail = CommittedTail()
+    t0 = datetime(2026, 12, 1, tzinfo=UTC)
+    for k in range(args.commits):
+        tail.extend(led.append_entries(batch(args.batch, t0, k)))
+    limit = 2 * args.batch
+    stop = threading.Event()
+    spinners = [threading.Thread(target=spin, args=(stop,), daemon=True) for _ in range(args.busy)]
+    for t in spinners:
+        t.start()
+    out: dict[str, list[float]] = {"baseline (SQLite read)": [], "tail (memory)": []}
+
+    def worker() -> None:
+        for k in range(args.commits // 2):
+            seq = k * limit
+            start = time.perf_counter()
+            a = led.read_polls_after(seq, limit)
+            out["baseline (SQLite read)"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            b = tail.polls_after(seq, limit)
+            out["tail (memory)"].append(time.perf_counter() - start)
+            assert a == b, "the tail must answer what the ledger does"
+
+    w = threading.Thread(target=worker)
+    w.start()
+    w.join()
+    stop.set()
+    for t in spinners:
+        t.join()
+    led.close()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=500)
@@ -135,6 +174,17 @@ def main() -> None:
                 results[(name, busy)] = (statistics.median(t), p99)
                 med = statistics.median(t)
                 print(f"  busy threads {busy}: {name:<24} median {med * 1000:8.1f} ms  p99 {p99 * 1000:8.1f} ms")
+        for busy in sorted({0, args.busy}):
+            run = argparse.Namespace(**{**vars(args), "busy": busy})
+            for name, t in measure_reads(run, Path(tmp)).items():
+                p99 = sorted(t)[max(0, round(0.99 * len(t)) - 1)]
+                results[(name, busy)] = (statistics.median(t), p99)
+                med = statistics.median(t)
+                print(f"  busy threads {busy}: {name:<24} median {med * 1000:8.2f} ms  p99 {p99 * 1000:8.2f} ms")
+    for busy in sorted({0, args.busy}):
+        base, new = results[("baseline (SQLite read)", busy)], results[("tail (memory)", busy)]
+        ratio = f"median {base[0] / new[0]:.0f}x, p99 {base[1] / new[1]:.0f}x"
+        print(f"busy threads {busy}: sink read baseline/tail = {ratio}")
     for busy in sorted({0, args.busy}):
         base, new = results[("baseline (executemany)", busy)], results[("ledger (multi-row)", busy)]
         print(

@@ -117,6 +117,21 @@ class Poll:
         return self.entries[-1].seq
 
 
+def group_polls(entries: Sequence[Entry], limit: int) -> list[Poll]:
+    """Consecutive entries (at most `limit`, as read) as whole polls; the last poll, possibly cut by the
+    limit, is left for the next read unless it is the only one (see `Ledger.read_polls_after`)."""
+    polls: list[Poll] = []
+    run: list[Entry] = []
+    for e in entries:
+        if run and (run[0].device != e.device or run[0].ts_ms != e.ts_ms):
+            polls.append(Poll(run[0].device, run[0].ts_ms, tuple(run)))
+            run = []
+        run.append(e)
+    if run and (len(entries) < limit or not polls):
+        polls.append(Poll(run[0].device, run[0].ts_ms, tuple(run)))
+    return polls
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     id: int
@@ -291,6 +306,12 @@ class Ledger:
 
     def append(self, samples: Iterable[Sample]) -> int:
         """Append and commit in one transaction; returns the new head seq. All or nothing."""
+        self.append_entries(samples)
+        return self._head_seq
+
+    def append_entries(self, samples: Iterable[Sample]) -> list[Entry]:
+        """`append`, returning the committed entries as `read_after` would read them back (the
+        writer keeps the latest in memory for the sinks: `gateway.ledger.tail`)."""
         seq, prev = self._head_seq, self._head_hash
         rows = []
         for s in samples:
@@ -311,7 +332,7 @@ class Ledger:
                 )
             )
         if not rows:
-            return self._head_seq
+            return []
         try:
             self._db.execute("BEGIN IMMEDIATE")
             # Multi-row INSERTs, not executemany: sqlite3 releases the GIL around every step, and
@@ -330,7 +351,19 @@ class Ledger:
                 self._db.execute("ROLLBACK")
             raise
         self._head_seq, self._head_hash = seq, prev
-        return seq
+        return [
+            Entry(
+                seq=r[0],
+                ts_ms=r[1],
+                device=r[2],
+                quantity=r[3],
+                value=r[4],
+                unit=r[5],
+                quality=Quality(r[6]),
+                hash=r[8],
+            )
+            for r in rows
+        ]
 
     def record_event(self, kind: str, detail: str, *, ts_ms: int, device: str | None = None) -> int:
         """Record something certification must see (clock jump, meter replacement, reset).
@@ -421,17 +454,7 @@ class Ledger:
         the limit comes in parts, each written downstream as the same point (InfluxDB merges the fields of
         one point; an MQTT state carries the part). Pruned entries are skipped.
         """
-        entries = self.read_after(seq, limit)
-        polls: list[Poll] = []
-        run: list[Entry] = []
-        for e in entries:
-            if run and (run[0].device != e.device or run[0].ts_ms != e.ts_ms):
-                polls.append(Poll(run[0].device, run[0].ts_ms, tuple(run)))
-                run = []
-            run.append(e)
-        if run and (len(entries) < limit or not polls):
-            polls.append(Poll(run[0].device, run[0].ts_ms, tuple(run)))
-        return polls
+        return group_polls(self.read_after(seq, limit), limit)
 
     def series(self, device: str, quantity: str, start_ms: int, end_ms: int) -> list[Entry]:
         """Kept entries of one series with start_ms <= ts < end_ms, in time order."""

@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 from drivers.cancel import raise_if_cancelling
 from drivers.model import Sample, is_counter
 from gateway.ledger.store import Ledger
+from gateway.ledger.tail import CommittedTail
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,6 +145,8 @@ class LedgerWriter:
         self._has_space.set()
         self._committed = asyncio.Condition()
         self.head_seq = ledger.head[0]
+        #: the latest committed entries, for the sinks (gateway/ledger/tail.py)
+        self.tail = CommittedTail()
         self.committed_samples = 0
         self.commit_failures = 0
         self.queue_full_waits = 0
@@ -213,7 +216,7 @@ class LedgerWriter:
     async def _commit(self, batch: list[Sample], since: float | None = None) -> None:
         while True:
             try:
-                head = await self.call(methodcaller("append", batch))
+                entries = await self.call(methodcaller("append_entries", batch))
                 break
             except sqlite3.OperationalError as exc:
                 self.commit_failures += 1
@@ -248,8 +251,10 @@ class LedgerWriter:
         if since is not None:
             end = time.monotonic()
             self.commit_stats.add(end - since, end=end)
+        self.tail.extend(entries)
         async with self._committed:
-            self.head_seq = head
+            if entries:
+                self.head_seq = entries[-1].seq
             self._committed.notify_all()
 
     async def wait_beyond(self, seq: int, max_wait_s: float) -> int:

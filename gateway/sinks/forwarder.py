@@ -124,8 +124,11 @@ class Forwarder:
         while True:
             raise_if_cancelling()
             cursor = self.health.cursor
-            # read beside the writer, never on its thread (a catch-up must not stretch commits)
-            polls = await self._reader.call(partial(Ledger.read_polls_after, seq=cursor, limit=sink.batch_size))
+            # the latest entries from the writer's memory; older ones read beside the writer, never on
+            # its thread (a catch-up must not stretch commits)
+            polls = self._writer.tail.polls_after(cursor, sink.batch_size)
+            if polls is None:
+                polls = await self._reader.call(partial(Ledger.read_polls_after, seq=cursor, limit=sink.batch_size))
             if not polls:
                 await self._writer.wait_beyond(cursor, 5.0)
                 continue
