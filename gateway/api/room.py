@@ -194,6 +194,8 @@ def add_manager_day(app: FastAPI, site: Site, services: Services, *, auth: Any) 
             )
             if influx is not None and influx.api == "v1"
             else None,
+            reuse=answers.get,
+            reuse_ms=int(VIEW_TTL_S * 1000),
         ),
     )
     add_setup_routes(

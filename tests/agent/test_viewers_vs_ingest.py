@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import statistics
 import time
 import urllib.error
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from gateway.ledger.store import Ledger
+from tests.servers import InfluxDB1
 from tests.support.faults import AgentProcess, Meters, wait_for, write_config
 
 pytestmark = [pytest.mark.fault, pytest.mark.modbus]
@@ -112,3 +114,43 @@ async def test_concurrent_history_viewers_do_not_stretch_commits(tmp_path: Path)
     assert refused > 0, "8 parallel viewers from one address were all queued, none refused"
     assert retry_after and all(v.isdigit() and int(v) >= 1 for v in retry_after), retry_after
     assert set(statuses) <= {200, 429}, sorted(set(statuses))
+
+
+def _influx_queries(influx: InfluxDB1) -> int:
+    """Queries the InfluxDB server has answered (its own counter, /debug/vars)."""
+    with urllib.request.urlopen(influx.url + "/debug/vars", timeout=5) as r:
+        stats = json.loads(r.read())
+    return sum(int(v["values"].get("queryReq", 0)) for k, v in stats.items() if k.startswith("httpd"))
+
+
+def _poll_trend(url: str, times: int) -> list[dict[str, object]]:
+    out = []
+    for _ in range(times):
+        with urllib.request.urlopen(url, timeout=10) as r:
+            out.append(json.loads(r.read()))
+    return out
+
+
+@pytest.mark.influxdb
+async def test_viewers_polling_an_old_trend_share_one_influxdb_query(tmp_path: Path, influxdb_fresh: InfluxDB1) -> None:
+    """Issue 15 (attack soak): a trend reaching back beyond the ledger's retention is read from
+    InfluxDB, and one ending now is a new request every time: each viewer's poll was a query parsed on a
+    thread (19 % of the agent's samples with four viewers). Answers are now reused for the view cache's
+    lifetime (10 s), as the ledger's trends and balances already were."""
+    meters = await Meters(["grid"]).start()
+    config, port = write_config(tmp_path, site="trend", devices=meters.device_configs(), influx=influxdb_fresh)
+    agent = AgentProcess(config, port)
+    await agent.start()
+    url = agent.base + "/api/v1/devices/grid/trend?quantity=power_w&start=2025-01-01T00:00:00Z&points=500"
+    try:
+        await wait_for(lambda: agent.health().get("status") == "ok", 30, "a healthy agent")
+        before = await asyncio.to_thread(_influx_queries, influxdb_fresh)
+        answers = await asyncio.to_thread(_poll_trend, url, 20)
+        after = await asyncio.to_thread(_influx_queries, influxdb_fresh)
+    finally:
+        await agent.stop()
+        await meters.stop()
+    assert all(a["source"] == "influxdb" for a in answers), answers[0]
+    # 20 polls within a few seconds: one query, two if they straddle a 10-s boundary (the sink's own
+    # writes are not queries)
+    assert after - before <= 2, after - before
