@@ -58,7 +58,7 @@ def test_the_tail_reads_as_the_ledger(
     for seq in range(head + 1):
         got = tail.polls_after(seq, limit)
         if got is None:
-            assert tail.first_seq is not None and seq + 1 < tail.first_seq or seq >= head
+            assert (tail.first_seq is not None and seq + 1 < tail.first_seq) or seq >= head
             continue
         served += 1
         assert got == led.read_polls_after(seq, limit)
