@@ -304,8 +304,12 @@ async def soak(args: argparse.Namespace) -> int:
     sims: list[SimServer] = []
     devices: list[dict[str, Any]] = []
     n_tcp = args.devices - args.rtu
+    taken: set[int] = set()
     for i in range(n_tcp):
         port = free_port()
+        while port in taken:  # none is bound before the sims start: two picks may be the same port
+            port = free_port()
+        taken.add(port)
         sims.append(SimServer(sdm, listen=f"tcp://127.0.0.1:{port}", values=values(i)))
         devices.append({"id": f"tcp{i}", "driver": "modbus", "connection": f"tcp://127.0.0.1:{port}"})
     pty: PtyPair | None = None
