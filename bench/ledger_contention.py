@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from drivers.model import Quality, Sample, is_counter, to_ms
-from gateway.ledger.store import Ledger, canonical_entry, chain_hash
+from drivers.model import Quality, Sample, is_counter
+from gateway.ledger.store import Ledger
 
 QUANTITIES = (
     "power_w",
@@ -64,15 +64,7 @@ def batch(n: int, t0: datetime, k: int) -> list[Sample]:
 
 def append_executemany(led: Ledger, samples: list[Sample]) -> None:
     """The previous `Ledger.append`: the same hash chain, rows written by executemany."""
-    seq, prev = led.head
-    rows = []
-    for s in samples:
-        seq += 1
-        ts_ms = to_ms(s.ts)
-        prev = chain_hash(prev, canonical_entry(seq, ts_ms, s.device, s.quantity, s.value, s.unit, s.quality.value))
-        rows.append(
-            (seq, ts_ms, s.device, s.quantity, s.value, s.unit, s.quality.value, int(is_counter(s.quantity)), prev)
-        )
+    rows = led.chained_rows(samples)
     db = led._db
     db.execute("BEGIN IMMEDIATE")
     db.executemany(
@@ -82,6 +74,20 @@ def append_executemany(led: Ledger, samples: list[Sample]) -> None:
     )
     db.execute("COMMIT")
     led.refresh_head()
+
+
+def beside_busy_threads(busy: int, work: Callable[[], None]) -> None:
+    """Run `work` on a thread of its own while `busy` other threads spin Python (the event loop's load)."""
+    stop = threading.Event()
+    spinners = [threading.Thread(target=spin, args=(stop,), daemon=True) for _ in range(busy)]
+    for t in spinners:
+        t.start()
+    w = threading.Thread(target=work)
+    w.start()
+    w.join()
+    stop.set()
+    for t in spinners:
+        t.join()
 
 
 def spin(stop: threading.Event) -> None:
@@ -96,10 +102,6 @@ def measure(
 ) -> list[float]:
     led = Ledger(work / f"{name}.db")
     t0 = datetime(2026, 12, 1, tzinfo=UTC)
-    stop = threading.Event()
-    spinners = [threading.Thread(target=spin, args=(stop,), daemon=True) for _ in range(args.busy)]
-    for t in spinners:
-        t.start()
     times: list[float] = []
 
     def worker() -> None:
@@ -109,12 +111,7 @@ def measure(
             write(led, samples)
             times.append(time.perf_counter() - start)
 
-    w = threading.Thread(target=worker)
-    w.start()
-    w.join()
-    stop.set()
-    for t in spinners:
-        t.join()
+    beside_busy_threads(args.busy, worker)
     assert led.verify().ok, "the chain must verify whichever way it was written"
     led.close()
     return times
@@ -130,10 +127,6 @@ def measure_reads(args: argparse.Namespace, work: Path) -> dict[str, list[float]
     for k in range(args.commits):
         tail.extend(led.append_entries(batch(args.batch, t0, k)))
     limit = 2 * args.batch
-    stop = threading.Event()
-    spinners = [threading.Thread(target=spin, args=(stop,), daemon=True) for _ in range(args.busy)]
-    for t in spinners:
-        t.start()
     out: dict[str, list[float]] = {"baseline (SQLite read)": [], "tail (memory)": []}
 
     def worker() -> None:
@@ -147,12 +140,7 @@ def measure_reads(args: argparse.Namespace, work: Path) -> dict[str, list[float]
             out["tail (memory)"].append(time.perf_counter() - start)
             assert a == b, "the tail must answer what the ledger does"
 
-    w = threading.Thread(target=worker)
-    w.start()
-    w.join()
-    stop.set()
-    for t in spinners:
-        t.join()
+    beside_busy_threads(args.busy, worker)
     led.close()
     return out
 

@@ -309,28 +309,23 @@ class Ledger:
         self.append_entries(samples)
         return self._head_seq
 
-    def append_entries(self, samples: Iterable[Sample]) -> list[Entry]:
-        """`append`, returning the committed entries as `read_after` would read them back (the
-        writer keeps the latest in memory for the sinks: `gateway.ledger.tail`)."""
+    def chained_rows(self, samples: Iterable[Sample]) -> list[tuple[Any, ...]]:
+        """The rows `samples` become after the head: seq, ts, ..., counter flag, chain hash (not stored)."""
         seq, prev = self._head_seq, self._head_hash
-        rows = []
+        rows: list[tuple[Any, ...]] = []
         for s in samples:
             seq += 1
             ts_ms = to_ms(s.ts)
             prev = chain_hash(prev, canonical_entry(seq, ts_ms, s.device, s.quantity, s.value, s.unit, s.quality.value))
             rows.append(
-                (
-                    seq,
-                    ts_ms,
-                    s.device,
-                    s.quantity,
-                    s.value,
-                    s.unit,
-                    s.quality.value,
-                    int(is_counter(s.quantity)),
-                    prev,
-                )
+                (seq, ts_ms, s.device, s.quantity, s.value, s.unit, s.quality.value, int(is_counter(s.quantity)), prev)
             )
+        return rows
+
+    def append_entries(self, samples: Iterable[Sample]) -> list[Entry]:
+        """`append`, returning the committed entries as `read_after` would read them back (the
+        writer keeps the latest in memory for the sinks: `gateway.ledger.tail`)."""
+        rows = self.chained_rows(samples)
         if not rows:
             return []
         try:
@@ -350,7 +345,7 @@ class Ledger:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise
-        self._head_seq, self._head_hash = seq, prev
+        self._head_seq, self._head_hash = rows[-1][0], rows[-1][8]
         return [
             Entry(
                 seq=r[0],
