@@ -538,6 +538,12 @@ async def soak(args: argparse.Namespace) -> int:
         f" {commit.get('delay_p99_bound_s_since_start')} s, max {commit.get('delay_max_s')} s;"
         f" histogram {commit.get('delay_buckets_s')}"
     )
+    lag = final_health.get("runtime", {}).get("loop_lag", {})
+    print(
+        f"commit duration on the ledger's thread: p99 <= {commit.get('duration_p99_bound_s_since_start')} s,"
+        f" max {commit.get('duration_max_s')} s; event-loop lag: p99 <= {lag.get('lag_p99_bound_s_since_start')} s,"
+        f" max {lag.get('lag_max_s')} s; histogram {lag.get('lag_buckets_s')}"
+    )
     if args.attack:
         print("commit interval before the attack (the baseline) and from its start to the end of the run:")
         print("  " + _interval_split(before, commit))

@@ -4,10 +4,12 @@ so the next commit comes `commit_interval_s` after the oldest of them, not after
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from drivers.model import Sample
 from gateway.ledger.store import Ledger
@@ -45,3 +47,68 @@ async def test_slow_commits_keep_the_interval_not_interval_plus_commit(tmp_path:
     # before: every interval was interval + commit (0.8 s); now the cadence is the interval itself
     assert stats["interval_p50_s"] < interval + commit / 2, stats
     assert Ledger(tmp_path / "ledger.db").head[0] == 200
+
+
+async def test_readings_become_durable_on_time_while_the_event_loop_is_held(tmp_path: Path) -> None:
+    """Issue 15 (attack soak): the commit timer ran on the event loop, so a loop held by other work (an
+    answer being built, a collection, a flood being parsed) held every commit with it; the commit interval's
+    p99 sat at 3 s against a 1-s setting. The timer is the ledger thread's own now."""
+    interval = 0.3
+    ledger = Ledger(tmp_path / "ledger.db")
+    writer = LedgerWriter(ledger, commit_interval_s=interval, max_batch=100_000, max_queue=100_000)
+    task = asyncio.create_task(writer.run())
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        await asyncio.sleep(0.05)  # the commit timer is armed
+        await writer.submit([Sample("m1", "power_w", 1.0, "W", t0)])
+        time.sleep(2.0)  # the loop is held for 2 s (7 intervals): nothing of the loop's runs meanwhile
+        reader = Ledger(tmp_path / "ledger.db", readonly=True)
+        try:
+            durable = reader.head[0]
+        finally:
+            reader.close()
+        assert durable == 1, "the reading waited for the event loop"
+        await writer.wait_beyond(0, 5.0)  # the loop learns of it once it runs again
+        assert writer.head_seq == 1
+        stats = writer.commit_stats.as_json()
+        # the reading was durable within the interval plus the commit, measured where it happened
+        assert stats["commits"] == 1 and stats["delay_max_s"] < interval + 1.0, stats
+        assert stats["duration_max_s"] <= stats["delay_max_s"], stats
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.to_thread(writer.close)
+
+
+async def test_a_failed_commit_is_retried_first_and_flush_waits_for_it(tmp_path: Path) -> None:
+    """A commit that fails (a locked or full disk) goes back in front of what came after it and is
+    retried; a shutdown flush waits until it is in, in order (nothing lost, the chain in poll order).
+    Before the commit timer moved to the ledger's thread, a shutdown while a failed batch waited for its
+    retry lost that batch (head 8 of 10 here): the flush took only what was queued after it."""
+
+    class FlakyDisk(Ledger):
+        failures = 2
+
+        def append_entries(self, samples: Iterable[Sample]) -> list[Any]:
+            if self.failures:
+                self.failures -= 1
+                raise sqlite3.OperationalError("database is locked")
+            return super().append_entries(samples)
+
+    ledger = FlakyDisk(tmp_path / "ledger.db")
+    writer = LedgerWriter(ledger, commit_interval_s=0.1, max_batch=100_000, max_queue=100_000)
+    task = asyncio.create_task(writer.run())
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    try:
+        for i in range(10):
+            await writer.submit([Sample("m1", "power_w", float(i), "W", t0 + timedelta(seconds=i))])
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    assert writer.commit_failures == 2
+    assert writer.head_seq == 10 and writer.committed_samples == 10
+    await asyncio.to_thread(writer.close)
+    reader = Ledger(tmp_path / "ledger.db", readonly=True)
+    assert [e.value for e in reader.iter_all()] == [float(i) for i in range(10)]
+    assert reader.verify().ok
