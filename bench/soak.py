@@ -19,8 +19,8 @@ beside the warm-up RSS measured in the same run (the baseline).
 
 With `--attack` (real time only) an attacker process runs beside it from 10 % to 95 % of the run
 (`bench/soak_attack.py`: idle sockets at the HTTP connection limit, viewers hammering the history API,
-an MQTT device publishing garbage and huge numbers), and at half time the agent's clock (libfaketime)
-jumps 3 years ahead for 5 s. Then the soak also checks: nothing stamped in the future, no refused value
+an MQTT device publishing garbage and huge numbers), and at half time the agent's wall clock jumps 3
+years ahead for 5 s. Then the soak also checks: nothing stamped in the future, no refused value
 stored `good`, no part restarted, `/healthz` answered throughout, RSS growth against 5 % and the p99 of
 the commit interval (between the ends of successive commits, from the ledger's health) against 2 s; the
 commit delay (a batch's oldest reading from queued to durable, which includes the 1-s batching) is
@@ -29,12 +29,23 @@ printed beside it. Every run checks that each reading the Modbus pollers took (t
 (polls without an answer in time) are printed:
 
     .venv/bin/python bench/soak.py --devices 50 --rtu 4 --minutes 30 --speed 1 --restarts 6 --attack
+
+How the clock jumps (`--clock-jump`): `wall` (default) shifts the agent's `WallClock` — what stamps
+readings and what the clock guard compares with monotonic time — by the offset in a file the soak
+writes (`JumpingWallClock`, re-read at most every 0.2 s); `faketime` preloads libfaketime into the agent
+with FAKETIME_NO_CACHE, so every clock read of the process (Python's GIL waits included) re-reads that
+file. That second way distorts what the soak measures: a 1000-reading commit beside a busy event loop
+took 531 ms median under it against 17 ms without (`bench/faketime_overhead.py` measures it), which
+is how earlier runs saw commit intervals of 2-3 s. A real jump of the whole process's clock under
+libfaketime is what tests/runtime/test_clock_safety.py runs against an agent (a bounded test, not a
+figure).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -64,7 +75,14 @@ def _agent_main(config: Path, speed: float, origin: str) -> None:
 
     cfg = load_config(config)
     setup_logging(level="warning")
-    clock = WallClock() if speed == 1 else ScaledClock(speed=speed, origin=datetime.fromisoformat(origin))
+    offset_file = os.environ.get("SOAK_CLOCK_OFFSET_FILE")
+    clock: WallClock | ScaledClock
+    if offset_file:
+        clock = _jumping_wall_clock(Path(offset_file))
+    elif speed == 1:
+        clock = WallClock()
+    else:
+        clock = ScaledClock(speed=speed, origin=datetime.fromisoformat(origin))
 
     trace = os.environ.get("SOAK_TRACEMALLOC")
 
@@ -76,6 +94,30 @@ def _agent_main(config: Path, speed: float, origin: str) -> None:
             tracer.cancel()
 
     asyncio.run(main())
+
+
+def _jumping_wall_clock(offset_file: Path) -> Any:
+    """The agent's wall clock shifted by the seconds in `offset_file` ("+94608000"), re-read at most every
+    0.2 s: a system clock set wrong and corrected, as the agent's clocked parts see it. A `WallClock`, so
+    the clock guard measures it against monotonic time as in production (gateway/services.py)."""
+    from datetime import timedelta
+
+    from gateway.runtime.clock import WallClock
+
+    class JumpingWallClock(WallClock):
+        def __init__(self) -> None:
+            self._offset = timedelta(0)
+            self._checked = 0.0
+
+        def now(self) -> datetime:
+            mono = time.monotonic()
+            if mono - self._checked >= 0.2:
+                self._checked = mono
+                with contextlib.suppress(OSError, ValueError):  # mid-replace: keep the last offset
+                    self._offset = timedelta(seconds=float(offset_file.read_text().strip()))
+            return super().now() + self._offset
+
+    return JumpingWallClock()
 
 
 async def _trace_allocations(out: Path, every_s: float = 60.0) -> None:
@@ -127,7 +169,8 @@ THREE_YEARS_S = 3 * 365 * 86400
 
 
 def _set_offset(stamp: Path, offset: str) -> None:
-    """libfaketime re-reads the file on every call (FAKETIME_NO_CACHE): replace it atomically."""
+    """The agent re-reads the file (libfaketime on every call, the jumping clock every 0.2 s): replace it
+    atomically."""
     tmp = stamp.with_suffix(".tmp")
     tmp.write_text(offset + "\n")
     os.replace(tmp, stamp)
@@ -274,7 +317,7 @@ async def soak(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="gia-soak-"))
     speed = args.speed
     if args.attack and speed != 1:
-        raise SystemExit("--attack runs in real time (--speed 1): the clock jump is a real one (libfaketime)")
+        raise SystemExit("--attack runs in real time (--speed 1): the clock jump is one of the wall clock")
     origin = datetime.now(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
     sim_clock = ScaledClock(speed=speed, origin=origin) if speed != 1 else None
 
@@ -356,7 +399,10 @@ async def soak(args: argparse.Namespace) -> int:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIA_")}
     env["MALLOC_ARENA_MAX"] = "2"  # as deploy/systemd/gia.service runs the agent
     stamp = work / "faketime"
-    if args.attack:
+    if args.attack and args.clock_jump == "wall":
+        _set_offset(stamp, "+0")
+        env["SOAK_CLOCK_OFFSET_FILE"] = str(stamp)
+    elif args.attack:
         from tests.runtime.test_clock_safety import FAKETIME_LIBS
 
         lib = next((p for p in FAKETIME_LIBS if p.exists()), None)
@@ -578,6 +624,12 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the temp dir")
     ap.add_argument("--attack", action="store_true", help="run the attacker beside it (real time only)")
     ap.add_argument("--sockets", type=int, default=100, help="idle sockets (the agent's http.max_connections)")
+    ap.add_argument(
+        "--clock-jump",
+        choices=("wall", "faketime"),
+        default="wall",
+        help="how the attack's clock jump reaches the agent (see the module's text)",
+    )
     ap.add_argument("--agent", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--origin", help=argparse.SUPPRESS)
     args = ap.parse_args()
