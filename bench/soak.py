@@ -586,7 +586,8 @@ async def soak(args: argparse.Namespace) -> int:
     )
     lag = final_health.get("runtime", {}).get("loop_lag", {})
     print(
-        f"commit duration on the ledger's thread: p99 <= {commit.get('duration_p99_bound_s_since_start')} s,"
+        f"nothing to commit between two commits: max {commit.get('idle_max_s')} s;"
+        f" commit duration on the ledger's thread: p99 <= {commit.get('duration_p99_bound_s_since_start')} s,"
         f" max {commit.get('duration_max_s')} s; event-loop lag: p99 <= {lag.get('lag_p99_bound_s_since_start')} s,"
         f" max {lag.get('lag_max_s')} s; histogram {lag.get('lag_buckets_s')}"
     )

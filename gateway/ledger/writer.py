@@ -93,28 +93,36 @@ class Durations:
 
 
 class CommitStats:
-    """Commit figures for health: the *interval* between the ends of successive commits (the loop keeping
-    pace: `commit_interval_s` plus the commit itself), the *delay* of each batch's oldest reading from
-    being queued to being durable (what a reading waits), and the *duration* of the commit itself on the
-    ledger's thread (hashing, inserting, the fsync): an interval well above interval + duration is time
-    the commit waited to be started."""
+    """Commit figures for health: the *interval* between the ends of successive commits (the cadence:
+    `commit_interval_s` plus the commit itself, plus any time with nothing to commit), the *delay* of each
+    batch's oldest reading from being queued to being durable (what a reading waits), the *duration* of
+    the commit itself on the ledger's thread (hashing, inserting, the fsync), and the *idle* time between
+    a commit's end and the next reading handed in. An interval is idle + delay (delay = the timer +
+    duration): a long interval with a short delay means the readings did not come (pollers, clock guard),
+    not that the ledger was slow."""
 
     def __init__(self) -> None:
         self.commits = 0
         self.delay = Durations()
         self.interval = Durations()
         self.duration = Durations()
+        self.idle = Durations()
         self._last_end: float | None = None
 
-    def add(self, delay_s: float, *, end: float | None = None, duration_s: float | None = None) -> None:
+    def add(self, delay_s: float, *, end: float | None = None, duration_s: float | None = None) -> float | None:
+        """Record one commit; returns its interval (None for the first)."""
         self.commits += 1
         self.delay.add(delay_s)
         if duration_s is not None:
             self.duration.add(duration_s)
+        interval = None
         if end is not None:
             if self._last_end is not None:
-                self.interval.add(end - self._last_end)
+                interval = end - self._last_end
+                self.interval.add(interval)
+                self.idle.add(max(0.0, interval - delay_s))
             self._last_end = end
+        return interval
 
     def p99_bound_s(self) -> float | None:
         """The delay's p99 bound since start (see `Durations.p99_bound_s`)."""
@@ -126,6 +134,7 @@ class CommitStats:
             **self.interval.as_json("interval"),
             **self.delay.as_json("delay"),
             **self.duration.as_json("duration"),
+            **self.idle.as_json("idle"),
         }
 
 
@@ -172,6 +181,7 @@ class LedgerWriter:
         self._flush_upto = 0  # commit regardless of the timer until this many polls are taken
         self._relieving = False
         self._committed_polls = 0  # loop side: polls whose commit the loop has learnt of
+        self._slow_logged = float("-inf")  # loop side: when a slow interval was last logged
         self._changed = asyncio.Event()  # set (and replaced) whenever the loop learns of a commit
         self.commit_stats = CommitStats()
         self.head_seq = ledger.head[0]
@@ -272,7 +282,17 @@ class LedgerWriter:
         self.committed_samples += samples
         self._committed_polls += polls
         if since is not None:
-            self.commit_stats.add(end - since, end=end, duration_s=took)
+            interval = self.commit_stats.add(end - since, end=end, duration_s=took)
+            if interval is not None and interval > 2 * self._commit_interval_s and end - self._slow_logged > 60:
+                self._slow_logged = end
+                log.warning(
+                    "commit interval %.2f s (setting %.1f s): nothing to commit for %.2f s of it, the commit"
+                    " itself %.3f s (at most one such line a minute; health: ledger.commit)",
+                    interval,
+                    self._commit_interval_s,
+                    max(0.0, interval - (end - since)),
+                    took,
+                )
         self.tail.extend(entries)
         if entries:
             self.head_seq = entries[-1].seq
