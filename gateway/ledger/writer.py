@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import sqlite3
 import threading
 import time
@@ -176,6 +177,7 @@ class LedgerWriter:
         self._retry: tuple[list[Sample], int, float | None] | None = None
         self._retry_at = 0.0
         self._armed = False  # the commit timer runs (`run` is active)
+        self._tick_origin = 0.0  # monotonic time the timer was armed: its ticks are every interval from it
         self._enqueued_polls = 0  # polls ever submitted (under _cv)
         self._taken_polls = 0  # polls taken into a batch that committed or is being committed (under _cv)
         self._flush_upto = 0  # commit regardless of the timer until this many polls are taken
@@ -246,6 +248,7 @@ class LedgerWriter:
         stopped = self._stopped
         with self._cv:
             self._armed = True
+            self._tick_origin = time.monotonic()
             self._cv.notify()
         try:
             await stopped.wait()
@@ -349,11 +352,20 @@ class LedgerWriter:
             return None
         if self._pending_count + (len(self._retry[0]) if self._retry else 0) >= self._max_batch:
             return wait
-        # The interval counts from the oldest queued poll, not from the last commit: readings queued
-        # while the last commit ran have already waited that long, so a commit taking C seconds makes
-        # the cadence max(interval, C), not interval + C (a loaded Pi drifted to 1.65 s at 1 s).
+        # A batch is due at the first tick of a fixed grid (every `commit_interval_s` from when the
+        # timer was armed) after its oldest reading arrived. Not "interval after the last commit": a
+        # commit taking C seconds made the cadence interval + C (a loaded Pi drifted to 1.65 s at 1 s).
+        # Not "interval after the oldest reading" either: pollers answer in bursts at whole seconds, and
+        # a deadline one interval after a burst's first answer fell just after the next burst had come
+        # in whole about one time in five, so the burst after that waited a full second more: commit
+        # intervals alternated ~1 s and ~2 s (the attack soak: 73 of 344 intervals held ~1 s with
+        # nothing to commit). On a grid every interval that received readings ends with a commit.
         since = self._retry[2] if self._retry is not None else self._pending_since
-        return max(wait, self._commit_interval_s - (now - since) if since is not None else 0.0)
+        if since is None:
+            return wait
+        step = self._commit_interval_s
+        due = self._tick_origin + (math.floor((since - self._tick_origin) / step) + 1) * step
+        return max(wait, due - now)
 
     def _take(self) -> tuple[list[Sample], int, float | None]:
         """Everything queued, the failed batch first (under `_cv`)."""

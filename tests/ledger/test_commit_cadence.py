@@ -1,5 +1,5 @@
-"""The commit cadence holds when commits are slow: readings queued during a commit have already waited,
-so the next commit comes `commit_interval_s` after the oldest of them, not after the commit ended."""
+"""The commit cadence: `commit_interval_s` apart whether commits are slow, the event loop is held, or the
+readings come in bursts, and nothing lost when a commit fails."""
 
 from __future__ import annotations
 
@@ -47,6 +47,37 @@ async def test_slow_commits_keep_the_interval_not_interval_plus_commit(tmp_path:
     # before: every interval was interval + commit (0.8 s); now the cadence is the interval itself
     assert stats["interval_p50_s"] < interval + commit / 2, stats
     assert Ledger(tmp_path / "ledger.db").head[0] == 200
+
+
+async def test_bursts_of_readings_are_committed_every_interval_not_every_other(tmp_path: Path) -> None:
+    """Issue 15 (attack soak): pollers answer in bursts at whole seconds. A batch was due one interval
+    after its oldest reading; when the next burst came in whole before that deadline, it was taken with
+    it, and the burst after it waited a full interval more: intervals alternated ~1 and ~2 intervals
+    (73 of 344 in the soak held ~1 s with nothing to commit). Here every burst lands early or late in its
+    interval by turns, which made every other interval double before; on a fixed grid each is one."""
+    step = 0.6
+    ledger = Ledger(tmp_path / "ledger.db")
+    writer = LedgerWriter(ledger, commit_interval_s=step, max_batch=100_000, max_queue=100_000)
+    task = asyncio.create_task(writer.run())
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.sleep(0)  # the timer is armed now: its ticks are at armed + k * step
+        armed = loop.time()
+        for k in range(12):
+            # early (0.15 s into its interval) and late (0.45 s) by turns; >= 0.15 s from every tick
+            await asyncio.sleep(max(0.0, armed + k * step + (0.45 if k % 2 == 0 else 0.15) - loop.time()))
+            await writer.submit([Sample("m1", "power_w", float(k), "W", t0 + timedelta(seconds=k))])
+        await asyncio.sleep(step + 0.3)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await asyncio.to_thread(writer.close)
+    stats = writer.commit_stats.as_json()
+    assert writer.head_seq == 12
+    # before: 6 commits, each 2 intervals after the last (1.2 s); now one per interval
+    assert stats["commits"] >= 10, stats
+    assert stats["interval_p50_s"] < 1.5 * step, stats
 
 
 async def test_readings_become_durable_on_time_while_the_event_loop_is_held(tmp_path: Path) -> None:
