@@ -183,7 +183,7 @@ class LedgerWriter:
         self._flush_upto = 0  # commit regardless of the timer until this many polls are taken
         self._relieving = False
         self._committed_polls = 0  # loop side: polls whose commit the loop has learnt of
-        self._slow_logged = float("-inf")  # loop side: when a slow interval was last logged
+        self._slow_logged = float("-inf")  # loop side: when a late commit was last logged
         self._changed = asyncio.Event()  # set (and replaced) whenever the loop learns of a commit
         self.commit_stats = CommitStats()
         self.head_seq = ledger.head[0]
@@ -285,15 +285,17 @@ class LedgerWriter:
         self.committed_samples += samples
         self._committed_polls += polls
         if since is not None:
-            interval = self.commit_stats.add(end - since, end=end, duration_s=took)
-            if interval is not None and interval > 2 * self._commit_interval_s and end - self._slow_logged > 60:
+            delay = end - since
+            self.commit_stats.add(delay, end=end, duration_s=took)
+            # Readings waiting over twice the interval is the ledger falling behind (a slow card, a
+            # starved thread); a long interval with nothing to commit is a quiet site, not worth a line.
+            if delay > 2 * self._commit_interval_s and end - self._slow_logged > 60:
                 self._slow_logged = end
                 log.warning(
-                    "commit interval %.2f s (setting %.1f s): nothing to commit for %.2f s of it, the commit"
-                    " itself %.3f s (at most one such line a minute; health: ledger.commit)",
-                    interval,
+                    "readings waited %.2f s to be committed (commit interval %.1f s), the commit itself took"
+                    " %.3f s (at most one such line a minute; health: ledger.commit)",
+                    delay,
                     self._commit_interval_s,
-                    max(0.0, interval - (end - since)),
                     took,
                 )
         self.tail.extend(entries)

@@ -21,9 +21,9 @@ class SlowDisk(Ledger):
 
     commit_s = 0.0
 
-    def append(self, samples: Iterable[Sample]) -> int:
+    def append_entries(self, samples: Iterable[Sample]) -> list[Any]:  # what the writer commits with
         time.sleep(self.commit_s)
-        return super().append(samples)
+        return super().append_entries(samples)
 
 
 async def test_slow_commits_keep_the_interval_not_interval_plus_commit(tmp_path: Path) -> None:
@@ -143,3 +143,31 @@ async def test_a_failed_commit_is_retried_first_and_flush_waits_for_it(tmp_path:
     reader = Ledger(tmp_path / "ledger.db", readonly=True)
     assert [e.value for e in reader.iter_all()] == [float(i) for i in range(10)]
     assert reader.verify().ok
+
+
+async def test_late_commits_are_logged_and_a_quiet_site_is_not(tmp_path: Path, caplog: Any) -> None:
+    """An operator hears of readings waiting over twice the interval (a slow card), not of a site whose
+    polls simply come less often than the ledger commits (the demo polls some devices every 2 s)."""
+    interval = 0.2
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+    async def run(ledger: Ledger, gap_s: float) -> list[str]:
+        caplog.clear()
+        writer = LedgerWriter(ledger, commit_interval_s=interval, max_batch=100_000, max_queue=100_000)
+        task = asyncio.create_task(writer.run())
+        try:
+            for i in range(4):
+                await writer.submit([Sample("m1", "power_w", float(i), "W", t0 + timedelta(seconds=i))])
+                await asyncio.sleep(gap_s)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.to_thread(writer.close)
+        return [r.getMessage() for r in caplog.records if "waited" in r.getMessage()]
+
+    quiet = await run(Ledger(tmp_path / "quiet.db"), gap_s=3 * interval)
+    assert quiet == []
+    slow = SlowDisk(tmp_path / "slow.db")
+    slow.commit_s = 3 * interval
+    late = await run(slow, gap_s=0.05)
+    assert len(late) == 1 and "commit itself took" in late[0], late
