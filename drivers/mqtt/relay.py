@@ -84,6 +84,7 @@ class RelayHub:
                     self._client = client
                     for t in sorted(self._topics):
                         await client.subscribe(t, qos=1)
+                    raise_if_cancelling()  # a cancel swallowed by aiomqtt's wait_for would wait for messages
                     backoff.reset()
                     self._connected.set()
                     async for message in client.messages:

@@ -14,7 +14,7 @@ from typing import Any, Self
 
 import aiomqtt
 
-from drivers.cancel import cancel_and_wait
+from drivers.cancel import cancel_and_wait, raise_if_cancelling
 
 
 @dataclass
@@ -61,6 +61,10 @@ class _SimRelay:
             async for message in client.messages:
                 raw = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
                 await self.handle(client, str(message.topic), raw)
+                # `handle` publishes; aiomqtt's wait_for (Python 3.11) can swallow a cancellation that
+                # arrives as the publish completes, and the loop would wait for the next message forever:
+                # the relay test hung to its 60-s bound twice in loaded CI runs (drivers/cancel.py).
+                raise_if_cancelling()
 
     def _switch(self, on: bool, after_s: float | None) -> None:
         if self._timer is not None:
