@@ -143,8 +143,9 @@ class LedgerWriter:
     """Owns the `Ledger` and its thread. Consumers `wait_beyond(seq)` to learn of new commits.
 
     State the thread and the loop share (the queued polls, the jobs, the flush target) is guarded by
-    `_cv`; what the loop reads (head, tail, counters, commit figures) is changed on the loop only, by
-    `_published`, so health and the sinks never see a half-updated figure."""
+    `_cv`; what the loop reads (head, tail, committed counts, commit figures) is changed on the loop only,
+    by `_published`, so health and the sinks never see a half-updated figure. The failure counters
+    (`commit_failures`, `disk_full_events`, `dropped_instant`) are plain integers the thread increments."""
 
     def __init__(
         self,
@@ -176,6 +177,9 @@ class LedgerWriter:
         # a batch whose commit failed: committed before anything queued after it, not before `_retry_at`
         self._retry: tuple[list[Sample], int, float | None] | None = None
         self._retry_at = 0.0
+        self._retry_count = 0  # readings in `_retry` (back-pressure counts them)
+        self._closing_failures = 0  # commits that failed after close() was asked
+        self._job_turn = False  # after a commit, a waiting job goes before the next commit
         self._armed = False  # the commit timer runs (`run` is active)
         self._tick_origin = 0.0  # monotonic time the timer was armed: its ticks are every interval from it
         self._enqueued_polls = 0  # polls ever submitted (under _cv)
@@ -197,6 +201,8 @@ class LedgerWriter:
 
     def _ensure_thread(self) -> None:
         self._loop = asyncio.get_running_loop()
+        if self._closing:
+            raise RuntimeError("the ledger is closed")
         if self._thread is None or not self._thread.is_alive():
             stopped = self._stopped = asyncio.Event()
             self._thread = threading.Thread(
@@ -224,7 +230,7 @@ class LedgerWriter:
         if not batch:
             return
         self._ensure_thread()
-        while self._pending_count >= self._max_queue:
+        while self._pending_count + self._retry_count >= self._max_queue:
             self.queue_full_waits += 1
             await self._changed.wait()
         with self._cv:
@@ -278,8 +284,20 @@ class LedgerWriter:
                         await self._changed.wait()
         return self.head_seq
 
+    def _wake(self) -> None:
+        """On the loop: wake everything waiting for a change (commit, space in the queue)."""
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
     def _published(
-        self, entries: list[Entry], polls: int, samples: int, since: float | None, end: float, took: float
+        self,
+        entries: list[Entry],
+        polls: int,
+        samples: int,
+        since: float | None,
+        end: float,
+        took: float,
+        wake: bool = True,
     ) -> None:
         """On the loop: a commit's results become visible (in commit order: call_soon_threadsafe is FIFO)."""
         self.committed_samples += samples
@@ -301,21 +319,28 @@ class LedgerWriter:
         self.tail.extend(entries)
         if entries:
             self.head_seq = entries[-1].seq
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
+        if wake:
+            self._wake()
 
     def _announce(
         self, entries: list[Entry], polls: int, samples: int, since: float | None, end: float, took: float
     ) -> None:
-        """From the thread: hand a commit's results to the loop (directly if the loop is gone: a flush
-        from `close` after the agent stopped, when nobody waits any more)."""
+        """From the thread: hand a commit's results to the loop (if the loop is gone — `close` after the
+        agent stopped — the figures are set here, and nobody is left to wake)."""
         loop = self._loop
         try:
             if loop is None:
                 raise RuntimeError("no loop yet")
             loop.call_soon_threadsafe(self._published, entries, polls, samples, since, end, took)
         except RuntimeError:
-            self._published(entries, polls, samples, since, end, took)
+            self._published(entries, polls, samples, since, end, took, wake=False)
+
+    def _wake_loop(self) -> None:
+        """From the thread: wake the loop's waiters (submitters held by back-pressure after a take)."""
+        loop = self._loop
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop is gone
+                loop.call_soon_threadsafe(self._wake)
 
     async def _relieve(self) -> None:
         try:
@@ -323,22 +348,25 @@ class LedgerWriter:
                 await self._on_disk_full()
         except Exception:  # the batch stays ours whatever relief does
             log.exception("disk-full relief failed")
-        finally:
-            with self._cv:
-                self._relieving = False
-                self._cv.notify()
+
+    def _relief_done(self, _fut: Any = None) -> None:
+        with self._cv:
+            self._relieving = False
+            self._cv.notify()
 
     def close(self) -> None:
-        """Close the ledger on its thread and stop the thread (from any thread but the loop's)."""
+        """Commit what is still queued, close the ledger on its thread and stop the thread (from any
+        thread but the loop's; the agent calls it after its parts and the final flush have run)."""
         thread = self._thread
         if thread is None or not thread.is_alive():
+            with self._cv:
+                self._closing = True
             self._ledger.close()
             return
-        done = self._enqueue(Ledger.close)
         with self._cv:
+            self._flush_upto = max(self._flush_upto, self._enqueued_polls)
             self._closing = True
             self._cv.notify()
-        done.result()
         thread.join()
 
     # -- the ledger's thread ---------------------------------------------------------------------------
@@ -347,6 +375,10 @@ class LedgerWriter:
         """Seconds until a commit is due (<= 0: now; None: nothing to commit). Under `_cv`."""
         if self._retry is None and not self._pending:
             return None
+        if self._closing and self._closing_failures >= 5:
+            return None  # shutting down on a failing disk: `_finish` reports what is left
+        if self._retry is not None and self._relieving:
+            return None  # a full disk: retry once the guard has freed space (`_relieve` notifies)
         wait = self._retry_at - now
         if self._taken_polls < self._flush_upto:
             return wait
@@ -373,6 +405,7 @@ class LedgerWriter:
         """Everything queued, the failed batch first (under `_cv`)."""
         batch, polls, since = self._retry if self._retry is not None else ([], 0, self._pending_since)
         self._retry = None
+        self._retry_count = 0
         batch = batch + [s for poll in self._pending for s in poll]
         polls += len(self._pending)
         self._taken_polls += polls
@@ -398,13 +431,16 @@ class LedgerWriter:
             with self._cv:
                 while True:
                     due = self._due_in(time.monotonic())
-                    if due is not None and due <= 0:
+                    if due is not None and due <= 0 and not (self._job_turn and self._jobs):
                         work = self._take()
+                        self._job_turn = True
                         break
                     if self._jobs:
                         job = self._jobs.popleft()
+                        self._job_turn = False
                         break
-                    if self._closing:
+                    if self._closing and due is None and not self._relieving:
+                        self._finish()
                         return
                     self._cv.wait(due)
             if job is not None:
@@ -414,8 +450,19 @@ class LedgerWriter:
                         fut.set_result(fn(self._ledger))
                     except BaseException as exc:  # the caller gets it; the thread goes on
                         fut.set_exception(exc)
-            elif work is not None:
+            if work is not None:
+                self._wake_loop()  # the queue has room again
                 self._commit(*work)
+
+    def _finish(self) -> None:
+        """The thread's last act (under `_cv`): close the ledger; say what could not be committed."""
+        left = self._pending_count + self._retry_count
+        if left:
+            log.error("ledger closed with %d readings not committed (the last commit failed)", left)
+        try:
+            self._ledger.close()
+        except Exception:
+            log.exception("closing the ledger failed")
 
     def _commit(self, batch: list[Sample], polls: int, since: float | None) -> None:
         """Commit one batch on the ledger's thread; on failure it goes back to be retried in 1 s."""
@@ -456,8 +503,11 @@ class LedgerWriter:
     def _put_back(self, batch: list[Sample], polls: int, since: float | None) -> None:
         with self._cv:
             self._retry = (batch, polls, since)
+            self._retry_count = len(batch)
             self._taken_polls -= polls  # not committed: a flush waiting for them forces the retry
             self._retry_at = time.monotonic() + 1.0
+            if self._closing:
+                self._closing_failures += 1
 
     def _start_relief(self) -> None:
         """Ask the loop to run the disk guard's relief (once at a time; it calls back into this thread)."""
@@ -465,8 +515,9 @@ class LedgerWriter:
             if self._relieving or self._on_disk_full is None or self._loop is None:
                 return
             self._relieving = True
+        coro = self._relieve()
         try:
-            asyncio.run_coroutine_threadsafe(self._relieve(), self._loop)
-        except RuntimeError:
-            with self._cv:
-                self._relieving = False
+            asyncio.run_coroutine_threadsafe(coro, self._loop).add_done_callback(self._relief_done)
+        except RuntimeError:  # the loop is gone: no relief, retry as is
+            coro.close()
+            self._relief_done()

@@ -171,3 +171,18 @@ async def test_late_commits_are_logged_and_a_quiet_site_is_not(tmp_path: Path, c
     slow.commit_s = 3 * interval
     late = await run(slow, gap_s=0.05)
     assert len(late) == 1 and "commit itself took" in late[0], late
+
+
+async def test_close_commits_what_is_still_queued(tmp_path: Path) -> None:
+    """A reviewer's finding: `close` ran `Ledger.close` as an ordinary job, so readings still queued
+    (no commit timer running, or a retry not yet due) were dropped without a word. `close` now commits
+    them first and only then closes the connection."""
+    ledger = Ledger(tmp_path / "ledger.db")
+    writer = LedgerWriter(ledger, commit_interval_s=60.0, max_batch=100_000, max_queue=100_000)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    for i in range(5):  # no run(): nothing commits them on a timer
+        await writer.submit([Sample("m1", "power_w", float(i), "W", t0 + timedelta(seconds=i))])
+    await asyncio.to_thread(writer.close)
+    reader = Ledger(tmp_path / "ledger.db", readonly=True)
+    assert reader.head[0] == 5
+    assert reader.verify().ok
