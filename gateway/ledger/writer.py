@@ -110,20 +110,17 @@ class CommitStats:
         self.idle = Durations()
         self._last_end: float | None = None
 
-    def add(self, delay_s: float, *, end: float | None = None, duration_s: float | None = None) -> float | None:
-        """Record one commit; returns its interval (None for the first)."""
+    def add(self, delay_s: float, *, end: float | None = None, duration_s: float | None = None) -> None:
         self.commits += 1
         self.delay.add(delay_s)
         if duration_s is not None:
             self.duration.add(duration_s)
-        interval = None
         if end is not None:
             if self._last_end is not None:
                 interval = end - self._last_end
                 self.interval.add(interval)
                 self.idle.add(max(0.0, interval - delay_s))
             self._last_end = end
-        return interval
 
     def p99_bound_s(self) -> float | None:
         """The delay's p99 bound since start (see `Durations.p99_bound_s`)."""
@@ -177,7 +174,6 @@ class LedgerWriter:
         # a batch whose commit failed: committed before anything queued after it, not before `_retry_at`
         self._retry: tuple[list[Sample], int, float | None] | None = None
         self._retry_at = 0.0
-        self._retry_count = 0  # readings in `_retry` (back-pressure counts them)
         self._closing_failures = 0  # commits that failed after close() was asked
         self._job_turn = False  # after a commit, a waiting job goes before the next commit
         self._armed = False  # the commit timer runs (`run` is active)
@@ -230,7 +226,7 @@ class LedgerWriter:
         if not batch:
             return
         self._ensure_thread()
-        while self._pending_count + self._retry_count >= self._max_queue:
+        while self._pending_count + self._retry_len >= self._max_queue:
             self.queue_full_waits += 1
             await self._changed.wait()
         with self._cv:
@@ -246,6 +242,11 @@ class LedgerWriter:
     @property
     def pending(self) -> int:
         return self._pending_count
+
+    @property
+    def _retry_len(self) -> int:
+        """Readings in the failed batch waiting for its retry (back-pressure and batch size count them)."""
+        return len(self._retry[0]) if self._retry is not None else 0
 
     async def run(self) -> None:
         """The commit timer: a supervised part. It arms the thread's timer and watches the thread; on
@@ -384,7 +385,7 @@ class LedgerWriter:
             return wait
         if not self._armed:
             return None
-        if self._pending_count + (len(self._retry[0]) if self._retry else 0) >= self._max_batch:
+        if self._pending_count + self._retry_len >= self._max_batch:
             return wait
         # A batch is due at the first tick of a fixed grid (every `commit_interval_s` from when the
         # timer was armed) after its oldest reading arrived. Not "interval after the last commit": a
@@ -405,7 +406,6 @@ class LedgerWriter:
         """Everything queued, the failed batch first (under `_cv`)."""
         batch, polls, since = self._retry if self._retry is not None else ([], 0, self._pending_since)
         self._retry = None
-        self._retry_count = 0
         batch = batch + [s for poll in self._pending for s in poll]
         polls += len(self._pending)
         self._taken_polls += polls
@@ -456,7 +456,7 @@ class LedgerWriter:
 
     def _finish(self) -> None:
         """The thread's last act (under `_cv`): close the ledger; say what could not be committed."""
-        left = self._pending_count + self._retry_count
+        left = self._pending_count + self._retry_len
         if left:
             log.error("ledger closed with %d readings not committed (the last commit failed)", left)
         try:
@@ -503,7 +503,6 @@ class LedgerWriter:
     def _put_back(self, batch: list[Sample], polls: int, since: float | None) -> None:
         with self._cv:
             self._retry = (batch, polls, since)
-            self._retry_count = len(batch)
             self._taken_polls -= polls  # not committed: a flush waiting for them forces the retry
             self._retry_at = time.monotonic() + 1.0
             if self._closing:
